@@ -1,0 +1,38 @@
+"""hijack: a Trio + h11 HTTP/1.1 server whose handlers can take the connection.
+
+Public API only; the code lives in private modules.
+"""
+
+from ._config import Limits as Limits
+from ._connection import Connection as Connection
+from ._connection import ConnState as ConnState
+from ._connection import PeerCredentials as PeerCredentials
+from ._connection import TLSInfo as TLSInfo
+from ._hijack import Hijacked as Hijacked
+from ._hijack import HijackError as HijackError
+from ._listeners import UnixSocketListener as UnixSocketListener
+from ._listeners import open_unix_listener as open_unix_listener
+from ._message import Headers as Headers
+from ._message import HTTPError as HTTPError
+from ._message import Request as Request
+from ._message import Response as Response
+from ._server import Server as Server
+
+__all__ = [
+    "ConnState",
+    "Connection",
+    "HTTPError",
+    "Headers",
+    "HijackError",
+    "Hijacked",
+    "Limits",
+    "PeerCredentials",
+    "Request",
+    "Response",
+    "Server",
+    "TLSInfo",
+    "UnixSocketListener",
+    "open_unix_listener",
+]
+
+__version__ = "0.1.0"

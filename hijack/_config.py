@@ -1,0 +1,40 @@
+"""Server limits and timeouts, each with a default safe for the open internet."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Timeouts are in seconds; ``None`` turns one off.
+
+    head_timeout: time to receive a whole request head, counted from its first
+      byte (on a new connection, from accept). Slower -> 408, close.
+    idle_timeout: keep-alive wait for the next request. Longer -> close.
+    body_timeout: time to receive a whole request body once the head is in.
+      Slower -> 408, close.
+    write_timeout: time allowed for one write to the client. Slower -> close.
+    tls_handshake_timeout: time allowed for a TLS handshake.
+    max_head_size: bytes in a request head (line + headers). More -> 431.
+    max_target_size: bytes in the request target. More -> 414.
+    max_body_size: bytes in a request body. More -> 413 (before any
+      ``100 Continue`` when Content-Length says so).
+    max_connections: connections open at once, hijacked ones included; the
+      server stops accepting while at the limit (the kernel backlog queues).
+    shutdown_grace: how long a graceful shutdown lets in-flight requests and
+      hijacked connections finish before cancelling them.
+    """
+
+    head_timeout: float | None = 10.0
+    idle_timeout: float | None = 60.0
+    body_timeout: float | None = 60.0
+    write_timeout: float | None = 30.0
+    tls_handshake_timeout: float | None = 10.0
+    max_head_size: int = 32 * 1024
+    max_target_size: int = 8 * 1024
+    max_body_size: int = 16 * 1024 * 1024
+    max_connections: int = 10_000
+    shutdown_grace: float = 10.0

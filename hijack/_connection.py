@@ -1,0 +1,233 @@
+"""Connection identity and the connection state machine.
+
+A :class:`Connection` is created for every accepted stream and lives until the
+stream is closed: by the HTTP layer (state CLOSED) or, after a hijack, by
+whoever owns the hijacked stream. The state rules are Go's ``ConnState``:
+
+    NEW -> ACTIVE | CLOSED
+    ACTIVE -> IDLE | HIJACKED | CLOSED
+    IDLE -> ACTIVE | CLOSED
+    HIJACKED, CLOSED: terminal
+
+HIJACKED is the last *HTTP* state. Unlike Go, the server keeps tracking a
+hijacked connection (``hijacked_open``) until its owner closes it, so the
+counts of open HTTP and open hijacked connections are always exact.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import socket
+import ssl
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+logger = logging.getLogger("hijack")
+
+__all__ = ["ConnState", "Connection", "PeerCredentials", "StateHook", "TLSInfo"]
+
+
+class ConnState(enum.Enum):
+    NEW = "new"
+    ACTIVE = "active"
+    IDLE = "idle"
+    HIJACKED = "hijacked"
+    CLOSED = "closed"
+
+
+_ALLOWED: dict[ConnState, frozenset[ConnState]] = {
+    ConnState.NEW: frozenset({ConnState.ACTIVE, ConnState.CLOSED}),
+    ConnState.ACTIVE: frozenset({ConnState.IDLE, ConnState.HIJACKED, ConnState.CLOSED}),
+    ConnState.IDLE: frozenset({ConnState.ACTIVE, ConnState.CLOSED}),
+    ConnState.HIJACKED: frozenset(),
+    ConnState.CLOSED: frozenset(),
+}
+
+StateHook = Callable[["Connection", ConnState], None]
+
+
+@dataclass(frozen=True, slots=True)
+class PeerCredentials:
+    """The peer process of a UNIX socket, as the kernel saw it at connect()."""
+
+    pid: int
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True, slots=True)
+class TLSInfo:
+    version: str | None
+    cipher: str | None
+    alpn_protocol: str | None
+    server_name: str | None
+    peer_certificate: dict[str, Any] | None
+
+
+def find_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` (looking through TLS), or None."""
+    while True:
+        if isinstance(stream, trio.SocketStream):
+            return stream.socket
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+            continue
+        return None
+
+
+def read_peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:
+    if sock.family != getattr(socket, "AF_UNIX", None):
+        return None
+    so_peercred = getattr(socket, "SO_PEERCRED", None)
+    if so_peercred is None:  # pragma: no cover - not Linux
+        return None
+    fmt = "3i"
+    try:
+        raw = sock.getsockopt(socket.SOL_SOCKET, so_peercred, struct.calcsize(fmt))
+    except OSError:
+        return None
+    pid, uid, gid = struct.unpack(fmt, raw)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid)
+
+
+class Connection:
+    """One accepted stream, reachable from every request as ``request.connection``.
+
+    Attributes:
+      id: unique within the server, never reused.
+      local_address / remote_address: ``(host, port)`` for TCP; for UNIX
+        sockets ``local_address`` is the socket path and ``remote_address``
+        the peer's bound path (usually ``""``).
+      peer_credentials: pid/uid/gid of the peer on UNIX sockets, else None.
+      socket: the underlying socket (for getsockopt), None for memory streams.
+      context: a dict for per-connection data (Go's ConnContext), filled by the
+        server's ``on_connect`` hook and free for handlers to use.
+    """
+
+    __slots__ = (
+        "_closed_event",
+        "_hijacked_open",
+        "_hooks",
+        "_on_close",
+        "_state",
+        "context",
+        "id",
+        "local_address",
+        "peer_credentials",
+        "remote_address",
+        "shutdown_requested",
+        "socket",
+        "stream",
+    )
+
+    def __init__(
+        self,
+        id: int,
+        stream: trio.abc.Stream,
+        hooks: tuple[StateHook, ...] = (),
+        local_path: str | None = None,
+        on_close: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.id = id
+        self.stream = stream
+        self.socket = find_socket(stream)
+        self.context: dict[str, Any] = {}
+        self.local_address: Any = local_path
+        self.remote_address: Any = None
+        self.peer_credentials: PeerCredentials | None = None
+        sock = self.socket
+        if sock is not None:
+            try:
+                self.remote_address = sock.getpeername()
+                if local_path is None:
+                    self.local_address = sock.getsockname()
+            except OSError:
+                pass
+            self.peer_credentials = read_peer_credentials(sock)
+        self._state = ConnState.NEW
+        self._hooks = hooks
+        self._hijacked_open = False
+        self._closed_event = trio.Event()
+        self._on_close = on_close
+        #: Set when the server starts a graceful shutdown. Owners of hijacked
+        #: streams wait on it to say goodbye in their own protocol.
+        self.shutdown_requested = trio.Event()
+        self._notify(ConnState.NEW)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Connection id={self.id} state={self._state.value} "
+            f"remote={self.remote_address!r}>"
+        )
+
+    @property
+    def state(self) -> ConnState:
+        return self._state
+
+    @property
+    def hijacked_open(self) -> bool:
+        """True while a hijacked stream of this connection is not closed."""
+        return self._hijacked_open
+
+    @property
+    def is_open(self) -> bool:
+        return not self._closed_event.is_set()
+
+    @property
+    def tls(self) -> TLSInfo | None:
+        """TLS details once the handshake is done, None on plain streams."""
+        stream = self.stream
+        if not isinstance(stream, trio.SSLStream):
+            return None
+        try:
+            obj: ssl.SSLObject = stream._ssl_object
+        except AttributeError:  # pragma: no cover
+            return None
+        cipher = obj.cipher()
+        return TLSInfo(
+            version=obj.version(),
+            cipher=cipher[0] if cipher else None,
+            alpn_protocol=obj.selected_alpn_protocol(),
+            server_name=getattr(stream, "server_hostname", None) or None,
+            peer_certificate=obj.getpeercert() or None,
+        )
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection's stream is closed, whoever owns it."""
+        await self._closed_event.wait()
+
+    def set_state(self, new: ConnState) -> None:
+        if new is self._state:
+            return
+        if new not in _ALLOWED[self._state]:
+            raise RuntimeError(f"bad state transition {self._state} -> {new}")
+        self._state = new
+        if new is ConnState.HIJACKED:
+            self._hijacked_open = True
+        self._notify(new)
+        if new is ConnState.CLOSED:
+            self._set_closed()
+
+    def mark_hijacked_closed(self) -> None:
+        """Called by the hijacked stream's ``aclose``: the owner is done."""
+        self._hijacked_open = False
+        self._set_closed()
+
+    def _set_closed(self) -> None:
+        if not self._closed_event.is_set():
+            self._closed_event.set()
+            if self._on_close is not None:
+                self._on_close(self)
+
+    def _notify(self, state: ConnState) -> None:
+        # A broken hook must not break the connection: log it and go on.
+        for hook in self._hooks:
+            try:
+                hook(self, state)
+            except Exception:
+                logger.exception("state hook %r failed on %r", hook, state)

@@ -1,0 +1,549 @@
+"""The h11 driver: one task per connection reads requests, runs the handler,
+writes responses, and hands the stream over on hijack.
+
+h11 owns HTTP framing; this module owns sockets, timeouts and tasks. Every
+byte received is fed to h11 at once, so at any moment h11's receive buffer
+(``trailing_data``) holds exactly the bytes not yet consumed: that is what a
+hijack hands over as ``buffered``.
+
+We never call ``receive_some`` while h11 is paused on a pipelined request, so
+a client that sends without reading cannot grow our buffers (backpressure).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Protocol
+
+import h11
+import trio
+
+from ._config import Limits
+from ._connection import Connection, ConnState
+from ._hijack import Hijacked, HijackError
+from ._message import Headers, HTTPError, Request, Response, phrase
+
+__all__ = ["HTTPConnection", "Handler"]
+
+logger = logging.getLogger("hijack")
+
+Handler = Callable[[Request], Awaitable[Response | None]]
+
+RECEIVE_SIZE = 65536
+# After the handler returns with body bytes unread, read (and drop) this many
+# to keep the connection alive; past it, close instead (Go does the same).
+DRAIN_LIMIT = 256 * 1024
+SERVER_HEADER = (b"server", b"hijack")
+
+
+class ServerSide(Protocol):
+    """What a connection needs from its server."""
+
+    limits: Limits
+    handler: Handler
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    def track_hijacked(self, hijacked: Hijacked) -> None: ...
+
+
+class _Date:
+    """The Date header, formatted once a second."""
+
+    second = -1
+    value = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        second = int(time.time())
+        if second != cls.second:
+            cls.second = second
+            cls.value = formatdate(second, usegmt=True).encode("ascii")
+        return cls.value
+
+
+class _CloseConnection(Exception):
+    """Internal: stop serving this connection now, without a response."""
+
+
+class HTTPConnection:
+    """Serves HTTP on one stream until it closes or is hijacked."""
+
+    __slots__ = (
+        "_body_bytes",
+        "_body_deadline",
+        "_body_done",
+        "_exchange",
+        "_hijacked",
+        "_idle_scope",
+        "_must_close",
+        "_request",
+        "_response_started",
+        "connection",
+        "h11",
+        "server",
+        "stream",
+    )
+
+    def __init__(
+        self, server: ServerSide, stream: trio.abc.Stream, connection: Connection
+    ) -> None:
+        self.server = server
+        self.stream = stream
+        self.connection = connection
+        self.h11 = h11.Connection(
+            h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
+        )
+        self._idle_scope: trio.CancelScope | None = None
+        self._hijacked: Hijacked | None = None
+        self._request: Request | None = None
+        self._exchange: _Exchange | None = None
+        self._reset_exchange()
+
+    def _reset_exchange(self) -> None:
+        self._request = None
+        self._response_started = False
+        self._must_close = False
+        self._body_done = False
+        self._body_bytes = 0
+        self._body_deadline = float("inf")
+
+    def request_shutdown(self) -> None:
+        """Graceful shutdown: end the keep-alive wait now; let a request in
+        flight finish (its response says ``Connection: close``)."""
+        self.connection.shutdown_requested.set()
+        if self._idle_scope is not None:
+            self._idle_scope.cancel()
+
+    # -- the connection loop -------------------------------------------------
+
+    async def serve(self) -> None:
+        """Serve requests until the connection ends.
+
+        Resource handling: closes ``stream`` on return unless it was hijacked;
+        a hijacked stream is closed when the handler returns unless detached.
+        """
+        try:
+            first = True
+            while True:
+                request = await self._receive_request(first)
+                if request is None:
+                    return
+                first = False
+                await self._run_handler(request)
+                if self._hijacked is not None:
+                    return
+                if not await self._finish_exchange():
+                    return
+                self.connection.set_state(ConnState.IDLE)
+        except _CloseConnection:
+            pass
+        finally:
+            if self._hijacked is None:
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(self.stream)
+                self.connection.set_state(ConnState.CLOSED)
+
+    async def _receive(self) -> None:
+        data = await self.stream.receive_some(RECEIVE_SIZE)
+        self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
+
+    def _has_partial_request(self) -> bool:
+        return bool(self.h11.trailing_data[0])
+
+    async def _receive_request(self, first: bool) -> Request | None:
+        """Wait for the next request head; None when the connection should
+        end quietly (client closed, idle timeout, shutdown)."""
+        limits = self.server.limits
+        conn = self.h11
+        now = trio.current_time()
+        # On a new connection the head clock starts at accept; between
+        # keep-alive requests it starts at the first byte of the next one.
+        deadline = now + _or_inf(limits.head_timeout) if first else None
+        if not self._has_partial_request():
+            # Idle: between requests, or a new connection. Shutdown ends it.
+            if self.server.shutting_down:
+                return None
+            wait_until = deadline or now + _or_inf(limits.idle_timeout)
+            with trio.move_on_at(wait_until) as scope:
+                self._idle_scope = scope
+                try:
+                    await self._receive()
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return None
+                finally:
+                    self._idle_scope = None
+            if scope.cancelled_caught or not conn.trailing_data[0]:
+                return None
+        self.connection.set_state(ConnState.ACTIVE)
+        if deadline is None:
+            deadline = trio.current_time() + _or_inf(limits.head_timeout)
+        try:
+            with trio.fail_at(deadline):
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        await self._receive()
+                        continue
+                    break
+        except trio.TooSlowError:
+            await self._send_error(408)
+            return None
+        except h11.RemoteProtocolError as exc:
+            await self._send_error(exc.error_status_hint)
+            return None
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return None
+        if isinstance(event, h11.ConnectionClosed):
+            return None
+        if not isinstance(event, h11.Request):  # pragma: no cover - h11 rules
+            raise RuntimeError(f"unexpected h11 event {event!r}")
+        return await self._check_request(event)
+
+    async def _check_request(self, event: h11.Request) -> Request | None:
+        """Enforce what h11 leaves to us; build the Request or answer now."""
+        limits = self.server.limits
+        head_size = len(event.method) + len(event.target) + 12
+        head_size += sum(len(k) + len(v) + 4 for k, v in event.headers)
+        status = 0
+        if event.http_version not in (b"1.0", b"1.1"):
+            status = 505
+        elif len(event.target) > limits.max_target_size:
+            status = 414
+        elif head_size > limits.max_head_size:
+            status = 431
+        else:
+            lengths = [v for k, v in event.headers if k == b"content-length"]
+            if lengths and int(lengths[0]) > limits.max_body_size:
+                status = 413
+        if status:
+            await self._send_error(status)
+            return None
+        headers = Headers(list(event.headers))
+        self._reset_exchange()
+        # RFC 9112 6.1: Content-Length with Transfer-Encoding may be a
+        # smuggling attempt: answer, then close.
+        if b"transfer-encoding" in (k for k, _ in event.headers) and any(
+            k == b"content-length" for k, _ in event.headers
+        ):
+            self._must_close = True
+        body_timeout = limits.body_timeout
+        if body_timeout is not None:
+            self._body_deadline = trio.current_time() + body_timeout
+        self._exchange = _Exchange(self)
+        request = Request(
+            self._exchange,
+            self.connection,
+            event.method.decode("ascii"),
+            event.target.decode("latin-1"),
+            event.http_version.decode("ascii"),
+            headers,
+        )
+        self._request = request
+        return request
+
+    async def _run_handler(self, request: Request) -> None:
+        try:
+            response = await self.server.handler(request)
+        except HTTPError as exc:
+            if self._hijacked is not None:
+                logger.error("handler raised %r after hijacking %r", exc, request)
+            else:
+                self._must_close = self._must_close or not self._body_done
+                await self._respond_error(exc.status, exc.detail)
+            return
+        except Exception:
+            logger.exception("handler failed on %r", request)
+            if self._hijacked is None:
+                self._must_close = True
+                await self._respond_error(500)
+            return
+        finally:
+            if self._exchange is not None:
+                self._exchange.live = False
+            if self._hijacked is not None:
+                await self._hijacked.release()
+        if self._hijacked is not None:
+            if response is not None:
+                logger.error(
+                    "handler returned %r after hijacking %r; discarded",
+                    response,
+                    request,
+                )
+            return
+        if self._response_started:
+            if response is not None:
+                logger.error("handler returned %r after start_response", response)
+            await self._send(h11.EndOfMessage())
+            return
+        if response is None:
+            logger.error("handler returned None without responding to %r", request)
+            self._must_close = True
+            await self._respond_error(500)
+            return
+        await self.start_response(response)
+        body = response.body
+        if isinstance(body, bytes | bytearray | memoryview):
+            if body and request.method != "HEAD":
+                await self._send(h11.Data(data=body))
+        else:
+            async for chunk in body:
+                if chunk and request.method != "HEAD":
+                    await self._send(h11.Data(data=chunk))
+        await self._send(h11.EndOfMessage())
+
+    async def _finish_exchange(self) -> bool:
+        """After a response: True to keep the connection for the next one."""
+        conn = self.h11
+        if self._must_close or self.server.shutting_down:
+            return False
+        if conn.their_state is h11.SEND_BODY:
+            # Drain a small unread body to keep the connection alive.
+            try:
+                while self._body_bytes <= DRAIN_LIMIT:
+                    if not await self.read_body_chunk():
+                        break
+            except HTTPError:
+                return False
+        if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
+            return False
+        try:
+            conn.start_next_cycle()
+        except h11.LocalProtocolError:
+            return False
+        return True
+
+    # -- writing ---------------------------------------------------------
+
+    async def _send(self, event: h11.Event) -> None:
+        try:
+            data = self.h11.send(event)
+        except h11.LocalProtocolError:
+            self.h11.send_failed()
+            raise
+        if data:
+            await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        timeout = self.server.limits.write_timeout
+        try:
+            with trio.move_on_after(_or_inf(timeout)) as scope:
+                await self.stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self.h11.send_failed()
+            raise _CloseConnection from exc
+        if scope.cancelled_caught:
+            self.h11.send_failed()
+            raise _CloseConnection
+
+    def _head_headers(self, response: Response) -> list[tuple[bytes, bytes]]:
+        headers = response.headers
+        names = {k.lower() for k, _ in headers}
+        extra = []
+        if b"date" not in names:
+            extra.append((b"date", _Date.now()))
+        if b"server" not in names:
+            extra.append(SERVER_HEADER)
+        body = response.body
+        if (
+            isinstance(body, bytes | bytearray | memoryview)
+            and b"content-length" not in names
+            and b"transfer-encoding" not in names
+            and response.status not in (204, 304)
+        ):
+            extra.append((b"content-length", str(len(body)).encode()))
+        if self._must_close or self.server.shutting_down:
+            extra.append((b"connection", b"close"))
+        return extra + headers if extra else headers
+
+    async def start_response(self, response: Response) -> None:
+        self._check_not_hijacked("send a response")
+        if self._response_started:
+            raise HijackError("a response was already started for this request")
+        if response.status < 200:
+            raise ValueError("use hijack() to send a 1xx response")
+        self._response_started = True
+        await self._send(
+            h11.Response(
+                status_code=response.status,
+                headers=self._head_headers(response),
+                reason=response.reason.encode("latin-1"),
+            )
+        )
+
+    async def send_data(self, data: bytes) -> None:
+        self._check_not_hijacked("send data")
+        if not self._response_started:
+            raise RuntimeError("call start_response() before send_data()")
+        if data:
+            await self._send(h11.Data(data=data))
+
+    async def _respond_error(self, status: int, detail: str = "") -> None:
+        """Answer with an error if no response was started, else cut the
+        connection (the client sees a truncated response)."""
+        if self._response_started or self.h11.our_state is not h11.SEND_RESPONSE:
+            self._must_close = True
+            raise _CloseConnection
+        body = f"{status} {phrase(status)}\n".encode()
+        if detail:
+            body += detail.encode("utf-8", "replace") + b"\n"
+        await self.start_response(
+            Response(status, [("content-type", "text/plain; charset=utf-8")], body)
+        )
+        if self._request is None or self._request.method != "HEAD":
+            await self._send(h11.Data(data=body))
+        await self._send(h11.EndOfMessage())
+
+    async def _send_error(self, status: int) -> None:
+        """An error before any handler ran (bad or slow head): answer if h11
+        still lets us, then the connection closes."""
+        self._must_close = True
+        if self.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+            return
+        if self.connection.state is ConnState.NEW:
+            self.connection.set_state(ConnState.ACTIVE)
+        body = f"{status} {phrase(status)}\n".encode()
+        headers = [
+            (b"content-type", b"text/plain; charset=utf-8"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+            (b"date", _Date.now()),
+            SERVER_HEADER,
+        ]
+        try:
+            await self._send(h11.Response(status_code=status, headers=headers))
+            await self._send(h11.Data(data=body))
+            await self._send(h11.EndOfMessage())
+        except (_CloseConnection, h11.LocalProtocolError):
+            pass
+
+    # -- reading the body ------------------------------------------------
+
+    async def read_body_chunk(self) -> bytes:
+        self._check_not_hijacked("read the request body")
+        if self._body_done:
+            return b""
+        conn = self.h11
+        if conn.they_are_waiting_for_100_continue:
+            await self._send(h11.InformationalResponse(status_code=100, headers=[]))
+        try:
+            with trio.move_on_at(self._body_deadline) as scope:
+                while True:
+                    event = conn.next_event()
+                    if event is h11.NEED_DATA:
+                        await self._receive()
+                        continue
+                    break
+        except h11.RemoteProtocolError as exc:
+            self._body_done = True
+            self._must_close = True
+            raise HTTPError(exc.error_status_hint, "malformed request body") from exc
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._body_done = True
+            self._must_close = True
+            raise _CloseConnection from exc
+        if scope.cancelled_caught:
+            self._body_done = True
+            self._must_close = True
+            raise HTTPError(408, "request body too slow")
+        if isinstance(event, h11.Data):
+            self._body_bytes += len(event.data)
+            if self._body_bytes > self.server.limits.max_body_size:
+                self._body_done = True
+                self._must_close = True
+                raise HTTPError(413, "request body too large")
+            return bytes(event.data)
+        self._body_done = True
+        return b""
+
+    # -- hijack ------------------------------------------------------------
+
+    def _check_not_hijacked(self, what: str) -> None:
+        if self._hijacked is not None:
+            raise HijackError(f"cannot {what}: the connection was hijacked")
+
+    async def hijack(self, response: Response | None) -> Hijacked:
+        if self._hijacked is not None:
+            raise HijackError("the connection was already hijacked")
+        if response is not None:
+            if self._response_started:
+                raise HijackError("a response was already started; hijack() bare")
+            if not isinstance(response.body, bytes) or response.body:
+                raise HijackError("a hijack response carries no body")
+            head = _serialize_head(response, self._head_headers_for_hijack(response))
+            await self._write(head)
+        # Every byte we received went to h11; what it did not consume is
+        # exactly what the client sent after the consumed part.
+        buffered, _closed = self.h11.trailing_data
+        hijacked = Hijacked(self.stream, buffered, self.connection)
+        self._hijacked = hijacked
+        self.connection.set_state(ConnState.HIJACKED)
+        self.server.track_hijacked(hijacked)
+        return hijacked
+
+    def _head_headers_for_hijack(self, response: Response) -> list[tuple[bytes, bytes]]:
+        names = {k.lower() for k, _ in response.headers}
+        extra = []
+        if b"date" not in names:
+            extra.append((b"date", _Date.now()))
+        if b"server" not in names:
+            extra.append(SERVER_HEADER)
+        return response.headers + extra
+
+
+def _serialize_head(response: Response, headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The head of a hijack response. We write it ourselves: the connection
+    leaves HTTP, so h11 must not add framing headers (a raw stream after a
+    200 has no Transfer-Encoding). Values are checked for CR, LF and NUL."""
+    reason = response.reason.encode("latin-1")
+    lines = [b"HTTP/1.1 %d %s\r\n" % (response.status, reason)]
+    for name, value in headers:
+        if (
+            not name
+            or any(c in name for c in b"\r\n\x00 :\t")
+            or any(c in value for c in b"\r\n\x00")
+        ):
+            raise ValueError(f"bad header {name!r}: {value!r}")
+        lines.append(name + b": " + value + b"\r\n")
+    if any(c in reason for c in b"\r\n\x00"):
+        raise ValueError(f"bad reason {reason!r}")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _or_inf(timeout: float | None) -> float:
+    return float("inf") if timeout is None else timeout
+
+
+class _Exchange:
+    """A request's handle on its connection, valid while its handler runs.
+
+    A Request object kept past its handler must not act on a later request
+    of the same connection: once ``live`` is False every call raises."""
+
+    __slots__ = ("driver", "live")
+
+    def __init__(self, driver: HTTPConnection) -> None:
+        self.driver = driver
+        self.live = True
+
+    def _check(self, what: str) -> HTTPConnection:
+        if not self.live:
+            raise HijackError(f"cannot {what}: the handler already returned")
+        return self.driver
+
+    async def read_body_chunk(self) -> bytes:
+        return await self._check("read the request body").read_body_chunk()
+
+    async def hijack(self, response: Response | None) -> Hijacked:
+        return await self._check("hijack").hijack(response)
+
+    async def start_response(self, response: Response) -> None:
+        await self._check("send a response").start_response(response)
+
+    async def send_data(self, data: bytes) -> None:
+        await self._check("send data").send_data(data)

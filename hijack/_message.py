@@ -1,0 +1,217 @@
+"""What a handler sees and returns: Request, Response, Headers, HTTPError."""
+
+from __future__ import annotations
+
+import http
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._hijack import Hijacked
+
+__all__ = ["Body", "HTTPError", "Headers", "Request", "Response"]
+
+HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+Body = bytes | AsyncIterable[bytes]
+
+
+class HTTPError(Exception):
+    """Raise from a handler (or the body reader raises it) to answer with
+    ``status``. The server answers, then closes the connection if the request
+    body was not fully read."""
+
+    def __init__(self, status: int, detail: str = "") -> None:
+        self.status = status
+        self.detail = detail
+        super().__init__(
+            f"{status} {phrase(status)}" + (f": {detail}" if detail else "")
+        )
+
+
+def phrase(status: int) -> str:
+    try:
+        return http.HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+def _to_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode("latin-1")
+
+
+def encode_headers(headers: HeaderInput | None) -> list[tuple[bytes, bytes]]:
+    if headers is None:
+        return []
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return [(_to_bytes(name), _to_bytes(value)) for name, value in items]
+
+
+class Headers:
+    """Request headers: case-insensitive, multi-valued, in arrival order.
+
+    ``raw`` holds h11's ``(lowercased name, value)`` byte pairs untouched.
+    """
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self.raw = raw
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        key = name.lower().encode("latin-1")
+        for k, v in self.raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        key = name.lower().encode("latin-1")
+        return [v.decode("latin-1") for k, v in self.raw if k == key]
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        key = name.lower().encode("latin-1")
+        return any(k == key for k, _ in self.raw)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        for k, v in self.raw:
+            yield k.decode("latin-1"), v.decode("latin-1")
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self)!r})"
+
+
+class Response:
+    """An HTTP response: status, headers and a body.
+
+    ``body`` is ``bytes`` (sent with Content-Length) or an async iterable of
+    ``bytes`` (sent chunked to HTTP/1.1 clients, close-delimited to 1.0).
+    The server adds ``Date`` and ``Server`` unless present.
+    """
+
+    __slots__ = ("body", "headers", "reason", "status")
+
+    def __init__(
+        self,
+        status: int = 200,
+        headers: HeaderInput | None = None,
+        body: Body = b"",
+        reason: str = "",
+    ) -> None:
+        if not 100 <= status <= 999:
+            raise ValueError(f"bad status code {status}")
+        self.status = status
+        self.headers = encode_headers(headers)
+        self.body = body
+        self.reason = reason or phrase(status)
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+class _Exchange(Protocol):
+    """What a Request needs from the connection driver (``_http.py``)."""
+
+    async def read_body_chunk(self) -> bytes: ...
+
+    async def hijack(self, response: Response | None) -> Hijacked: ...
+
+    async def start_response(self, response: Response) -> None: ...
+
+    async def send_data(self, data: bytes) -> None: ...
+
+
+class Request:
+    """One HTTP request, handed to the handler.
+
+    Attributes: ``method``, ``target`` (as sent: origin-form ``/path?q``, or
+    authority-form ``host:port`` for CONNECT), ``path``, ``query``,
+    ``http_version`` (``"1.1"``), ``headers`` (:class:`Headers`) and
+    ``connection`` (:class:`~hijack.Connection`).
+
+    The body is streamed: ``async for chunk in request.body()`` or
+    ``await request.read()``. Reading past the server's ``max_body_size``
+    raises ``HTTPError(413)``; a body slower than ``body_timeout`` raises
+    ``HTTPError(408)``.
+    """
+
+    __slots__ = (
+        "_exchange",
+        "connection",
+        "headers",
+        "http_version",
+        "method",
+        "path",
+        "query",
+        "target",
+    )
+
+    def __init__(
+        self,
+        exchange: _Exchange,
+        connection: Connection,
+        method: str,
+        target: str,
+        http_version: str,
+        headers: Headers,
+    ) -> None:
+        self._exchange = exchange
+        self.connection = connection
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+        path, _, query = target.partition("?")
+        self.path = path
+        self.query = query
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.target} connection={self.connection.id}>"
+
+    def body(self) -> AsyncIterator[bytes]:
+        """Iterate over the request body as it arrives."""
+        return _BodyIterator(self._exchange)
+
+    async def read(self) -> bytes:
+        """Read the whole body (bounded by the server's ``max_body_size``)."""
+        parts = [chunk async for chunk in self.body()]
+        return b"".join(parts)
+
+    async def hijack(self, response: Response | None = None) -> Hijacked:
+        """Take the raw connection out of the HTTP layer.
+
+        With ``response`` (a ``101 Switching Protocols``, a 2xx answer to
+        CONNECT, or any head without a body) its head is written first. The
+        result is a :class:`~hijack.Hijacked`: the transport plus every byte
+        read ahead. See the ownership rule in :mod:`hijack._hijack`.
+        """
+        return await self._exchange.hijack(response)
+
+    async def start_response(self, response: Response) -> None:
+        """Send the head of ``response`` now; stream the body with
+        :meth:`send_data`. The handler then returns ``None``."""
+        await self._exchange.start_response(response)
+
+    async def send_data(self, data: bytes) -> None:
+        await self._exchange.send_data(data)
+
+
+class _BodyIterator:
+    __slots__ = ("_exchange",)
+
+    def __init__(self, exchange: _Exchange) -> None:
+        self._exchange = exchange
+
+    def __aiter__(self) -> _BodyIterator:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunk = await self._exchange.read_body_chunk()
+        if not chunk:
+            raise StopAsyncIteration
+        return chunk

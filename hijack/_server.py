@@ -1,0 +1,287 @@
+"""The Server: listeners, one task per connection, limits, graceful shutdown.
+
+Structure (hypercorn's, in trio terms): each ``serve_*`` call runs an accept
+nursery inside a connection nursery. Shutdown cancels the accept nursery,
+closes the listeners, tells every connection (idle ones close at once,
+in-flight requests finish, hijacked owners see
+``connection.shutdown_requested``), waits up to the grace period, then
+cancels what is left and closes hijacked streams still open.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import logging
+import math
+import ssl
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import trio
+
+from ._config import Limits
+from ._connection import Connection, ConnState, StateHook
+from ._hijack import Hijacked
+from ._http import Handler, HTTPConnection
+from ._listeners import UnixSocketListener, open_unix_listener
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("hijack")
+
+# Out of file descriptors or memory: log, wait, and accept again (trio's rule).
+ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+ACCEPT_CAPACITY_SLEEP = 0.1
+
+ConnectHook = Callable[[Connection], None]
+
+
+class Server:
+    """An HTTP/1.1 server whose handlers can hijack their connection.
+
+    ``handler(request)`` returns a :class:`~hijack.Response` (or ``None`` after
+    ``request.hijack()`` or ``request.start_response()``).
+
+    ``on_state(connection, state)`` hooks are called once per state
+    transition, in order (Go's ``Server.ConnState``). ``on_connect(connection)``
+    runs when a connection opens, before any byte is read, to fill
+    ``connection.context`` (Go's ``ConnContext``); if it raises, the
+    connection is closed.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        limits: Limits | None = None,
+        on_state: StateHook | Sequence[StateHook] = (),
+        on_connect: ConnectHook | None = None,
+    ) -> None:
+        self.handler = handler
+        self.limits = limits or Limits()
+        self._state_hooks: tuple[StateHook, ...] = (
+            (on_state,) if callable(on_state) else tuple(on_state)
+        )
+        self._on_connect = on_connect
+        self._ids = itertools.count(1)
+        self._connections: dict[int, Connection] = {}
+        self._drivers: set[HTTPConnection] = set()
+        self._hijacked: dict[int, Hijacked] = {}
+        self._capacity = trio.Semaphore(self.limits.max_connections)
+        self._shutdown_started = trio.Event()
+        self._shutdown_deadline = math.inf
+        self._serving = 0
+        self._stopped = trio.Event()
+        self._stopped.set()
+        self._closed_one = trio.Event()
+
+    # -- what the server knows ---------------------------------------------
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutdown_started.is_set()
+
+    @property
+    def connections(self) -> list[Connection]:
+        """Every open connection, HTTP and hijacked."""
+        return list(self._connections.values())
+
+    @property
+    def open_http_connections(self) -> int:
+        """Connections still speaking HTTP (new, active or idle)."""
+        return sum(
+            1
+            for c in self._connections.values()
+            if c.state not in (ConnState.HIJACKED, ConnState.CLOSED)
+        )
+
+    @property
+    def open_hijacked_connections(self) -> int:
+        """Hijacked connections whose owner has not closed the stream yet."""
+        return sum(1 for c in self._connections.values() if c.hijacked_open)
+
+    def track_hijacked(self, hijacked: Hijacked) -> None:
+        self._hijacked[hijacked.connection.id] = hijacked
+
+    # -- serving -------------------------------------------------------------
+
+    async def serve_tcp(
+        self,
+        port: int = 8080,
+        host: str | None = "127.0.0.1",
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 4096,
+        task_status: trio.TaskStatus[
+            list[trio.SocketListener]
+        ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on TCP (``host=None`` or ``""``: every interface, IPv4 and
+        IPv6). ``task_status.started()`` gets the listeners: read the bound
+        port from ``listeners[0].socket.getsockname()``."""
+        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        await self.serve_listeners(
+            listeners, ssl_context=ssl_context, task_status=task_status
+        )
+
+    async def serve_unix(
+        self,
+        path: str,
+        *,
+        mode: int = 0o660,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[
+            list[UnixSocketListener]
+        ] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on a UNIX socket created with ``mode`` (see
+        :func:`open_unix_listener`); the file is removed at shutdown."""
+        listener = await open_unix_listener(path, mode=mode)
+        await self.serve_listeners(
+            [listener], ssl_context=ssl_context, task_status=task_status
+        )
+
+    async def serve_listeners(
+        self,
+        listeners: Iterable[trio.abc.Listener[Any]],
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Serve on any trio Listeners until :meth:`shutdown` finishes.
+
+        Resource handling: the listeners are closed on return, and every
+        connection stream too (hijacked ones when their owner closes them, or
+        at the end of the shutdown grace period).
+        """
+        listeners = list(listeners)
+        if self._serving == 0:
+            self._stopped = trio.Event()
+        self._serving += 1
+        try:
+            async with trio.open_nursery() as connection_nursery:
+                async with trio.open_nursery() as accept_nursery:
+                    for listener in listeners:
+                        accept_nursery.start_soon(
+                            self._accept_loop, listener, connection_nursery, ssl_context
+                        )
+                    task_status.started(listeners)
+                    await self._shutdown_started.wait()
+                    accept_nursery.cancel_scope.cancel()
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
+                connection_nursery.cancel_scope.deadline = self._shutdown_deadline
+                with trio.move_on_at(self._shutdown_deadline):
+                    while self._connections:
+                        await self._closed_one.wait()
+                # Grace is over: close hijacked streams whose owners are still
+                # at it, and cancel handlers still running.
+                for hijacked in list(self._hijacked.values()):
+                    await trio.aclose_forcefully(hijacked)
+                connection_nursery.cancel_scope.cancel()
+        finally:
+            for listener in listeners:
+                await trio.aclose_forcefully(listener)
+            self._serving -= 1
+            if self._serving == 0:
+                self._stopped.set()
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, finish in-flight requests with no new keep-alive
+        cycle, close idle connections now, set ``shutdown_requested`` on
+        hijacked ones; after ``grace`` seconds (default
+        ``limits.shutdown_grace``) cancel and close what is left. Returns when
+        every ``serve_*`` call has returned."""
+        if not self._shutdown_started.is_set():
+            grace = self.limits.shutdown_grace if grace is None else grace
+            self._shutdown_deadline = trio.current_time() + grace
+            self._shutdown_started.set()
+            for driver in list(self._drivers):
+                driver.request_shutdown()
+            for connection in self._connections.values():
+                connection.shutdown_requested.set()
+        await self._stopped.wait()
+
+    # -- internals -------------------------------------------------------------
+
+    def _forget(self, connection: Connection) -> None:
+        """Called once per connection when its stream is closed."""
+        if self._connections.pop(connection.id, None) is not None:
+            self._hijacked.pop(connection.id, None)
+            self._capacity.release()
+            self._closed_one.set()
+            self._closed_one = trio.Event()
+
+    async def _accept_loop(
+        self,
+        listener: trio.abc.Listener[Any],
+        nursery: trio.Nursery,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        local_path = listener.path if isinstance(listener, UnixSocketListener) else None
+        while True:
+            await self._capacity.acquire()
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                self._capacity.release()
+                if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+                    logger.error(
+                        "accept failed (%s); retrying in %.1fs",
+                        errno.errorcode.get(exc.errno or 0, exc.errno),
+                        ACCEPT_CAPACITY_SLEEP,
+                        exc_info=True,
+                    )
+                    await trio.sleep(ACCEPT_CAPACITY_SLEEP)
+                    continue
+                raise
+            except BaseException:
+                self._capacity.release()
+                raise
+            nursery.start_soon(self._serve_connection, stream, local_path, ssl_context)
+
+    async def _serve_connection(
+        self,
+        stream: trio.abc.Stream,
+        local_path: str | None,
+        ssl_context: ssl.SSLContext | None,
+    ) -> None:
+        if ssl_context is not None:
+            stream = trio.SSLStream(
+                stream, ssl_context, server_side=True, https_compatible=True
+            )
+        connection = Connection(
+            next(self._ids), stream, self._state_hooks, local_path, self._forget
+        )
+        self._connections[connection.id] = connection
+        if self.shutting_down:
+            connection.shutdown_requested.set()
+        driver: HTTPConnection | None = None
+        try:
+            if self._on_connect is not None:
+                self._on_connect(connection)
+            if isinstance(stream, trio.SSLStream):
+                timeout = self.limits.tls_handshake_timeout
+                with trio.move_on_after(
+                    math.inf if timeout is None else timeout
+                ) as handshake:
+                    await stream.do_handshake()
+                if handshake.cancelled_caught:
+                    return
+            driver = HTTPConnection(self, stream, connection)
+            self._drivers.add(driver)
+            if self.shutting_down:
+                driver.request_shutdown()
+            await driver.serve()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            logger.debug("connection %d failed: %r", connection.id, exc)
+        except Exception:
+            logger.exception("connection %d failed", connection.id)
+        finally:
+            if driver is not None:
+                self._drivers.discard(driver)
+            if connection.state not in (ConnState.HIJACKED, ConnState.CLOSED):
+                with trio.CancelScope(shield=True):
+                    await trio.aclose_forcefully(stream)
+                connection.set_state(ConnState.CLOSED)
