@@ -16,6 +16,8 @@ from ._message import Headers as Headers
 from ._message import HTTPError as HTTPError
 from ._message import Request as Request
 from ._message import Response as Response
+from ._relay import RelayStats as RelayStats
+from ._relay import relay as relay
 from ._server import Server as Server
 
 __all__ = [
@@ -27,12 +29,14 @@ __all__ = [
     "Hijacked",
     "Limits",
     "PeerCredentials",
+    "RelayStats",
     "Request",
     "Response",
     "Server",
     "TLSInfo",
     "UnixSocketListener",
     "open_unix_listener",
+    "relay",
 ]
 
 __version__ = "0.1.0"
