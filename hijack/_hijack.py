@@ -17,6 +17,8 @@ Ownership rule (the contract every handler relies on):
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -50,6 +52,7 @@ class Hijacked(trio.abc.HalfCloseableStream):
         "_detached",
         "_pending",
         "_receiving",
+        "_sending",
         "buffered",
         "connection",
         "stream",
@@ -63,6 +66,7 @@ class Hijacked(trio.abc.HalfCloseableStream):
         self.connection = connection
         self._pending = memoryview(buffered)
         self._receiving = False
+        self._sending = False
         self._detached = False
         self._closed = False
 
@@ -92,25 +96,36 @@ class Hijacked(trio.abc.HalfCloseableStream):
         self._detached = True
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("hijacked stream is closed")
-        await self.stream.send_all(data)
+        with self._send_guard():
+            await self.stream.send_all(data)
 
     async def wait_send_all_might_not_block(self) -> None:
-        if self._closed:
-            raise trio.ClosedResourceError("hijacked stream is closed")
-        await self.stream.wait_send_all_might_not_block()
+        with self._send_guard():
+            await self.stream.wait_send_all_might_not_block()
 
     async def send_eof(self) -> None:
+        with self._send_guard():
+            stream = self.stream
+            if not isinstance(stream, trio.abc.HalfCloseableStream):
+                # TLS has no portable half-close; say so instead of faking it.
+                raise trio.BrokenResourceError(
+                    f"{type(stream).__name__} cannot half-close; close it instead"
+                )
+            await stream.send_eof()
+
+    @contextmanager
+    def _send_guard(self) -> Iterator[None]:
+        # The transport may not detect overlapping sends (a StapledStream
+        # does not), so we do: one sender at a time, as trio requires.
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending")
         if self._closed:
             raise trio.ClosedResourceError("hijacked stream is closed")
-        stream = self.stream
-        if not isinstance(stream, trio.abc.HalfCloseableStream):
-            # TLS 1.3 has no portable half-close; say so instead of faking it.
-            raise trio.BrokenResourceError(
-                f"{type(stream).__name__} cannot half-close; close it instead"
-            )
-        await stream.send_eof()
+        self._sending = True
+        try:
+            yield
+        finally:
+            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if max_bytes is not None and max_bytes < 1:

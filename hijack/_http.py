@@ -285,7 +285,7 @@ class HTTPConnection:
             self._must_close = True
             await self._respond_error(500)
             return
-        await self.start_response(response)
+        await self.start_response(response, add_length=True)
         body = response.body
         if isinstance(body, bytes | bytearray | memoryview):
             if body and request.method != "HEAD":
@@ -340,7 +340,9 @@ class HTTPConnection:
             self.h11.send_failed()
             raise _CloseConnection
 
-    def _head_headers(self, response: Response) -> list[tuple[bytes, bytes]]:
+    def _head_headers(
+        self, response: Response, add_length: bool
+    ) -> list[tuple[bytes, bytes]]:
         headers = response.headers
         names = {k.lower() for k, _ in headers}
         extra = []
@@ -350,7 +352,8 @@ class HTTPConnection:
             extra.append(SERVER_HEADER)
         body = response.body
         if (
-            isinstance(body, bytes | bytearray | memoryview)
+            add_length
+            and isinstance(body, bytes | bytearray | memoryview)
             and b"content-length" not in names
             and b"transfer-encoding" not in names
             and response.status not in (204, 304)
@@ -360,7 +363,11 @@ class HTTPConnection:
             extra.append((b"connection", b"close"))
         return extra + headers if extra else headers
 
-    async def start_response(self, response: Response) -> None:
+    async def start_response(
+        self, response: Response, *, add_length: bool = False
+    ) -> None:
+        """Send the head. ``add_length``: the body is ``response.body`` and
+        its length is known; otherwise the caller streams it (chunked)."""
         self._check_not_hijacked("send a response")
         if self._response_started:
             raise HijackError("a response was already started for this request")
@@ -370,7 +377,7 @@ class HTTPConnection:
         await self._send(
             h11.Response(
                 status_code=response.status,
-                headers=self._head_headers(response),
+                headers=self._head_headers(response, add_length),
                 reason=response.reason.encode("latin-1"),
             )
         )
@@ -392,7 +399,8 @@ class HTTPConnection:
         if detail:
             body += detail.encode("utf-8", "replace") + b"\n"
         await self.start_response(
-            Response(status, [("content-type", "text/plain; charset=utf-8")], body)
+            Response(status, [("content-type", "text/plain; charset=utf-8")], body),
+            add_length=True,
         )
         if self._request is None or self._request.method != "HEAD":
             await self._send(h11.Data(data=body))

@@ -1,4 +1,12 @@
-"""Relay bytes both ways between two streams, with half-close and counters."""
+"""Relay bytes both ways between two streams, with half-close and counters.
+
+Two ways to move bytes, same behaviour:
+
+* the copy loop: ``receive_some(256 KiB)`` then ``send_all``, for any trio
+  stream (TLS, memory streams, a :class:`~hijack.Hijacked` over either);
+* on Linux, when both ends are plain sockets, ``splice(2)`` through a pooled
+  pipe (see ``_splice``): no bytes through Python, no per-chunk allocation.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +15,13 @@ from dataclasses import dataclass
 
 import trio
 
+from . import _splice
+from ._hijack import Hijacked
+
 __all__ = ["RelayStats", "relay"]
 
+#: Large reads: per-chunk overhead (a trip through the scheduler, a bytes
+#: object) dominates a copy loop, so read as much as the kernel has.
 CHUNK = 256 * 1024
 
 
@@ -27,48 +40,87 @@ async def relay(
     *,
     idle_timeout: float | None = None,
     stats: RelayStats | None = None,
+    splice: bool | None = None,
+    pipe_pool: _splice.PipePool | None = None,
 ) -> RelayStats:
     """Copy ``a -> b`` and ``b -> a`` until both directions reach EOF.
 
-    EOF on one side is passed on with ``send_eof`` (the other direction keeps
-    flowing); a stream that cannot half-close is closed instead. A
-    :class:`~hijack.Hijacked` stream replays its ``buffered`` bytes first.
+    A :class:`~hijack.Hijacked` end has its ``buffered`` bytes sent first.
+    EOF on one side is passed on with ``send_eof`` and the other direction
+    keeps flowing until it ends too. A stream that cannot half-close (TLS:
+    trio's ``SSLStream`` has no ``send_eof``; its only end-of-data signal is
+    the close_notify sent by ``aclose``) is closed instead: its peer must
+    learn that no more data comes, or a client waiting for EOF would hang
+    forever. The cost is that bytes still coming from that peer are dropped,
+    which is what closing a TLS connection means anyway.
+
+    ``idle_timeout``: when no byte moves either way for that long, both
+    streams are closed and ``timed_out`` is True. An error either way (peer
+    reset, broken pipe) ends the relay quietly; the stats say how far it got.
+
+    ``splice``: None picks ``splice(2)`` when both ends are plain
+    ``trio.SocketStream`` (or Hijacked over one) on Linux, else the copy
+    loop; False forces the copy loop; True requires splice and raises
+    ``ValueError`` if it cannot be used. ``pipe_pool`` (default: a shared,
+    bounded pool) lends the pipes; a tunnel holds one per direction only
+    while bytes are in flight.
 
     Resource handling: both streams are closed when the relay returns, on
-    success, error, timeout or cancellation. ``stats`` (if given) is updated
-    as bytes move, so a caller can log partial counts after a failure.
+    success, error, timeout, ``ValueError`` or cancellation (a cancel is
+    re-raised after closing). ``stats`` (if given) is updated as bytes move,
+    so a caller can log partial counts after a failure.
     """
     stats = stats if stats is not None else RelayStats()
     timeout = math.inf if idle_timeout is None else idle_timeout
+    pool = pipe_pool if pipe_pool is not None else _splice.DEFAULT_PIPE_POOL
+    sock_a, sock_b = _splice.splice_socket(a), _splice.splice_socket(b)
     try:
+        can_splice = _splice.available() and sock_a is not None and sock_b is not None
+        if splice and not can_splice:
+            raise ValueError(
+                "splice=True needs Linux os.splice and two plain trio.SocketStream"
+                f" ends (or Hijacked over one), got {type(a).__name__} and"
+                f" {type(b).__name__}"
+            )
+        use_splice = can_splice if splice is None else splice
+
         with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+
+            def moved(forward: bool, n: int) -> None:
+                # Any byte either way means "not idle": push the deadline.
+                scope.deadline = trio.current_time() + timeout
+                if forward:
+                    stats.a_to_b += n
+                else:
+                    stats.b_to_a += n
 
             async def pump(
                 src: trio.abc.Stream, dst: trio.abc.Stream, forward: bool
             ) -> None:
-                while True:
-                    data = await src.receive_some(CHUNK)
-                    if not data:
-                        break
-                    scope.deadline = trio.current_time() + timeout
-                    await dst.send_all(data)
-                    if forward:
-                        stats.a_to_b += len(data)
-                    else:
-                        stats.b_to_a += len(data)
-                if isinstance(dst, trio.abc.HalfCloseableStream):
-                    try:
-                        await dst.send_eof()
-                        return
-                    except trio.BrokenResourceError:
-                        pass
-                await dst.aclose()
+                src_sock = sock_a if forward else sock_b
+                dst_sock = sock_b if forward else sock_a
+                if use_splice and src_sock is not None and dst_sock is not None:
+                    # Splicing reads the raw socket, so send what the HTTP
+                    # layer had read ahead first, in order.
+                    if isinstance(src, Hijacked) and (early := src.take_buffered()):
+                        await dst_sock.send_all(early)
+                        moved(forward, len(early))
+                    await _splice.splice_stream(
+                        src_sock, dst_sock, pool, lambda n: moved(forward, n)
+                    )
+                else:
+                    while data := await src.receive_some(CHUNK):
+                        await dst.send_all(data)
+                        moved(forward, len(data))
+                await _send_eof_or_close(dst)
 
             try:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(pump, a, b, True)
                     nursery.start_soon(pump, b, a, False)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                # The peer went away (or a stream we closed on EOF was still
+                # being read): the relay is over, both get closed below.
                 pass
         stats.timed_out = scope.cancelled_caught
     finally:
@@ -76,3 +128,15 @@ async def relay(
             await trio.aclose_forcefully(a)
             await trio.aclose_forcefully(b)
     return stats
+
+
+async def _send_eof_or_close(dst: trio.abc.Stream) -> None:
+    """Pass EOF on; close ``dst`` if it cannot half-close (see ``relay``)."""
+    if isinstance(dst, trio.abc.HalfCloseableStream):
+        try:
+            await dst.send_eof()
+            return
+        except trio.BrokenResourceError:
+            # A Hijacked over TLS says it cannot half-close this way.
+            pass
+    await dst.aclose()

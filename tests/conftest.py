@@ -48,3 +48,49 @@ async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
             break
         data += chunk
     return data
+
+
+class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
+    """An in-memory trio Listener: ``await listener.connect()`` returns the
+    client end of a fresh ``memory_stream_pair`` whose server end the server
+    accepts. Lets timeout tests run on ``autojump_clock`` with no sockets."""
+
+    def __init__(
+        self,
+        pair: Callable[
+            [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
+        ] = trio.testing.memory_stream_pair,
+    ) -> None:
+        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](0)
+        self._pair = pair
+        self.closed = False
+
+    async def connect(self) -> trio.abc.HalfCloseableStream:
+        client, server = self._pair()
+        await self._send.send(server)
+        return client
+
+    async def accept(self) -> trio.abc.Stream:
+        return await self._receive.receive()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._receive.aclose()
+        await trio.lowlevel.checkpoint()
+
+
+@pytest.fixture
+async def memory_server(
+    nursery: trio.Nursery,
+) -> AsyncIterator[Callable[..., Awaitable[tuple[Server, MemoryListener]]]]:
+    """``server, listener = await memory_server(handler, **kwargs)``."""
+
+    async def start(
+        handler: Handler, *, listener: MemoryListener | None = None, **kwargs: Any
+    ) -> tuple[Server, MemoryListener]:
+        server = Server(handler, **kwargs)
+        listener = listener or MemoryListener()
+        await nursery.start(server.serve_listeners, [listener])
+        return server, listener
+
+    yield start

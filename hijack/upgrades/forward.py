@@ -1,0 +1,270 @@
+"""The client side of a tunnel through a hijack server.
+
+:func:`open_tunnel` asks a server for a raw stream, either with
+``CONNECT host:port`` (a proxy) or with ``Upgrade: tcp`` (a
+:class:`~hijack.upgrades.tcp.TCPUpgrade` endpoint), and returns that stream.
+:func:`serve_forward` does it for every connection to a local port;
+:func:`forward_stdio` does it once for stdin/stdout (ssh's ``ProxyCommand``).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+from typing import Literal
+
+import h11
+import trio
+
+from .. import relay
+
+__all__ = ["TunnelError", "forward_stdio", "open_tunnel", "serve_forward"]
+
+logger = logging.getLogger("hijack.forward")
+
+Mode = Literal["connect", "upgrade"]
+
+# An error answer's body is kept (this much of it) for the exception message.
+MAX_ERROR_BODY = 1024
+
+
+class TunnelError(Exception):
+    """The server refused the tunnel. ``status`` is the HTTP status it
+    answered, or 0 when it did not answer with valid HTTP; ``reason`` says
+    why; ``body`` holds the start of its error body, if any."""
+
+    def __init__(self, status: int, reason: str, body: bytes = b"") -> None:
+        self.status = status
+        self.reason = reason
+        self.body = body
+        detail = body.decode("utf-8", "replace").strip()
+        super().__init__(
+            f"tunnel refused: {status} {reason}" + (f" ({detail})" if detail else "")
+            if status
+            else f"tunnel failed: {reason}"
+        )
+
+
+class ReplayStream(trio.abc.HalfCloseableStream):
+    """``stream``, reading ``prefix`` first: the bytes that arrived behind
+    the response head. Closing it closes ``stream``."""
+
+    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+        self.stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if not self._prefix:
+            return await self.stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        end = len(self._prefix) if max_bytes is None else max_bytes
+        chunk, self._prefix = self._prefix[:end], self._prefix[end:]
+        return chunk
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.stream.send_eof()
+
+    async def aclose(self) -> None:
+        self._prefix = b""
+        await self.stream.aclose()
+
+
+def _authority(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _request(
+    via: tuple[str, int],
+    target: tuple[str, int] | None,
+    mode: Mode,
+    auth: tuple[str, str] | None,
+    path: str,
+) -> h11.Request:
+    if mode == "connect":
+        if target is None:
+            raise ValueError("connect mode needs a target (host, port)")
+        authority = _authority(*target)
+        method, request_target = "CONNECT", authority
+        headers = [("Host", authority)]
+        auth_header = "Proxy-Authorization"
+    elif mode == "upgrade":
+        if target is not None:
+            raise ValueError("upgrade mode takes no target: the server picks it")
+        method, request_target = "GET", path
+        headers = [
+            ("Host", _authority(*via)),
+            ("Connection", "Upgrade"),
+            ("Upgrade", "tcp"),
+        ]
+        auth_header = "Authorization"
+    else:
+        raise ValueError(f"mode must be 'connect' or 'upgrade', not {mode!r}")
+    if auth is not None:
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+        headers.append((auth_header, f"Basic {token}"))
+    return h11.Request(method=method, target=request_target, headers=headers)
+
+
+async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object:
+    while True:
+        event = conn.next_event()
+        if event is not h11.NEED_DATA:
+            return event
+        conn.receive_data(await stream.receive_some())
+
+
+async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+    """Up to MAX_ERROR_BODY bytes of an error answer's body, best effort."""
+    body = b""
+    try:
+        while len(body) < MAX_ERROR_BODY:
+            event = await _next_event(conn, stream)
+            if not isinstance(event, h11.Data):
+                break
+            body += event.data
+    except (h11.RemoteProtocolError, trio.BrokenResourceError):
+        pass
+    return body[:MAX_ERROR_BODY]
+
+
+async def _handshake(
+    stream: trio.SocketStream, request: h11.Request, mode: Mode
+) -> bytes:
+    """Send ``request``, read the answer's head; return the bytes behind it."""
+    conn = h11.Connection(h11.CLIENT)
+    await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
+    while True:
+        try:
+            event = await _next_event(conn, stream)
+        except h11.RemoteProtocolError as exc:
+            raise TunnelError(0, f"bad answer from the server: {exc}") from exc
+        if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
+            continue  # 100 Continue and friends: the real answer follows
+        if not isinstance(event, h11.InformationalResponse | h11.Response):
+            raise TunnelError(0, "the server closed the connection without answering")
+        if mode == "upgrade":
+            wanted = event.status_code == 101
+        else:
+            wanted = 200 <= event.status_code < 300
+        reason = event.reason.decode("latin-1")
+        if not wanted:
+            body = await _error_body(conn, stream)
+            raise TunnelError(event.status_code, reason, body)
+        if mode == "upgrade":
+            upgrade = {
+                v.strip().lower()
+                for name, value in event.headers
+                if name == b"upgrade"
+                for v in value.decode("latin-1").split(",")
+            }
+            if upgrade != {"tcp"}:
+                raise TunnelError(101, f"switched to {sorted(upgrade)}, not tcp")
+        # h11 is now in SWITCHED_PROTOCOL: what it did not parse is tunnel data.
+        return bytes(conn.trailing_data[0])
+
+
+async def open_tunnel(
+    via: tuple[str, int],
+    target: tuple[str, int] | None,
+    mode: Mode,
+    *,
+    auth: tuple[str, str] | None = None,
+    path: str = "/",
+) -> trio.abc.HalfCloseableStream:
+    """Connect to the hijack server at ``via`` and open a raw stream through it.
+
+    ``mode="connect"``: ``CONNECT target`` (``target`` required), accepted on
+    any 2xx; ``auth`` is sent as ``Proxy-Authorization: Basic``.
+    ``mode="upgrade"``: ``GET path`` with ``Upgrade: tcp`` (``target`` must be
+    None: the server picks the upstream), accepted on ``101`` with
+    ``Upgrade: tcp``; ``auth`` is sent as ``Authorization: Basic``.
+
+    Raises :class:`TunnelError` if the server says no (or does not speak
+    HTTP), ``OSError`` if it cannot be reached. The returned stream yields
+    the bytes that came right behind the answer first; the caller owns it and
+    must close it. On error or cancel, the connection is closed.
+    """
+    request = _request(via, target, mode, auth, path)
+    stream = await trio.open_tcp_stream(*via)
+    try:
+        prefix = await _handshake(stream, request, mode)
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return ReplayStream(stream, prefix)
+
+
+async def serve_forward(
+    listen: tuple[str, int] | int,
+    via: tuple[str, int],
+    target: tuple[str, int] | None,
+    mode: Mode,
+    *,
+    auth: tuple[str, str] | None = None,
+    task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Listen on ``listen`` (``(host, port)``, or a port on 127.0.0.1; port 0
+    picks one) and tunnel every
+    connection through ``via`` (see :func:`open_tunnel`).
+
+    ``task_status.started()`` gets the listeners. Runs until cancelled; a
+    cancel closes the listeners and every forwarded connection. A tunnel that
+    cannot be opened is logged on ``hijack.forward`` and its local connection
+    closed; the other connections are not affected.
+    """
+    _request(via, target, mode, auth, "/")  # a bad argument fails here, once
+    host, port = ("127.0.0.1", listen) if isinstance(listen, int) else listen
+    listeners = await trio.open_tcp_listeners(port, host=host)
+
+    async def forward(local: trio.SocketStream) -> None:
+        try:
+            tunnel = await open_tunnel(via, target, mode, auth=auth)
+        except (OSError, TunnelError) as exc:
+            logger.warning("cannot open a tunnel via %s:%d: %s", *via, exc)
+            await trio.aclose_forcefully(local)
+            return
+        await relay(local, tunnel)
+
+    await trio.serve_listeners(forward, listeners, task_status=task_status)
+
+
+async def forward_stdio(
+    via: tuple[str, int],
+    target: tuple[str, int] | None,
+    mode: Mode,
+    *,
+    auth: tuple[str, str] | None = None,
+) -> None:
+    """Open one tunnel and relay it to stdin/stdout, until both directions
+    reach EOF (for ssh's ``ProxyCommand``).
+
+    stdin EOF is passed on as ``send_eof`` on the tunnel; tunnel EOF closes
+    our copy of stdout. fds 0 and 1 must be pipes, sockets or ttys (not
+    regular files). They are duplicated, so the originals stay open; the
+    duplicates share their blocking flag, which is restored on return.
+    Raises :class:`TunnelError` or ``OSError`` if the tunnel cannot be opened.
+    """
+    was_blocking = os.get_blocking(0), os.get_blocking(1)
+    tunnel = await open_tunnel(via, target, mode, auth=auth)
+    stdin = stdout = None
+    try:
+        stdin = trio.lowlevel.FdStream(os.dup(0))
+        stdout = trio.lowlevel.FdStream(os.dup(1))
+        await relay(tunnel, trio.StapledStream(stdout, stdin))
+    finally:
+        # relay() closed everything if it ran; this covers a failed dup.
+        with trio.CancelScope(shield=True):
+            for stream in (tunnel, stdin, stdout):
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+        os.set_blocking(0, was_blocking[0])
+        os.set_blocking(1, was_blocking[1])

@@ -1,0 +1,146 @@
+"""``Upgrade: tcp``: turn an HTTP request into a raw TCP stream to one upstream.
+
+The Docker raw-stream style: the client sends a request with
+``Connection: Upgrade`` and ``Upgrade: tcp``; the server dials its upstream,
+answers ``101 Switching Protocols`` and from then on relays bytes both ways.
+The client side (``open_tunnel``, a local forwarder) is in
+:mod:`hijack.upgrades.forward`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import trio
+
+from .. import HTTPError, Request, Response, Headers, RelayStats, relay
+
+__all__ = ["TCPUpgrade", "is_tcp_upgrade"]
+
+logger = logging.getLogger("hijack.tcp")
+
+Handler = Callable[[Request], Awaitable[Response | None]]
+
+UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+
+
+def _tokens(headers: Headers, name: str) -> set[str]:
+    """The comma-separated tokens of every ``name`` header, lowercased."""
+    return {
+        token.strip().lower()
+        for value in headers.get_all(name)
+        for token in value.split(",")
+    }
+
+
+def is_tcp_upgrade(request: Request) -> bool:
+    """True if ``request`` asks for ``Connection: Upgrade`` + ``Upgrade: tcp``
+    (token match, case-insensitive, in any of the listed values)."""
+    return "upgrade" in _tokens(request.headers, "connection") and "tcp" in _tokens(
+        request.headers, "upgrade"
+    )
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (
+        length is not None and length.strip() != "0"
+    )
+
+
+class TCPUpgrade:
+    """A hijack handler relaying ``Upgrade: tcp`` requests to ``upstream``.
+
+    The upstream is dialled *before* answering, so a client only ever sees
+    ``101`` when there is something at the other end: refused or unreachable
+    -> ``502``, slower than ``connect_timeout`` -> ``504``. Bytes the client
+    sent right behind its request are replayed to the upstream first. A relay
+    with no byte either way for ``idle_timeout`` seconds (``None``: never) is
+    closed. Requests without the upgrade go to ``fallback``, or get ``426``.
+    A request body is refused with ``400``: it would otherwise leak into the
+    stream.
+
+    Resource handling: the handler owns both streams and the relay closes both
+    when it returns (EOF both ways, an error, the idle timeout, or a cancel,
+    e.g. the server's shutdown grace running out). One log line per stream on
+    the ``hijack.tcp`` logger.
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        *,
+        connect_timeout: float = 10.0,
+        idle_timeout: float | None = 300.0,
+        fallback: Handler | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.fallback = fallback
+
+    def __repr__(self) -> str:
+        host, port = self.upstream
+        return f"<TCPUpgrade upstream={host}:{port}>"
+
+    async def __call__(self, request: Request) -> Response | None:
+        if not is_tcp_upgrade(request):
+            if self.fallback is not None:
+                return await self.fallback(request)
+            return Response(
+                426,
+                headers=UPGRADE_HEADERS,
+                body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
+            )
+        if _has_body(request):
+            raise HTTPError(400, "an Upgrade: tcp request carries no body")
+        upstream = await self._dial(request)
+        try:
+            hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
+        except BaseException:
+            await trio.aclose_forcefully(upstream)
+            raise
+        stats = RelayStats()
+        started = trio.current_time()
+        outcome = "error"
+        try:
+            await relay(hijacked, upstream, idle_timeout=self.idle_timeout, stats=stats)
+            outcome = "idle timeout" if stats.timed_out else "closed"
+        finally:
+            # Logged from ``finally`` so a cancelled stream (shutdown) still
+            # gets its line, with the counts it reached.
+            logger.info(
+                "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                request.connection.id,
+                request.connection.remote_address,
+                *self.upstream,
+                outcome,
+                stats.a_to_b,
+                stats.b_to_a,
+                trio.current_time() - started,
+            )
+        return None
+
+    async def _dial(self, request: Request) -> trio.SocketStream:
+        host, port = self.upstream
+        try:
+            with trio.fail_after(self.connect_timeout):
+                return await trio.open_tcp_stream(host, port)
+        except trio.TooSlowError:
+            failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
+            why = f"timed out after {self.connect_timeout}s"
+        except OSError as exc:
+            # The client gets no OS detail; the log does.
+            failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
+            why = str(exc)
+        logger.warning(
+            "connection %d %s -> %s:%d dial failed (%s): answered %d",
+            request.connection.id,
+            request.connection.remote_address,
+            host,
+            port,
+            why,
+            failure.status,
+        )
+        raise failure

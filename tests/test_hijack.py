@@ -1,0 +1,276 @@
+"""The hijack contract: every byte handed over, clear errors, ownership."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import trio
+import trio.testing
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hijack import Connection, Hijacked, HijackError, Limits, Request, Response
+
+from .conftest import MemoryListener, StartServer, read_until, read_until_closed
+
+UPGRADE = b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
+CONNECT = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+PLAIN = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def post_head(length: int) -> bytes:
+    return b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
+
+
+def splits(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if a != b]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    kind=st.sampled_from(["upgrade", "connect", "plain", "post"]),
+    early=st.binary(max_size=300),
+    body_reads=st.integers(min_value=0, max_value=3),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=12),
+)
+async def test_buffered_plus_stream_is_exactly_what_followed(
+    kind: str, early: bytes, body_reads: int, cuts: list[int]
+) -> None:
+    """For any split of the client's bytes into reads and any early data,
+    consumed head + body read by the handler + ``buffered`` + what the
+    hijacked stream yields afterwards == every byte the client sent."""
+    if kind == "post":
+        head = post_head(len(early))
+    else:
+        head = {"upgrade": UPGRADE, "connect": CONNECT, "plain": PLAIN}[kind]
+    sent = head + early
+    result: dict[str, bytes] = {}
+
+    async def handler(request: Request) -> None:
+        body = b""
+        for _ in range(body_reads if kind == "post" else 0):
+            async for chunk in request.body():
+                body += chunk
+                break
+        response = None
+        if kind == "upgrade":
+            response = Response(101, {"connection": "upgrade", "upgrade": "echo"})
+        elif kind == "connect":
+            response = Response(200)
+        hijacked = await request.hijack(response)
+        rest = b""
+        while chunk := await hijacked.stream.receive_some():
+            rest += chunk
+        result["body"] = body
+        result["buffered"] = hijacked.buffered
+        result["rest"] = rest
+        await hijacked.aclose()
+
+    from hijack import Server
+
+    server = Server(handler)
+    listener = MemoryListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+        client = await listener.connect()
+        for piece in splits(sent, cuts):
+            await client.send_all(piece)
+            await trio.testing.wait_all_tasks_blocked()
+        await client.send_eof()
+        await read_until_closed(client)
+        await client.aclose()
+        await server.shutdown(grace=0)
+    assert head + result["body"] + result["buffered"] + result["rest"] == sent
+
+
+async def check_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
+    left, right = trio.testing.memory_stream_pair()
+    return Hijacked(left, b"", Connection(1, left)), right
+
+
+async def clogged_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
+    left, right = trio.testing.lockstep_stream_pair()
+    return Hijacked(left, b"", Connection(1, left)), right
+
+
+async def test_hijacked_is_a_half_closeable_stream() -> None:
+    await trio.testing.check_half_closeable_stream(check_stream_pair, clogged_stream_pair)
+
+
+async def test_hijacked_replays_buffered_first() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    hijacked = Hijacked(left, b"early bytes", Connection(1, left))
+    await right.send_all(b" then more")
+    assert await hijacked.receive_some(5) == b"early"
+    assert await hijacked.receive_some() == b" bytes"
+    assert await hijacked.receive_some() == b" then more"
+    await hijacked.aclose()
+    await right.aclose()
+
+
+async def echo_upgrade(request: Request) -> None:
+    hijacked = await request.hijack(Response(101, {"connection": "upgrade", "upgrade": "echo"}))
+    async with hijacked:
+        while data := await hijacked.receive_some():
+            await hijacked.send_all(data)
+
+
+async def test_upgrade_head_and_early_data_over_tcp(start_server: StartServer) -> None:
+    server, port = await start_server(echo_upgrade)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(UPGRADE + b"early")
+        data = await read_until(stream, b"early")
+        assert data.startswith(
+            b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n"
+        )
+        assert data.endswith(b"\r\n\r\nearly")
+        assert server.open_hijacked_connections == 1
+        assert server.open_http_connections == 0
+        await stream.send_all(b"later")
+        assert await read_until(stream, b"later") == b"later"
+        await stream.send_eof()
+        assert await read_until_closed(stream) == b""
+    with trio.fail_after(5):
+        while server.open_hijacked_connections:
+            await trio.sleep(0.01)
+
+
+async def test_connect_answer_has_no_framing_headers(start_server: StartServer) -> None:
+    async def handler(request: Request) -> None:
+        hijacked = await request.hijack(Response(200))
+        await hijacked.send_all(await hijacked.receive_some())
+        await hijacked.aclose()
+
+    _, port = await start_server(handler)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(CONNECT + b"\x16\x03\x01hello")
+        data = await read_until_closed(stream)
+    head, _, rest = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"content-length" not in head.lower()
+    assert b"transfer-encoding" not in head.lower()
+    assert rest == b"\x16\x03\x01hello"
+
+
+async def test_misuse_raises_clear_errors(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    errors: list[str] = []
+    kept: list[Request] = []
+
+    async def handler(request: Request) -> Response | None:
+        if request.path == "/late":
+            kept.append(request)
+            return Response(200, body=b"ok")
+        hijacked = await request.hijack()
+        for attempt in (
+            request.hijack(),
+            request.read(),
+            request.start_response(Response(200)),
+        ):
+            try:
+                await attempt
+            except HijackError as exc:
+                errors.append(str(exc))
+        await hijacked.send_all(b"raw")
+        return Response(200)  # a response after hijack: logged, discarded
+
+    _, port = await start_server(handler)
+    with caplog.at_level(logging.ERROR, logger="hijack"):
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(PLAIN)
+            assert await read_until_closed(stream) == b"raw"
+    assert errors == [
+        "the connection was already hijacked",
+        "cannot read the request body: the connection was hijacked",
+        "cannot send a response: the connection was hijacked",
+    ]
+    with trio.fail_after(5):  # logged after the stream is closed
+        while not any("after hijacking" in r.getMessage() for r in caplog.records):
+            await trio.sleep(0.01)
+
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET /late HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await read_until_closed(stream)
+    with pytest.raises(HijackError, match="handler already returned"):
+        await kept[0].hijack()
+
+
+async def test_started_stream_is_flushed_before_handover(start_server: StartServer) -> None:
+    async def handler(request: Request) -> None:
+        await request.start_response(Response(200, {"content-type": "x/raw"}))
+        await request.send_data(b"first")
+        hijacked = await request.hijack()
+        await hijacked.send_all(b"|raw")
+        await hijacked.aclose()
+
+    _, port = await start_server(handler)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(PLAIN)
+        data = await read_until_closed(stream)
+    assert data.endswith(b"\r\n\r\n5\r\nfirst\r\n|raw")
+
+
+async def test_handler_return_closes_unless_detached(start_server: StartServer) -> None:
+    holder: list[Hijacked] = []
+
+    async def handler(request: Request) -> None:
+        hijacked = await request.hijack()
+        if request.path == "/detach":
+            hijacked.detach()
+            holder.append(hijacked)
+
+    server, port = await start_server(handler)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(PLAIN)
+        assert await read_until_closed(stream) == b""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET /detach HTTP/1.1\r\nHost: x\r\n\r\n")
+        with trio.fail_after(5):
+            while not holder:
+                await trio.sleep(0.01)
+        assert server.open_hijacked_connections == 1
+        await holder[0].send_all(b"still mine")
+        assert await stream.receive_some() == b"still mine"
+        await holder[0].aclose()
+        assert await read_until_closed(stream) == b""
+    assert server.open_hijacked_connections == 0
+    assert holder[0].connection.state.value == "hijacked"
+
+
+async def test_server_timeouts_stop_after_hijack(
+    memory_server: object, autojump_clock: trio.testing.MockClock
+) -> None:
+    got: list[bytes] = []
+
+    async def handler(request: Request) -> None:
+        async with await request.hijack() as hijacked:
+            got.append(await hijacked.receive_some())
+
+    limits = Limits(head_timeout=1, idle_timeout=1, body_timeout=1, write_timeout=1)
+    server, listener = await memory_server(handler, limits=limits)  # type: ignore[operator]
+    client = await listener.connect()
+    await client.send_all(PLAIN)
+    await trio.sleep(3600)  # an hour of silence: no server timeout applies
+    await client.send_all(b"awake")
+    await trio.testing.wait_all_tasks_blocked()
+    assert got == [b"awake"]
+    await client.aclose()
+
+
+async def test_garbage_collected_detached_stream_warns() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    hijacked = Hijacked(left, b"", Connection(1, left))
+    hijacked.detach()
+    with pytest.warns(ResourceWarning, match="garbage collected without being closed"):
+        del hijacked
+        import gc
+
+        gc.collect()
+    await right.aclose()

@@ -1,0 +1,250 @@
+"""HTTP/1.1 behaviour through real loopback sockets, checked byte by byte."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+import h11
+import pytest
+import trio
+
+from hijack import HTTPError, Limits, Request, Response
+
+from .conftest import StartServer, read_until, read_until_closed
+
+
+async def hello(request: Request) -> Response:
+    body = await request.read()
+    return Response(200, {"content-type": "text/plain"}, b"echo:" + body)
+
+
+def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[list[h11.Event]]:
+    """Split raw bytes into responses (list of h11 events each)."""
+    client = h11.Connection(h11.CLIENT)
+    responses: list[list[h11.Event]] = []
+    methods = methods or [b"GET"] * 16
+    client.receive_data(data)
+    for method in methods:
+        client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        client.send(h11.EndOfMessage())
+        events: list[h11.Event] = []
+        while True:
+            event = client.next_event()
+            if event is h11.NEED_DATA or isinstance(event, h11.ConnectionClosed):
+                return responses + ([events] if events else [])
+            events.append(event)
+            if isinstance(event, h11.EndOfMessage):
+                break
+        responses.append(events)
+        if client.our_state is h11.MUST_CLOSE or client.their_state is h11.MUST_CLOSE:
+            return responses
+        client.start_next_cycle()
+    return responses
+
+
+def body_of(events: list[h11.Event]) -> bytes:
+    return b"".join(bytes(e.data) for e in events if isinstance(e, h11.Data))
+
+
+async def exchange(port: int, raw: bytes) -> bytes:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(raw)
+        return await read_until_closed(stream)
+
+
+async def test_keep_alive_and_pipelining_in_order(start_server: StartServer) -> None:
+    _, port = await start_server(hello)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n1"
+            b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n22"
+        )
+        data = await read_until(stream, b"echo:22")
+        await stream.send_all(
+            b"POST /c HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nConnection: close\r\n\r\n3"
+        )
+        data += await read_until_closed(stream)
+    responses = parse_responses(data)
+    assert [body_of(r) for r in responses] == [b"echo:1", b"echo:22", b"echo:3"]
+    head = responses[0][0]
+    assert isinstance(head, h11.Response)
+    names = dict(head.headers)
+    assert names[b"server"] == b"hijack"
+    assert b"GMT" in names[b"date"]
+
+
+async def test_chunked_request_body_is_streamed(start_server: StartServer) -> None:
+    seen: list[bytes] = []
+
+    async def handler(request: Request) -> Response:
+        async for chunk in request.body():
+            seen.append(chunk)
+        return Response(200, body=str(sum(map(len, seen))).encode())
+
+    _, port = await start_server(handler)
+    data = await exchange(
+        port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        b"Connection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    )
+    assert b"".join(seen) == b"hello world"
+    assert body_of(parse_responses(data)[0]) == b"11"
+
+
+async def test_async_iterator_body_is_chunked(start_server: StartServer) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        for part in (b"one ", b"two ", b"three"):
+            yield part
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=parts())
+
+    _, port = await start_server(handler)
+    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"transfer-encoding: chunked\r\n" in data.lower()
+    assert body_of(parse_responses(data)[0]) == b"one two three"
+
+
+async def test_http10_gets_close_delimited_stream(start_server: StartServer) -> None:
+    async def parts() -> AsyncIterator[bytes]:
+        yield b"old "
+        yield b"client"
+
+    async def handler(request: Request) -> Response:
+        assert request.http_version == "1.0"
+        return Response(200, body=parts())
+
+    _, port = await start_server(handler)
+    data = await exchange(port, b"GET / HTTP/1.0\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"transfer-encoding" not in data.lower()
+    assert data.endswith(b"\r\n\r\nold client")
+
+
+async def test_head_has_length_but_no_body(start_server: StartServer) -> None:
+    _, port = await start_server(hello)
+    data = await exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert b"content-length: 5\r\n" in data
+    assert data.endswith(b"\r\n\r\n")
+
+
+async def test_expect_100_continue(start_server: StartServer) -> None:
+    _, port = await start_server(hello)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+            b"Expect: 100-continue\r\nConnection: close\r\n\r\n"
+        )
+        interim = await read_until(stream, b"\r\n\r\n")
+        assert interim == b"HTTP/1.1 100 \r\n\r\n"
+        await stream.send_all(b"data")
+        data = await read_until_closed(stream)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"echo:data")
+
+
+async def test_body_over_limit_is_413_without_100(start_server: StartServer) -> None:
+    called = False
+
+    async def handler(request: Request) -> Response:
+        nonlocal called
+        called = True
+        return Response(200)
+
+    _, port = await start_server(handler, limits=Limits(max_body_size=10))
+    data = await exchange(
+        port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\nExpect: 100-continue\r\n\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b" 100 " not in data
+    assert not called
+
+
+async def test_chunked_body_over_limit_is_413(start_server: StartServer) -> None:
+    _, port = await start_server(hello, limits=Limits(max_body_size=10))
+    data = await exchange(
+        port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"8\r\n12345678\r\n8\r\n12345678\r\n0\r\n\r\n",
+    )
+    assert data.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in data
+
+
+async def test_handler_exception_is_500_and_logged(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def handler(request: Request) -> Response:
+        raise ZeroDivisionError("boom")
+
+    _, port = await start_server(handler)
+    with caplog.at_level(logging.ERROR, logger="hijack"):
+        data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 500 ")
+    records = [r for r in caplog.records if r.exc_info]
+    assert records and records[0].exc_info is not None
+    assert records[0].exc_info[0] is ZeroDivisionError
+    # The server still serves.
+    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 500 ")
+
+
+async def test_http_error_from_handler(start_server: StartServer) -> None:
+    async def handler(request: Request) -> Response:
+        raise HTTPError(404, "no such thing")
+
+    _, port = await start_server(handler)
+    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 404 Not Found\r\n")
+    assert data.endswith(b"no such thing\n")
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GARBAGE\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\n\r\n", b"400"),  # no Host
+        (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+        (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40000 + b"\r\n\r\n", b"431"),
+        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999\r\n\r\n", b"413"),
+    ],
+)
+async def test_bad_requests_get_status_and_close(
+    start_server: StartServer, raw: bytes, status: bytes
+) -> None:
+    _, port = await start_server(hello)
+    data = await exchange(port, raw)
+    assert data.startswith(b"HTTP/1.1 " + status + b" ")
+    assert b"connection: close" in data
+    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 200 ")
+
+
+async def test_content_length_with_transfer_encoding_answers_then_closes(
+    start_server: StartServer,
+) -> None:
+    _, port = await start_server(hello)
+    data = await exchange(
+        port,
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\nab\r\n0\r\n\r\n"
+        b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n",
+    )
+    responses = parse_responses(data)
+    assert len(responses) == 1
+    assert body_of(responses[0]) == b"echo:ab"
+    assert b"connection: close" in data
+
+
+async def test_streaming_with_start_response(start_server: StartServer) -> None:
+    async def handler(request: Request) -> None:
+        await request.start_response(Response(200, {"content-type": "text/plain"}))
+        for i in range(3):
+            await request.send_data(b"%d," % i)
+
+    _, port = await start_server(handler)
+    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert body_of(parse_responses(data)[0]) == b"0,1,2,"
