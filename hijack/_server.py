@@ -171,7 +171,6 @@ class Server:
                     accept_nursery.cancel_scope.cancel()
                 for listener in listeners:
                     await trio.aclose_forcefully(listener)
-                connection_nursery.cancel_scope.deadline = self._shutdown_deadline
                 with trio.move_on_at(self._shutdown_deadline):
                     while self._connections:
                         await self._closed_one.wait()

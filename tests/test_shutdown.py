@@ -1,0 +1,123 @@
+"""Graceful shutdown: idle closed now, in-flight finished, hijacked told."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import trio
+import trio.testing
+
+from hijack import Limits, Request, Response, Server
+
+from .conftest import MemoryListener, read_until, read_until_closed
+
+MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
+
+
+async def test_shutdown_closes_idle_and_finishes_in_flight(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    release = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/slow":
+            await release.wait()
+        return Response(200, body=b"done")
+
+    server = Server(handler, limits=Limits(shutdown_grace=60))
+    listener = MemoryListener()
+    nursery.start_soon(server.serve_listeners, [listener])
+    await trio.testing.wait_all_tasks_blocked()
+    fresh = await listener.connect()
+    idle = await listener.connect()
+    await idle.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await read_until(idle, b"done")
+    busy = await listener.connect()
+    await busy.send_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+    await trio.testing.wait_all_tasks_blocked()
+
+    stopped_at: list[float] = []
+
+    async def shut() -> None:
+        await server.shutdown()
+        stopped_at.append(trio.current_time())
+
+    nursery.start_soon(shut)
+    await trio.testing.wait_all_tasks_blocked()
+    assert listener.closed
+    assert await read_until_closed(fresh) == b""
+    assert await read_until_closed(idle) == b""
+    assert server.open_http_connections == 1
+    await trio.sleep(5)
+    release.set()
+    data = await read_until_closed(busy)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in data
+    assert data.endswith(b"done")
+    await trio.testing.wait_all_tasks_blocked()
+    assert stopped_at == [5.0]
+    for stream in (fresh, idle, busy):
+        await stream.aclose()
+
+
+async def test_hijacked_owners_are_told_and_drained(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def polite(request: Request) -> None:
+        hijacked = await request.hijack()
+        async with hijacked:
+            await request.connection.shutdown_requested.wait()
+            await hijacked.send_all(b"bye")
+
+    async def stubborn(request: Request) -> None:
+        hijacked = await request.hijack()
+        async with hijacked:
+            await trio.sleep_forever()
+
+    async def handler(request: Request) -> None:
+        await (polite if request.path == "/polite" else stubborn)(request)
+
+    server = Server(handler, limits=Limits(shutdown_grace=30))
+    listener = MemoryListener()
+    nursery.start_soon(server.serve_listeners, [listener])
+    await trio.testing.wait_all_tasks_blocked()
+    a = await listener.connect()
+    await a.send_all(b"GET /polite HTTP/1.1\r\nHost: x\r\n\r\n")
+    b = await listener.connect()
+    await b.send_all(b"GET /stubborn HTTP/1.1\r\nHost: x\r\n\r\n")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.open_hijacked_connections == 2
+
+    start = trio.current_time()
+    async with trio.open_nursery() as inner:
+        inner.start_soon(server.shutdown)
+        assert await read_until_closed(a) == b"bye"
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.open_hijacked_connections == 1
+    # shutdown() returned: the stubborn one was cancelled after the grace.
+    assert trio.current_time() - start == 30
+    assert await read_until_closed(b) == b""
+    assert server.open_hijacked_connections == 0
+    assert server.connections == []
+    await a.aclose()
+    await b.aclose()
+
+
+async def test_detached_hijacked_stream_is_closed_after_grace(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def handler(request: Request) -> None:
+        (await request.hijack()).detach()  # handed on, and then forgotten
+
+    server = Server(handler, limits=Limits(shutdown_grace=10))
+    listener = MemoryListener()
+    nursery.start_soon(server.serve_listeners, [listener])
+    await trio.testing.wait_all_tasks_blocked()
+    client = await listener.connect()
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.open_hijacked_connections == 1
+    await server.shutdown()
+    assert server.open_hijacked_connections == 0
+    assert await read_until_closed(client) == b""
+    await client.aclose()
