@@ -249,6 +249,12 @@ class HTTPConnection:
     async def _run_handler(self, request: Request) -> None:
         try:
             response = await self.server.handler(request)
+            if self._hijacked is not None and response is not None:
+                logger.error(
+                    "handler returned %r after hijacking %r; discarded",
+                    response,
+                    request,
+                )
         except HTTPError as exc:
             if self._hijacked is not None:
                 logger.error("handler raised %r after hijacking %r", exc, request)
@@ -268,12 +274,6 @@ class HTTPConnection:
             if self._hijacked is not None:
                 await self._hijacked.release()
         if self._hijacked is not None:
-            if response is not None:
-                logger.error(
-                    "handler returned %r after hijacking %r; discarded",
-                    response,
-                    request,
-                )
             return
         if self._response_started:
             if response is not None:

@@ -19,7 +19,9 @@ async def hello(request: Request) -> Response:
     return Response(200, {"content-type": "text/plain"}, b"echo:" + body)
 
 
-def parse_responses(data: bytes, methods: list[bytes] | None = None) -> list[list[h11.Event]]:
+def parse_responses(
+    data: bytes, methods: list[bytes] | None = None
+) -> list[list[h11.Event]]:
     """Split raw bytes into responses (list of h11 events each)."""
     client = h11.Connection(h11.CLIENT)
     responses: list[list[h11.Event]] = []
@@ -101,7 +103,9 @@ async def test_async_iterator_body_is_chunked(start_server: StartServer) -> None
         return Response(200, body=parts())
 
     _, port = await start_server(handler)
-    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert b"transfer-encoding: chunked\r\n" in data.lower()
     assert body_of(parse_responses(data)[0]) == b"one two three"
 
@@ -124,7 +128,9 @@ async def test_http10_gets_close_delimited_stream(start_server: StartServer) -> 
 
 async def test_head_has_length_but_no_body(start_server: StartServer) -> None:
     _, port = await start_server(hello)
-    data = await exchange(port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert b"content-length: 5\r\n" in data
     assert data.endswith(b"\r\n\r\n")
 
@@ -187,7 +193,9 @@ async def test_handler_exception_is_500_and_logged(
     assert records and records[0].exc_info is not None
     assert records[0].exc_info[0] is ZeroDivisionError
     # The server still serves.
-    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert data.startswith(b"HTTP/1.1 500 ")
 
 
@@ -196,7 +204,9 @@ async def test_http_error_from_handler(start_server: StartServer) -> None:
         raise HTTPError(404, "no such thing")
 
     _, port = await start_server(handler)
-    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert data.startswith(b"HTTP/1.1 404 Not Found\r\n")
     assert data.endswith(b"no such thing\n")
 
@@ -209,7 +219,10 @@ async def test_http_error_from_handler(start_server: StartServer) -> None:
         (b"GET / HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
         (b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
         (b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40000 + b"\r\n\r\n", b"431"),
-        (b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999\r\n\r\n", b"413"),
+        (
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999\r\n\r\n",
+            b"413",
+        ),
     ],
 )
 async def test_bad_requests_get_status_and_close(
@@ -219,7 +232,9 @@ async def test_bad_requests_get_status_and_close(
     data = await exchange(port, raw)
     assert data.startswith(b"HTTP/1.1 " + status + b" ")
     assert b"connection: close" in data
-    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert data.startswith(b"HTTP/1.1 200 ")
 
 
@@ -246,5 +261,7 @@ async def test_streaming_with_start_response(start_server: StartServer) -> None:
             await request.send_data(b"%d," % i)
 
     _, port = await start_server(handler)
-    data = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
     assert body_of(parse_responses(data)[0]) == b"0,1,2,"

@@ -13,7 +13,7 @@ from hijack import Connection, ConnState, Request, Response, Server
 
 from .conftest import MemoryListener, read_until, read_until_closed
 
-N, A, I, H, C = (
+N, A, IDLE, H, C = (
     ConnState.NEW,
     ConnState.ACTIVE,
     ConnState.IDLE,
@@ -61,7 +61,7 @@ async def test_keep_alive_then_close(memory_server: MemoryServer) -> None:
         await read_until_closed(client)
 
     _, states = await run(memory_server, script)
-    assert states == [N, A, I, A, C]
+    assert states == [N, A, IDLE, A, C]
 
 
 async def test_hijack(memory_server: MemoryServer) -> None:
@@ -107,7 +107,7 @@ async def test_request_then_client_close(memory_server: MemoryServer) -> None:
         await client.aclose()
 
     _, states = await run(memory_server, script)
-    assert states == [N, A, I, C]
+    assert states == [N, A, IDLE, C]
 
 
 async def test_counts_track_every_kind(memory_server: MemoryServer) -> None:
@@ -122,7 +122,11 @@ async def test_counts_track_every_kind(memory_server: MemoryServer) -> None:
     await trio.testing.wait_all_tasks_blocked()
     assert server.open_http_connections == 2
     assert server.open_hijacked_connections == 1
-    assert sorted(c.state.value for c in server.connections) == ["hijacked", "idle", "new"]
+    assert sorted(c.state.value for c in server.connections) == [
+        "hijacked",
+        "idle",
+        "new",
+    ]
     for stream in (idle, fresh):
         await stream.aclose()
     await trio.testing.wait_all_tasks_blocked()

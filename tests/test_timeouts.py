@@ -98,7 +98,7 @@ async def test_client_that_never_reads_hits_write_timeout(
 async def test_max_connections_stops_accepting(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    server, listener = await memory_server(echo_body, limits=Limits(max_connections=2))
+    _, listener = await memory_server(echo_body, limits=Limits(max_connections=2))
     first = await listener.connect()
     second = await listener.connect()
     with trio.move_on_after(1) as blocked:
