@@ -10,6 +10,7 @@ from ._connection import PeerCredentials as PeerCredentials
 from ._connection import TLSInfo as TLSInfo
 from ._hijack import Hijacked as Hijacked
 from ._hijack import HijackError as HijackError
+from ._http import Handler as Handler
 from ._listeners import UnixSocketListener as UnixSocketListener
 from ._listeners import open_unix_listener as open_unix_listener
 from ._message import Headers as Headers
@@ -24,6 +25,7 @@ __all__ = [
     "ConnState",
     "Connection",
     "HTTPError",
+    "Handler",
     "Headers",
     "HijackError",
     "Hijacked",

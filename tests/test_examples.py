@@ -1,0 +1,69 @@
+"""The examples run as the README says (driven here through their code)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+
+import trio
+
+from hijack import Server
+
+from .conftest import StartServer, read_until, read_until_closed
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def ask(path: str) -> bytes:
+    async with await trio.open_unix_socket(path) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        return await read_until_closed(stream)
+
+
+async def test_unix_peercred_allows_and_refuses(
+    tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    example = load_example("unix_peercred")
+    allowed = Server(example.make_handler({os.getuid()}))
+    refused = Server(example.make_handler({os.getuid() + 1}))
+    await nursery.start(allowed.serve_unix, str(tmp_path / "a.sock"))
+    await nursery.start(refused.serve_unix, str(tmp_path / "r.sock"))
+    data = await ask(str(tmp_path / "a.sock"))
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert data.endswith(
+        f"uid={os.getuid()} gid={os.getgid()} pid={os.getpid()}\n".encode()
+    )
+    data = await ask(str(tmp_path / "r.sock"))
+    assert data.startswith(b"HTTP/1.1 403 ")
+    await allowed.shutdown()
+    await refused.shutdown()
+
+
+async def test_readme_quick_start_handler(start_server: StartServer) -> None:
+    """The README's quick-start code, run as written minus ``trio.run``."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert code.rstrip().endswith("trio.run(main)")
+    namespace: dict[str, object] = {}
+    exec(code.rstrip().removesuffix("trio.run(main)"), namespace)
+    _, port = await start_server(namespace["handler"])
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await read_until(stream, b"hello\n")).startswith(b"HTTP/1.1 200 OK")
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi"
+        )
+        data = await read_until(stream, b"\r\n\r\nhi")
+        assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        await stream.send_eof()
+        assert await read_until_closed(stream) == b""
