@@ -1,0 +1,391 @@
+"""The ``hijack`` command: run the upgrades that ship with the toolkit.
+
+Every server subcommand listens on ``--listen HOST:PORT`` (default
+127.0.0.1:8080) or ``--unix PATH``, prints where it listens, and exits
+cleanly on Ctrl-C or SIGTERM through a graceful shutdown (a second Ctrl-C
+stops at once).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from ._config import Limits
+from ._http import Handler
+from ._message import Request, Response
+from ._server import Server
+
+__all__ = ["main"]
+
+DEFAULT_LISTEN = "127.0.0.1:8080"
+
+
+def parse_host_port(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
+    """``host:port`` or ``[v6]:port`` -> ``(host, port)``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    port = int(port_text)
+    if not (0 if allow_zero else 1) <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    return host, port
+
+
+def _listen_address(text: str) -> tuple[str, int]:
+    return parse_host_port(text, allow_zero=True)
+
+
+def _user_pass(text: str) -> tuple[str, str]:
+    user, sep, password = text.partition(":")
+    if not sep or not user:
+        raise argparse.ArgumentTypeError("expected USER:PASS")
+    return user, password
+
+
+# -- building the handler of each subcommand ----------------------------------
+
+
+def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.connect import ConnectPolicy, ConnectProxy
+
+    policy = ConnectPolicy(
+        allowed_ports=frozenset(args.allow_port or [443]),
+        allow_private=args.allow_private,
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+    )
+    return ConnectProxy(
+        policy,
+        auth=args.auth,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        max_tunnels=args.max_tunnels,
+    )
+
+
+def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.websocket import make_echo_handler
+
+    return make_echo_handler()
+
+
+def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.tcp import TCPUpgrade
+
+    return TCPUpgrade(args.upstream, idle_timeout=args.idle_timeout)
+
+
+def demo_handler(port: int) -> Handler:
+    """Everything on one port. The CONNECT proxy and the TCP upgrade both
+    reach this very server (127.0.0.1:port), so a tunnel works out of the
+    box with nothing else running."""
+    from .upgrades.connect import ConnectPolicy, ConnectProxy
+    from .upgrades.tcp import TCPUpgrade, is_tcp_upgrade
+    from .upgrades.websocket import make_echo_handler
+
+    echo = make_echo_handler()
+    tcp = TCPUpgrade(("127.0.0.1", port))
+    proxy = ConnectProxy(
+        ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",))
+    )
+
+    async def demo(request: Request) -> Response | None:
+        if request.method == "CONNECT":
+            return await proxy(request)
+        if is_tcp_upgrade(request):
+            return await tcp(request)
+        if request.path == "/hello":
+            text = f"hello from hijack, connection {request.connection.id}\n"
+            return Response(200, {"content-type": "text/plain"}, text.encode())
+        return await echo(request)
+
+    return demo
+
+
+def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    if port is None:
+        raise SystemExit("hijack demo: needs --listen (it tunnels to itself)")
+    return demo_handler(port)
+
+
+# -- running ------------------------------------------------------------------
+
+
+async def _serve(
+    args: argparse.Namespace,
+    make_handler: Callable[[argparse.Namespace, int | None], Handler],
+) -> None:
+    async with trio.open_nursery() as nursery:
+        if args.unix:
+            server = Server(make_handler(args, None), limits=Limits())
+            await nursery.start(server.serve_unix, args.unix)
+            where = f"unix:{args.unix}"
+        else:
+            host, port = args.listen
+            listeners = await trio.open_tcp_listeners(port, host=host)
+            bound = listeners[0].socket.getsockname()
+            server = Server(make_handler(args, bound[1]))
+            await nursery.start(server.serve_listeners, listeners)
+            where = f"http://{_show_host(bound[0])}:{bound[1]}"
+        print(f"hijack {args.command} listening on {where}", flush=True)
+        if args.command == "demo":
+            print(
+                f"try: curl {where}/hello\n"
+                f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
+                f"     open {where}/ in a browser (WebSocket echo)",
+                flush=True,
+            )
+        await _wait_for_signal_then_shutdown(server, nursery)
+
+
+def _show_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            break
+        print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        async with trio.open_nursery() as inner:
+
+            async def second_signal() -> None:
+                async for _ in signals:
+                    nursery.cancel_scope.cancel()
+                    inner.cancel_scope.cancel()
+                    return
+
+            inner.start_soon(second_signal)
+            await server.shutdown()
+            inner.cancel_scope.cancel()
+
+
+async def _forward(args: argparse.Namespace) -> None:
+    from .upgrades.forward import forward_stdio, serve_forward
+
+    target = args.target
+    if args.mode == "upgrade":
+        target = None  # the server picks the upstream of an Upgrade: tcp
+    if args.listen == "-":
+        await forward_stdio(args.via, target, args.mode, auth=args.auth)
+        return
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(
+            _call(
+                serve_forward, args.listen, args.via, target, args.mode, auth=args.auth
+            )
+        )
+        host, port = listeners[0].socket.getsockname()[:2]
+        print(f"hijack forward listening on {_show_host(host)}:{port}", flush=True)
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for _ in signals:
+                break
+        nursery.cancel_scope.cancel()
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Callable[..., Any]:
+    def bound(*more: Any, task_status: Any = trio.TASK_STATUS_IGNORED) -> Any:
+        return fn(*args, *more, task_status=task_status, **kwargs)
+
+    return bound
+
+
+# -- the parser -----------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hijack",
+        description="Serve WebSocket, CONNECT tunnel and raw TCP upgrades over "
+        "HTTP/1.1, or forward local TCP connections through such a server.",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level (default: INFO; one line per tunnel at INFO)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    listen = argparse.ArgumentParser(add_help=False)
+    where = listen.add_mutually_exclusive_group()
+    where.add_argument(
+        "--listen",
+        type=_listen_address,
+        default=_listen_address(DEFAULT_LISTEN),
+        metavar="HOST:PORT",
+        help=f"TCP address to listen on (default: {DEFAULT_LISTEN}; port 0 picks "
+        "a free port; [::1]:PORT for IPv6)",
+    )
+    where.add_argument(
+        "--unix",
+        metavar="PATH",
+        help="listen on a UNIX socket at PATH instead (mode 0660)",
+    )
+    idle = argparse.ArgumentParser(add_help=False)
+    idle.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="close a tunnel with no byte either way for this long (default: 300)",
+    )
+
+    proxy = commands.add_parser(
+        "proxy",
+        parents=[listen, idle],
+        help="CONNECT tunnel (forward proxy) with a safe policy",
+        description="A CONNECT forward proxy. By default it tunnels to port 443 "
+        "only, and refuses loopback, private, link-local and other non-global "
+        "destinations.",
+    )
+    proxy.add_argument(
+        "--allow-port",
+        type=int,
+        action="append",
+        metavar="N",
+        help="allow tunnels to port N (repeatable; default: 443 only)",
+    )
+    proxy.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="always allow this host name (.example.com: and subdomains) or "
+        "network (10.0.0.0/8), even if not global (repeatable)",
+    )
+    proxy.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="always refuse this host name or network; deny wins (repeatable)",
+    )
+    proxy.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow loopback, private and other non-global destinations",
+    )
+    proxy.add_argument(
+        "--auth",
+        type=_user_pass,
+        metavar="USER:PASS",
+        help="require Proxy-Authorization: Basic with these credentials (407)",
+    )
+    proxy.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to reach the upstream before answering 504 (default: 10)",
+    )
+    proxy.add_argument(
+        "--max-tunnels",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="tunnels open at once before answering 503 (default: 1000)",
+    )
+    proxy.set_defaults(run=_proxy_handler)
+
+    echo = commands.add_parser(
+        "echo",
+        parents=[listen],
+        help="WebSocket echo server with a page to try it in a browser",
+        description="A WebSocket echo server: GET / serves a page that opens a "
+        "WebSocket to this server and echoes what you type.",
+    )
+    echo.set_defaults(run=_echo_handler)
+
+    tcp = commands.add_parser(
+        "tcp",
+        parents=[listen, idle],
+        help="raw TCP proxy: Upgrade: tcp, then relay to an upstream",
+        description="Answer 'Connection: Upgrade' + 'Upgrade: tcp' with 101 and "
+        "relay the raw stream to the upstream.",
+    )
+    tcp.add_argument(
+        "--upstream",
+        type=parse_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="the TCP address every upgraded stream is relayed to",
+    )
+    tcp.set_defaults(run=_tcp_handler)
+
+    forward = commands.add_parser(
+        "forward",
+        help="client side: tunnel local TCP connections through a hijack server",
+        description="Listen locally and open, for each connection, a tunnel "
+        "through a hijack server (CONNECT or Upgrade: tcp), so any TCP client "
+        "can use it unchanged. --listen - uses stdin/stdout (ssh ProxyCommand).",
+    )
+    forward.add_argument(
+        "--listen",
+        default=_listen_address(DEFAULT_LISTEN),
+        type=lambda t: t if t == "-" else _listen_address(t),
+        metavar="HOST:PORT",
+        help=f"local address to listen on, or - for stdin/stdout (default: "
+        f"{DEFAULT_LISTEN})",
+    )
+    forward.add_argument(
+        "--via",
+        type=parse_host_port,
+        required=True,
+        metavar="HOST:PORT",
+        help="the hijack server to tunnel through",
+    )
+    forward.add_argument(
+        "--target",
+        type=parse_host_port,
+        metavar="HOST:PORT",
+        help="where the tunnel goes (CONNECT mode; required there)",
+    )
+    forward.add_argument(
+        "--mode",
+        choices=["connect", "upgrade"],
+        default="connect",
+        help="connect: CONNECT TARGET; upgrade: Upgrade: tcp (the server picks "
+        "the upstream) (default: connect)",
+    )
+    forward.add_argument(
+        "--auth",
+        type=_user_pass,
+        metavar="USER:PASS",
+        help="send these Basic credentials",
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        parents=[listen],
+        help="all of the above on one port, tunnelling to itself",
+        description="WebSocket echo (GET / in a browser), CONNECT proxy and "
+        "Upgrade: tcp on one port; tunnels may reach this server itself, so "
+        "they work with nothing else running.",
+    )
+    demo.set_defaults(run=_demo_handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    if args.command == "forward":
+        if args.mode == "connect" and args.target is None:
+            parser.error("forward --mode connect needs --target HOST:PORT")
+        trio.run(_forward, args)
+        return 0
+    trio.run(_serve, args, args.run)
+    return 0
