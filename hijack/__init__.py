@@ -19,6 +19,7 @@ from ._message import Request as Request
 from ._message import Response as Response
 from ._relay import RelayStats as RelayStats
 from ._relay import relay as relay
+from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "Limits",
     "PeerCredentials",
     "RelayStats",
+    "ReplayStream",
     "Request",
     "Response",
     "Server",

@@ -1,0 +1,103 @@
+"""A stream that yields some bytes already received before reading its
+transport (hyper's ``Rewind``). The base of :class:`~hijack.Hijacked`, and
+what a client gets back after a tunnel handshake."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import trio
+
+__all__ = ["ReplayStream"]
+
+
+class ReplayStream(trio.abc.HalfCloseableStream):
+    """``stream``, reading ``prefix`` first. Closing it closes ``stream``.
+
+    It enforces trio's stream rules itself (one sender and one receiver at a
+    time, errors after close), since a transport such as a ``StapledStream``
+    may not detect overlapping sends.
+    """
+
+    __slots__ = ("_closed", "_pending", "_receiving", "_sending", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
+        self.stream = stream
+        self._pending = memoryview(prefix)
+        self._receiving = False
+        self._sending = False
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def take_buffered(self) -> bytes:
+        """Return the prefix bytes not yet replayed and forget them.
+
+        For code that reads ``stream`` directly (a relay that wants the raw
+        socket): write these first, then read the transport.
+        """
+        pending = bytes(self._pending)
+        self._pending = memoryview(b"")
+        return pending
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        with self._send_guard():
+            await self.stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        with self._send_guard():
+            await self.stream.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        with self._send_guard():
+            stream = self.stream
+            if not isinstance(stream, trio.abc.HalfCloseableStream):
+                # TLS has no portable half-close; say so instead of faking it.
+                raise trio.BrokenResourceError(
+                    f"{type(stream).__name__} cannot half-close; close it instead"
+                )
+            await stream.send_eof()
+
+    @contextmanager
+    def _send_guard(self) -> Iterator[None]:
+        if self._sending:
+            raise trio.BusyResourceError("another task is sending")
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        self._sending = True
+        try:
+            yield
+        finally:
+            self._sending = False
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if max_bytes is not None and max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        if self._receiving:
+            raise trio.BusyResourceError("another task is receiving")
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        self._receiving = True
+        try:
+            if not self._pending:
+                return await self.stream.receive_some(max_bytes)
+            await trio.lowlevel.checkpoint()
+        finally:
+            self._receiving = False
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        end = len(self._pending) if max_bytes is None else max_bytes
+        chunk = bytes(self._pending[:end])
+        self._pending = self._pending[end:]
+        return chunk
+
+    async def aclose(self) -> None:
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        self._closed = True
+        self._pending = memoryview(b"")
+        await self.stream.aclose()
