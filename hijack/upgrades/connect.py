@@ -1,0 +1,292 @@
+"""CONNECT tunnels: a forward proxy as a hijack handler.
+
+``ConnectProxy`` answers ``CONNECT host:port`` requests: it checks the target
+against a :class:`ConnectPolicy` (resolving it once), dials the checked
+address, answers ``200`` and relays bytes both ways. The bytes the client sent
+right behind the CONNECT head (typically a TLS ClientHello) are replayed to
+the upstream first, by the :class:`~hijack.Hijacked` stream.
+
+Answers: bad target or a request body -> 400, missing or wrong
+``Proxy-Authorization`` -> 407, too many tunnels -> 503, destination refused
+by the policy -> 403, name unresolvable or connection refused -> 502, resolve
+plus connect slower than ``connect_timeout`` -> 504. Other methods go to
+``fallback`` or get 405.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .. import HTTPError, RelayStats, Request, Response, relay
+from ._policy import (
+    BadConnectTarget,
+    ConnectError,
+    ConnectPolicy,
+    ConnectRefused,
+    IPAddress,
+    Resolver,
+    UpstreamError,
+    is_non_global,
+    parse_connect_target,
+)
+
+__all__ = [
+    "BadConnectTarget",
+    "ConnectError",
+    "ConnectPolicy",
+    "ConnectProxy",
+    "ConnectRefused",
+    "Dialer",
+    "UpstreamError",
+    "dial_tcp",
+    "is_non_global",
+    "parse_connect_target",
+]
+
+logger = logging.getLogger("hijack.connect")
+
+Handler = Callable[[Request], Awaitable[Response | None]]
+Dialer = Callable[[IPAddress, int], Awaitable[trio.abc.Stream]]
+
+DEFAULT_POLICY = ConnectPolicy()  # frozen: safe to share
+
+
+async def dial_tcp(address: IPAddress, port: int) -> trio.abc.Stream:
+    """Connect to an already checked IP address (no name lookup happens:
+    trio parses the numeric host itself)."""
+    return await trio.open_tcp_stream(str(address), port)
+
+
+@dataclass(slots=True)
+class _Tunnel:
+    """What the log line of one CONNECT says."""
+
+    client: str
+    target: str
+    started: float
+    outcome: str = "error"
+    reason: str = ""
+    address: str = ""
+    stats: RelayStats = field(default_factory=RelayStats)
+
+
+def _format_address(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return str(address) if address else "-"
+
+
+def _has_body(request: Request) -> bool:
+    length = request.headers.get("content-length")
+    return "transfer-encoding" in request.headers or (
+        length is not None and length.strip() != "0"
+    )
+
+
+class ConnectProxy:
+    """A hijack handler that turns CONNECT requests into TCP tunnels.
+
+    ``Server(ConnectProxy(ConnectPolicy(allowed_ports={443, 8443})))`` is a
+    forward proxy. ``auth=("user", "password")`` requires
+    ``Proxy-Authorization: Basic`` (compared in constant time; 407 with
+    ``Proxy-Authenticate: Basic realm="<realm>"`` otherwise).
+    ``max_tunnels`` bounds the tunnels open at once, counted from the policy
+    check to the end of the relay (``open_tunnels``). ``resolver`` (called
+    like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
+    tests.
+
+    Resource handling: the upstream stream is dialled before answering, so a
+    client only sees ``200`` when the upstream accepted. The handler then
+    owns both streams until it returns; :func:`~hijack.relay` closes both
+    when both directions reached EOF, on ``idle_timeout`` (no byte either
+    way), on error, or on a cancel (e.g. the server's shutdown grace running
+    out). One INFO line per CONNECT on the ``hijack.connect`` logger.
+    """
+
+    def __init__(
+        self,
+        policy: ConnectPolicy = DEFAULT_POLICY,
+        *,
+        auth: tuple[str, str] | None = None,
+        realm: str = "hijack",
+        connect_timeout: float = 10.0,
+        idle_timeout: float | None = 300.0,
+        max_tunnels: int = 1000,
+        fallback: Handler | None = None,
+        resolver: Resolver = trio.socket.getaddrinfo,
+        dial: Dialer = dial_tcp,
+    ) -> None:
+        if any(c in realm for c in '"\\\r\n\x00'):
+            raise ValueError(
+                f"realm must not contain quotes or control bytes: {realm!r}"
+            )
+        if max_tunnels < 1:
+            raise ValueError("max_tunnels must be >= 1")
+        self.policy = policy
+        self.realm = realm
+        self.connect_timeout = connect_timeout
+        self.idle_timeout = idle_timeout
+        self.max_tunnels = max_tunnels
+        self.fallback = fallback
+        self._resolver = resolver
+        self._dial = dial
+        self._credentials: bytes | None = None
+        if auth is not None:
+            user, password = auth
+            if ":" in user:
+                raise ValueError("a Basic auth user name cannot contain ':'")
+            # Compare digests: constant time, and the length leaks nothing.
+            token = f"{user}:{password}".encode()
+            self._credentials = hashlib.sha256(token).digest()
+        self._open = 0
+
+    @property
+    def open_tunnels(self) -> int:
+        """Tunnels being set up (past the auth check) or relaying now."""
+        return self._open
+
+    async def __call__(self, request: Request) -> Response | None:
+        if request.method != "CONNECT":
+            if self.fallback is not None:
+                return await self.fallback(request)
+            return Response(
+                405,
+                [("allow", "CONNECT"), ("content-type", "text/plain; charset=utf-8")],
+                b"405 Method Not Allowed\nthis is a CONNECT proxy\n",
+            )
+        tunnel = _Tunnel(
+            client=_format_address(request.connection.remote_address),
+            target=request.target,
+            started=trio.current_time(),
+        )
+        try:
+            return await self._connect(request, tunnel)
+        except ConnectError as exc:
+            tunnel.outcome = str(exc.status)
+            tunnel.reason = exc.reason
+            # Do not tell the client what a name resolved to.
+            detail = "destination not allowed" if exc.status == 403 else exc.reason
+            raise HTTPError(exc.status, detail) from None
+        finally:
+            self._log(tunnel)
+
+    async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
+        host, port = parse_connect_target(request.target)
+        if _has_body(request):
+            raise BadConnectTarget("a CONNECT request must not have a body")
+        if not self._authorized(request):
+            tunnel.outcome = "407"
+            tunnel.reason = "proxy authentication required"
+            return self._challenge()
+        if self._open >= self.max_tunnels:
+            raise _Busy(f"{self._open} tunnels open")
+        self._open += 1
+        try:
+            upstream = await self._open_upstream(host, port, tunnel)
+            try:
+                hijacked = await request.hijack(
+                    Response(200, reason="Connection established")
+                )
+            except BaseException:
+                await trio.aclose_forcefully(upstream)
+                raise
+            await relay(
+                hijacked, upstream, idle_timeout=self.idle_timeout, stats=tunnel.stats
+            )
+            tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
+            return None
+        finally:
+            self._open -= 1
+
+    async def _open_upstream(
+        self, host: str, port: int, tunnel: _Tunnel
+    ) -> trio.abc.Stream:
+        """Resolve once, check, dial a checked address: the caller owns the
+        stream returned. The deadline covers the lookup and every dial."""
+        try:
+            with trio.fail_after(self.connect_timeout):
+                addresses = await self.policy.resolve(
+                    host, port, resolver=self._resolver
+                )
+                errors = []
+                for address in addresses:
+                    tunnel.address = str(address)
+                    try:
+                        return await self._dial(address, port)
+                    except OSError as exc:
+                        errors.append(f"{address}: {exc.strerror or exc}")
+                raise UpstreamError(
+                    f"cannot connect to {host}:{port}: " + "; ".join(errors)
+                )
+        except trio.TooSlowError:
+            raise _Timeout(
+                f"no connection to {host}:{port} within {self.connect_timeout}s"
+            ) from None
+
+    def _authorized(self, request: Request) -> bool:
+        if self._credentials is None:
+            return True
+        values = request.headers.get_all("proxy-authorization")
+        if len(values) != 1:
+            return False
+        scheme, _, token = values[0].strip().partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            given = base64.b64decode(token.strip(), validate=True)
+        except (binascii.Error, ValueError):
+            return False
+        return hmac.compare_digest(hashlib.sha256(given).digest(), self._credentials)
+
+    def _challenge(self) -> Response:
+        # HTTPError carries no headers, hence a Response.
+        return Response(
+            407,
+            [
+                ("proxy-authenticate", f'Basic realm="{self.realm}"'),
+                ("content-type", "text/plain; charset=utf-8"),
+            ],
+            b"407 Proxy Authentication Required\n",
+        )
+
+    def _log(self, tunnel: _Tunnel) -> None:
+        duration = trio.current_time() - tunnel.started
+        stats = tunnel.stats
+        logger.info(
+            "CONNECT %s -> %s%s %s%s up=%d down=%d %.3fs",
+            tunnel.client,
+            tunnel.target,
+            f" ({tunnel.address})" if tunnel.address else "",
+            tunnel.outcome,
+            f" [{tunnel.reason}]" if tunnel.reason else "",
+            stats.a_to_b,
+            stats.b_to_a,
+            duration,
+            extra={
+                "client": tunnel.client,
+                "target": tunnel.target,
+                "outcome": tunnel.outcome,
+                "upstream_address": tunnel.address,
+                "bytes_up": stats.a_to_b,
+                "bytes_down": stats.b_to_a,
+                "duration": duration,
+            },
+        )
+
+
+class _Busy(ConnectError):
+    status = 503
+
+
+class _Timeout(ConnectError):
+    status = 504
