@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import trio
 
 from . import _splice
-from ._hijack import Hijacked
+from ._replay import ReplayStream
 
 __all__ = ["RelayStats", "relay"]
 
@@ -45,22 +45,24 @@ async def relay(
 ) -> RelayStats:
     """Copy ``a -> b`` and ``b -> a`` until both directions reach EOF.
 
-    A :class:`~hijack.Hijacked` end has its ``buffered`` bytes sent first.
-    EOF on one side is passed on with ``send_eof`` and the other direction
-    keeps flowing until it ends too. A stream that cannot half-close (TLS:
-    trio's ``SSLStream`` has no ``send_eof``; its only end-of-data signal is
-    the close_notify sent by ``aclose``) is closed instead: its peer must
-    learn that no more data comes, or a client waiting for EOF would hang
-    forever. The cost is that bytes still coming from that peer are dropped,
-    which is what closing a TLS connection means anyway.
+    A :class:`~hijack.Hijacked` (any :class:`~hijack.ReplayStream`) end has
+    its buffered bytes sent first. EOF on one side is passed on with
+    ``send_eof`` and the other direction keeps flowing until it ends too.
+
+    A stream that cannot half-close (TLS: trio's ``SSLStream`` has no
+    ``send_eof``; its only end-of-data signal is the close_notify sent by
+    ``aclose``) is closed instead: its peer must learn that no more data
+    comes, or a client waiting for EOF would hang forever. The cost: bytes
+    still coming from that peer are dropped, which is what closing a TLS
+    connection means anyway (and the other direction then ends too).
 
     ``idle_timeout``: when no byte moves either way for that long, both
     streams are closed and ``timed_out`` is True. An error either way (peer
     reset, broken pipe) ends the relay quietly; the stats say how far it got.
 
     ``splice``: None picks ``splice(2)`` when both ends are plain
-    ``trio.SocketStream`` (or Hijacked over one) on Linux, else the copy
-    loop; False forces the copy loop; True requires splice and raises
+    ``trio.SocketStream`` (or a Hijacked/ReplayStream over one) on Linux,
+    else the copy loop; False forces the copy loop; True requires splice and raises
     ``ValueError`` if it cannot be used. ``pipe_pool`` (default: a shared,
     bounded pool) lends the pipes; a tunnel holds one per direction only
     while bytes are in flight.
@@ -79,7 +81,7 @@ async def relay(
         if splice and not can_splice:
             raise ValueError(
                 "splice=True needs Linux os.splice and two plain trio.SocketStream"
-                f" ends (or Hijacked over one), got {type(a).__name__} and"
+                f" ends (or a ReplayStream over one), got {type(a).__name__} and"
                 f" {type(b).__name__}"
             )
         use_splice = can_splice if splice is None else splice
@@ -102,7 +104,7 @@ async def relay(
                 if use_splice and src_sock is not None and dst_sock is not None:
                     # Splicing reads the raw socket, so send what the HTTP
                     # layer had read ahead first, in order.
-                    if isinstance(src, Hijacked) and (early := src.take_buffered()):
+                    if isinstance(src, ReplayStream) and (early := src.take_buffered()):
                         await dst_sock.send_all(early)
                         moved(forward, len(early))
                     await _splice.splice_stream(

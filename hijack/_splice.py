@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import trio
 
-from ._hijack import Hijacked
+from ._replay import ReplayStream
 
 __all__ = ["DEFAULT_PIPE_POOL", "Pipe", "PipePool", "splice_socket", "splice_stream"]
 
@@ -45,11 +45,12 @@ def available() -> bool:
 def splice_socket(stream: trio.abc.Stream) -> trio.SocketStream | None:
     """The plain socket stream to splice on, or None if there is none.
 
-    A ``trio.SocketStream`` qualifies, and so does a :class:`~hijack.Hijacked`
-    whose ``.stream`` is one. Anything else (TLS, memory streams, a subclass
+    A ``trio.SocketStream`` qualifies, and so does a
+    :class:`~hijack.ReplayStream` (such as :class:`~hijack.Hijacked`) whose
+    ``.stream`` is one. Anything else (TLS, memory streams, a subclass
     that may add behaviour) would be bypassed by splicing on the fd.
     """
-    if isinstance(stream, Hijacked):
+    if isinstance(stream, ReplayStream):
         stream = stream.stream
     return stream if type(stream) is trio.SocketStream else None
 
