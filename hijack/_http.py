@@ -260,7 +260,7 @@ class HTTPConnection:
                 logger.error("handler raised %r after hijacking %r", exc, request)
             else:
                 self._must_close = self._must_close or not self._body_done
-                await self._respond_error(exc.status, exc.detail)
+                await self._respond_error(exc.status, exc.detail, exc.headers)
             return
         except Exception:
             logger.exception("handler failed on %r", request)
@@ -389,7 +389,12 @@ class HTTPConnection:
         if data:
             await self._send(h11.Data(data=data))
 
-    async def _respond_error(self, status: int, detail: str = "") -> None:
+    async def _respond_error(
+        self,
+        status: int,
+        detail: str = "",
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         """Answer with an error if no response was started, else cut the
         connection (the client sees a truncated response)."""
         if self._response_started or self.h11.our_state is not h11.SEND_RESPONSE:
@@ -399,7 +404,11 @@ class HTTPConnection:
         if detail:
             body += detail.encode("utf-8", "replace") + b"\n"
         await self.start_response(
-            Response(status, [("content-type", "text/plain; charset=utf-8")], body),
+            Response(
+                status,
+                [(b"content-type", b"text/plain; charset=utf-8"), *(headers or ())],
+                body,
+            ),
             add_length=True,
         )
         if self._request is None or self._request.method != "HEAD":

@@ -18,12 +18,16 @@ Body = bytes | AsyncIterable[bytes]
 
 class HTTPError(Exception):
     """Raise from a handler (or the body reader raises it) to answer with
-    ``status``. The server answers, then closes the connection if the request
-    body was not fully read."""
+    ``status`` (plus ``headers``, e.g. ``WWW-Authenticate``). The server
+    answers, then closes the connection if the request body was not fully
+    read."""
 
-    def __init__(self, status: int, detail: str = "") -> None:
+    def __init__(
+        self, status: int, detail: str = "", headers: HeaderInput | None = None
+    ) -> None:
         self.status = status
         self.detail = detail
+        self.headers = encode_headers(headers)
         super().__init__(
             f"{status} {phrase(status)}" + (f": {detail}" if detail else "")
         )

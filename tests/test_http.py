@@ -265,3 +265,15 @@ async def test_streaming_with_start_response(start_server: StartServer) -> None:
         port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     )
     assert body_of(parse_responses(data)[0]) == b"0,1,2,"
+
+
+async def test_http_error_carries_headers(start_server: StartServer) -> None:
+    async def handler(request: Request) -> Response:
+        raise HTTPError(401, headers={"www-authenticate": 'Basic realm="x"'})
+
+    _, port = await start_server(handler)
+    data = await exchange(
+        port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    assert data.startswith(b"HTTP/1.1 401 Unauthorized\r\n")
+    assert b'\r\nwww-authenticate: Basic realm="x"\r\n' in data
