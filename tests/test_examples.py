@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
+import signal
+import socket
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -67,3 +71,85 @@ async def test_readme_quick_start_handler(start_server: StartServer) -> None:
         assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+async def run_example(
+    nursery: trio.Nursery, args: list[str], port: int
+) -> trio.Process:
+    """Start ``python examples/ARGS...`` and wait until ``port`` accepts."""
+    process: trio.Process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            [sys.executable, str(EXAMPLES / args[0]), *args[1:]],
+            check=False,
+        )
+    )
+    with trio.fail_after(30):
+        for _ in range(600):  # bounded: the example is starting up
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.05)
+                continue
+            await stream.aclose()
+            return process
+    raise AssertionError(f"{args[0]} never listened on {port}")
+
+
+async def get(port: int, raw: bytes) -> bytes:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(raw)
+        return await read_until_closed(stream)
+
+
+GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+async def test_examples_run_as_the_readme_says(nursery: trio.Nursery) -> None:
+    async def upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"upstream says " + await stream.receive_some())
+
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, upstream, 0, host="127.0.0.1")
+    )
+    up_port = listeners[0].socket.getsockname()[1]
+    processes = []
+
+    port = free_port()
+    processes.append(
+        await run_example(
+            nursery, ["tcp_proxy.py", f"127.0.0.1:{up_port}", str(port)], port
+        )
+    )
+    data = await get(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\nhi",
+    )
+    assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+    assert data.endswith(b"\r\n\r\nupstream says hi")
+
+    port = free_port()
+    processes.append(await run_example(nursery, ["ws_echo.py", str(port)], port))
+    data = await get(port, GET_CLOSE)
+    assert data.startswith(b"HTTP/1.1 200 ") and b"WebSocket" in data
+
+    port = free_port()
+    processes.append(await run_example(nursery, ["connect_proxy.py", str(port)], port))
+    data = await get(port, b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert data.startswith(b"HTTP/1.1 403 ")  # loopback refused by default
+    data = await get(port, GET_CLOSE)
+    assert b"CONNECT proxy" in data
+
+    for process in processes:
+        process.send_signal(signal.SIGINT)
+    with trio.fail_after(30):
+        for process in processes:
+            await process.wait()

@@ -17,7 +17,7 @@ from typing import Literal
 import h11
 import trio
 
-from .. import relay
+from .. import ReplayStream, relay
 
 __all__ = ["TunnelError", "forward_stdio", "open_tunnel", "serve_forward"]
 
@@ -38,44 +38,14 @@ class TunnelError(Exception):
         self.status = status
         self.reason = reason
         self.body = body
-        detail = body.decode("utf-8", "replace").strip()
+        text = body.decode("utf-8", "replace")
+        # It comes from the network and ends up on a terminal: printable only.
+        detail = "".join(c if c.isprintable() else " " for c in text).strip()
         super().__init__(
             f"tunnel refused: {status} {reason}" + (f" ({detail})" if detail else "")
             if status
             else f"tunnel failed: {reason}"
         )
-
-
-class ReplayStream(trio.abc.HalfCloseableStream):
-    """``stream``, reading ``prefix`` first: the bytes that arrived behind
-    the response head. Closing it closes ``stream``."""
-
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
-        self.stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
-        if not self._prefix:
-            return await self.stream.receive_some(max_bytes)
-        await trio.lowlevel.checkpoint()
-        end = len(self._prefix) if max_bytes is None else max_bytes
-        chunk, self._prefix = self._prefix[:end], self._prefix[end:]
-        return chunk
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.stream.wait_send_all_might_not_block()
-
-    async def send_eof(self) -> None:
-        await self.stream.send_eof()
-
-    async def aclose(self) -> None:
-        self._prefix = b""
-        await self.stream.aclose()
 
 
 def _authority(host: str, port: int) -> str:
@@ -119,7 +89,10 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object
         event = conn.next_event()
         if event is not h11.NEED_DATA:
             return event
-        conn.receive_data(await stream.receive_some())
+        data = await stream.receive_some()
+        if not data:
+            raise TunnelError(0, "the server closed the connection mid-answer")
+        conn.receive_data(data)
 
 
 async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
@@ -131,8 +104,8 @@ async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
             if not isinstance(event, h11.Data):
                 break
             body += event.data
-    except (h11.RemoteProtocolError, trio.BrokenResourceError):
-        pass
+    except (h11.RemoteProtocolError, trio.BrokenResourceError, TunnelError):
+        pass  # a close-delimited body ends this way too
     return body[:MAX_ERROR_BODY]
 
 
@@ -150,7 +123,7 @@ async def _handshake(
         if isinstance(event, h11.InformationalResponse) and event.status_code != 101:
             continue  # 100 Continue and friends: the real answer follows
         if not isinstance(event, h11.InformationalResponse | h11.Response):
-            raise TunnelError(0, "the server closed the connection without answering")
+            raise TunnelError(0, f"unexpected {type(event).__name__} from the server")
         if mode == "upgrade":
             wanted = event.status_code == 101
         else:
@@ -189,7 +162,9 @@ async def open_tunnel(
     ``Upgrade: tcp``; ``auth`` is sent as ``Authorization: Basic``.
 
     Raises :class:`TunnelError` if the server says no (or does not speak
-    HTTP), ``OSError`` if it cannot be reached. The returned stream yields
+    HTTP), ``OSError`` if it cannot be reached. There is no timeout of its
+    own: a server that never answers keeps it waiting, so wrap it in
+    ``trio.fail_after`` where that matters. The returned stream yields
     the bytes that came right behind the answer first; the caller owns it and
     must close it. On error or cancel, the connection is closed.
     """
@@ -213,8 +188,8 @@ async def serve_forward(
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``listen`` (``(host, port)``, or a port on 127.0.0.1; port 0
-    picks one) and tunnel every
-    connection through ``via`` (see :func:`open_tunnel`).
+    picks one) and tunnel every connection through ``via`` (see
+    :func:`open_tunnel`): the local client talks to ``target`` unchanged.
 
     ``task_status.started()`` gets the listeners. Runs until cancelled; a
     cancel closes the listeners and every forwarded connection. A tunnel that
@@ -237,6 +212,34 @@ async def serve_forward(
     await trio.serve_listeners(forward, listeners, task_status=task_status)
 
 
+class _Stdout(trio.abc.SendStream):
+    """Our stdout, through a duplicate of fd 1 (fd 1 itself must stay valid
+    for ``sys.stdout``). Closing it also points fd 1 at /dev/null: the reader
+    must see EOF now, not at exit. ssh, for one, keeps our stdin open until
+    it sees EOF on our stdout, and we would wait for each other forever."""
+
+    def __init__(self) -> None:
+        self._out = trio.lowlevel.FdStream(os.dup(1))
+        self._closed = False
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._out.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._out.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        # Before any await: aclose_forcefully() runs us cancelled.
+        if not self._closed:
+            self._closed = True
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(devnull, 1)
+            finally:
+                os.close(devnull)
+        await self._out.aclose()
+
+
 async def forward_stdio(
     via: tuple[str, int],
     target: tuple[str, int] | None,
@@ -247,18 +250,20 @@ async def forward_stdio(
     """Open one tunnel and relay it to stdin/stdout, until both directions
     reach EOF (for ssh's ``ProxyCommand``).
 
-    stdin EOF is passed on as ``send_eof`` on the tunnel; tunnel EOF closes
-    our copy of stdout. fds 0 and 1 must be pipes, sockets or ttys (not
-    regular files). They are duplicated, so the originals stay open; the
-    duplicates share their blocking flag, which is restored on return.
-    Raises :class:`TunnelError` or ``OSError`` if the tunnel cannot be opened.
+    stdin EOF is passed on as ``send_eof`` on the tunnel. Tunnel EOF closes
+    stdout for real: fd 1 is pointed at /dev/null so the reader sees EOF at
+    once. fds 0 and 1 must be pipes, sockets or ttys (not regular files);
+    they are used through duplicates, whose shared blocking flag is restored
+    on return. Raises :class:`TunnelError` or ``OSError`` if the tunnel
+    cannot be opened; a cancel closes the tunnel.
     """
     was_blocking = os.get_blocking(0), os.get_blocking(1)
     tunnel = await open_tunnel(via, target, mode, auth=auth)
-    stdin = stdout = None
+    stdin: trio.lowlevel.FdStream | None = None
+    stdout: _Stdout | None = None
     try:
         stdin = trio.lowlevel.FdStream(os.dup(0))
-        stdout = trio.lowlevel.FdStream(os.dup(1))
+        stdout = _Stdout()
         await relay(tunnel, trio.StapledStream(stdout, stdin))
     finally:
         # relay() closed everything if it ran; this covers a failed dup.

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import trio
 
-from .. import HTTPError, Request, Response, Headers, RelayStats, relay
+from .. import Headers, HTTPError, RelayStats, Request, Response, relay
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -40,6 +40,14 @@ def is_tcp_upgrade(request: Request) -> bool:
     return "upgrade" in _tokens(request.headers, "connection") and "tcp" in _tokens(
         request.headers, "upgrade"
     )
+
+
+def _peer(request: Request) -> str:
+    address = request.connection.remote_address
+    if isinstance(address, tuple):
+        host, port = address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address or "unix")
 
 
 def _has_body(request: Request) -> bool:
@@ -107,13 +115,16 @@ class TCPUpgrade:
         try:
             await relay(hijacked, upstream, idle_timeout=self.idle_timeout, stats=stats)
             outcome = "idle timeout" if stats.timed_out else "closed"
+        except trio.Cancelled:
+            outcome = "cancelled"
+            raise
         finally:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
             logger.info(
                 "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
-                request.connection.remote_address,
+                _peer(request),
                 *self.upstream,
                 outcome,
                 stats.a_to_b,
@@ -137,7 +148,7 @@ class TCPUpgrade:
         logger.warning(
             "connection %d %s -> %s:%d dial failed (%s): answered %d",
             request.connection.id,
-            request.connection.remote_address,
+            _peer(request),
             host,
             port,
             why,
