@@ -152,6 +152,16 @@ class HTTPConnection:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
 
+    async def _next_event(
+        self,
+    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        """The next h11 event (never NEED_DATA: it reads until h11 has one)."""
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            await self._receive()
+
     def _has_partial_request(self) -> bool:
         return bool(self.h11.trailing_data[0])
 
@@ -184,12 +194,7 @@ class HTTPConnection:
             deadline = trio.current_time() + _or_inf(limits.head_timeout)
         try:
             with trio.fail_at(deadline):
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        await self._receive()
-                        continue
-                    break
+                event = await self._next_event()
         except trio.TooSlowError:
             await self._send_error(408)
             return None
@@ -449,12 +454,7 @@ class HTTPConnection:
             await self._send(h11.InformationalResponse(status_code=100, headers=[]))
         try:
             with trio.move_on_at(self._body_deadline) as scope:
-                while True:
-                    event = conn.next_event()
-                    if event is h11.NEED_DATA:
-                        await self._receive()
-                        continue
-                    break
+                event = await self._next_event()
         except h11.RemoteProtocolError as exc:
             self._body_done = True
             self._must_close = True

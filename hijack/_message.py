@@ -73,6 +73,16 @@ class Headers:
         key = name.lower().encode("latin-1")
         return [v.decode("latin-1") for k, v in self.raw if k == key]
 
+    def tokens(self, name: str) -> list[str]:
+        """The comma-separated tokens of every ``name`` header, lowercased
+        (``Connection: keep-alive, Upgrade`` -> ``["keep-alive", "upgrade"]``)."""
+        return [
+            token.strip().lower()
+            for value in self.get_all(name)
+            for token in value.split(",")
+            if token.strip()
+        ]
+
     def __contains__(self, name: object) -> bool:
         if not isinstance(name, str):
             return False
@@ -176,6 +186,14 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} connection={self.connection.id}>"
+
+    @property
+    def has_body(self) -> bool:
+        """True if the head announces a body (chunked, or a non-zero length)."""
+        length = self.headers.get("content-length")
+        return "transfer-encoding" in self.headers or (
+            length is not None and length.strip() != "0"
+        )
 
     def body(self) -> AsyncIterator[bytes]:
         """Iterate over the request body as it arrives."""

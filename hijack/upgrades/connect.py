@@ -26,7 +26,7 @@ from typing import Any
 
 import trio
 
-from .. import HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, relay
 from ._policy import (
     BadConnectTarget,
     ConnectError,
@@ -54,7 +54,6 @@ __all__ = [
 
 logger = logging.getLogger("hijack.connect")
 
-Handler = Callable[[Request], Awaitable[Response | None]]
 Dialer = Callable[[IPAddress, int], Awaitable[trio.abc.Stream]]
 
 DEFAULT_POLICY = ConnectPolicy()  # frozen: safe to share
@@ -84,13 +83,6 @@ def _format_address(address: Any) -> str:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
     return str(address) if address else "-"
-
-
-def _has_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    return "transfer-encoding" in request.headers or (
-        length is not None and length.strip() != "0"
-    )
 
 
 class ConnectProxy:
@@ -182,7 +174,7 @@ class ConnectProxy:
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
-        if _has_body(request):
+        if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         if not self._authorized(request):
             tunnel.outcome = "407"

@@ -10,35 +10,25 @@ The client side (``open_tunnel``, a local forwarder) is in
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 
 import trio
 
-from .. import Headers, HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, relay
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
 logger = logging.getLogger("hijack.tcp")
 
-Handler = Callable[[Request], Awaitable[Response | None]]
 
 UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
-
-
-def _tokens(headers: Headers, name: str) -> set[str]:
-    """The comma-separated tokens of every ``name`` header, lowercased."""
-    return {
-        token.strip().lower()
-        for value in headers.get_all(name)
-        for token in value.split(",")
-    }
 
 
 def is_tcp_upgrade(request: Request) -> bool:
     """True if ``request`` asks for ``Connection: Upgrade`` + ``Upgrade: tcp``
     (token match, case-insensitive, in any of the listed values)."""
-    return "upgrade" in _tokens(request.headers, "connection") and "tcp" in _tokens(
-        request.headers, "upgrade"
+    headers = request.headers
+    return "upgrade" in headers.tokens("connection") and "tcp" in headers.tokens(
+        "upgrade"
     )
 
 
@@ -48,13 +38,6 @@ def _peer(request: Request) -> str:
         host, port = address[:2]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     return str(address or "unix")
-
-
-def _has_body(request: Request) -> bool:
-    length = request.headers.get("content-length")
-    return "transfer-encoding" in request.headers or (
-        length is not None and length.strip() != "0"
-    )
 
 
 class TCPUpgrade:
@@ -101,7 +84,7 @@ class TCPUpgrade:
                 headers=UPGRADE_HEADERS,
                 body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
             )
-        if _has_body(request):
+        if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
         try:

@@ -53,7 +53,7 @@ from wsproto.events import (
 )
 from wsproto.utilities import RemoteProtocolError
 
-from .. import Connection, Headers, HTTPError, Request, Response
+from .. import Connection, Handler, Headers, HTTPError, Request, Response
 from ._echo_page import ECHO_PAGE
 
 __all__ = [
@@ -70,7 +70,6 @@ __all__ = [
 
 logger = logging.getLogger("hijack.websocket")
 
-Handler = Callable[[Request], Awaitable[Response | None]]
 App = Callable[["WebSocket"], Awaitable[None]]
 
 MiB = 1024 * 1024
@@ -125,21 +124,11 @@ class WebSocketHandshakeError(HTTPError):
 # -- the opening handshake -------------------------------------------------
 
 
-def _tokens(headers: Headers, name: str) -> list[str]:
-    """Comma-separated tokens of every ``name`` header, lowercased."""
-    return [
-        token.strip().lower()
-        for value in headers.get_all(name)
-        for token in value.split(",")
-        if token.strip()
-    ]
-
-
 def is_websocket_request(request: Request) -> bool:
     """True if the client asks for a WebSocket (``Upgrade: websocket``).
 
     Route on this, then let :func:`accept_websocket` check the rest."""
-    return "websocket" in _tokens(request.headers, "upgrade")
+    return "websocket" in request.headers.tokens("upgrade")
 
 
 def _check_handshake(
@@ -157,9 +146,9 @@ def _check_handshake(
         raise bad("a WebSocket handshake needs HTTP/1.1")
     if "content-length" in headers or "transfer-encoding" in headers:
         raise bad("a WebSocket handshake has no body")
-    if "websocket" not in _tokens(headers, "upgrade"):
+    if "websocket" not in headers.tokens("upgrade"):
         raise bad("missing 'Upgrade: websocket'")
-    if "upgrade" not in _tokens(headers, "connection"):
+    if "upgrade" not in headers.tokens("connection"):
         raise bad("missing 'Connection: Upgrade'")
     versions = headers.get_all("sec-websocket-version")
     if versions != ["13"]:
