@@ -4,9 +4,6 @@ what a client gets back after a tunnel handshake."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-
 import trio
 
 __all__ = ["ReplayStream"]
@@ -44,15 +41,22 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         return pending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        with self._send_guard():
+        self._start_sending()
+        try:
             await self.stream.send_all(data)
+        finally:
+            self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
-        with self._send_guard():
+        self._start_sending()
+        try:
             await self.stream.wait_send_all_might_not_block()
+        finally:
+            self._sending = False
 
     async def send_eof(self) -> None:
-        with self._send_guard():
+        self._start_sending()
+        try:
             stream = self.stream
             if not isinstance(stream, trio.abc.HalfCloseableStream):
                 # TLS has no portable half-close; say so instead of faking it.
@@ -60,18 +64,17 @@ class ReplayStream(trio.abc.HalfCloseableStream):
                     f"{type(stream).__name__} cannot half-close; close it instead"
                 )
             await stream.send_eof()
+        finally:
+            self._sending = False
 
-    @contextmanager
-    def _send_guard(self) -> Iterator[None]:
+    def _start_sending(self) -> None:
+        # Plain try/finally at each call site, not a context manager: this is
+        # on the hot path of every hijacked write.
         if self._sending:
             raise trio.BusyResourceError("another task is sending")
         if self._closed:
             raise trio.ClosedResourceError("stream is closed")
         self._sending = True
-        try:
-            yield
-        finally:
-            self._sending = False
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
         if max_bytes is not None and max_bytes < 1:
