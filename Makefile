@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,speed]'
 	touch $(STAMP)
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client).
@@ -23,7 +23,10 @@ check: $(STAMP)
 	$(VENV)/bin/ruff format --check hijack tests examples bench
 	$(VENV)/bin/mypy --strict hijack examples
 
+# The suite runs twice: on plain h11 (the default dependency) and on the
+# compiled h11-mypyc that hijack[speed] adds (see hijack/_h11.py).
 test: $(STAMP) sysdeps check
+	HIJACK_PURE_H11=1 $(PY) -m pytest -q
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

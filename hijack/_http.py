@@ -150,7 +150,9 @@ class HTTPConnection:
 
     async def _receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
-        self.h11.receive_data(data)  # type: ignore[arg-type]  # bytearray is fine
+        if type(data) is not bytes:  # memory streams give bytearray; mypyc h11
+            data = bytes(data)  # takes bytes only
+        self.h11.receive_data(data)
 
     async def _next_event_before(
         self, deadline: float
