@@ -13,6 +13,7 @@ a client that sends without reading cannot grow our buffers (backpressure).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
@@ -37,6 +38,12 @@ RECEIVE_SIZE = 65536
 # to keep the connection alive; past it, close instead (Go does the same).
 DRAIN_LIMIT = 256 * 1024
 SERVER_HEADER = (b"server", b"hijack")
+# RFC 9112 3.2 + RFC 3986 3.2.2: Host = uri-host [ ":" port ], where uri-host
+# is an IP-literal in brackets or a reg-name (possibly empty).
+_HOST_VALUE = re.compile(
+    rb"(?:\[[0-9A-Fa-f:.]+\]|\[v[0-9A-Fa-f]+\.[-A-Za-z0-9._~!$&'()*+,;=:]+\]"
+    rb"|[-A-Za-z0-9._~!$&'()*+,;=%]*)(?::[0-9]*)?"
+)
 
 
 class ServerSide(Protocol):
@@ -223,8 +230,13 @@ class HTTPConnection:
         head_size = len(event.method) + len(event.target) + 12
         head_size += sum(len(k) + len(v) + 4 for k, v in event.headers)
         status = 0
-        if event.http_version not in (b"1.0", b"1.1"):
+        # RFC 9110 2.5: serve any 1.x as the highest 1.x we implement.
+        if not event.http_version.startswith(b"1."):
             status = 505
+        elif any(
+            k == b"host" and not _HOST_VALUE.fullmatch(v) for k, v in event.headers
+        ):
+            status = 400  # RFC 9112 3.2: an invalid Host value
         elif len(event.target) > limits.max_target_size:
             status = 414
         elif head_size > limits.max_head_size:
@@ -268,6 +280,8 @@ class HTTPConnection:
                     response,
                     request,
                 )
+        except _CloseConnection:
+            raise  # the client is gone: not a handler failure
         except HTTPError as exc:
             if self._hijacked is not None:
                 logger.error("handler raised %r after hijacking %r", exc, request)
@@ -298,6 +312,16 @@ class HTTPConnection:
             self._must_close = True
             await self._respond_error(500)
             return
+        if request.method == "CONNECT" and 200 <= response.status < 300:
+            # A 2xx to CONNECT switches protocols: only hijack() can send it.
+            logger.error(
+                "handler returned %r to CONNECT without hijack(); "
+                "use request.hijack(response) for a tunnel",
+                response,
+            )
+            self._must_close = True
+            await self._respond_error(500)
+            return
         await self._send_response(response, request.method == "HEAD")
 
     async def _send_response(self, response: Response, head_only: bool) -> None:
@@ -312,9 +336,16 @@ class HTTPConnection:
             await self._write(b"".join(parts))
             return
         await self._write(head)
-        async for chunk in body:
-            if chunk and not head_only:
-                await self._send(h11.Data(data=chunk))
+        # Close the body's iterator ourselves, even when the client went away
+        # mid-stream: its cleanup then runs in this task, now, not from GC.
+        try:
+            async for chunk in body:
+                if chunk and not head_only:
+                    await self._send(h11.Data(data=chunk))
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
         await self._send(h11.EndOfMessage())
 
     async def _finish_exchange(self) -> bool:
@@ -401,6 +432,13 @@ class HTTPConnection:
             raise HijackError("a response was already started for this request")
         if response.status < 200:
             raise ValueError("use hijack() to send a 1xx response")
+        request = self._request
+        if (
+            request is not None
+            and request.method == "CONNECT"
+            and response.status < 300
+        ):
+            raise HijackError("a 2xx answer to CONNECT opens a tunnel: use hijack()")
         self._response_started = True
         return self._encode(
             h11.Response(

@@ -10,12 +10,21 @@ import trio
 
 from hijack import Request, Response, Server
 
+from .leakcheck import leak_fixture
+
 Handler = Callable[[Request], Awaitable[Response | None]]
 StartServer = Callable[..., Awaitable[tuple[Server, int]]]
 
 
+# Every test that starts a server must leave no task and no fd behind: the
+# check runs after the server fixtures' teardown, since they depend on it.
+no_leaks = leak_fixture()
+
+
 @pytest.fixture
-async def start_server(nursery: trio.Nursery) -> AsyncIterator[StartServer]:
+async def start_server(
+    nursery: trio.Nursery, no_leaks: None
+) -> AsyncIterator[StartServer]:
     """``server, port = await start_server(handler, **Server kwargs)``: a
     server on 127.0.0.1, port 0, shut down (grace 0) at the end of the test."""
     servers: list[Server] = []
@@ -81,7 +90,7 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
 
 @pytest.fixture
 async def memory_server(
-    nursery: trio.Nursery,
+    nursery: trio.Nursery, no_leaks: None
 ) -> AsyncIterator[Callable[..., Awaitable[tuple[Server, MemoryListener]]]]:
     """``server, listener = await memory_server(handler, **kwargs)``."""
 
