@@ -38,6 +38,9 @@ RECEIVE_SIZE = 65536
 # to keep the connection alive; past it, close instead (Go does the same).
 DRAIN_LIMIT = 256 * 1024
 SERVER_HEADER = (b"server", b"hijack")
+# Lingering close after an error answer: at most this long, this many bytes.
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 # RFC 9112 3.2 + RFC 3986 3.2.2: Host = uri-host [ ":" port ], where uri-host
 # is an IP-literal in brackets or a reg-name (possibly empty).
 _HOST_VALUE = re.compile(
@@ -87,6 +90,7 @@ class HTTPConnection:
         "_exchange",
         "_hijacked",
         "_idle_scope",
+        "_linger",
         "_must_close",
         "_request",
         "_response_started",
@@ -106,6 +110,7 @@ class HTTPConnection:
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
         self._idle_scope: trio.CancelScope | None = None
+        self._linger = False
         self._hijacked: Hijacked | None = None
         self._request: Request | None = None
         self._exchange: _Exchange | None = None
@@ -151,9 +156,31 @@ class HTTPConnection:
             pass
         finally:
             if self._hijacked is None:
+                if self._linger:
+                    await self._drain_before_close()
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(self.stream)
                 self.connection.set_state(ConnState.CLOSED)
+
+    async def _drain_before_close(self) -> None:
+        """Lingering close (as nginx does). After an early error answer the
+        client may still be sending (a huge head, a refused body). Closing
+        with unread input makes the kernel send a reset, which can destroy
+        the answer before the client reads it. So: half-close, then read and
+        drop what still comes, for a short, bounded while."""
+        stream = self.stream
+        with trio.move_on_after(LINGER_SECONDS):
+            try:
+                if isinstance(stream, trio.abc.HalfCloseableStream):
+                    await stream.send_eof()
+                drained = 0
+                while drained < LINGER_BYTES:
+                    data = await stream.receive_some(RECEIVE_SIZE)
+                    if not data:
+                        break
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                pass
 
     async def _receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
@@ -466,6 +493,7 @@ class HTTPConnection:
         if self._response_started or self.h11.our_state is not h11.SEND_RESPONSE:
             self._must_close = True
             raise _CloseConnection
+        self._linger = self._linger or not self._body_done
         body = f"{status} {phrase(status)}\n".encode()
         if detail:
             body += detail.encode("utf-8", "replace") + b"\n"
@@ -494,11 +522,16 @@ class HTTPConnection:
             SERVER_HEADER,
         ]
         try:
-            await self._send(h11.Response(status_code=status, headers=headers))
-            await self._send(h11.Data(data=body))
-            await self._send(h11.EndOfMessage())
+            head = self._encode(
+                h11.Response(
+                    status_code=status, headers=headers, reason=phrase(status).encode()
+                )
+            )
+            data = self._encode(h11.Data(data=body))
+            await self._write(head + data + self._encode(h11.EndOfMessage()))
         except (_CloseConnection, h11.LocalProtocolError):
-            pass
+            return
+        self._linger = True
 
     # -- reading the body ------------------------------------------------
 

@@ -219,6 +219,7 @@ class Server:
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         local_path = listener.path if isinstance(listener, UnixSocketListener) else None
+        failing = False  # log a capacity episode once, not every 0.1 s
         while True:
             await self._capacity.acquire()
             try:
@@ -226,18 +227,22 @@ class Server:
             except OSError as exc:
                 self._capacity.release()
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-                    logger.error(
+                    logger.log(
+                        logging.DEBUG if failing else logging.ERROR,
                         "accept failed (%s); retrying in %.1fs",
                         errno.errorcode.get(exc.errno or 0, exc.errno),
                         ACCEPT_CAPACITY_SLEEP,
-                        exc_info=True,
                     )
+                    failing = True
                     await trio.sleep(ACCEPT_CAPACITY_SLEEP)
                     continue
                 raise
             except BaseException:
                 self._capacity.release()
                 raise
+            if failing:
+                logger.warning("accept works again")
+                failing = False
             nursery.start_soon(self._serve_connection, stream, local_path, ssl_context)
 
     async def _serve_connection(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -103,3 +104,25 @@ async def memory_server(
         return server, listener
 
     yield start
+
+
+async def trickle_until_answered(
+    client: trio.abc.Stream, data: bytes, interval: float = 1.0
+) -> tuple[float, bytes]:
+    """Send ``data`` one byte per ``interval`` while reading; return how long
+    after the start the server's answer began, and everything it sent."""
+    start = trio.current_time()
+
+    async def trickle() -> None:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            for byte in data:
+                await client.send_all(bytes([byte]))
+                await trio.sleep(interval)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(trickle)
+        first = await client.receive_some()
+        answered_after = trio.current_time() - start
+        rest = await read_until_closed(client)
+        nursery.cancel_scope.cancel()
+    return answered_after, first + rest

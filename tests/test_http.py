@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -289,3 +290,23 @@ def test_h11_backend_follows_the_environment() -> None:
     compiled = importlib.util.find_spec("h11_mypyc") is not None
     pure = bool(os.environ.get("HIJACK_PURE_H11")) or not compiled
     assert h11.__name__ == ("h11" if pure else "h11_mypyc")
+
+
+async def test_error_answer_survives_a_client_still_sending(
+    start_server: StartServer,
+) -> None:
+    """Lingering close: the 431 reaches a client that is still pushing a huge
+    head, instead of being destroyed by a reset from unread input."""
+    _, port = await start_server(hello)
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+
+        async def push() -> None:
+            head = b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 512 * 1024
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(head)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(push)
+            data = await read_until_closed(stream)
+    assert data.startswith(b"HTTP/1.1 431 Request Header Fields Too Large\r\n")
+    assert data.endswith(b"431 Request Header Fields Too Large\n")

@@ -95,6 +95,7 @@ async def test_bogus_request(memory_server: MemoryServer) -> None:
     async def script(client: Any) -> None:
         await client.send_all(b"fooo\r\n\r\n")
         assert (await read_until_closed(client)).startswith(b"HTTP/1.1 400 ")
+        await client.aclose()  # the server lingers until the client goes
 
     _, states = await run(memory_server, script)
     assert states == [N, A, C]

@@ -8,9 +8,14 @@ from collections.abc import Awaitable, Callable
 import trio
 import trio.testing
 
-from hijack import Connection, ConnState, Limits, Request, Response, Server
+from hijack import Limits, Request, Response, Server
 
-from .conftest import MemoryListener, read_until, read_until_closed
+from .conftest import (
+    MemoryListener,
+    read_until,
+    read_until_closed,
+    trickle_until_answered,
+)
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 LIMITS = Limits(head_timeout=5, idle_timeout=30, body_timeout=10, write_timeout=7)
@@ -23,22 +28,16 @@ async def echo_body(request: Request) -> Response:
 async def test_slow_head_gets_408_at_the_deadline(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    closed_at: list[float] = []
-
-    def on_state(connection: Connection, state: ConnState) -> None:
-        if state is ConnState.CLOSED:
-            closed_at.append(trio.current_time())
-
-    _, listener = await memory_server(echo_body, limits=LIMITS, on_state=on_state)
+    server, listener = await memory_server(echo_body, limits=LIMITS)
     client = await listener.connect()
-    start = trio.current_time()
-    with contextlib.suppress(trio.BrokenResourceError):  # the server hangs up
-        for byte in b"GET / HTTP/1.1\r\nHost":  # one byte a second
-            await client.send_all(bytes([byte]))
-            await trio.sleep(1)
-    data = await read_until_closed(client)
-    assert data.startswith(b"HTTP/1.1 408 ")
-    assert closed_at == [start + 5]
+    answered_after, data = await trickle_until_answered(
+        client, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    assert data.startswith(b"HTTP/1.1 408 Request Timeout\r\n")
+    assert answered_after == 5
+    await client.aclose()
+    await trio.testing.wait_all_tasks_blocked()
+    assert server.connections == []
 
 
 async def test_silent_new_connection_closed_at_head_deadline(
