@@ -110,6 +110,7 @@ class Connection:
     """
 
     __slots__ = (
+        "_closed",
         "_closed_event",
         "_hijacked_open",
         "_hooks",
@@ -152,7 +153,10 @@ class Connection:
         self._state = ConnState.NEW
         self._hooks = hooks
         self._hijacked_open = False
-        self._closed_event = trio.Event()
+        self._closed = False
+        # Made on demand: an Event per connection is memory every idle
+        # tunnel would pay for, and few callers wait for the close.
+        self._closed_event: trio.Event | None = None
         self._on_close = on_close
         #: Set when the server starts a graceful shutdown. Owners of hijacked
         #: streams wait on it to say goodbye in their own protocol.
@@ -176,7 +180,7 @@ class Connection:
 
     @property
     def is_open(self) -> bool:
-        return not self._closed_event.is_set()
+        return not self._closed
 
     @property
     def tls(self) -> TLSInfo | None:
@@ -199,6 +203,11 @@ class Connection:
 
     async def wait_closed(self) -> None:
         """Wait until the connection's stream is closed, whoever owns it."""
+        if self._closed:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._closed_event is None:
+            self._closed_event = trio.Event()
         await self._closed_event.wait()
 
     def set_state(self, new: ConnState) -> None:
@@ -219,8 +228,10 @@ class Connection:
         self._set_closed()
 
     def _set_closed(self) -> None:
-        if not self._closed_event.is_set():
-            self._closed_event.set()
+        if not self._closed:
+            self._closed = True
+            if self._closed_event is not None:
+                self._closed_event.set()
             if self._on_close is not None:
                 self._on_close(self)
 

@@ -587,6 +587,9 @@ class HTTPConnection:
         buffered, _closed = self.h11.trailing_data
         hijacked = Hijacked(self.stream, buffered, self.connection)
         self._hijacked = hijacked
+        # The HTTP layer is done with this connection for good: free h11's
+        # state now rather than keep it for as long as the tunnel lives.
+        del self.h11
         self.connection.set_state(ConnState.HIJACKED)
         self.server.track_hijacked(hijacked)
         return hijacked

@@ -85,41 +85,14 @@ async def relay(
                 f" {type(b).__name__}"
             )
         use_splice = can_splice if splice is None else splice
-
         with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
-
-            def moved(forward: bool, n: int) -> None:
-                # Any byte either way means "not idle": push the deadline.
-                scope.deadline = trio.current_time() + timeout
-                if forward:
-                    stats.a_to_b += n
-                else:
-                    stats.b_to_a += n
-
-            async def pump(
-                src: trio.abc.Stream, dst: trio.abc.Stream, forward: bool
-            ) -> None:
-                src_sock = sock_a if forward else sock_b
-                dst_sock = sock_b if forward else sock_a
-                if use_splice and src_sock is not None and dst_sock is not None:
-                    # Splicing reads the raw socket, so send what the HTTP
-                    # layer had read ahead first, in order.
-                    if isinstance(src, ReplayStream) and (early := src.take_buffered()):
-                        await dst_sock.send_all(early)
-                        moved(forward, len(early))
-                    await _splice.splice_stream(
-                        src_sock, dst_sock, pool, lambda n: moved(forward, n)
-                    )
-                else:
-                    while data := await src.receive_some(CHUNK):
-                        await dst.send_all(data)
-                        moved(forward, len(data))
-                await _send_eof_or_close(dst)
-
+            state = _Relay(scope, timeout, stats, pool if use_splice else None)
             try:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(pump, a, b, True)
-                    nursery.start_soon(pump, b, a, False)
+                    # One direction in a new task, the other in this one: a
+                    # task less per tunnel (memory per idle tunnel counts).
+                    nursery.start_soon(state.pump, b, a, sock_b, sock_a, False)
+                    await state.pump(a, b, sock_a, sock_b, True)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 # The peer went away (or a stream we closed on EOF was still
                 # being read): the relay is over, both get closed below.
@@ -130,6 +103,56 @@ async def relay(
             await trio.aclose_forcefully(a)
             await trio.aclose_forcefully(b)
     return stats
+
+
+class _Relay:
+    """What both directions share. A class with slots rather than closures:
+    an idle tunnel keeps all of this alive, so every object counts."""
+
+    __slots__ = ("pool", "scope", "stats", "timeout")
+
+    def __init__(
+        self,
+        scope: trio.CancelScope,
+        timeout: float,
+        stats: RelayStats,
+        pool: _splice.PipePool | None,
+    ) -> None:
+        self.scope = scope
+        self.timeout = timeout
+        self.stats = stats
+        self.pool = pool  # None: the copy loop
+
+    def moved_forward(self, n: int) -> None:
+        # Any byte either way means "not idle": push the deadline.
+        self.scope.deadline = trio.current_time() + self.timeout
+        self.stats.a_to_b += n
+
+    def moved_backward(self, n: int) -> None:
+        self.scope.deadline = trio.current_time() + self.timeout
+        self.stats.b_to_a += n
+
+    async def pump(
+        self,
+        src: trio.abc.Stream,
+        dst: trio.abc.Stream,
+        src_sock: trio.SocketStream | None,
+        dst_sock: trio.SocketStream | None,
+        forward: bool,
+    ) -> None:
+        moved = self.moved_forward if forward else self.moved_backward
+        if self.pool is not None and src_sock is not None and dst_sock is not None:
+            # Splicing reads the raw socket, so send what the HTTP layer had
+            # read ahead first, in order.
+            if isinstance(src, ReplayStream) and (early := src.take_buffered()):
+                await dst_sock.send_all(early)
+                moved(len(early))
+            await _splice.splice_stream(src_sock, dst_sock, self.pool, moved)
+        else:
+            while data := await src.receive_some(CHUNK):
+                await dst.send_all(data)
+                moved(len(data))
+        await _send_eof_or_close(dst)
 
 
 async def _send_eof_or_close(dst: trio.abc.Stream) -> None:

@@ -138,12 +138,15 @@ def _fd(stream: trio.SocketStream) -> int:
 
 
 def _splice(fd_in: int, fd_out: int, count: int) -> int:
-    """One non-blocking splice. EAGAIN stays ``BlockingIOError``; any other
-    error means the tunnel is broken (as trio's streams report it)."""
+    """One non-blocking splice: bytes moved, or -1 on EAGAIN. Any other error
+    means the tunnel is broken (as trio's streams report it).
+
+    EAGAIN is a return value, not an exception, so that no exception (and
+    its traceback, ~1 KiB) stays alive while an idle tunnel waits."""
     try:
         return os.splice(fd_in, fd_out, count, flags=_FLAGS)
     except BlockingIOError:
-        raise
+        return -1
     except OSError as exc:
         raise trio.BrokenResourceError(f"splice: {exc}") from exc
 
@@ -169,10 +172,10 @@ async def splice_stream(
         while True:
             if pipe is None:
                 pipe = pool.acquire()
-            try:
-                # The pipe is empty here: EAGAIN can only mean "src has no data".
-                pending = _splice(_fd(src), pipe.write_fd, pipe.size)
-            except BlockingIOError:
+            # The pipe is empty here: EAGAIN can only mean "src has no data".
+            pending = _splice(_fd(src), pipe.write_fd, pipe.size)
+            if pending < 0:
+                pending = 0
                 # Give the empty pipe back before waiting: idle holds no pipe.
                 pool.release(pipe)
                 pipe = None
@@ -183,9 +186,8 @@ async def splice_stream(
             # Drain completely before reading more: bytes keep their order and
             # a partially written pipe is never mixed with new data.
             while pending:
-                try:
-                    n = _splice(pipe.read_fd, _fd(dst), pending)
-                except BlockingIOError:
+                n = _splice(pipe.read_fd, _fd(dst), pending)
+                if n < 0:
                     await trio.lowlevel.wait_writable(dst.socket)
                     continue
                 pending -= n
