@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check sysdeps bench soak clean
+.PHONY: demo test check sysdeps bench bench-venv soak clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,8 +29,24 @@ test: $(STAMP) sysdeps check
 	HIJACK_PURE_H11=1 $(PY) -m pytest -q
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+# Peers go into their own virtualenv, never into the project's.
+BENCH_VENV := bench/.venv
+$(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
+	python3 -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements-peers.txt -e .
+	touch $@
+
+bench-venv: $(BENCH_VENV)/.installed
+
+# Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
+bench: $(STAMP) bench-venv
+	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(PY) bench/run.py
+
+# Mixed load for a bounded time (default 2 minutes), RSS and fds over time.
+soak: $(STAMP)
+	$(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,106 @@
+"""The hijack servers under test, one per process.
+
+``python hijack_servers.py KIND PORT [--allow-port P ...] [--mypyc]``
+
+* ``connect``: ``ConnectProxy`` (CONNECT tunnels to the ``--allow-port``
+  ports on 127.0.0.1), limits raised so the idle and scale rows are bounded
+  by file descriptors, not by the proxy's default caps.
+* ``echo``: ``request.hijack(Response(101))`` then a raw echo loop.
+* ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
+* ``hello``: keep-alive hello world.
+
+``--mypyc`` swaps in ``h11_mypyc`` (compiled h11, same API) before hijack
+is imported: every ``import h11`` (hijack's and wsproto's) then gets it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import resource
+import sys
+from typing import Any
+
+
+def raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("kind", choices=["connect", "echo", "ws", "hello"])
+    parser.add_argument("port", type=int)
+    parser.add_argument("--allow-port", type=int, action="append", default=[])
+    parser.add_argument("--mypyc", action="store_true")
+    parser.add_argument(
+        "--no-splice", action="store_true", help="relay with the copy loop only"
+    )
+    args = parser.parse_args()
+    if args.mypyc:
+        import h11_mypyc
+
+        sys.modules["h11"] = h11_mypyc
+    raise_fd_limit()
+    # Warnings and errors (a failed tunnel, an fd shortage) go to the log.
+    # (BENCH_LOG_LEVEL=INFO: one line per tunnel, to debug a failing row.)
+    level = os.environ.get("BENCH_LOG_LEVEL", "WARNING")
+    logging.basicConfig(level=level, format="%(name)s %(message)s")
+
+    import trio
+
+    import hijack
+
+    if args.no_splice:
+        from hijack import _splice
+
+        _splice.available = lambda: False  # diagnosis only: private module
+
+    handler: Any
+    echo_handler, hello_handler = make_simple_handlers()
+    if args.kind == "connect":
+        from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
+
+        policy = ConnectPolicy(allowed_ports=set(args.allow_port), allow_private=True)
+        handler = ConnectProxy(policy, max_tunnels=50_000)
+    elif args.kind == "echo":
+        handler = echo_handler
+    elif args.kind == "ws":
+        from hijack.upgrades.websocket import make_echo_handler
+
+        handler = make_echo_handler(max_message_size=4 << 20)
+    else:
+        handler = hello_handler
+    limits = hijack.Limits(max_connections=50_000)
+    server = hijack.Server(handler, limits=limits)
+    with contextlib.suppress(KeyboardInterrupt):
+        trio.run(server.serve_tcp, args.port)
+
+
+HELLO = b"Hello, world!"
+
+
+def make_simple_handlers() -> tuple[Any, Any]:
+    """The echo and hello handlers (hijack is imported only now, after the
+    optional h11 swap)."""
+    from hijack import Request, Response
+
+    upgrade = [("Upgrade", "echo"), ("Connection", "Upgrade")]
+    hello_headers = [("content-type", "text/plain")]
+
+    async def echo_handler(request: Request) -> None:
+        hijacked = await request.hijack(Response(101, upgrade))
+        async with hijacked:
+            while data := await hijacked.receive_some(65536):
+                await hijacked.send_all(data)
+
+    async def hello_handler(request: Request) -> Response:
+        return Response(200, hello_headers, HELLO)
+
+    return echo_handler, hello_handler
+
+
+if __name__ == "__main__":
+    main()
