@@ -77,6 +77,14 @@ class Hijacked(ReplayStream):
         finally:
             self.connection.mark_hijacked_closed()
 
+    def close_socket_now(self) -> bool:
+        if self.closed:
+            return True
+        if not super().close_socket_now():
+            return False
+        self.connection.mark_hijacked_closed()
+        return True
+
     async def release(self) -> None:
         """Called by the server when the handler returns: close unless
         detached."""

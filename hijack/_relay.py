@@ -11,6 +11,7 @@ Two ways to move bytes, same behaviour:
 from __future__ import annotations
 
 import math
+import socket
 from dataclasses import dataclass
 
 import trio
@@ -99,10 +100,21 @@ async def relay(
                 pass
         stats.timed_out = scope.cancelled_caught
     finally:
+        # Plain sockets close at once; anything else (TLS) gets its aclose.
+        pending = [s for s in (a, b) if not _close_socket_now(s)]
         with trio.CancelScope(shield=True):
-            await trio.aclose_forcefully(a)
-            await trio.aclose_forcefully(b)
+            for stream in pending:
+                await trio.aclose_forcefully(stream)
     return stats
+
+
+def _close_socket_now(stream: trio.abc.Stream) -> bool:
+    if isinstance(stream, ReplayStream):
+        return stream.close_socket_now()
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+        return True
+    return False
 
 
 class _Relay:
@@ -148,6 +160,12 @@ class _Relay:
                 await dst_sock.send_all(early)
                 moved(len(early))
             await _splice.splice_stream(src_sock, dst_sock, self.pool, moved)
+            # A plain socket half-closes without I/O: no checkpoint needed.
+            try:
+                dst_sock.socket.shutdown(socket.SHUT_WR)
+            except OSError as exc:
+                raise trio.BrokenResourceError(f"shutdown: {exc}") from exc
+            return
         else:
             while data := await src.receive_some(CHUNK):
                 await dst.send_all(data)
