@@ -9,8 +9,10 @@
 * ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
 * ``hello``: keep-alive hello world.
 
-``--mypyc`` swaps in ``h11_mypyc`` (compiled h11, same API) before hijack
-is imported: every ``import h11`` (hijack's and wsproto's) then gets it.
+``--mypyc`` measures hijack on ``h11_mypyc`` (compiled h11, same API; what
+``hijack[speed]`` installs): every ``import h11`` (hijack's and wsproto's)
+gets it. Without it, ``HIJACK_PURE_H11=1`` keeps hijack on plain h11, the
+default dependency, so the peers (uvicorn --http h11) face the same parser.
 """
 
 from __future__ import annotations
@@ -39,10 +41,15 @@ def main() -> None:
         "--no-splice", action="store_true", help="relay with the copy loop only"
     )
     args = parser.parse_args()
+    # hijack picks h11_mypyc by itself when it is installed (hijack[speed]),
+    # as it is in bench/.venv: say which one each row measures.
     if args.mypyc:
         import h11_mypyc
 
-        sys.modules["h11"] = h11_mypyc
+        os.environ.pop("HIJACK_PURE_H11", None)
+        sys.modules["h11"] = h11_mypyc  # wsproto's h11 too
+    else:
+        os.environ["HIJACK_PURE_H11"] = "1"
     raise_fd_limit()
     # Warnings and errors (a failed tunnel, an fd shortage) go to the log.
     # (BENCH_LOG_LEVEL=INFO: one line per tunnel, to debug a failing row.)

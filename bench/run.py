@@ -607,7 +607,10 @@ def write_results(b: Bench, started: float, path: Path) -> None:
         "peer_servers.py), `websockets` and trio-websocket (no compression, no "
         "pings, 4 MiB message limit, like hijack's), hypercorn `-k trio` and "
         "uvicorn `--http h11 --loop asyncio` on the same ASGI hello world "
-        "(bench/asgi_hello.py). 'ceiling' rows are a bare selectors server "
+        "(bench/asgi_hello.py). hijack runs on plain h11 (the default "
+        "dependency, like uvicorn --http h11); 'hijack + h11-mypyc' is the "
+        "same server on the compiled h11 that `hijack[speed]` installs. "
+        "'ceiling' rows are a bare selectors server "
         "that shows the load generator can go faster than the servers measured.",
         "",
         "Server CPU: user + system CPU time of the server's processes during "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -159,18 +160,30 @@ class _Relay:
             if isinstance(src, ReplayStream) and (early := src.take_buffered()):
                 await dst_sock.send_all(early)
                 moved(len(early))
-            await _splice.splice_stream(src_sock, dst_sock, self.pool, moved)
-            # A plain socket half-closes without I/O: no checkpoint needed.
             try:
-                dst_sock.socket.shutdown(socket.SHUT_WR)
-            except OSError as exc:
-                raise trio.BrokenResourceError(f"shutdown: {exc}") from exc
-            return
+                await _splice.splice_stream(src_sock, dst_sock, self.pool, moved)
+            except _splice.PipeUnavailable:
+                # No fd (or pipe memory) for a pipe right now, and no byte in
+                # flight: go on copying rather than cut a working tunnel.
+                await _copy(src, dst, moved)
+            else:
+                # A plain socket half-closes without I/O: no checkpoint.
+                try:
+                    dst_sock.socket.shutdown(socket.SHUT_WR)
+                except OSError as exc:
+                    raise trio.BrokenResourceError(f"shutdown: {exc}") from exc
+                return
         else:
-            while data := await src.receive_some(CHUNK):
-                await dst.send_all(data)
-                moved(len(data))
+            await _copy(src, dst, moved)
         await _send_eof_or_close(dst)
+
+
+async def _copy(
+    src: trio.abc.Stream, dst: trio.abc.Stream, moved: Callable[[int], None]
+) -> None:
+    while data := await src.receive_some(CHUNK):
+        await dst.send_all(data)
+        moved(len(data))
 
 
 async def _send_eof_or_close(dst: trio.abc.Stream) -> None:

@@ -4,6 +4,7 @@ splice fast path (its pipe pool) against the copy loop: same tests, both paths.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import ssl
@@ -17,7 +18,7 @@ import trio.testing
 import trustme
 
 from hijack import Connection, Hijacked, RelayStats, ReplayStream, relay
-from hijack._splice import PipePool, available
+from hijack._splice import Pipe, PipePool, available
 
 from .conftest import read_until_closed
 
@@ -361,3 +362,26 @@ async def test_tls_end_is_closed_on_eof_and_buffered_first() -> None:
     assert result[0] == RelayStats(a_to_b=11, b_to_a=6, timed_out=False)
     assert a.closed
     await tls_client.aclose()
+
+
+class NoPipes(PipePool):
+    """A pool whose pipes cannot be made, as when the process is out of fds."""
+
+    def acquire(self) -> Pipe:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+
+async def test_no_pipe_falls_back_to_copying() -> None:
+    """Out of fds for a pipe: the tunnel keeps working by copying."""
+    tunnel = await Tunnel.open()
+    data = os.urandom(MiB)
+    async with trio.open_nursery() as nursery:
+        run = partial(relay, tunnel.a, tunnel.b, splice=True, pipe_pool=NoPipes())
+        nursery.start_soon(run)
+        nursery.start_soon(tunnel.client.send_all, data)
+        assert await read_exactly(tunnel.upstream, MiB) == data
+        await tunnel.upstream.send_all(b"back")
+        assert await read_exactly(tunnel.client, 4) == b"back"
+        await tunnel.client.send_eof()
+        await tunnel.upstream.send_eof()
+    await tunnel.aclose()
