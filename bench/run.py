@@ -634,6 +634,9 @@ def write_results(b: Bench, started: float, path: Path) -> None:
     ]
     if b.notes:
         text += ["## Notes", "", *[f"- {n}" for n in b.notes], ""]
+    analysis = BENCH / "ANALYSIS.md"  # hand-kept: what the profiles show
+    if analysis.exists():
+        text += [analysis.read_text().rstrip(), ""]
     path.write_text("\n".join(text))
 
 
