@@ -169,3 +169,20 @@ async def test_tls_handshake_timeout(
     assert await read_until_closed(client) == b""
     assert trio.current_time() - start == 3
     await client.aclose()
+
+
+async def test_ipv6_loopback(nursery: trio.Nursery) -> None:
+    seen: list[object] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request.connection.remote_address[0])
+        return Response(200, body=b"v6")
+
+    server = Server(handler)
+    listeners = await nursery.start(server.serve_tcp, 0, "::1")
+    port = listeners[0].socket.getsockname()[1]
+    async with await trio.open_tcp_stream("::1", port) as stream:
+        await stream.send_all(GET_CLOSE)
+        assert (await read_until_closed(stream)).endswith(b"v6")
+    assert seen == ["::1"]
+    await server.shutdown()
