@@ -49,6 +49,16 @@ async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
     return b"".join(chunks)
 
 
+async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    """Exactly ``size`` bytes; EOF before that fails the test."""
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk, f"EOF after {len(data)} of {size} bytes"
+        data += chunk
+    return data
+
+
 async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
     """Read until ``marker`` has arrived (or EOF); return all of it."""
     data = b""

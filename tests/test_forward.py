@@ -24,7 +24,7 @@ from hijack.upgrades.forward import (
 )
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer, read_exactly, read_until, read_until_closed
 
 ROOT = Path(__file__).resolve().parents[1]
 UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -87,15 +87,6 @@ async def fake_server(nursery: trio.Nursery, answer: bytes) -> tuple[int, list[b
                 await stream.send_all(data)
 
     return await start_tcp(nursery, handle), heads
-
-
-async def read_exactly(stream: trio.abc.ReceiveStream, n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = await stream.receive_some(n - len(data))
-        assert chunk, f"EOF after {data!r}"
-        data += chunk
-    return data
 
 
 # -- open_tunnel ----------------------------------------------------------------

@@ -20,7 +20,7 @@ import trustme
 from hijack import Connection, Hijacked, RelayStats, ReplayStream, relay
 from hijack._splice import Pipe, PipePool, available
 
-from .conftest import read_until_closed
+from .conftest import read_exactly, read_until_closed
 
 MiB = 1 << 20
 
@@ -89,16 +89,6 @@ class Tunnel:
     async def aclose(self) -> None:
         for stream in (self.client, self.a, self.b, self.upstream):
             await trio.aclose_forcefully(stream)
-
-
-async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    """Exactly ``size`` bytes; EOF before that fails the test."""
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {len(data)} of {size} bytes"
-        data += chunk
-    return data
 
 
 async def send_then_eof(stream: trio.abc.HalfCloseableStream, data: bytes) -> None:
