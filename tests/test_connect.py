@@ -8,6 +8,7 @@ import functools
 import ipaddress
 import logging
 import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -88,14 +89,11 @@ def tunnel_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- real clients ------------------------------------------------------------------
 
 
-async def test_curl_through_the_tunnel(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
-    _, upstream_port = await start_server(hello)
-    proxy = ConnectProxy(loopback_policy(upstream_port))
-    _, proxy_port = await start_server(proxy)
-    result = await trio.run_process(
+async def curl_through(
+    proxy_port: int, upstream_port: int, *options: str
+) -> subprocess.CompletedProcess[bytes]:
+    """curl --proxytunnel through the proxy to the upstream's ``/``."""
+    return await trio.run_process(
         [
             CURL,
             "-sS",
@@ -104,12 +102,25 @@ async def test_curl_through_the_tunnel(
             "--proxytunnel",
             "--proxy",
             f"http://127.0.0.1:{proxy_port}",
+            *options,
             f"http://127.0.0.1:{upstream_port}/",
         ],
         capture_stdout=True,
         capture_stderr=True,
+        check=False,
         env={},
     )
+
+
+async def test_curl_through_the_tunnel(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hijack.connect")
+    _, upstream_port = await start_server(hello)
+    proxy = ConnectProxy(loopback_policy(upstream_port))
+    _, proxy_port = await start_server(proxy)
+    result = await curl_through(proxy_port, upstream_port)
+    assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello through the tunnel\n"
     await wait_for(lambda: bool(tunnel_records(caplog)))
     (record,) = tunnel_records(caplog)
@@ -137,24 +148,7 @@ async def test_curl_with_proxy_auth(
         loopback_policy(upstream_port), auth=("alice", "s3cret"), realm="tests"
     )
     _, proxy_port = await start_server(proxy)
-    result = await trio.run_process(
-        [
-            CURL,
-            "-sS",
-            "--max-time",
-            "10",
-            "--proxytunnel",
-            "--proxy",
-            f"http://127.0.0.1:{proxy_port}",
-            "--proxy-user",
-            credentials,
-            f"http://127.0.0.1:{upstream_port}/",
-        ],
-        capture_stdout=True,
-        capture_stderr=True,
-        check=False,
-        env={},
-    )
+    result = await curl_through(proxy_port, upstream_port, "--proxy-user", credentials)
     if ok:
         assert result.returncode == 0, result.stderr
         assert result.stdout == b"hello through the tunnel\n"
