@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import logging
 import socket
-import ssl
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -188,18 +187,17 @@ class Connection:
         stream = self.stream
         if not isinstance(stream, trio.SSLStream):
             return None
-        try:
-            obj: ssl.SSLObject = stream._ssl_object
-        except AttributeError:  # pragma: no cover
+        try:  # trio forwards these to the SSLObject once the handshake is done
+            cipher = stream.cipher()
+            return TLSInfo(
+                version=stream.version(),
+                cipher=cipher[0] if cipher else None,
+                alpn_protocol=stream.selected_alpn_protocol(),
+                server_name=stream.server_hostname or None,
+                peer_certificate=stream.getpeercert() or None,
+            )
+        except trio.NeedHandshakeError:
             return None
-        cipher = obj.cipher()
-        return TLSInfo(
-            version=obj.version(),
-            cipher=cipher[0] if cipher else None,
-            alpn_protocol=obj.selected_alpn_protocol(),
-            server_name=getattr(stream, "server_hostname", None) or None,
-            peer_certificate=obj.getpeercert() or None,
-        )
 
     async def wait_closed(self) -> None:
         """Wait until the connection's stream is closed, whoever owns it."""

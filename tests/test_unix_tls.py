@@ -120,6 +120,8 @@ async def test_tls_request_and_hijack(ca: trustme.CA, nursery: trio.Nursery) -> 
         tls = request.connection.tls
         assert tls is not None
         tls_seen.append(tls.version)
+        assert tls.cipher  # negotiated suite name
+        assert tls.peer_certificate is None  # the client sent none
         if request.path == "/hijack":
             hijacked = await request.hijack(
                 Response(101, {"connection": "upgrade", "upgrade": "echo"})
