@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import http
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, overload
 
 if TYPE_CHECKING:
     from ._connection import Connection
@@ -62,7 +62,12 @@ class Headers:
     def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
         self.raw = raw
 
+    @overload
+    def get(self, name: str) -> str | None: ...
+    @overload
+    def get(self, name: str, default: str) -> str: ...
     def get(self, name: str, default: str | None = None) -> str | None:
+        """The first value of ``name`` (any case), or ``default``."""
         key = name.lower().encode("latin-1")
         for k, v in self.raw:
             if k == key:
