@@ -238,7 +238,7 @@ class HTTPConnection:
         try:
             event = await self._next_event_before(deadline)
         except h11.RemoteProtocolError as exc:
-            await self._send_error(exc.error_status_hint)
+            await self._send_error(_request_error_status(exc))
             return None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             return None
@@ -547,7 +547,9 @@ class HTTPConnection:
         except h11.RemoteProtocolError as exc:
             self._body_done = True
             self._must_close = True
-            raise HTTPError(exc.error_status_hint, "malformed request body") from exc
+            raise HTTPError(
+                _request_error_status(exc), "malformed request body"
+            ) from exc
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._body_done = True
             self._must_close = True
@@ -622,6 +624,14 @@ def _serialize_head(response: Response, headers: list[tuple[bytes, bytes]]) -> b
         raise ValueError(f"bad reason {reason!r}")
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def _request_error_status(exc: h11.RemoteProtocolError) -> int:
+    """The status for a bad request. h11 hints 501 for any Transfer-Encoding
+    but a single ``chunked`` (in a head or a trailer); RFC 9112 6.3 says a
+    request whose final coding is not chunked MUST get 400, then close."""
+    status = exc.error_status_hint
+    return 400 if status == 501 else status
 
 
 def _or_inf(timeout: float | None) -> float:
