@@ -211,6 +211,7 @@ class HTTPConnection:
     async def _receive_request(self, first: bool) -> Request | None:
         """Wait for the next request head; None when the connection should
         end quietly (client closed, idle timeout, shutdown)."""
+        self._reset_exchange()  # the previous exchange is over
         limits = self.server.limits
         conn = self.h11
         now = trio.current_time()
@@ -276,7 +277,6 @@ class HTTPConnection:
             await self._send_error(status)
             return None
         headers = Headers(list(event.headers))
-        self._reset_exchange()
         # RFC 9112 6.1: Content-Length with Transfer-Encoding may be a
         # smuggling attempt: answer, then close.
         if b"transfer-encoding" in (k for k, _ in event.headers) and any(
@@ -339,17 +339,12 @@ class HTTPConnection:
             self._must_close = True
             await self._respond_error(500)
             return
-        if request.method == "CONNECT" and 200 <= response.status < 300:
-            # A 2xx to CONNECT switches protocols: only hijack() can send it.
-            logger.error(
-                "handler returned %r to CONNECT without hijack(); "
-                "use request.hijack(response) for a tunnel",
-                response,
-            )
+        try:
+            await self._send_response(response, request.method == "HEAD")
+        except HijackError as exc:  # e.g. a 2xx to CONNECT without hijack()
+            logger.error("handler returned %r to %r: %s", response, request, exc)
             self._must_close = True
             await self._respond_error(500)
-            return
-        await self._send_response(response, request.method == "HEAD")
 
     async def _send_response(self, response: Response, head_only: bool) -> None:
         body = response.body
@@ -429,11 +424,7 @@ class HTTPConnection:
     ) -> list[tuple[bytes, bytes]]:
         headers = response.headers
         names = {k.lower() for k, _ in headers}
-        extra = []
-        if b"date" not in names:
-            extra.append((b"date", _Date.now()))
-        if b"server" not in names:
-            extra.append(SERVER_HEADER)
+        extra = _date_and_server(names)
         body = response.body
         if (
             add_length
@@ -465,7 +456,10 @@ class HTTPConnection:
             and request.method == "CONNECT"
             and response.status < 300
         ):
-            raise HijackError("a 2xx answer to CONNECT opens a tunnel: use hijack()")
+            # A 2xx to CONNECT switches protocols: only hijack() can send it.
+            raise HijackError(
+                "a 2xx answer to CONNECT opens a tunnel: use request.hijack(response)"
+            )
         self._response_started = True
         return self._encode(
             h11.Response(
@@ -494,16 +488,8 @@ class HTTPConnection:
             self._must_close = True
             raise _CloseConnection
         self._linger = self._linger or not self._body_done
-        body = f"{status} {phrase(status)}\n".encode()
-        if detail:
-            body += detail.encode("utf-8", "replace") + b"\n"
-        response = Response(
-            status,
-            [(b"content-type", b"text/plain; charset=utf-8"), *(headers or ())],
-            body,
-        )
         head_only = self._request is not None and self._request.method == "HEAD"
-        await self._send_response(response, head_only)
+        await self._send_response(_error_response(status, detail, headers), head_only)
 
     async def _send_error(self, status: int) -> None:
         """An error before any handler ran (bad or slow head): answer if h11
@@ -513,22 +499,8 @@ class HTTPConnection:
             return
         if self.connection.state is ConnState.NEW:
             self.connection.set_state(ConnState.ACTIVE)
-        body = f"{status} {phrase(status)}\n".encode()
-        headers = [
-            (b"content-type", b"text/plain; charset=utf-8"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-            (b"date", _Date.now()),
-            SERVER_HEADER,
-        ]
         try:
-            head = self._encode(
-                h11.Response(
-                    status_code=status, headers=headers, reason=phrase(status).encode()
-                )
-            )
-            data = self._encode(h11.Data(data=body))
-            await self._write(head + data + self._encode(h11.EndOfMessage()))
+            await self._send_response(_error_response(status), head_only=False)
         except (_CloseConnection, h11.LocalProtocolError):
             return
         self._linger = True
@@ -598,12 +570,28 @@ class HTTPConnection:
 
     def _head_headers_for_hijack(self, response: Response) -> list[tuple[bytes, bytes]]:
         names = {k.lower() for k, _ in response.headers}
-        extra = []
-        if b"date" not in names:
-            extra.append((b"date", _Date.now()))
-        if b"server" not in names:
-            extra.append(SERVER_HEADER)
-        return response.headers + extra
+        return response.headers + _date_and_server(names)
+
+
+def _date_and_server(names: set[bytes]) -> list[tuple[bytes, bytes]]:
+    """The headers every response gets unless the handler set them."""
+    extra = []
+    if b"date" not in names:
+        extra.append((b"date", _Date.now()))
+    if b"server" not in names:
+        extra.append(SERVER_HEADER)
+    return extra
+
+
+def _error_response(
+    status: int, detail: str = "", headers: list[tuple[bytes, bytes]] | None = None
+) -> Response:
+    """The plain-text answer the server sends for an error of its own."""
+    body = f"{status} {phrase(status)}\n".encode()
+    if detail:
+        body += detail.encode("utf-8", "replace") + b"\n"
+    content_type = (b"content-type", b"text/plain; charset=utf-8")
+    return Response(status, [content_type, *(headers or ())], body)
 
 
 def _serialize_head(response: Response, headers: list[tuple[bytes, bytes]]) -> bytes:
