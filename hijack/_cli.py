@@ -84,6 +84,27 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     return TCPUpgrade(args.upstream, idle_timeout=args.idle_timeout)
 
 
+def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.connect import ConnectPolicy
+    from .upgrades.wsbridge import TargetFile, WebSocketBridge
+
+    if args.targets is None:
+        return WebSocketBridge(args.upstream, idle_timeout=args.idle_timeout)
+    try:
+        targets = TargetFile(args.targets)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"hijack wsbridge: --targets: {exc}") from None
+    policy = ConnectPolicy(
+        allowed_ports=frozenset(args.allow_port or [443]),
+        allow_private=args.allow_private,
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+    )
+    return WebSocketBridge(
+        targets=targets, policy=policy, idle_timeout=args.idle_timeout
+    )
+
+
 def demo_handler(port: int) -> Handler:
     """Everything on one port. The CONNECT proxy and the TCP upgrade both
     reach this very server (127.0.0.1:port), so a tunnel works out of the
@@ -321,6 +342,57 @@ def build_parser() -> argparse.ArgumentParser:
         help="the TCP address every upgraded stream is relayed to",
     )
     tcp.set_defaults(run=_tcp_handler)
+
+    wsbridge = commands.add_parser(
+        "wsbridge",
+        parents=[listen, idle],
+        help="TCP over WebSocket: relay each WebSocket to a TCP upstream "
+        "(websockify-compatible)",
+        description="Accept WebSockets (subprotocol 'binary', as websockify "
+        "clients such as noVNC use) and relay each one to a new TCP connection: "
+        "binary messages carry the bytes. Plain HTTP requests get 426.",
+    )
+    bridge_to = wsbridge.add_mutually_exclusive_group(required=True)
+    bridge_to.add_argument(
+        "--upstream",
+        type=parse_host_port,
+        metavar="HOST:PORT",
+        help="the TCP address every WebSocket is relayed to",
+    )
+    bridge_to.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="websockify token file ('token: host:port' lines); the client picks "
+        "one with ?token=NAME; targets are checked by the CONNECT policy "
+        "(--allow-port, --allow, --deny, --allow-private); re-read when it changes",
+    )
+    wsbridge.add_argument(
+        "--allow-port",
+        type=int,
+        action="append",
+        metavar="N",
+        help="with --targets: allow targets on port N (repeatable; default: 443)",
+    )
+    wsbridge.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="with --targets: always allow this host name or network (repeatable)",
+    )
+    wsbridge.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="with --targets: always refuse this host name or network (repeatable)",
+    )
+    wsbridge.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="with --targets: allow loopback, private and other non-global targets",
+    )
+    wsbridge.set_defaults(run=_wsbridge_handler)
 
     forward = commands.add_parser(
         "forward",
