@@ -1,0 +1,406 @@
+"""The WebSocket-to-TCP bridge: bytes both ways, closes, backpressure,
+answers before the handshake, token targets and the destination policy."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from hijack.upgrades.connect import ConnectPolicy
+from hijack.upgrades.wsbridge import TargetFile, WebSocketBridge, parse_targets
+
+from .conftest import MemoryListener, StartServer, read_exactly, read_until_closed
+from .wsclient import Closed, Refused, WSClient
+
+UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
+MemoryServer = Callable[..., Awaitable[tuple[object, MemoryListener]]]
+
+
+async def start_tcp(nursery: trio.Nursery, handler: UpstreamHandler) -> int:
+    listeners = await nursery.start(
+        functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
+    )
+    port: int = listeners[0].socket.getsockname()[1]
+    return port
+
+
+async def echo(stream: trio.SocketStream) -> None:
+    async with stream:
+        while data := await stream.receive_some():
+            await stream.send_all(data)
+
+
+async def closed_port() -> int:
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port: int = listener.socket.getsockname()[1]
+    await listener.aclose()
+    return port
+
+
+async def connect(port: int, path: str = "/", **kwargs: object) -> WSClient:
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    try:
+        return await WSClient.connect(stream, path, **kwargs)  # type: ignore[arg-type]
+    except BaseException:
+        await stream.aclose()
+        raise
+
+
+async def http_get(port: int, path: str = "/") -> bytes:
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        return await read_until_closed(stream)
+
+
+# -- bytes both ways ------------------------------------------------------------
+
+
+async def test_bytes_both_ways_with_the_binary_subprotocol(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    client = await connect(port)
+    async with client.stream:
+        assert client.subprotocol == "binary"
+        for message in (b"one", b"\x00\xff" * 1000, os.urandom(600_000)):
+            await client.send(message)
+            assert await client.receive_bytes(len(message)) == message
+        assert await client.close() == 1000
+
+
+async def test_a_client_without_subprotocol_is_served_too(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    client = await connect(port, subprotocols=())
+    async with client.stream:
+        assert client.subprotocol is None
+        await client.send(b"plain")
+        assert await client.receive_bytes(5) == b"plain"
+
+
+async def test_upstream_eof_closes_the_websocket_after_its_bytes(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    big = os.urandom(1_500_000)
+
+    async def banner_then_close(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"HELLO " + big)
+
+    upstream = await start_tcp(nursery, banner_then_close)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    client = await connect(port)
+    async with client.stream:
+        assert await client.receive_bytes(6 + len(big)) == b"HELLO " + big
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        assert closed.value.code == 1000
+
+
+async def test_client_close_gives_the_upstream_every_byte_then_eof(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    received: list[bytes] = []
+    done = trio.Event()
+
+    async def collect(stream: trio.SocketStream) -> None:
+        async with stream:
+            received.append(await read_until_closed(stream))
+            done.set()
+
+    upstream = await start_tcp(nursery, collect)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    client = await connect(port)
+    payload = [os.urandom(100_000) for _ in range(5)]
+    async with client.stream:
+        for part in payload:
+            await client.send(part)
+        assert await client.close() == 1000
+    await done.wait()
+    assert received == [b"".join(payload)]
+
+
+class LogEvents(logging.Handler):
+    """Sets an event when the bridge logs a tunnel's end; keeps the lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.logged = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+        self.logged.set()
+
+
+@pytest.fixture
+def bridge_log() -> Iterator[LogEvents]:
+    handler = LogEvents()
+    logger = logging.getLogger("hijack.wsbridge")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@pytest.mark.parametrize("upstream_talks", [False, True])
+async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
+    memory_server: MemoryServer,
+    autojump_clock: trio.testing.MockClock,
+    bridge_log: LogEvents,
+    upstream_talks: bool,
+) -> None:
+    client_end, upstream_end = trio.testing.memory_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return upstream_end
+
+    _, listener = await memory_server(
+        WebSocketBridge(("upstream", 1), dial=dial, close_timeout=7)
+    )
+    client = await WSClient.connect(await listener.connect())
+    await client.send(b"bye")
+    assert await client.close() == 1000
+    assert await read_exactly(client_end, 3) == b"bye"
+    assert await client_end.receive_some() == b""  # EOF, at once
+    start = trio.current_time()
+    if upstream_talks:
+        # Nobody can read it any more: the tunnel ends at once.
+        await client_end.send_all(b"too late")
+    await bridge_log.logged.wait()
+    # An upstream that ignores EOF gets close_timeout to close, then is cut.
+    assert trio.current_time() - start == (0 if upstream_talks else 7)
+    assert "3 bytes up, 0 down" in bridge_log.lines[-1]
+    with pytest.raises(trio.BrokenResourceError):
+        await client_end.send_all(b"cut")
+    await client_end.aclose()
+    await client.aclose()
+
+
+async def test_text_message_closes_1003(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    client = await connect(port)
+    async with client.stream:
+        await client.send("text is not bytes")
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        assert closed.value.code == 1003
+
+
+# -- backpressure ------------------------------------------------------------------
+
+
+async def test_a_slow_upstream_stops_the_websocket_reader(
+    memory_server: MemoryServer,
+) -> None:
+    # No buffer anywhere: lockstep streams hand bytes over only while the
+    # other side reads. So what the client got out is what the bridge read.
+    client_end, upstream_end = trio.testing.lockstep_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return upstream_end
+
+    _, listener = await memory_server(
+        WebSocketBridge(("upstream", 1), dial=dial),
+        listener=MemoryListener(trio.testing.lockstep_stream_pair),
+    )
+    client = await WSClient.connect(await listener.connect())
+    message = b"m" * 100_000
+    sent = 0
+
+    async def send_forever() -> None:
+        nonlocal sent
+        while True:
+            await client.send(message)
+            sent += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(send_forever)
+        await trio.testing.wait_all_tasks_blocked()
+        # The bridge holds one message (in send_all to the upstream) and the
+        # WebSocket at most one read (64 KiB) more; the client is blocked.
+        assert sent <= 2
+        stalled_at = sent
+        # The upstream reads: the flow resumes, bytes intact and in order.
+        got = await read_exactly(client_end, 10 * len(message))
+        assert got == message * 10
+        assert sent > stalled_at
+        nursery.cancel_scope.cancel()
+    await client_end.aclose()
+    await client.aclose()
+
+
+# -- answers before the handshake --------------------------------------------------
+
+
+async def test_plain_get_is_426(start_server: StartServer) -> None:
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", 9)))
+    answer = await http_get(port)
+    head = answer.split(b"\r\n\r\n")[0].lower()
+    assert head.startswith(b"http/1.1 426 ")
+    assert b"\r\nupgrade: websocket" in head
+    assert b"sec-websocket-version: 13" in head
+
+
+async def test_base64_only_client_is_400(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    with pytest.raises(Refused) as refused:
+        await connect(port, subprotocols=("base64",))
+    assert refused.value.status == 400
+    assert b"binary" in refused.value.body
+
+
+async def test_refused_upstream_is_502_before_the_handshake(
+    start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    upstream = await closed_port()
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    with (
+        caplog.at_level(logging.INFO, logger="hijack.wsbridge"),
+        pytest.raises(Refused) as refused,
+    ):
+        await connect(port)
+    assert refused.value.status == 502
+    lines = [r.getMessage() for r in caplog.records if r.name == "hijack.wsbridge"]
+    assert any(f"127.0.0.1:{upstream} 502" in line for line in lines), lines
+
+
+async def test_slow_upstream_is_504(
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        await trio.sleep_forever()
+        raise AssertionError
+
+    _, listener = await memory_server(
+        WebSocketBridge(("upstream", 1), dial=dial, connect_timeout=3)
+    )
+    with pytest.raises(Refused) as refused:
+        await WSClient.connect(await listener.connect())
+    assert refused.value.status == 504
+
+
+# -- token targets and the policy ----------------------------------------------
+
+
+def test_parse_targets_reads_websockify_token_files() -> None:
+    text = "# comment\n\nvnc1: 10.0.0.5:5900\nssh : [2001:db8::1]:22\n"
+    assert parse_targets(text) == {
+        "vnc1": ("10.0.0.5", 5900),
+        "ssh": ("2001:db8::1", 22),
+    }
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("just-a-token\n", "t:1: expected 'token: host:port'"),
+        ("a: h:1\na: h:2\n", "t:2: token 'a' given twice"),
+        ("a: h:0\n", "t:1:"),
+        ("a: nohost\n", "t:1:"),
+        ("a b: h:1\n", "t:1: expected"),
+    ],
+)
+def test_parse_targets_names_the_bad_line(text: str, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        parse_targets(text, "t")
+
+
+@pytest.fixture
+def token_file(tmp_path: Path) -> Path:
+    return tmp_path / "tokens"
+
+
+async def test_token_picks_the_target_and_the_policy_checks_it(
+    nursery: trio.Nursery, start_server: StartServer, token_file: Path
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    token_file.write_text(f"good: 127.0.0.1:{upstream}\nmeta: 169.254.169.254:80\n")
+    policy = ConnectPolicy(allowed_ports={upstream}, allow=["127.0.0.1"])
+    _, port = await start_server(
+        WebSocketBridge(targets=TargetFile(token_file), policy=policy)
+    )
+    client = await connect(port, "/websockify?token=good")
+    async with client.stream:
+        await client.send(b"via token")
+        assert await client.receive_bytes(9) == b"via token"
+
+    for path, status in [
+        ("/?token=meta", 403),  # link-local metadata: refused by the policy
+        ("/?token=nope", 404),
+        ("/", 400),
+        ("/?token=good&token=meta", 400),
+    ]:
+        with pytest.raises(Refused) as refused:
+            await connect(port, path)
+        assert refused.value.status == status, path
+
+
+async def test_default_policy_refuses_loopback_targets(
+    nursery: trio.Nursery, start_server: StartServer, token_file: Path
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    token_file.write_text(f"local: 127.0.0.1:{upstream}\nnamed: localhost:443\n")
+    _, port = await start_server(WebSocketBridge(targets=TargetFile(token_file)))
+    for token in ("local", "named"):
+        with pytest.raises(Refused) as refused:
+            await connect(port, f"/?token={token}")
+        assert refused.value.status == 403
+        assert b"127.0.0.1" not in refused.value.body
+
+
+async def test_the_target_file_is_read_again_when_it_changes(
+    nursery: trio.Nursery, start_server: StartServer, token_file: Path
+) -> None:
+    upstream = await start_tcp(nursery, echo)
+    token_file.write_text("old: 127.0.0.1:1\n")
+    policy = ConnectPolicy(allowed_ports=None, allow_private=True)
+    _, port = await start_server(
+        WebSocketBridge(targets=TargetFile(token_file), policy=policy)
+    )
+    with pytest.raises(Refused) as refused:
+        await connect(port, "/?token=new")
+    assert refused.value.status == 404
+
+    token_file.write_text(f"old: 127.0.0.1:1\nnew: 127.0.0.1:{upstream}\n")
+    client = await connect(port, "/?token=new")
+    async with client.stream:
+        await client.send(b"x")
+        assert await client.receive_bytes(1) == b"x"
+
+    # A broken edit keeps the table that worked.
+    token_file.write_text("new 127.0.0.1\n")
+    client = await connect(port, "/?token=new")
+    await client.aclose()
+
+
+def test_bridge_takes_upstream_or_targets(token_file: Path) -> None:
+    token_file.write_text("")
+    with pytest.raises(ValueError, match="either upstream or targets"):
+        WebSocketBridge()
+    with pytest.raises(ValueError, match="either upstream or targets"):
+        WebSocketBridge(("h", 1), targets=TargetFile(token_file))
+    with pytest.raises(ValueError, match="policy checks targets"):
+        WebSocketBridge(("h", 1), policy=ConnectPolicy())
