@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 # Debian packages the end-to-end tests drive (curl is the CONNECT client).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
+	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+
+# Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
+NODE_CLIENTS := tests/node/node_modules/.package-lock.json
+$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json | sysdeps
+	cd tests/node && npm ci --no-audit --no-fund
 
 demo: $(STAMP)
 	$(VENV)/bin/hijack demo
@@ -25,7 +32,7 @@ check: $(STAMP)
 
 # The suite runs twice: on plain h11 (the default dependency) and on the
 # compiled h11-mypyc that hijack[speed] adds (see hijack/_h11.py).
-test: $(STAMP) sysdeps check
+test: $(STAMP) sysdeps $(NODE_CLIENTS) check
 	HIJACK_PURE_H11=1 $(PY) -m pytest -q
 	$(PY) -m pytest -q
 
