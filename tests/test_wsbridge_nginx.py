@@ -197,7 +197,6 @@ async def test_python_client_through_nginx_to_the_bridge(
             assert client.subprotocol == "binary"
             payload = os.urandom(2_000_000)
 
-
             async def send_all() -> None:
                 for at in range(0, len(payload), 250_000):
                     await client.send(payload[at : at + 250_000])
@@ -258,8 +257,10 @@ async def test_plain_get_through_nginx_is_426(
     ):
         assert CURL is not None
         result = await trio.run_process(
-            [CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--noproxy", "*"]
-            + [f"http://127.0.0.1:{front}/tunnel"],
+            [
+                *(CURL, "-sS", "-o", "/dev/null", "-w", "%{http_code}"),
+                *("--noproxy", "*", f"http://127.0.0.1:{front}/tunnel"),
+            ],
             capture_stdout=True,
         )
     assert result.stdout == b"426"
