@@ -21,7 +21,7 @@ demo: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check hijack tests examples bench
 	$(VENV)/bin/ruff format --check hijack tests examples bench
-	$(VENV)/bin/mypy --strict hijack examples
+	$(VENV)/bin/mypy --strict hijack examples bench
 
 test: $(STAMP) sysdeps check
 	$(PY) -m pytest -q

@@ -184,6 +184,8 @@ class HTTPConnection:
 
     async def _receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
+        if type(data) is not bytes:  # memory streams give bytearray; h11 is
+            data = bytes(data)  # typed for bytes
         self.h11.receive_data(data)
 
     async def _next_event_before(
