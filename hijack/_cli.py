@@ -44,6 +44,13 @@ def _listen_address(text: str) -> tuple[str, int]:
     return parse_host_port(text, allow_zero=True)
 
 
+def _via(text: str) -> tuple[str, int] | str:
+    """``HOST:PORT``, or a ``ws://`` / ``wss://`` URL (websocket mode)."""
+    if text.startswith(("ws://", "wss://")):
+        return text
+    return parse_host_port(text)
+
+
 def _user_pass(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user:
@@ -194,8 +201,8 @@ async def _forward(args: argparse.Namespace) -> None:
     from .upgrades.forward import forward_stdio, serve_forward
 
     target = args.target
-    if args.mode == "upgrade":
-        target = None  # the server picks the upstream of an Upgrade: tcp
+    if args.mode in ("upgrade", "websocket"):
+        target = None  # the server picks the upstream
     if args.listen == "-":
         await forward_stdio(args.via, target, args.mode, auth=args.auth)
         return
@@ -411,10 +418,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--via",
-        type=parse_host_port,
+        type=_via,
         required=True,
-        metavar="HOST:PORT",
-        help="the hijack server to tunnel through",
+        metavar="HOST:PORT|URL",
+        help="the hijack server to tunnel through; websocket mode: its "
+        "ws://HOST:PORT/PATH or wss:// URL",
     )
     forward.add_argument(
         "--target",
@@ -424,10 +432,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--mode",
-        choices=["connect", "upgrade"],
+        choices=["connect", "upgrade", "websocket"],
         default="connect",
         help="connect: CONNECT TARGET; upgrade: Upgrade: tcp (the server picks "
-        "the upstream) (default: connect)",
+        "the upstream); websocket: binary messages over a WebSocket to a "
+        "'hijack wsbridge' or websockify at --via URL (default: connect)",
     )
     forward.add_argument(
         "--auth",
@@ -457,6 +466,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "forward":
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
+        if (args.mode == "websocket") != isinstance(args.via, str):
+            parser.error(
+                "forward: --via is a ws:// or wss:// URL in websocket mode, "
+                "HOST:PORT otherwise"
+            )
         trio.run(_forward, args)
         return 0
     trio.run(_serve, args, args.run)

@@ -62,13 +62,15 @@ UNSUPPORTED_DATA = 1003  # RFC 6455 7.4.1: a text message on a byte tunnel
 Dial = Callable[[str, int], Awaitable[trio.abc.Stream]]
 
 
-class WebSocketStream(trio.abc.Stream):
+class WebSocketStream(trio.abc.HalfCloseableStream):
     """A byte stream over a WebSocket: ``send_all(data)`` sends one binary
     message, ``receive_some()`` returns the bytes of binary messages in order
     (a message larger than ``max_bytes`` is handed out in pieces) and ``b""``
     once the WebSocket is closed. Empty messages carry nothing and are
     skipped. A text message closes the WebSocket with 1003 and reads as
-    EOF. ``aclose()`` closes the WebSocket with 1000.
+    EOF. ``aclose()`` closes the WebSocket with 1000, and so does
+    ``send_eof()``: a WebSocket cannot half-close, so the end of our data is
+    the end of the WebSocket (messages already received can still be read).
 
     Backpressure is the WebSocket's: ``receive_some`` reads the socket only
     when called, so a caller that stops reading stops the peer; memory is
@@ -116,6 +118,9 @@ class WebSocketStream(trio.abc.Stream):
 
     async def wait_send_all_might_not_block(self) -> None:
         await trio.lowlevel.checkpoint()
+
+    async def send_eof(self) -> None:
+        await self.websocket.close()
 
     async def aclose(self) -> None:
         await self.websocket.close()
