@@ -3,7 +3,6 @@ answers before the handshake, token targets and the destination policy."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Awaitable, Callable, Iterator
@@ -17,31 +16,10 @@ from hijack.upgrades.connect import ConnectPolicy
 from hijack.upgrades.wsbridge import TargetFile, WebSocketBridge, parse_targets
 
 from .conftest import MemoryListener, StartServer, read_exactly, read_until_closed
+from .test_forward import closed_port, echo, start_tcp
 from .wsclient import Closed, Refused, WSClient
 
-UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 MemoryServer = Callable[..., Awaitable[tuple[object, MemoryListener]]]
-
-
-async def start_tcp(nursery: trio.Nursery, handler: UpstreamHandler) -> int:
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-    )
-    port: int = listeners[0].socket.getsockname()[1]
-    return port
-
-
-async def echo(stream: trio.SocketStream) -> None:
-    async with stream:
-        while data := await stream.receive_some():
-            await stream.send_all(data)
-
-
-async def closed_port() -> int:
-    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
-    port: int = listener.socket.getsockname()[1]
-    await listener.aclose()
-    return port
 
 
 async def connect(port: int, path: str = "/", **kwargs: object) -> WSClient:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 import trio
+import trustme
 
+from . import test_forward
 from .wsclient import WSClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,6 +34,7 @@ NGINX = shutil.which("nginx") or next(
     None,
 )
 NODE = shutil.which("node")
+http_upstream = test_forward.http_upstream  # the fixture, shared
 CURL = shutil.which("curl")
 
 needs_nginx = pytest.mark.skipif(
@@ -63,7 +66,8 @@ http {{
         ''      close;
     }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certificate}
         location /tunnel {{
             proxy_pass http://127.0.0.1:{backend};
             proxy_http_version 1.1;
@@ -77,9 +81,12 @@ http {{
 
 
 @contextlib.asynccontextmanager
-async def run_nginx(tmp: Path, backend: int) -> AsyncIterator[int]:
+async def run_nginx(
+    tmp: Path, backend: int, tls: trustme.LeafCert | None = None
+) -> AsyncIterator[int]:
     """nginx on a loopback port, proxying ``/tunnel`` to ``backend``; yields
     its port. No file outside ``tmp`` is touched (``-p``, ``-c``, ``-e``).
+    With ``tls`` it serves HTTPS (wss://) with that certificate.
 
     The listening socket is made here and inherited by nginx (its ``NGINX``
     environment variable, the one its binary upgrade uses): the port is
@@ -92,8 +99,24 @@ async def run_nginx(tmp: Path, backend: int) -> AsyncIterator[int]:
     # A master running as root hands the work to an unprivileged user that
     # could not enter this test's private tmp dir.
     user = "user root;" if os.geteuid() == 0 else ""
+    certificate = ""
+    if tls is not None:
+        tls.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
+        tls.private_key_pem.write_to_path(str(tmp / "key.pem"))
+        certificate = (
+            f"ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;"
+        )
     conf = tmp / "nginx.conf"
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, backend=backend, user=user))
+    conf.write_text(
+        NGINX_CONF.format(
+            tmp=tmp,
+            port=port,
+            backend=backend,
+            user=user,
+            ssl=" ssl" if tls else "",
+            certificate=certificate,
+        )
+    )
     command = [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
     env = {**os.environ, "NGINX": f"{listener.fileno()};"}
     try:
@@ -121,7 +144,9 @@ async def run_nginx(tmp: Path, backend: int) -> AsyncIterator[int]:
 
 
 @contextlib.asynccontextmanager
-async def run_hijack(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
+async def run_hijack(
+    *args: str, env: dict[str, str] | None = None
+) -> AsyncIterator[tuple[trio.Process, str]]:
     """``python -m hijack ARGS``; yields the process and the address from
     its "listening on" line. Stopped with SIGTERM (graceful shutdown)."""
     async with trio.open_nursery() as nursery:
@@ -132,6 +157,7 @@ async def run_hijack(*args: str) -> AsyncIterator[tuple[trio.Process, str]]:
                 stdout=subprocess.PIPE,
                 check=False,
                 cwd=ROOT,
+                env={**os.environ, **(env or {})},
             )
         )
         assert process.stdout is not None
@@ -264,3 +290,44 @@ async def test_plain_get_through_nginx_is_426(
             capture_stdout=True,
         )
     assert result.stdout == b"426"
+
+
+@needs_nginx
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+async def test_curl_through_forward_nginx_and_bridge_to_http_server(
+    nginx_tmp: Path, http_upstream: int, scheme: str
+) -> None:
+    """curl -> hijack forward --mode websocket -> nginx (TLS for wss) ->
+    hijack wsbridge -> http.server: four processes nobody here wrote but
+    the two hijack ones, all through the command line."""
+    assert CURL is not None
+    ca = trustme.CA()
+    env = {}
+    if scheme == "wss":
+        ca.cert_pem.write_to_path(str(nginx_tmp / "ca.pem"))
+        env["SSL_CERT_FILE"] = str(nginx_tmp / "ca.pem")  # the forwarder trusts it
+    upstream = f"127.0.0.1:{http_upstream}"
+    async with (
+        run_hijack("wsbridge", "--listen", "127.0.0.1:0", "--upstream", upstream) as (
+            _,
+            bridge,
+        ),
+        run_nginx(
+            nginx_tmp,
+            port_of(bridge),
+            ca.issue_cert("127.0.0.1") if scheme == "wss" else None,
+        ) as front,
+        run_hijack(
+            *("forward", "--mode", "websocket", "--listen", "127.0.0.1:0"),
+            *("--via", f"{scheme}://127.0.0.1:{front}/tunnel"),
+            env=env,
+        ) as (_, local),
+    ):
+        result = await trio.run_process(
+            [
+                *(CURL, "-sS", "--noproxy", "*", "--max-time", "20"),
+                *(f"http://{local}/first", f"http://{local}/second"),
+            ],
+            capture_stdout=True,
+        )
+    assert result.stdout == b"hello from /first\nhello from /second\n"
