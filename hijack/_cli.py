@@ -95,8 +95,16 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.connect import ConnectPolicy
     from .upgrades.wsbridge import TargetFile, WebSocketBridge
 
+    origins = args.allow_origin or None
     if args.targets is None:
-        return WebSocketBridge(args.upstream, idle_timeout=args.idle_timeout)
+        if args.allow_port or args.allow or args.deny or args.allow_private:
+            raise SystemExit(
+                "hijack wsbridge: --allow-port, --allow, --deny and --allow-private "
+                "check --targets; the --upstream you name is trusted"
+            )
+        return WebSocketBridge(
+            args.upstream, idle_timeout=args.idle_timeout, allowed_origins=origins
+        )
     try:
         targets = TargetFile(args.targets)
     except (OSError, ValueError) as exc:
@@ -108,7 +116,10 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         deny=tuple(args.deny),
     )
     return WebSocketBridge(
-        targets=targets, policy=policy, idle_timeout=args.idle_timeout
+        targets=targets,
+        policy=policy,
+        idle_timeout=args.idle_timeout,
+        allowed_origins=origins,
     )
 
 
@@ -398,6 +409,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-private",
         action="store_true",
         help="with --targets: allow loopback, private and other non-global targets",
+    )
+    wsbridge.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="accept browsers only from this Origin (https://host[:port]; "
+        "repeatable; default: any). Clients that send no Origin (not browsers) "
+        "are then refused too",
     )
     wsbridge.set_defaults(run=_wsbridge_handler)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -382,3 +384,31 @@ def test_bridge_takes_upstream_or_targets(token_file: Path) -> None:
         WebSocketBridge(("h", 1), targets=TargetFile(token_file))
     with pytest.raises(ValueError, match="policy checks targets"):
         WebSocketBridge(("h", 1), policy=ConnectPolicy())
+
+
+# -- the command line ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "words"),
+    [
+        (["--targets", "{bad}"], "tokens:2: token 'a' given twice"),
+        (["--targets", "{missing}"], "No such file"),
+        (["--upstream", "127.0.0.1:1", "--allow-private"], "check --targets"),
+    ],
+)
+def test_wsbridge_command_refuses_bad_setups(
+    token_file: Path, flags: list[str], words: str
+) -> None:
+    token_file.write_text("a: 127.0.0.1:1\na: 127.0.0.1:2\n")
+    paths = {"bad": token_file, "missing": token_file.with_name("missing")}
+    result = subprocess.run(
+        [sys.executable, "-m", "hijack", "wsbridge", "--listen", "127.0.0.1:0"]
+        + [flag.format(**paths) for flag in flags],
+        capture_output=True,
+        timeout=30,
+        check=False,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert result.returncode != 0
+    assert words in result.stderr.decode()
