@@ -64,9 +64,10 @@ async def connect_websocket(
     ``async with ws`` (None: none).
 
     Raises ``ValueError`` for a URL that is not ``ws://`` or ``wss://``,
-    ``OSError`` if the server cannot be reached, :class:`WebSocketRefused`
-    if it answers anything but a valid ``101``. No timeout of its own: wrap
-    it in ``trio.fail_after``. The caller owns the WebSocket (``async with``);
+    ``OSError`` if the server cannot be reached (``ssl.SSLError`` if its
+    certificate is not trusted), :class:`WebSocketRefused` if it answers
+    anything but a valid ``101`` or the connection breaks first. No timeout
+    of its own: wrap it in ``trio.fail_after``. The caller owns the WebSocket (``async with``);
     on error or cancel the connection is closed.
     """
     try:
@@ -91,9 +92,18 @@ async def connect_websocket(
         if uri.secure:
             context = ssl_context or ssl.create_default_context()
             stream = trio.SSLStream(stream, context, server_hostname=uri.host)
-        for data in protocol.data_to_send():
-            await stream.send_all(data)
-        rest = await _read_answer(stream, protocol)
+        try:
+            for data in protocol.data_to_send():
+                await stream.send_all(data)
+            rest = await _read_answer(stream, protocol)
+        except trio.BrokenResourceError as exc:
+            # trio wraps what broke: a certificate error says more as itself.
+            if isinstance(exc.__cause__, ssl.SSLError):
+                raise exc.__cause__ from None
+            why = exc.__cause__ or exc
+            raise WebSocketRefused(
+                0, f"connection lost in the handshake: {why}"
+            ) from exc
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
