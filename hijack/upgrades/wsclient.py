@@ -67,8 +67,8 @@ async def connect_websocket(
     ``OSError`` if the server cannot be reached (``ssl.SSLError`` if its
     certificate is not trusted), :class:`WebSocketRefused` if it answers
     anything but a valid ``101`` or the connection breaks first. No timeout
-    of its own: wrap it in ``trio.fail_after``. The caller owns the WebSocket (``async with``);
-    on error or cancel the connection is closed.
+    of its own: wrap it in ``trio.fail_after``. The caller owns the
+    WebSocket (``async with``); on error or cancel the connection is closed.
     """
     try:
         uri = parse_uri(url)
