@@ -173,6 +173,29 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
     await client.aclose()
 
 
+async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    client_end, upstream_end = trio.testing.memory_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return upstream_end
+
+    server, listener = await memory_server(WebSocketBridge(("upstream", 1), dial=dial))
+    client = await WSClient.connect(await listener.connect())
+    await client.send(b"last words")
+    assert await read_exactly(client_end, 10) == b"last words"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.shutdown, 30)  # type: ignore[attr-defined]
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        assert closed.value.code == 1001
+        assert await client_end.receive_some() == b""  # the upstream's EOF
+        await client_end.aclose()
+    assert trio.current_time() < 30  # well before the grace ran out
+    await client.aclose()
+
+
 async def test_text_message_closes_1003(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:

@@ -348,15 +348,21 @@ class WebSocketBridge:
         self, websocket: WebSocket, upstream: trio.abc.Stream, tunnel: _Tunnel
     ) -> None:
         stats = tunnel.stats = RelayStats()
-        # Once the WebSocket has closed, the upstream has its EOF; give it
-        # close_timeout to close its side (it usually does at once), then cut.
-        with trio.CancelScope() as linger:
+        # ``async with``: the server's graceful shutdown closes with 1001 (and
+        # the upstream then gets its EOF like after any close).
+        async with websocket:
+            # Once the WebSocket has closed, the upstream has its EOF; give it
+            # close_timeout to close its side (it usually does at once), then
+            # cut it.
+            with trio.CancelScope() as linger:
 
-            def websocket_ended() -> None:
-                linger.deadline = trio.current_time() + self.close_timeout
+                def websocket_ended() -> None:
+                    linger.deadline = trio.current_time() + self.close_timeout
 
-            stream = WebSocketStream(websocket, on_eof=websocket_ended)
-            await relay(stream, upstream, idle_timeout=self.idle_timeout, stats=stats)
+                stream = WebSocketStream(websocket, on_eof=websocket_ended)
+                await relay(
+                    stream, upstream, idle_timeout=self.idle_timeout, stats=stats
+                )
         if stats.timed_out:
             tunnel.outcome = "idle-timeout"
         elif linger.cancelled_caught:
