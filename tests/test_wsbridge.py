@@ -14,6 +14,7 @@ import pytest
 import trio
 import trio.testing
 
+from hijack import Server
 from hijack.upgrades.connect import ConnectPolicy
 from hijack.upgrades.wsbridge import TargetFile, WebSocketBridge, parse_targets
 
@@ -21,7 +22,7 @@ from .conftest import MemoryListener, StartServer, read_exactly, read_until_clos
 from .test_forward import closed_port, echo, start_tcp
 from .wsclient import Closed, Refused, WSClient
 
-MemoryServer = Callable[..., Awaitable[tuple[object, MemoryListener]]]
+MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
 
 async def connect(port: int, path: str = "/", **kwargs: object) -> WSClient:
@@ -186,7 +187,7 @@ async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
     await client.send(b"last words")
     assert await read_exactly(client_end, 10) == b"last words"
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(server.shutdown, 30)  # type: ignore[attr-defined]
+        nursery.start_soon(server.shutdown, 30)
         with pytest.raises(Closed) as closed:
             await client.receive()
         assert closed.value.code == 1001
