@@ -69,7 +69,7 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         {certificate}
         location /tunnel {{
-            proxy_pass http://127.0.0.1:{backend};
+            proxy_pass http://{backend};
             proxy_http_version 1.1;
             proxy_set_header Upgrade $http_upgrade;
             proxy_set_header Connection $connection_upgrade;
@@ -82,9 +82,10 @@ http {{
 
 @contextlib.asynccontextmanager
 async def run_nginx(
-    tmp: Path, backend: int, tls: trustme.LeafCert | None = None
+    tmp: Path, backend: str, tls: trustme.LeafCert | None = None
 ) -> AsyncIterator[int]:
-    """nginx on a loopback port, proxying ``/tunnel`` to ``backend``; yields
+    """nginx on a loopback port, proxying ``/tunnel`` to ``backend``
+    (``127.0.0.1:PORT`` or ``unix:PATH``); yields
     its port. No file outside ``tmp`` is touched (``-p``, ``-c``, ``-e``).
     With ``tls`` it serves HTTPS (wss://) with that certificate.
 
@@ -181,8 +182,9 @@ async def run_hijack(
             nursery.cancel_scope.cancel()
 
 
-def port_of(address: str) -> int:
-    return int(address.rsplit(":", 1)[1])
+def backend_of(address: str) -> str:
+    """nginx's name for where hijack said it listens."""
+    return address.removeprefix("http://")
 
 
 async def start_echo(nursery: trio.Nursery) -> int:
@@ -207,15 +209,22 @@ def nginx_tmp(tmp_path: Path) -> Iterator[Path]:
 
 
 @needs_nginx
+@pytest.mark.parametrize("bridge_on", ["tcp", "unix"])
 async def test_python_client_through_nginx_to_the_bridge(
-    nursery: trio.Nursery, nginx_tmp: Path
+    nursery: trio.Nursery, nginx_tmp: Path, bridge_on: str
 ) -> None:
     upstream = await start_echo(nursery)
+    where = (
+        ["--listen", "127.0.0.1:0"]
+        if bridge_on == "tcp"
+        else ["--unix", str(nginx_tmp / "bridge.sock")]
+    )
     async with (
-        run_hijack(
-            "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"
-        ) as (_, bridge),
-        run_nginx(nginx_tmp, port_of(bridge)) as front,
+        run_hijack("wsbridge", *where, "--upstream", f"127.0.0.1:{upstream}") as (
+            _,
+            bridge,
+        ),
+        run_nginx(nginx_tmp, backend_of(bridge)) as front,
     ):
         stream = await trio.open_tcp_stream("127.0.0.1", front)
         async with stream:
@@ -244,7 +253,7 @@ async def test_node_ws_binary_subprotocol_through_nginx(
         run_hijack(
             "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"
         ) as (_, bridge),
-        run_nginx(nginx_tmp, port_of(bridge)) as front,
+        run_nginx(nginx_tmp, backend_of(bridge)) as front,
     ):
         with trio.fail_after(60):  # a safety bound, not timing logic
             result = await trio.run_process(
@@ -279,7 +288,7 @@ async def test_plain_get_through_nginx_is_426(
         run_hijack(
             "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"
         ) as (_, bridge),
-        run_nginx(nginx_tmp, port_of(bridge)) as front,
+        run_nginx(nginx_tmp, backend_of(bridge)) as front,
     ):
         assert CURL is not None
         result = await trio.run_process(
@@ -314,7 +323,7 @@ async def test_curl_through_forward_nginx_and_bridge_to_http_server(
         ),
         run_nginx(
             nginx_tmp,
-            port_of(bridge),
+            backend_of(bridge),
             ca.issue_cert("127.0.0.1") if scheme == "wss" else None,
         ) as front,
         run_hijack(
