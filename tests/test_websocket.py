@@ -17,8 +17,8 @@ import trio
 import trio.testing
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed as ClientClosed
-from websockets.protocol import OPEN
 from websockets.exceptions import InvalidStatus
+from websockets.protocol import OPEN
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
