@@ -197,6 +197,27 @@ async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
     await client.aclose()
 
 
+async def test_a_silent_client_is_dropped_by_keepalive_and_the_upstream_ends(
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    client_end, upstream_end = trio.testing.memory_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return upstream_end
+
+    _, listener = await memory_server(
+        WebSocketBridge(("upstream", 1), dial=dial, ping_interval=20, ping_timeout=10)
+    )
+    client = await WSClient.connect(await listener.connect())
+    start = trio.current_time()
+    # The client never reads again, so it never answers the ping: after
+    # 20 + 10 s the bridge gives up on it, and the upstream gets its EOF.
+    assert await client_end.receive_some() == b""
+    assert trio.current_time() - start == 30
+    await client_end.aclose()
+    await client.aclose()
+
+
 async def test_text_message_closes_1003(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:

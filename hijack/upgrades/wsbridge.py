@@ -36,6 +36,8 @@ import trio
 from .. import HTTPError, RelayStats, Request, Response, relay
 from ._policy import ConnectError, ConnectPolicy, parse_connect_target
 from .websocket import (
+    PING_INTERVAL,
+    PING_TIMEOUT,
     ConnectionClosed,
     WebSocket,
     WebSocketHandshakeError,
@@ -210,8 +212,11 @@ class WebSocketBridge:
     the policy refuses 403; an upstream that refuses 502, one slower than
     ``connect_timeout`` 504. Subprotocols: ``binary`` is chosen when offered;
     a client that offers only others (websockify's ``base64``) gets 400.
-    ``max_message_size``, ``allowed_origins`` and ``close_timeout`` go to
-    :func:`~hijack.upgrades.websocket.accept_websocket`.
+    ``max_message_size``, ``allowed_origins``, ``close_timeout``,
+    ``ping_interval`` and ``ping_timeout`` (keepalive: an idle tunnel behind
+    nginx would otherwise be cut after its 60 s ``proxy_read_timeout``) go to
+    :func:`~hijack.upgrades.websocket.accept_websocket`; compression is never
+    negotiated (tunnelled bytes are mostly compressed or encrypted already).
 
     Resource handling: the upstream is dialled before the ``101``, so a
     client only sees a WebSocket when there is something at the other end.
@@ -234,6 +239,8 @@ class WebSocketBridge:
         max_message_size: int = 1024 * 1024,
         allowed_origins: Collection[str | None] | None = None,
         close_timeout: float = 5.0,
+        ping_interval: float | None = PING_INTERVAL,
+        ping_timeout: float | None = PING_TIMEOUT,
         dial: Dial = trio.open_tcp_stream,
     ) -> None:
         if (upstream is None) == (targets is None):
@@ -248,6 +255,8 @@ class WebSocketBridge:
         self.max_message_size = max_message_size
         self.allowed_origins = allowed_origins
         self.close_timeout = close_timeout
+        self.ping_interval = ping_interval
+        self.ping_timeout = ping_timeout
         self._dial = dial
 
     def __repr__(self) -> str:
@@ -282,6 +291,12 @@ class WebSocketBridge:
                     max_message_size=self.max_message_size,
                     allowed_origins=self.allowed_origins,
                     close_timeout=self.close_timeout,
+                    # Tunnelled bytes (TLS, SSH, VNC) are mostly compressed or
+                    # encrypted already: deflate would cost CPU and zlib
+                    # state per connection for next to nothing.
+                    compression=None,
+                    ping_interval=self.ping_interval,
+                    ping_timeout=self.ping_timeout,
                 )
             except BaseException:
                 await trio.aclose_forcefully(upstream)
