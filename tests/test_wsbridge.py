@@ -20,7 +20,7 @@ from hijack.upgrades.wsbridge import TargetFile, WebSocketBridge, parse_targets
 
 from .conftest import MemoryListener, StartServer, read_exactly, read_until_closed
 from .test_forward import closed_port, echo, start_tcp
-from .wsclient import Closed, Refused, WSClient
+from .ws_test_client import Closed, Refused, WSClient
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 

@@ -25,7 +25,7 @@ import trio
 import trustme
 
 from . import test_forward
-from .wsclient import WSClient
+from .ws_test_client import WSClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "tests" / "node"
