@@ -244,15 +244,24 @@ async def test_python_client_through_nginx_to_the_bridge(
 
 @needs_nginx
 @needs_node_ws
+@pytest.mark.parametrize("route", ["upstream", "token"])
 async def test_node_ws_binary_subprotocol_through_nginx(
-    nursery: trio.Nursery, nginx_tmp: Path
+    nursery: trio.Nursery, nginx_tmp: Path, route: str
 ) -> None:
+    """noVNC's way in: ``ws`` with the ``binary`` subprotocol, through nginx,
+    to a fixed upstream or to a websockify token target (``?token=``)."""
     assert NODE is not None
     upstream = await start_echo(nursery)
+    tokens = nginx_tmp / "tokens"
+    tokens.write_text(f"# websockify format\nvnc1: 127.0.0.1:{upstream}\n")
+    if route == "upstream":
+        bridge_to, query = ["--upstream", f"127.0.0.1:{upstream}"], ""
+    else:
+        bridge_to = ["--targets", str(tokens), "--allow-port", str(upstream)]
+        bridge_to += ["--allow", "127.0.0.1"]
+        query = "?token=vnc1"
     async with (
-        run_hijack(
-            "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"
-        ) as (_, bridge),
+        run_hijack("wsbridge", "--listen", "127.0.0.1:0", *bridge_to) as (_, bridge),
         run_nginx(nginx_tmp, backend_of(bridge)) as front,
     ):
         with trio.fail_after(60):  # a safety bound, not timing logic
@@ -260,7 +269,7 @@ async def test_node_ws_binary_subprotocol_through_nginx(
                 [
                     NODE,
                     str(NODE_DIR / "ws_binary_client.mjs"),
-                    f"ws://127.0.0.1:{front}/tunnel",
+                    f"ws://127.0.0.1:{front}/tunnel{query}",
                     "3000000",
                     "65536",
                 ],

@@ -17,7 +17,7 @@ import pytest
 import trio
 import trustme
 
-from hijack import Server
+from hijack import Request, Response, Server
 from hijack.upgrades.forward import (
     TunnelError,
     forward_stdio,
@@ -184,6 +184,30 @@ async def test_open_tunnel_websocket_refusal_is_a_tunnel_error(
     with pytest.raises(TunnelError) as refused:
         await open_tunnel(f"ws://127.0.0.1:{port}/", None, "websocket")
     assert refused.value.status == 502
+
+
+async def test_open_tunnel_websocket_sends_basic_auth(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    bridge = WebSocketBridge(("127.0.0.1", await start_tcp(nursery, echo)))
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+    async def guarded(request: Request) -> Response | None:
+        # What a proxy in front of the bridge would check.
+        if request.headers.get("authorization") != expected:
+            return Response(401, {"www-authenticate": 'Basic realm="bridge"'})
+        return await bridge(request)
+
+    _, port = await start_server(guarded)
+    url = f"ws://127.0.0.1:{port}/"
+    async with await open_tunnel(
+        url, None, "websocket", auth=("alice", "s3cret")
+    ) as tunnel:
+        await tunnel.send_all(b"let in")
+        assert await read_exactly(tunnel, 6) == b"let in"
+    with pytest.raises(TunnelError) as refused:
+        await open_tunnel(url, None, "websocket")
+    assert refused.value.status == 401
 
 
 async def test_websocket_mode_arguments() -> None:
