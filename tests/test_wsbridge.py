@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from websockets.client import ClientProtocol
+from websockets.protocol import State
+from websockets.uri import parse_uri
 
 from hijack import Server
 from hijack.upgrades.connect import ConnectPolicy
-from hijack.upgrades.wsbridge import TargetFile, WebSocketBridge, parse_targets
+from hijack.upgrades.websocket import ConnectionClosed, WebSocket
+from hijack.upgrades.wsbridge import (
+    TargetFile,
+    WebSocketBridge,
+    WebSocketStream,
+    parse_targets,
+)
 
 from .conftest import MemoryListener, StartServer, read_exactly, read_until_closed
 from .test_forward import closed_port, echo, start_tcp
@@ -229,6 +238,50 @@ async def test_text_message_closes_1003(
         with pytest.raises(Closed) as closed:
             await client.receive()
         assert closed.value.code == 1003
+
+
+# -- WebSocketStream ---------------------------------------------------------------
+
+
+def websocket_pair() -> tuple[WebSocket, WebSocket]:
+    """A server and a client WebSocket over memory streams."""
+    server_end, client_end = trio.testing.memory_stream_pair()
+    server = WebSocket(server_end, ping_interval=None)
+    protocol = ClientProtocol(parse_uri("ws://test/"), state=State.OPEN)
+    return server, WebSocket(client_end, protocol=protocol, ping_interval=None)
+
+
+async def test_websocket_stream_hands_out_messages_in_pieces() -> None:
+    server, client = websocket_pair()
+    ends: list[bool] = []
+    stream = WebSocketStream(server, on_eof=lambda: ends.append(True))
+    for message in (b"0123456789", b"", b"abc"):
+        await client.send(message)
+    pieces = [await stream.receive_some(4) for _ in range(4)]
+    assert pieces == [b"0123", b"4567", b"89", b"abc"]  # the empty one skipped
+    await stream.send_all(b"back")
+    assert await client.receive() == b"back"
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(client.close)
+        assert await stream.receive_some() == b""
+        assert await stream.receive_some() == b""
+    assert ends == [True]  # once
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.send_all(b"after the close")
+    await stream.aclose()
+
+
+async def test_websocket_stream_closes_1003_on_text() -> None:
+    server, client = websocket_pair()
+    stream = WebSocketStream(server)
+    await client.send("text")
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(stream.receive_some)
+        with pytest.raises(ConnectionClosed) as closed:
+            await client.receive()
+    assert closed.value.code == 1003
+    await client.aclose()
+    await stream.aclose()
 
 
 # -- backpressure ------------------------------------------------------------------

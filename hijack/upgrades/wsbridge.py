@@ -87,12 +87,16 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
         self, websocket: WebSocket, *, on_eof: Callable[[], None] | None = None
     ) -> None:
         self.websocket = websocket
-        self._pending = memoryview(b"")
+        # The message being handed out, and how much of it is out already.
+        self._pending = b""
+        self._offset = 0
         self._on_eof = on_eof
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
+        if self._pending:
+            await trio.lowlevel.checkpoint()  # a receive is always one
         while not self._pending:
             try:
                 message = await self.websocket.receive()
@@ -104,9 +108,15 @@ class WebSocketStream(trio.abc.HalfCloseableStream):
             if isinstance(message, str):
                 await self.websocket.close(UNSUPPORTED_DATA, "binary messages only")
                 continue  # closed now: the next receive() says so
-            self._pending = memoryview(message)
-        size = len(self._pending) if max_bytes is None else max_bytes
-        chunk, self._pending = bytes(self._pending[:size]), self._pending[size:]
+            self._pending, self._offset = message, 0
+        start, size = self._offset, len(self._pending)
+        end = size if max_bytes is None else min(size, start + max_bytes)
+        whole = start == 0 and end == size  # the usual case: no copy
+        chunk = self._pending if whole else self._pending[start:end]
+        if end == size:
+            self._pending, self._offset = b"", 0  # hold no message longer
+        else:
+            self._offset = end
         return chunk
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
