@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ._config import Limits
-from ._http import Handler
+from ._exchange import Handler
 from ._message import Request, Response
 from ._server import Server
 
@@ -209,7 +209,8 @@ async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) 
 
 
 async def _forward(args: argparse.Namespace) -> None:
-    from .upgrades.forward import forward_stdio, serve_forward
+    from ._stdio import forward_stdio
+    from .upgrades.forward import serve_forward
 
     target = args.target
     if args.mode in ("upgrade", "websocket"):
@@ -483,6 +484,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     if args.command == "forward":
+        from .upgrades.forward import TunnelError
+
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
         if (args.mode == "websocket") != isinstance(args.via, str):
@@ -490,7 +493,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "forward: --via is a ws:// or wss:// URL in websocket mode, "
                 "HOST:PORT otherwise"
             )
-        trio.run(_forward, args)
+        try:
+            trio.run(_forward, args)
+        except (TunnelError, OSError) as exc:
+            print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+            return 1
         return 0
     trio.run(_serve, args, args.run)
     return 0

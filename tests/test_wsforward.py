@@ -1,5 +1,5 @@
-"""The client side of WebSocket tunnels: connect_websocket, and
-open_tunnel / serve_forward / forward_stdio in websocket mode, against a
+"""The client side of WebSocket tunnels: connect_websocket, and open_tunnel,
+serve_forward and ``hijack forward --listen -`` in websocket mode, against a
 real WebSocketBridge (plain and TLS) and against fake servers."""
 
 from __future__ import annotations
@@ -18,12 +18,7 @@ import trio
 import trustme
 
 from hijack import Request, Response, Server
-from hijack.upgrades.forward import (
-    TunnelError,
-    forward_stdio,
-    open_tunnel,
-    serve_forward,
-)
+from hijack.upgrades.forward import TunnelError, open_tunnel, serve_forward
 from hijack.upgrades.wsbridge import WebSocketBridge
 from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
@@ -244,13 +239,12 @@ async def test_serve_forward_websocket_carries_curl(
     )
 
 
-# -- forward_stdio: ssh's ProxyCommand ----------------------------------------------
+# -- hijack forward --listen -: ssh's ProxyCommand ---------------------------------
 
-CHILD = """\
-import sys, trio
-from hijack.upgrades.forward import forward_stdio
-trio.run(forward_stdio, sys.argv[1], None, "websocket")
-"""
+
+def stdio_command(url: str) -> list[str]:
+    command = ["forward", "--listen", "-", "--mode", "websocket", "--via", url]
+    return [sys.executable, "-m", "hijack", *command]
 
 
 async def test_forward_stdio_websocket(
@@ -267,7 +261,7 @@ async def test_forward_stdio_websocket(
         child: trio.Process = await nursery.start(
             functools.partial(
                 trio.run_process,
-                [sys.executable, "-c", CHILD, url],
+                stdio_command(url),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 check=False,
@@ -286,6 +280,12 @@ async def test_forward_stdio_websocket(
 
 async def test_forward_stdio_websocket_refused(start_server: StartServer) -> None:
     _, port = await start_server(WebSocketBridge(("127.0.0.1", await closed_port())))
-    with pytest.raises(TunnelError) as refused:
-        await forward_stdio(f"ws://127.0.0.1:{port}/", None, "websocket")
-    assert refused.value.status == 502
+    with trio.fail_after(30):  # a safety bound, not timing logic
+        done = await trio.run_process(
+            stdio_command(f"ws://127.0.0.1:{port}/"),
+            capture_stderr=True,
+            check=False,
+            cwd=ROOT,
+        )
+    assert done.returncode == 1
+    assert b"tunnel refused: 502" in done.stderr
