@@ -24,6 +24,7 @@ from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
 from . import test_forward
 from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .test_examples import load_example
 from .test_forward import closed_port, echo, start_tcp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -237,6 +238,26 @@ async def test_serve_forward_websocket_carries_curl(
     assert await curl(local, "/first", "/second") == (
         b"hello from /first\nhello from /second\n"
     )
+
+
+async def test_the_example_site_serves_a_page_and_a_tunnel(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    example = load_example("ws_tunnel")
+    upstream = await start_tcp(nursery, echo)
+    _, port = await start_server(example.make_handler(("127.0.0.1", upstream)))
+    async with await open_tunnel(
+        f"ws://127.0.0.1:{port}/tunnel", None, "websocket"
+    ) as tunnel:
+        await tunnel.send_all(b"through the example")
+        assert await read_exactly(tunnel, 19) == b"through the example"
+    for path, status in [("/", b"200"), ("/tunnel", b"426"), ("/other", b"404")]:
+        async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+            await stream.send_all(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+            )
+            answer = await read_until_closed(stream)
+        assert answer.startswith(b"HTTP/1.1 " + status), path
 
 
 # -- hijack forward --listen -: ssh's ProxyCommand ---------------------------------
