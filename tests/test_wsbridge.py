@@ -27,7 +27,13 @@ from hijack.upgrades.wsbridge import (
     parse_targets,
 )
 
-from .conftest import MemoryListener, StartServer, read_exactly, read_until_closed
+from .conftest import (
+    MemoryListener,
+    StartServer,
+    read_exactly,
+    read_until,
+    read_until_closed,
+)
 from .test_forward import closed_port, echo, start_tcp
 from .ws_test_client import Closed, Refused, WSClient
 
@@ -363,6 +369,38 @@ async def test_refused_upstream_is_502_before_the_handshake(
     assert refused.value.status == 502
     lines = [r.getMessage() for r in caplog.records if r.name == "hijack.wsbridge"]
     assert any(f"127.0.0.1:{upstream} 502" in line for line in lines), lines
+
+
+@pytest.mark.parametrize(
+    ("extra", "status"),
+    [
+        (b"Origin: https://evil.example\r\n", b"403"),
+        (b"Sec-WebSocket-Version: 8\r\n", b"426"),
+    ],
+)
+async def test_a_refused_handshake_never_reaches_the_upstream(
+    memory_server: MemoryServer, extra: bytes, status: bytes
+) -> None:
+    dialled: list[tuple[str, int]] = []
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        dialled.append((host, port))
+        raise OSError("should not be dialled")
+
+    bridge = WebSocketBridge(
+        ("upstream", 1), dial=dial, allowed_origins=["https://good.example"]
+    )
+    _, listener = await memory_server(bridge)
+    client = await listener.connect()
+    version = b"" if b"Version" in extra else b"Sec-WebSocket-Version: 13\r\n"
+    await client.send_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n" + version + extra + b"\r\n"
+    )
+    answer = await read_until(client, b"\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 " + status)
+    assert dialled == []
+    await client.aclose()
 
 
 async def test_slow_upstream_is_504(

@@ -42,6 +42,7 @@ from .websocket import (
     WebSocket,
     WebSocketHandshakeError,
     accept_websocket,
+    check_websocket_request,
     is_websocket_request,
 )
 
@@ -290,6 +291,10 @@ class WebSocketBridge:
             )
         tunnel = _Tunnel("-", trio.current_time())
         try:
+            # Every check before the upstream sees a connection: a refused
+            # Origin must not reach it (a VNC server may count such connects
+            # as failed logins).
+            check_websocket_request(request, allowed_origins=self.allowed_origins)
             _check_subprotocols(request)
             target, addresses = await self._destination(request)
             tunnel.target = _authority(*target)
