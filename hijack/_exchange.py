@@ -17,9 +17,10 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
+import h11
+
 from ._connection import Connection
 from ._errors import ClientDisconnected, HijackError, UsageError
-from ._h11 import h11
 from ._hijack import Hijacked
 from ._message import Headers, HTTPError, Request, Response
 from ._request_head import protocol_error_status

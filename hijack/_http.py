@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
+import h11
 import trio
 
 from ._closing import aclose_gracefully
@@ -22,7 +23,6 @@ from ._config import Limits
 from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected, UsageError
 from ._exchange import Exchange, Handler
-from ._h11 import h11
 from ._hijack import Hijacked
 from ._message import HTTPError
 from ._request_head import ambiguous_framing, protocol_error_status, refusal_status
@@ -235,8 +235,8 @@ class HTTPConnection:
             # tells a complete request from a cut one, so it is just gone.
             self.broken = True
             raise ClientDisconnected("the client closed the connection") from exc
-        if type(data) is not bytes:  # memory streams give bytearray; mypyc h11
-            data = bytes(data)  # takes bytes only
+        if type(data) is not bytes:  # memory streams give bytearray; h11 is
+            data = bytes(data)  # typed for bytes
         self.parser.receive_data(data)
 
     async def next_event_before(

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 
+import h11
+
 from ._config import Limits
-from ._h11 import h11
 
 __all__ = ["ambiguous_framing", "protocol_error_status", "refusal_status"]
 
