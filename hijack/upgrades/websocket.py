@@ -30,7 +30,6 @@ import base64
 import binascii
 import contextlib
 import hashlib
-import http
 import logging
 import os
 from collections import deque
@@ -114,11 +113,6 @@ class WebSocketHandshakeError(HTTPError):
         self, status: int, detail: str, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
         super().__init__(status, detail, list(headers))
-
-    def response(self) -> Response:
-        body = f"{self.status} {http.HTTPStatus(self.status).phrase}\n{self.detail}\n"
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), *self.headers]
-        return Response(self.status, headers, body.encode())
 
 
 # -- the opening handshake -------------------------------------------------
