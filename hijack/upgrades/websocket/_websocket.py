@@ -164,10 +164,12 @@ class WebSocket:
 
     @property
     def close_code(self) -> int | None:
+        """The close code once closing started (ours or the peer's), else None."""
         return None if self._close is None else self._close[0]
 
     @property
     def close_reason(self) -> str | None:
+        """The close reason once closing started, else None."""
         return None if self._close is None else self._close[1]
 
     # -- receiving -------------------------------------------------------------
