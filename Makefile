@@ -19,14 +19,15 @@ demo: $(STAMP)
 	$(VENV)/bin/hijack demo
 
 check: $(STAMP)
-	$(VENV)/bin/ruff check hijack tests examples bench
-	$(VENV)/bin/ruff format --check hijack tests examples bench
-	$(VENV)/bin/mypy --strict hijack examples
+	$(VENV)/bin/ruff check hijack tests examples bench pytest_hijack.py
+	$(VENV)/bin/ruff format --check hijack tests examples bench pytest_hijack.py
+	$(VENV)/bin/mypy --strict hijack examples tests pytest_hijack.py
 
 # The suite runs twice: on plain h11 (the default dependency) and on the
-# compiled h11-mypyc that hijack[speed] adds (see hijack/_h11.py).
+# compiled h11-mypyc that hijack[speed] adds (see hijack/_h11.py). The
+# first run measures branch coverage (gate: fail_under in pyproject.toml).
 test: $(STAMP) sysdeps check
-	HIJACK_PURE_H11=1 $(PY) -m pytest -q
+	HIJACK_PURE_H11=1 $(PY) -m pytest -q --cov --cov-report=term
 	$(PY) -m pytest -q
 
 # Peers go into their own virtualenv, never into the project's.

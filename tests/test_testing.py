@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import sys
 
 import pytest
 import trio
@@ -172,3 +173,15 @@ async def test_websocket_refused_handshake() -> None:
             async with client.websocket("/plain"):
                 pass  # pragma: no cover - the handshake fails
         assert refused.value.response.status == 200
+
+
+async def test_pytest_plugin_imports_nothing_until_used() -> None:
+    # pytest loads entry-point plugins in every project where hijack is
+    # installed: loading ours must not import hijack, trio or h11.
+    code = (
+        "import sys, pytest_hijack; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('hijack', 'trio', 'h11', 'websockets')))"
+    )
+    done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    assert done.stdout.strip() == b"[]"
