@@ -32,7 +32,7 @@ close them (``async with stream:``), or the shutdown at exit does.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -102,9 +102,9 @@ class _Identity:
 
 class _ServerEnd(trio.abc.HalfCloseableStream):
     """The server's end of a memory stream pair, with the test's identity
-    (trio's StapledStream is final, hence this small delegate)."""
+    (trio's StapledStream is final: hence a delegate, not a subclass)."""
 
-    def __init__(self, stapled: trio.StapledStream[Any, Any], peer: Peer) -> None:
+    def __init__(self, stapled: trio.abc.HalfCloseableStream, peer: Peer) -> None:
         self._stapled = stapled
         self._hijack_test_identity = _Identity(peer)
 
@@ -124,35 +124,42 @@ class _ServerEnd(trio.abc.HalfCloseableStream):
         await self._stapled.aclose()
 
 
-def _memory_pair(peer: Peer) -> tuple[trio.abc.HalfCloseableStream, _ServerEnd]:
-    """trio's ``memory_stream_pair`` with an identity on the server end."""
-    client, server = trio.testing.memory_stream_pair()
-    return client, _ServerEnd(server, peer)
+StreamPair = Callable[
+    [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
+]
 
 
 class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
     """A trio Listener of in-memory streams, for
     :meth:`Server.serve_listeners <hijack.Server.serve_listeners>`.
 
-    ``await listener.connect()`` returns the client end of a fresh memory
-    stream pair once the server accepted the other end."""
+    ``await listener.connect()`` returns the client end of a fresh stream
+    pair once the server accepted the other end. ``pair`` makes the pairs:
+    trio's ``memory_stream_pair`` (unbounded buffers) by default;
+    ``trio.testing.lockstep_stream_pair`` to test a peer that does not read
+    (a send blocks until the other side receives)."""
 
-    def __init__(self) -> None:
+    def __init__(self, pair: StreamPair = trio.testing.memory_stream_pair) -> None:
         self._send, self._receive = trio.open_memory_channel[_ServerEnd](0)
+        self._pair = pair
         self.closed = False
 
-    async def connect(
-        self, peer: Peer | None = None
+    async def connect(self, peer: Peer | None = None) -> trio.abc.HalfCloseableStream:
+        """The client end of a new connection whose server end shows
+        ``peer``'s identity."""
+        stream, _ = await self._connect(peer or Peer())
+        return stream
+
+    async def _connect(
+        self, peer: Peer
     ) -> tuple[trio.abc.HalfCloseableStream, _Identity]:
-        """The client end of a new connection, and the identity its server
-        end shows (``identity.connection`` is set once the server made the
-        :class:`~hijack.Connection`)."""
-        client, server = _memory_pair(peer or Peer())
+        client, server = self._pair()
+        end = _ServerEnd(server, peer)
         try:
-            await self._send.send(server)
+            await self._send.send(end)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise trio.BrokenResourceError("the server is not accepting") from None
-        return client, server._hijack_test_identity
+        return client, end._hijack_test_identity
 
     async def accept(self) -> trio.abc.Stream:
         try:
@@ -387,7 +394,7 @@ class TestClient:
     async def open_connection(self, peer: Peer | None = None) -> TestConnection:
         """A new connection (the caller closes it); ``peer`` overrides the
         client's default identity. Returns once the server accepted it."""
-        plain, identity = await self.listener.connect(peer or self._peer)
+        plain, identity = await self.listener._connect(peer or self._peer)
         stream: trio.abc.Stream = plain
         if self._client_ssl is not None:
             stream = trio.SSLStream(
@@ -483,6 +490,7 @@ async def open_test_client(
     ssl_context: ssl.SSLContext | None = None,
     client_ssl_context: ssl.SSLContext | None = None,
     server_hostname: str = DEFAULT_HOST,
+    listener: MemoryListener | None = None,
     **server_options: Any,
 ) -> AsyncIterator[TestClient]:
     """Serve ``app`` (a handler, or a :class:`~hijack.Server` you built with
@@ -492,7 +500,8 @@ async def open_test_client(
     ``app`` is a handler. ``peer`` is the default identity of connections.
     With ``ssl_context`` the server speaks TLS (a real handshake over the
     memory streams); the client then uses ``client_ssl_context`` and
-    ``server_hostname`` (SNI).
+    ``server_hostname`` (SNI). ``listener``: a :class:`MemoryListener` of
+    your own, e.g. of lockstep streams to test a client that does not read.
 
     Resource handling: on exit the server is shut down with grace 0 (unless
     the test already called ``server.shutdown()``), closing what is open.
@@ -505,7 +514,7 @@ async def open_test_client(
         server = Server(app, **server_options)
     if ssl_context is not None and client_ssl_context is None:
         raise TypeError("ssl_context needs a client_ssl_context that trusts it")
-    listener = MemoryListener()
+    listener = listener or MemoryListener()
     async with trio.open_nursery() as nursery:
         await nursery.start(
             lambda task_status: server.serve_listeners(

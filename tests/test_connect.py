@@ -19,9 +19,11 @@ import trio.testing
 import trustme
 
 from hijack import Request, Response, Server
+from hijack.testing import MemoryListener
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
-from .conftest import MemoryListener, StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 CURL = "/usr/bin/curl"
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]

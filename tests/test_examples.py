@@ -15,7 +15,8 @@ import trio
 
 from hijack import Server
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -22,7 +22,8 @@ import trio.testing
 
 from hijack import Connection, ConnState, Limits, Request, Response, Server
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 GOOD = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 

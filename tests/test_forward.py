@@ -24,7 +24,8 @@ from hijack.upgrades.forward import (
 )
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_exactly, read_until, read_until_closed
 
 ROOT = Path(__file__).resolve().parents[1]
 UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]

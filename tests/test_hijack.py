@@ -12,8 +12,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hijack import Connection, Hijacked, HijackError, Limits, Request, Response
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 UPGRADE = (
     b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"

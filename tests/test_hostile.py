@@ -30,13 +30,10 @@ import trio
 import trio.testing
 
 from hijack import Limits, Request, Response, Server
+from hijack.testing import MemoryListener
 
-from .conftest import (
-    MemoryListener,
-    StartServer,
-    read_until_closed,
-    trickle_until_answered,
-)
+from .conftest import StartServer, trickle_until_answered
+from .helpers import read_until_closed
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 

@@ -12,7 +12,8 @@ import trio
 
 from hijack import HTTPError, Limits, Request, Response
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 
 async def hello(request: Request) -> Response:

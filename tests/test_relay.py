@@ -20,7 +20,7 @@ import trustme
 from hijack import Connection, Hijacked, RelayStats, ReplayStream, relay
 from hijack._splice import Pipe, PipePool, available
 
-from .conftest import read_exactly, read_until_closed
+from .helpers import read_exactly, read_until_closed
 
 MiB = 1 << 20
 

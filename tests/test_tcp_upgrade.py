@@ -16,7 +16,8 @@ import trio.testing
 from hijack import Request, Response
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 

@@ -39,7 +39,8 @@ from hijack.upgrades.websocket import (
     websocket_handler,
 )
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3 sample
 KEY_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
