@@ -34,21 +34,23 @@ from __future__ import annotations
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import h11
 import trio
 import trio.testing
+from websockets.client import ClientProtocol
+from websockets.http11 import Response as WSResponse
+from websockets.typing import Subprotocol
+from websockets.uri import parse_uri
 
 from ._connection import Connection, PeerCredentials, TLSInfo
 from ._http import Handler
 from ._message import Headers
 from ._replay import ReplayStream
 from ._server import Server
-
-if TYPE_CHECKING:
-    from websockets.client import ClientProtocol
+from .upgrades.websocket import WebSocket
 
 __all__ = [
     "MemoryListener",
@@ -468,18 +470,22 @@ class TestClient:
         *,
         subprotocols: Iterable[str] = (),
         headers: HeadersInput | None = None,
-        max_size: int | None = 1 << 20,
+        max_size: int = 1 << 20,
         peer: Peer | None = None,
     ) -> AsyncIterator[TestWebSocket]:
         """A WebSocket client connection (the handshake done), closed on
-        exit: with a closing handshake if neither side closed yet."""
+        exit: with a closing handshake (1000, or 1011 if the block raised)
+        if neither side closed yet.
+
+        Raises :class:`UpgradeRefusedError` if the server answered without
+        switching, websockets' ``InvalidHandshake`` for a bad 101."""
         conn = await self.open_connection(peer)
         async with conn:
-            ws = await TestWebSocket.handshake(
+            ws = await _websocket_handshake(
                 conn, target, subprotocols, headers, max_size
             )
-            yield ws
-            await ws.close()
+            async with ws:
+                yield ws
 
 
 @asynccontextmanager
@@ -534,203 +540,84 @@ async def open_test_client(
                 await server.shutdown(grace=0)
 
 
-@dataclass
-class _Pending:
-    """A message being reassembled from its frames."""
+class TestWebSocket(WebSocket):
+    """The client side of a WebSocket, for tests: hijack's
+    :class:`~hijack.upgrades.websocket.WebSocket` message API (``send``,
+    ``receive``, ``ping``, ``close``, ``close_code``...) over websockets'
+    Sans-I/O ``ClientProtocol``, which frames, masks and checks the server's
+    handshake independently of hijack's server side.
 
-    text: bool
-    parts: list[bytes] = field(default_factory=list)
-
-
-class TestWebSocket:
-    """A WebSocket client for tests, on websockets' Sans-I/O
-    ``ClientProtocol`` (framing, masking, the closing handshake, a pong for
-    every ping): a second, independent implementation to test a server's
-    WebSocket handler against.
-
-    Attributes:
-      response: the server's 101 answer.
-      subprotocol: the subprotocol the server chose, or None.
-      close_code / close_reason: the Close frame the server sent, once the
-        connection is closed (1006: it ended without one).
+    Attributes: ``response``, the server's 101 answer; ``subprotocol``, the
+    one the server chose.
     """
 
     __test__ = False
 
     def __init__(
-        self, conn: TestConnection, protocol: ClientProtocol, response: TestResponse
-    ) -> None:
-        self._conn = conn
-        self._stream = conn.stream
-        self._protocol = protocol
-        self.response = response
-        self.subprotocol = response.headers.get("sec-websocket-protocol")
-        self._messages: list[str | bytes] = []
-        self._pending: _Pending | None = None
-
-    @classmethod
-    async def handshake(
-        cls,
+        self,
         conn: TestConnection,
-        target: str,
-        subprotocols: Iterable[str],
-        headers: HeadersInput | None,
-        max_size: int | None,
-    ) -> TestWebSocket:
-        from websockets.client import ClientProtocol
-        from websockets.datastructures import Headers as WSHeaders
-        from websockets.http11 import Response as WSResponse
-        from websockets.typing import Subprotocol
-        from websockets.uri import parse_uri
-
-        protocol = ClientProtocol(
-            parse_uri(f"ws://{DEFAULT_HOST}{target}"),
-            subprotocols=[Subprotocol(p) for p in subprotocols] or None,
-            max_size=max_size,
+        protocol: ClientProtocol,
+        response: TestResponse,
+        max_size: int,
+    ) -> None:
+        super().__init__(
+            conn.stream,
+            None,
+            protocol=protocol,
+            subprotocol=response.headers.get("sec-websocket-protocol"),
+            max_message_size=max_size,
+            ping_interval=None,
         )
-        request = protocol.connect()
-        items = headers.items() if isinstance(headers, Mapping) else headers or ()
-        for name, value in items:
-            if name.lower() == "host":
-                del request.headers["Host"]
-            request.headers[name] = value
-        protocol.send_request(request)
-        await conn.stream.send_all(b"".join(protocol.data_to_send()))
-        ws_response: WSResponse | None = None
-        while ws_response is None:
-            data = await conn.stream.receive_some(RECEIVE_SIZE)
-            if data:
-                protocol.receive_data(bytes(data))
-            else:
-                protocol.receive_eof()
-            for event in protocol.events_received():
-                if isinstance(event, WSResponse):
-                    ws_response = event
-            if ws_response is None and not data:
-                raise trio.BrokenResourceError("the server closed during the handshake")
-        response = TestResponse(
-            status=ws_response.status_code,
-            reason=ws_response.reason_phrase,
-            headers=Headers(
-                [
-                    (k.lower().encode("latin-1"), v.encode("latin-1"))
-                    for k, v in WSHeaders(ws_response.headers).raw_items()
-                ]
-            ),
-            body=bytes(ws_response.body or b""),
-        )
-        if ws_response.status_code != 101:
-            raise UpgradeRefusedError(response)
-        if protocol.handshake_exc is not None:
-            raise protocol.handshake_exc
-        ws = cls(conn, protocol, response)
-        ws._take_events()  # frames that came with the 101
-        return ws
-
-    @property
-    def close_code(self) -> int | None:
-        from websockets.protocol import State
-
-        if self._protocol.state is not State.CLOSED:
-            return None
-        return self._protocol.close_code
-
-    @property
-    def close_reason(self) -> str | None:
-        from websockets.protocol import State
-
-        if self._protocol.state is not State.CLOSED:
-            return None
-        return self._protocol.close_reason
-
-    async def send(self, message: str | bytes) -> None:
-        """Send a text (``str``) or binary (``bytes``) message."""
-        if isinstance(message, str):
-            self._protocol.send_text(message.encode("utf-8"))
-        else:
-            self._protocol.send_binary(message)
-        await self._flush()
-
-    async def ping(self, data: bytes = b"") -> None:
-        self._protocol.send_ping(data)
-        await self._flush()
+        self.response = response
 
     async def send_raw(self, data: bytes) -> None:
         """Bytes as they are: a malformed or unmasked frame, say."""
         await self._stream.send_all(data)
 
-    async def receive(self) -> str | bytes:
-        """The next message. When the connection is closed (by the server,
-        or cut: :attr:`close_code` says which), raises websockets'
-        ``ConnectionClosed``."""
-        while not self._messages:
-            if self._eof_or_closed():
-                raise self._protocol.close_exc
-            await self._receive_more()
-        return self._messages.pop(0)
 
-    async def close(self, code: int = 1000, reason: str = "") -> None:
-        """The closing handshake: send a Close frame (unless one was sent),
-        read until the server's Close and the end of the stream."""
-        from websockets.protocol import State
-
-        if self._protocol.state is State.OPEN:
-            self._protocol.send_close(code, reason)
-            await self._flush()
-        while not self._eof_or_closed():
-            await self._receive_more()
-        await self._stream.aclose()
-
-    async def wait_closed(self) -> int | None:
-        """Read (dropping messages) until the connection ends; return
-        :attr:`close_code`."""
-        while not self._eof_or_closed():
-            await self._receive_more()
-            self._messages.clear()
-        return self.close_code
-
-    # -- internals ---------------------------------------------------------
-
-    def _eof_or_closed(self) -> bool:
-        from websockets.protocol import State
-
-        return self._protocol.state is State.CLOSED
-
-    async def _receive_more(self) -> None:
-        try:
-            data = await self._stream.receive_some(RECEIVE_SIZE)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            data = b""
-        if data:
-            self._protocol.receive_data(bytes(data))
-        else:
-            self._protocol.receive_eof()
-        self._take_events()
-        await self._flush()
-
-    def _take_events(self) -> None:
-        from websockets.frames import Frame, Opcode
-
-        for frame in self._protocol.events_received():
-            if not isinstance(frame, Frame):  # pragma: no cover - after handshake
-                continue
-            if frame.opcode in (Opcode.TEXT, Opcode.BINARY):
-                self._pending = _Pending(text=frame.opcode is Opcode.TEXT)
-            elif frame.opcode is not Opcode.CONT:
-                continue  # ping, pong, close: the protocol answered them
-            assert self._pending is not None  # the protocol checks the order
-            self._pending.parts.append(bytes(frame.data))
-            if frame.fin:
-                data = b"".join(self._pending.parts)
-                self._messages.append(
-                    data.decode("utf-8") if self._pending.text else data
-                )
-                self._pending = None
-
-    async def _flush(self) -> None:
-        data = b"".join(self._protocol.data_to_send())
-        if data:
-            try:
-                await self._stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                self._protocol.receive_eof()  # the peer is gone: 1006
+async def _websocket_handshake(
+    conn: TestConnection,
+    target: str,
+    subprotocols: Iterable[str],
+    headers: HeadersInput | None,
+    max_size: int,
+) -> TestWebSocket:
+    """The opening handshake, by websockets' ClientProtocol."""
+    protocol = ClientProtocol(
+        parse_uri(f"ws://{DEFAULT_HOST}{target}"),
+        subprotocols=[Subprotocol(p) for p in subprotocols] or None,
+        max_size=max_size,
+    )
+    request = protocol.connect()
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    for name, value in items:
+        if name.lower() == "host":
+            del request.headers["Host"]
+        request.headers[name] = value
+    protocol.send_request(request)
+    await conn.stream.send_all(b"".join(protocol.data_to_send()))
+    answer: WSResponse | None = None
+    while answer is None:
+        data = await conn.stream.receive_some(RECEIVE_SIZE)
+        if not data:
+            raise trio.BrokenResourceError("the server closed during the handshake")
+        protocol.receive_data(bytes(data))
+        for event in protocol.events_received():
+            if isinstance(event, WSResponse):
+                answer = event
+    response = TestResponse(
+        status=answer.status_code,
+        reason=answer.reason_phrase,
+        headers=Headers(
+            [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in answer.headers.raw_items()
+            ]
+        ),
+        body=bytes(answer.body or b""),
+    )
+    if answer.status_code != 101:
+        raise UpgradeRefusedError(response)
+    if protocol.handshake_exc is not None:
+        raise protocol.handshake_exc
+    return TestWebSocket(conn, protocol, response, max_size)

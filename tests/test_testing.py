@@ -8,7 +8,6 @@ import sys
 import pytest
 import trio
 import trustme
-from websockets.exceptions import ConnectionClosed
 
 from hijack import (
     Connection,
@@ -21,7 +20,7 @@ from hijack import (
     TLSInfo,
 )
 from hijack.testing import Peer, UpgradeRefusedError, open_test_client
-from hijack.upgrades.websocket import make_echo_handler
+from hijack.upgrades.websocket import ConnectionClosed, make_echo_handler
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
