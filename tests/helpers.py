@@ -4,11 +4,13 @@ for a server's connections to close (on their events, never by polling)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
+import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import h11
 import trio
@@ -17,12 +19,16 @@ from hijack import Headers, Server
 from hijack.testing import TestResponse
 
 __all__ = [
+    "LogCapture",
     "UpstreamHandler",
     "all_closed",
+    "ask",
+    "capture_log",
     "exchange",
     "parse_responses",
     "read_exactly",
     "read_head",
+    "read_responses",
     "read_until",
     "read_until_closed",
     "reset",
@@ -100,7 +106,8 @@ def parse_responses(
     follows is returned as the rest). Parsed by h11, so a malformed answer
     fails the test."""
     client = h11.Connection(h11.CLIENT)
-    client.receive_data(data)
+    if data:  # b"" would mean EOF to h11
+        client.receive_data(data)
     responses: list[TestResponse] = []
     for method in itertools.chain(methods, itertools.repeat("GET")):
         rest = bytes(client.trailing_data[0])
@@ -147,6 +154,29 @@ def _response(
     )
 
 
+async def read_responses(
+    stream: trio.abc.ReceiveStream, count: int = 1
+) -> list[TestResponse]:
+    """Read until ``count`` final (non-1xx) responses are in (with the 1xx
+    before them); EOF before that fails the test."""
+    data = b""
+    while True:
+        responses, _ = parse_responses(data)
+        if sum(r.status >= 200 for r in responses) >= count:
+            return responses
+        chunk = await stream.receive_some()
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+
+
+async def ask(port: int, raw: bytes) -> TestResponse:
+    """Send ``raw`` on a new connection to 127.0.0.1:``port``; the first
+    final response (the connection is closed without waiting for the end)."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(raw)
+        return (await read_responses(stream))[-1]
+
+
 def splits(data: bytes, cuts: list[int]) -> list[bytes]:
     """``data`` cut at the positions ``cuts`` (taken modulo its length)."""
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
@@ -181,3 +211,33 @@ async def all_closed(server: Server) -> None:
     for connection in server.connections:
         await connection.wait_closed()
     await trio.lowlevel.checkpoint()
+
+
+class LogCapture(logging.Handler):
+    """The INFO+ records of one logger, with an event set at the first one:
+    a test waits for a log line instead of polling caplog. (``emit`` runs in
+    the trio thread: the log call is made by a trio task.)"""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+        self.logged = trio.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+        self.logged.set()
+
+
+@contextlib.contextmanager
+def capture_log(name: str) -> Iterator[LogCapture]:
+    """``with capture_log("hijack.tcp") as log: ...; await log.logged.wait()``"""
+    capture = LogCapture()
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.addHandler(capture)
+    logger.setLevel(logging.INFO)
+    try:
+        yield capture
+    finally:
+        logger.removeHandler(capture)
+        logger.setLevel(level)
