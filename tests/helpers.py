@@ -28,6 +28,7 @@ __all__ = [
     "parse_responses",
     "read_exactly",
     "read_head",
+    "read_response",
     "read_responses",
     "read_until",
     "read_until_closed",
@@ -111,7 +112,10 @@ def parse_responses(
     responses: list[TestResponse] = []
     for method in itertools.chain(methods, itertools.repeat("GET")):
         rest = bytes(client.trailing_data[0])
-        client.send(h11.Request(method=method, target="/", headers=[("host", "x")]))
+        # Proposing an upgrade lets h11 accept a 101, and changes nothing else.
+        proposal = [("connection", "upgrade"), ("upgrade", "any")]
+        headers = [("host", "x"), *proposal]
+        client.send(h11.Request(method=method, target="/", headers=headers))
         client.send(h11.EndOfMessage())
         head: h11.Response | h11.InformationalResponse | None = None
         body = b""
@@ -157,13 +161,27 @@ def _response(
 async def read_responses(
     stream: trio.abc.ReceiveStream, count: int = 1
 ) -> list[TestResponse]:
-    """Read until ``count`` final (non-1xx) responses are in (with the 1xx
-    before them); EOF before that fails the test."""
+    """Read until ``count`` final (non-1xx) responses are in, with the 1xx
+    before them, or a 101; EOF before that fails the test."""
     data = b""
     while True:
         responses, _ = parse_responses(data)
-        if sum(r.status >= 200 for r in responses) >= count:
+        final = sum(r.status >= 200 for r in responses)
+        if final >= count or any(r.status == 101 for r in responses):
             return responses
+        chunk = await stream.receive_some()
+        assert chunk, f"closed after {data!r}"
+        data += chunk
+
+
+async def read_response(stream: trio.abc.ReceiveStream) -> tuple[TestResponse, bytes]:
+    """One response (the final one, or a 101) and the bytes that came
+    behind it (early frames of the new protocol, say)."""
+    data = b""
+    while True:
+        responses, rest = parse_responses(data)
+        if responses and (responses[-1].status >= 200 or responses[-1].status == 101):
+            return responses[-1], rest
         chunk = await stream.receive_some()
         assert chunk, f"closed after {data!r}"
         data += chunk
@@ -171,10 +189,11 @@ async def read_responses(
 
 async def ask(port: int, raw: bytes) -> TestResponse:
     """Send ``raw`` on a new connection to 127.0.0.1:``port``; the first
-    final response (the connection is closed without waiting for the end)."""
+    final response or 101 (the connection is closed without waiting)."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(raw)
-        return (await read_responses(stream))[-1]
+        response, _ = await read_response(stream)
+        return response
 
 
 def splits(data: bytes, cuts: list[int]) -> list[bytes]:
