@@ -8,7 +8,6 @@ the next client.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 
@@ -21,7 +20,7 @@ from hypothesis import strategies as st
 from hijack import Limits, Request, Response, Server
 from hijack.testing import MemoryListener
 
-from .helpers import read_until_closed
+from .helpers import read_until_closed, splits
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
 GOOD = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -82,11 +81,6 @@ def check_answer(data: bytes) -> None:
     if data:
         assert STATUS_LINE.match(data), data[:100]
         assert data.count(b"HTTP/1.1 ") == len(STATUS_LINE.findall(data)), data
-
-
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if a != b]
 
 
 async def talk(listener: MemoryListener, pieces: list[bytes]) -> bytes:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
 
 import pytest
@@ -15,7 +14,7 @@ from hijack import Connection, Hijacked, HijackError, Limits, Request, Response
 from hijack.testing import MemoryListener
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed
+from .helpers import read_until, read_until_closed, splits
 
 UPGRADE = (
     b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
@@ -26,11 +25,6 @@ PLAIN = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 def post_head(length: int) -> bytes:
     return b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
-
-
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if a != b]
 
 
 @settings(
