@@ -322,14 +322,13 @@ async def test_forward_stdio_client_eof_first(
     _, port = await start_server(
         tunnel_handler(await start_upstream(nursery, upstream))
     )
-    with trio.fail_after(30):  # a safety bound, not timing logic
-        child = await start_child(nursery, port)
-        assert child.stdin is not None and child.stdout is not None
-        assert await read_exactly(child.stdout, 6) == b"HELLO\n"
-        await child.stdin.send_all(b"ping")
-        await child.stdin.aclose()  # stdin EOF -> tunnel send_eof -> upstream EOF
-        assert await read_until_closed(child.stdout) == b"got ping"
-        assert await child.wait() == 0
+    child = await start_child(nursery, port)
+    assert child.stdin is not None and child.stdout is not None
+    assert await read_exactly(child.stdout, 6) == b"HELLO\n"
+    await child.stdin.send_all(b"ping")
+    await child.stdin.aclose()  # stdin EOF -> tunnel send_eof -> upstream EOF
+    assert await read_until_closed(child.stdout) == b"got ping"
+    assert await child.wait() == 0
 
 
 async def test_forward_stdio_upstream_eof_first(
@@ -344,17 +343,16 @@ async def test_forward_stdio_upstream_eof_first(
     _, port = await start_server(
         tunnel_handler(await start_upstream(nursery, upstream))
     )
-    with trio.fail_after(30):  # a safety bound, not timing logic
-        child = await start_child(nursery, port)
-        assert child.stdin is not None and child.stdout is not None
-        assert await read_exactly(child.stdout, 6) == b"HELLO\n"
-        await child.stdin.send_all(b"ping")
-        # Upstream closed: the child's stdout ends while its stdin is still
-        # open (ssh waits for this EOF before it closes our stdin).
-        assert await read_until_closed(child.stdout) == b"bye"
-        assert child.poll() is None
-        await child.stdin.aclose()
-        assert await child.wait() == 0
+    child = await start_child(nursery, port)
+    assert child.stdin is not None and child.stdout is not None
+    assert await read_exactly(child.stdout, 6) == b"HELLO\n"
+    await child.stdin.send_all(b"ping")
+    # Upstream closed: the child's stdout ends while its stdin is still
+    # open (ssh waits for this EOF before it closes our stdin).
+    assert await read_until_closed(child.stdout) == b"bye"
+    assert child.poll() is None
+    await child.stdin.aclose()
+    assert await child.wait() == 0
 
 
 async def test_forward_stdio_refused_raises(start_server: StartServer) -> None:

@@ -106,14 +106,13 @@ async def test_any_bytes_any_split(
     caplog.clear()
     server = Server(handler, limits=LIMITS)
     listener = MemoryListener()
-    with trio.fail_after(30):  # a safety net: EOF ends every exchange
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_listeners, [listener])
-            check_answer(await talk(listener, splits(data, cuts)))
-            await trio.testing.wait_all_tasks_blocked()
-            assert server.connections == []
-            answer = await talk(listener, [GOOD])
-            assert answer.startswith(b"HTTP/1.1 200 "), answer
-            await server.shutdown(grace=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+        check_answer(await talk(listener, splits(data, cuts)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.connections == []
+        answer = await talk(listener, [GOOD])
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        await server.shutdown(grace=0)
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures == [], [r.getMessage() for r in failures]

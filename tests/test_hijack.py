@@ -140,8 +140,7 @@ async def test_upgrade_head_and_early_data_over_tcp(start_server: StartServer) -
         assert await read_until(stream, b"later") == b"later"
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
-    with trio.fail_after(5):
-        await connection.wait_closed()
+    await connection.wait_closed()
     assert server.open_hijacked_connections == 0
 
 
@@ -240,8 +239,7 @@ async def test_handler_return_closes_unless_detached(start_server: StartServer) 
         assert await read_until_closed(stream) == b""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(b"GET /detach HTTP/1.1\r\nHost: x\r\n\r\n")
-        with trio.fail_after(5):
-            await handed_over.wait()
+        await handed_over.wait()
         assert server.open_hijacked_connections == 1
         await holder[0].send_all(b"still mine")
         assert await stream.receive_some() == b"still mine"
