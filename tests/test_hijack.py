@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -10,7 +11,15 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hijack import Connection, Hijacked, HijackError, Limits, Request, Response
+from hijack import (
+    Connection,
+    Hijacked,
+    HijackError,
+    Limits,
+    ReplayStream,
+    Request,
+    Response,
+)
 from hijack.testing import MemoryListener
 
 from .conftest import StartServer
@@ -88,20 +97,69 @@ async def test_buffered_plus_stream_is_exactly_what_followed(
     assert head + result["body"] + result["buffered"] + result["rest"] == sent
 
 
-async def check_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
-    left, right = trio.testing.memory_stream_pair()
-    return Hijacked(left, b"", Connection(1, left)), right
+StreamPair = tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
 
 
-async def clogged_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
-    left, right = trio.testing.lockstep_stream_pair()
-    return Hijacked(left, b"", Connection(1, left)), right
+async def tcp_pair() -> StreamPair:
+    """Two ends of a real loopback TCP connection."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        left = await trio.testing.open_stream_to_socket_listener(listener)
+        right = await listener.accept()
+    return left, right
 
 
-async def test_hijacked_is_a_half_closeable_stream() -> None:
-    await trio.testing.check_half_closeable_stream(
-        check_stream_pair, clogged_stream_pair
-    )
+async def unix_pair() -> StreamPair:
+    left, right = trio.socket.socketpair()
+    return trio.SocketStream(left), trio.SocketStream(right)
+
+
+async def memory_pair() -> StreamPair:
+    return trio.testing.memory_stream_pair()
+
+
+async def fill(stream: trio.abc.SendStream) -> None:
+    """Send until the kernel's buffers are full and a send blocks (trio's
+    own recipe for a clogged socket stream)."""
+    async with trio.open_nursery() as nursery:
+
+        async def sender() -> None:
+            while True:
+                await stream.send_all(b"x" * 10000)
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+
+def wrap(kind: str, stream: trio.abc.HalfCloseableStream) -> ReplayStream:
+    if kind == "hijacked":
+        return Hijacked(stream, b"", Connection(1, stream))
+    return ReplayStream(stream)
+
+
+@pytest.mark.parametrize("kind", ["hijacked", "replay"])
+@pytest.mark.parametrize("pair", [memory_pair, tcp_pair, unix_pair])
+async def test_replaying_stream_is_a_half_closeable_stream(
+    kind: str, pair: Callable[[], Awaitable[StreamPair]]
+) -> None:
+    """trio's conformance check, over memory streams and over real sockets,
+    where ReplayStream drives the socket directly (its fast path)."""
+
+    async def stream_pair() -> tuple[ReplayStream, trio.abc.HalfCloseableStream]:
+        left, right = await pair()
+        return wrap(kind, left), right
+
+    async def clogged_pair() -> tuple[ReplayStream, trio.abc.HalfCloseableStream]:
+        if pair is memory_pair:
+            left, right = trio.testing.lockstep_stream_pair()
+            return wrap(kind, left), right
+        wrapped, right = await stream_pair()
+        await fill(wrapped)
+        await fill(right)
+        return wrapped, right
+
+    await trio.testing.check_half_closeable_stream(stream_pair, clogged_pair)
 
 
 async def test_hijacked_replays_buffered_first() -> None:
