@@ -129,4 +129,4 @@ async def trickle_until_answered(
         answered_after = trio.current_time() - start
         rest = await read_until_closed(client)
         nursery.cancel_scope.cancel()
-    return answered_after, first + rest
+    return answered_after, bytes(first) + rest

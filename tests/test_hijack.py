@@ -73,8 +73,8 @@ async def test_buffered_plus_stream_is_exactly_what_followed(
             response = Response(200)
         hijacked = await request.hijack(response)
         rest = b""
-        while chunk := await hijacked.stream.receive_some():
-            rest += chunk
+        while data := await hijacked.stream.receive_some():
+            rest += data
         result["body"] = body
         result["buffered"] = hijacked.buffered
         result["rest"] = rest
@@ -152,8 +152,8 @@ async def test_replaying_stream_is_a_half_closeable_stream(
 
     async def clogged_pair() -> tuple[ReplayStream, trio.abc.HalfCloseableStream]:
         if pair is memory_pair:
-            left, right = trio.testing.lockstep_stream_pair()
-            return wrap(kind, left), right
+            lockstep = trio.testing.lockstep_stream_pair()
+            return wrap(kind, lockstep[0]), lockstep[1]
         wrapped, right = await stream_pair()
         await fill(wrapped)
         await fill(right)
@@ -314,7 +314,7 @@ async def test_server_timeouts_stop_after_hijack(
 
     async def handler(request: Request) -> None:
         async with await request.hijack() as hijacked:
-            got.append(await hijacked.receive_some())
+            got.append(bytes(await hijacked.receive_some()))
 
     limits = Limits(head_timeout=1, idle_timeout=1, body_timeout=1, write_timeout=1)
     _, listener = await memory_server(handler, limits=limits)  # type: ignore[operator]

@@ -210,6 +210,7 @@ async def test_subprotocol_is_the_clients_first_supported(
     chosen: list[str | None] = []
 
     async def app(ws: WebSocket) -> None:
+        assert ws.connection is not None
         assert ws.connection.state is ConnState.HIJACKED
         chosen.append(ws.subprotocol)
         await ws.send(ws.path + "?" + ws.query)
