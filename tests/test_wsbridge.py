@@ -7,7 +7,7 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -18,6 +18,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from hijack import Server
+from hijack.testing import MemoryListener
 from hijack.upgrades.connect import ConnectPolicy
 from hijack.upgrades.websocket import ConnectionClosed, WebSocket
 from hijack.upgrades.wsbridge import (
@@ -27,14 +28,15 @@ from hijack.upgrades.wsbridge import (
     parse_targets,
 )
 
-from .conftest import (
-    MemoryListener,
-    StartServer,
+from .conftest import StartServer
+from .helpers import (
+    capture_log,
     read_exactly,
     read_until,
     read_until_closed,
+    start_upstream,
 )
-from .test_forward import closed_port, echo, start_tcp
+from .test_forward import closed_port, echo
 from .ws_test_client import Closed, Refused, WSClient
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
@@ -63,7 +65,7 @@ async def http_get(port: int, path: str = "/") -> bytes:
 async def test_bytes_both_ways_with_the_binary_subprotocol(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     client = await connect(port)
     async with client.stream:
@@ -77,7 +79,7 @@ async def test_bytes_both_ways_with_the_binary_subprotocol(
 async def test_a_client_without_subprotocol_is_served_too(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     client = await connect(port, subprotocols=())
     async with client.stream:
@@ -95,7 +97,7 @@ async def test_upstream_eof_closes_the_websocket_after_its_bytes(
         async with stream:
             await stream.send_all(b"HELLO " + big)
 
-    upstream = await start_tcp(nursery, banner_then_close)
+    upstream = await start_upstream(nursery, banner_then_close)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     client = await connect(port)
     async with client.stream:
@@ -116,7 +118,7 @@ async def test_client_close_gives_the_upstream_every_byte_then_eof(
             received.append(await read_until_closed(stream))
             done.set()
 
-    upstream = await start_tcp(nursery, collect)
+    upstream = await start_upstream(nursery, collect)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     client = await connect(port)
     payload = [os.urandom(100_000) for _ in range(5)]
@@ -128,38 +130,10 @@ async def test_client_close_gives_the_upstream_every_byte_then_eof(
     assert received == [b"".join(payload)]
 
 
-class LogEvents(logging.Handler):
-    """Sets an event when the bridge logs a tunnel's end; keeps the lines."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lines: list[str] = []
-        self.logged = trio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
-        self.logged.set()
-
-
-@pytest.fixture
-def bridge_log() -> Iterator[LogEvents]:
-    handler = LogEvents()
-    logger = logging.getLogger("hijack.wsbridge")
-    logger.addHandler(handler)
-    level = logger.level
-    logger.setLevel(logging.INFO)
-    try:
-        yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 @pytest.mark.parametrize("upstream_talks", [False, True])
 async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
     memory_server: MemoryServer,
     autojump_clock: trio.testing.MockClock,
-    bridge_log: LogEvents,
     upstream_talks: bool,
 ) -> None:
     client_end, upstream_end = trio.testing.memory_stream_pair()
@@ -172,17 +146,18 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
     )
     client = await WSClient.connect(await listener.connect())
     await client.send(b"bye")
-    assert await client.close() == 1000
-    assert await read_exactly(client_end, 3) == b"bye"
-    assert await client_end.receive_some() == b""  # EOF, at once
-    start = trio.current_time()
-    if upstream_talks:
-        # Nobody can read it any more: the tunnel ends at once.
-        await client_end.send_all(b"too late")
-    await bridge_log.logged.wait()
+    with capture_log("hijack.wsbridge") as bridge_log:
+        assert await client.close() == 1000
+        assert await read_exactly(client_end, 3) == b"bye"
+        assert await client_end.receive_some() == b""  # EOF, at once
+        start = trio.current_time()
+        if upstream_talks:
+            # Nobody can read it any more: the tunnel ends at once.
+            await client_end.send_all(b"too late")
+        await bridge_log.logged.wait()
     # An upstream that ignores EOF gets close_timeout to close, then is cut.
     assert trio.current_time() - start == (0 if upstream_talks else 7)
-    assert "3 bytes up, 0 down" in bridge_log.lines[-1]
+    assert "3 bytes up, 0 down" in bridge_log.records[-1].getMessage()
     with pytest.raises(trio.BrokenResourceError):
         await client_end.send_all(b"cut")
     await client_end.aclose()
@@ -236,7 +211,7 @@ async def test_a_silent_client_is_dropped_by_keepalive_and_the_upstream_ends(
 async def test_text_message_closes_1003(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     client = await connect(port)
     async with client.stream:
@@ -348,7 +323,7 @@ async def test_plain_get_is_426(start_server: StartServer) -> None:
 async def test_base64_only_client_is_400(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
     with pytest.raises(Refused) as refused:
         await connect(port, subprotocols=("base64",))
@@ -452,7 +427,7 @@ def token_file(tmp_path: Path) -> Path:
 async def test_token_picks_the_target_and_the_policy_checks_it(
     nursery: trio.Nursery, start_server: StartServer, token_file: Path
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     token_file.write_text(f"good: 127.0.0.1:{upstream}\nmeta: 169.254.169.254:80\n")
     policy = ConnectPolicy(allowed_ports={upstream}, allow=["127.0.0.1"])
     _, port = await start_server(
@@ -477,7 +452,7 @@ async def test_token_picks_the_target_and_the_policy_checks_it(
 async def test_default_policy_refuses_loopback_targets(
     nursery: trio.Nursery, start_server: StartServer, token_file: Path
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     token_file.write_text(f"local: 127.0.0.1:{upstream}\nnamed: localhost:443\n")
     _, port = await start_server(WebSocketBridge(targets=TargetFile(token_file)))
     for token in ("local", "named"):
@@ -490,7 +465,7 @@ async def test_default_policy_refuses_loopback_targets(
 async def test_the_target_file_is_read_again_when_it_changes(
     nursery: trio.Nursery, start_server: StartServer, token_file: Path
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     token_file.write_text("old: 127.0.0.1:1\n")
     policy = ConnectPolicy(allowed_ports=None, allow_private=True)
     _, port = await start_server(

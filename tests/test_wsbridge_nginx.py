@@ -25,6 +25,8 @@ import trio
 import trustme
 
 from . import test_forward
+from .helpers import start_upstream
+from .test_forward import echo
 from .ws_test_client import WSClient
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -187,19 +189,6 @@ def backend_of(address: str) -> str:
     return address.removeprefix("http://")
 
 
-async def start_echo(nursery: trio.Nursery) -> int:
-    async def echo(stream: trio.SocketStream) -> None:
-        async with stream:
-            while data := await stream.receive_some():
-                await stream.send_all(data)
-
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, echo, 0, host="127.0.0.1")
-    )
-    port: int = listeners[0].socket.getsockname()[1]
-    return port
-
-
 @pytest.fixture
 def nginx_tmp(tmp_path: Path) -> Iterator[Path]:
     yield tmp_path
@@ -213,7 +202,7 @@ def nginx_tmp(tmp_path: Path) -> Iterator[Path]:
 async def test_python_client_through_nginx_to_the_bridge(
     nursery: trio.Nursery, nginx_tmp: Path, bridge_on: str
 ) -> None:
-    upstream = await start_echo(nursery)
+    upstream = await start_upstream(nursery, echo)
     where = (
         ["--listen", "127.0.0.1:0"]
         if bridge_on == "tcp"
@@ -251,7 +240,7 @@ async def test_node_ws_binary_subprotocol_through_nginx(
     """noVNC's way in: ``ws`` with the ``binary`` subprotocol, through nginx,
     to a fixed upstream or to a websockify token target (``?token=``)."""
     assert NODE is not None
-    upstream = await start_echo(nursery)
+    upstream = await start_upstream(nursery, echo)
     tokens = nginx_tmp / "tokens"
     tokens.write_text(f"# websockify format\nvnc1: 127.0.0.1:{upstream}\n")
     if route == "upstream":
@@ -292,7 +281,7 @@ async def test_node_ws_binary_subprotocol_through_nginx(
 async def test_plain_get_through_nginx_is_426(
     nursery: trio.Nursery, nginx_tmp: Path
 ) -> None:
-    upstream = await start_echo(nursery)
+    upstream = await start_upstream(nursery, echo)
     async with (
         run_hijack(
             "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"

@@ -23,9 +23,10 @@ from hijack.upgrades.wsbridge import WebSocketBridge
 from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
 from . import test_forward
-from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_exactly, read_until, read_until_closed, start_upstream
 from .test_examples import load_example
-from .test_forward import closed_port, echo, start_tcp
+from .test_forward import closed_port, echo
 
 ROOT = Path(__file__).resolve().parents[1]
 http_upstream = test_forward.http_upstream  # the fixture, shared
@@ -44,7 +45,7 @@ async def start_bridge(
 async def test_connect_websocket_offers_and_gets_the_subprotocol(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    url = await start_bridge(nursery, start_server, await start_tcp(nursery, echo))
+    url = await start_bridge(nursery, start_server, await start_upstream(nursery, echo))
     async with await connect_websocket(url, subprotocols=["binary"]) as ws:
         assert ws.subprotocol == "binary"
         await ws.send(b"masked by the client")
@@ -79,7 +80,7 @@ async def fake_server(nursery: trio.Nursery, answer: bytes | None) -> int:
                 await stream.send_all(answer)
             await read_until_closed(stream)
 
-    return await start_tcp(nursery, handle)
+    return await start_upstream(nursery, handle)
 
 
 async def test_a_frame_in_the_same_packet_as_the_101_is_kept(
@@ -113,7 +114,7 @@ async def test_answers_that_are_not_a_websocket(
             await read_until(stream, b"\r\n\r\n")
             await stream.send_all(answer)
 
-    port = await start_tcp(nursery, handle)
+    port = await start_upstream(nursery, handle)
     with pytest.raises(WebSocketRefused) as refused:
         await connect_websocket(f"ws://127.0.0.1:{port}/")
     assert refused.value.status == status
@@ -131,7 +132,7 @@ async def test_wss_with_a_trusted_certificate(nursery: trio.Nursery) -> None:
     ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
     client_ctx = ssl.create_default_context()
     ca.configure_trust(client_ctx)
-    server = Server(WebSocketBridge(("127.0.0.1", await start_tcp(nursery, echo))))
+    server = Server(WebSocketBridge(("127.0.0.1", await start_upstream(nursery, echo))))
     listeners = await nursery.start(
         functools.partial(server.serve_tcp, 0, ssl_context=server_ctx)
     )
@@ -160,7 +161,9 @@ async def test_open_tunnel_websocket_carries_bytes_and_eof_ends_it(
             received.append(await read_until_closed(stream))
             done.set()
 
-    url = await start_bridge(nursery, start_server, await start_tcp(nursery, upstream))
+    url = await start_bridge(
+        nursery, start_server, await start_upstream(nursery, upstream)
+    )
     tunnel = await open_tunnel(url, None, "websocket")
     async with tunnel:
         assert await read_exactly(tunnel, 7) == b"BANNER\n"
@@ -185,7 +188,7 @@ async def test_open_tunnel_websocket_refusal_is_a_tunnel_error(
 async def test_open_tunnel_websocket_sends_basic_auth(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    bridge = WebSocketBridge(("127.0.0.1", await start_tcp(nursery, echo)))
+    bridge = WebSocketBridge(("127.0.0.1", await start_upstream(nursery, echo)))
     expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
 
     async def guarded(request: Request) -> Response | None:
@@ -244,7 +247,7 @@ async def test_the_example_site_serves_a_page_and_a_tunnel(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
     example = load_example("ws_tunnel")
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(example.make_handler(("127.0.0.1", upstream)))
     async with await open_tunnel(
         f"ws://127.0.0.1:{port}/tunnel", None, "websocket"
@@ -277,7 +280,9 @@ async def test_forward_stdio_websocket(
             line = await read_until(stream, b"\n")
             await stream.send_all(b"got " + line)
 
-    url = await start_bridge(nursery, start_server, await start_tcp(nursery, upstream))
+    url = await start_bridge(
+        nursery, start_server, await start_upstream(nursery, upstream)
+    )
     with trio.fail_after(30):  # a safety bound, not timing logic
         child: trio.Process = await nursery.start(
             functools.partial(

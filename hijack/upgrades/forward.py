@@ -244,7 +244,7 @@ async def serve_forward(
         try:
             tunnel = await open_tunnel(via, target, mode, auth=auth)
         except (OSError, TunnelError) as exc:
-            where = via if isinstance(via, str) else _authority(*via)
+            where = via if isinstance(via, str) else join_host_port(*via)
             logger.warning("cannot open a tunnel via %s: %s", where, exc)
             await trio.aclose_forcefully(local)
             return

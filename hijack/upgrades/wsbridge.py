@@ -33,7 +33,15 @@ from urllib.parse import parse_qs
 
 import trio
 
-from .. import HTTPError, RelayStats, Request, Response, relay
+from .. import (
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    format_address,
+    join_host_port,
+    relay,
+)
 from ._policy import ConnectError, ConnectPolicy, parse_connect_target
 from .websocket import (
     PING_INTERVAL,
@@ -272,7 +280,7 @@ class WebSocketBridge:
 
     def __repr__(self) -> str:
         if self.upstream is not None:
-            return f"<WebSocketBridge upstream={_authority(*self.upstream)}>"
+            return f"<WebSocketBridge upstream={join_host_port(*self.upstream)}>"
         assert self.targets is not None
         return f"<WebSocketBridge targets={self.targets.path}>"
 
@@ -297,7 +305,7 @@ class WebSocketBridge:
             check_websocket_request(request, allowed_origins=self.allowed_origins)
             _check_subprotocols(request)
             target, addresses = await self._destination(request)
-            tunnel.target = _authority(*target)
+            tunnel.target = join_host_port(*target)
             upstream = await self._open_upstream(target, addresses)
             try:
                 websocket = await accept_websocket(
@@ -359,7 +367,7 @@ class WebSocketBridge:
         self, target: tuple[str, int], addresses: list[str] | None
     ) -> trio.abc.Stream:
         host, port = target
-        where = _authority(*target)
+        where = join_host_port(*target)
         errors = []
         try:
             with trio.fail_after(self.connect_timeout):
@@ -405,7 +413,7 @@ class WebSocketBridge:
         logger.info(
             "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
             request.connection.id,
-            _peer(request),
+            format_address(request.connection.remote_address),
             tunnel.target,
             tunnel.outcome,
             stats.a_to_b,
@@ -425,14 +433,3 @@ def _check_subprotocols(request: Request) -> None:
         raise HTTPError(
             400, f"subprotocols {offered} not supported: offer {SUBPROTOCOL!r}"
         )
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peer(request: Request) -> str:
-    address = request.connection.remote_address
-    if isinstance(address, tuple):
-        return _authority(*address[:2])
-    return str(address or "unix")
