@@ -62,23 +62,23 @@ def accept_for(head: bytes) -> str:
     return base64.b64encode(digest).decode()
 
 
-async def fake_server(nursery: trio.Nursery, answer: bytes | None) -> int:
-    """Answers the handshake with ``answer`` (None: a valid 101 with a binary
-    frame "hello" in the same write), then reads until EOF."""
+async def server_sending_a_frame_with_its_101(nursery: trio.Nursery) -> int:
+    """A valid 101 with a binary frame "hello" in the same write, then the
+    closing handshake."""
 
     async def handle(stream: trio.SocketStream) -> None:
         async with stream:
             head = await read_until(stream, b"\r\n\r\n")
-            if answer is None:
-                await stream.send_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                    b"Connection: Upgrade\r\n"
-                    + f"Sec-WebSocket-Accept: {accept_for(head)}\r\n\r\n".encode()
-                    + b"\x82\x05hello"
-                )
-            else:
-                await stream.send_all(answer)
-            await read_until_closed(stream)
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\n"
+                + f"Sec-WebSocket-Accept: {accept_for(head)}\r\n\r\n".encode()
+                + b"\x82\x05hello"
+            )
+            # The client's close frame (masked: 2 + 4 + 2 bytes), then ours;
+            # then the server closes TCP first (RFC 6455 7.1.1).
+            await read_exactly(stream, 8)
+            await stream.send_all(b"\x88\x02\x03\xe8")
 
     return await start_upstream(nursery, handle)
 
@@ -86,10 +86,11 @@ async def fake_server(nursery: trio.Nursery, answer: bytes | None) -> int:
 async def test_a_frame_in_the_same_packet_as_the_101_is_kept(
     nursery: trio.Nursery,
 ) -> None:
-    port = await fake_server(nursery, None)
+    port = await server_sending_a_frame_with_its_101(nursery)
     ws = await connect_websocket(f"ws://127.0.0.1:{port}/")
     assert await ws.receive() == b"hello"
     await ws.close()
+    assert ws.close_code == 1000
 
 
 @pytest.mark.parametrize(
