@@ -164,6 +164,36 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
     await client.aclose()
 
 
+async def test_an_idle_tunnel_is_cut_after_idle_timeout(
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
+) -> None:
+    client_end, upstream_end = trio.testing.memory_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return upstream_end
+
+    bridge = WebSocketBridge(
+        ("upstream", 1), dial=dial, idle_timeout=60, ping_interval=None
+    )
+    _, listener = await memory_server(bridge)
+    client = await WSClient.connect(await listener.connect())
+    await client.send(b"x")
+    with capture_log("hijack.wsbridge") as log:
+        assert await read_exactly(client_end, 1) == b"x"
+        start = trio.current_time()
+        with pytest.raises(Closed) as closed:
+            await client.receive()
+        await log.logged.wait()
+    assert trio.current_time() - start == 60
+    # Both sides are closed at once, as a TCP tunnel's are; the close frame
+    # is best effort (the relay closes its streams under a cancel).
+    assert closed.value.code in (1000, 1006)
+    assert await client_end.receive_some() == b""
+    assert "idle-timeout" in log.records[-1].getMessage()
+    await client_end.aclose()
+    await client.aclose()
+
+
 async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
