@@ -834,7 +834,8 @@ async def test_unit_client_side_websocket_shares_the_api() -> None:
     protocol = ClientProtocol(WS_URI, state=OPEN)
     client = WebSocket(client_stream, protocol=protocol, close_timeout=5)
     server = WebSocket(server_stream, Connection(1, server_stream), close_timeout=5)
-    assert client.connection is None
+    with pytest.raises(RuntimeError):
+        client.connection  # noqa: B018
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo, server)
         await client.send("text")
