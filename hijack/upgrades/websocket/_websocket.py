@@ -32,11 +32,11 @@ from typing import cast
 import trio
 from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
-from websockets.server import ServerProtocol
 
 from ... import Connection, Headers
 from ._errors import ConnectionClosed
 from ._keepalive import keep_alive
+from ._protocol import ServerProtocol
 
 MiB = 1024 * 1024
 RECEIVE_SIZE = 65536
@@ -84,10 +84,10 @@ class WebSocket:
     ``headers`` of the handshake request. Usually made by
     :func:`accept_websocket`; build one by hand over any stream whose
     handshake is done, passing the protocol object in the OPEN state: a
-    ``websockets.server.ServerProtocol`` (the default) or a
-    ``websockets.client.ClientProtocol`` for the client side of a
-    connection (same API; the client masks its frames and lets the server
-    close TCP first).
+    ``ServerProtocol`` (the default) or a ``ClientProtocol`` (both from this
+    package: `websockets`' own, honouring a close between fragments) for
+    the client side of a connection (same API; the client masks its frames
+    and lets the server close TCP first).
 
     ``ping_interval`` / ``ping_timeout`` (seconds, None to disable): inside
     ``async with ws``, a ping every ``ping_interval``; a pong missing after
