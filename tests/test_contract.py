@@ -250,3 +250,34 @@ async def test_a_peers_close_notify_is_told_apart_from_a_cut(
             await trio.aclose_forcefully(stream)
     await done.wait()
     assert endings == {"/clean": "eof", "/cut": "cut"}
+
+
+async def test_websocket_over_tls_closes_cleanly(
+    tls: TLS, start_tls_server: StartTLS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WebSocket closing over TLS, where the hijacked stream cannot
+    half-close: the close frame, then close_notify, and nothing logged."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from hijack.upgrades.websocket import WebSocket, websocket_handler
+
+    async def one_echo(ws: WebSocket) -> None:
+        await ws.send(await ws.receive())  # then `async with ws` closes: 1000
+
+    port = await start_tls_server(websocket_handler(one_echo))
+
+    def client() -> tuple[str | bytes, int | None]:
+        url = f"wss://localhost:{port}/"
+        with connect(url, ssl=tls.client_context, proxy=None, open_timeout=10) as ws:
+            ws.send("hi")
+            echoed = ws.recv(timeout=10)
+            try:
+                ws.recv(timeout=10)
+            except ConnectionClosed as exc:
+                return echoed, exc.rcvd.code if exc.rcvd else None
+        raise AssertionError("the server did not close")  # pragma: no cover
+
+    with caplog.at_level("WARNING"):
+        assert await trio.to_thread.run_sync(client) == ("hi", 1000)
+    assert not [r for r in caplog.records if r.name.startswith("hijack")]
