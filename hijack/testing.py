@@ -364,6 +364,17 @@ class TestConnection:
         )
 
 
+@asynccontextmanager
+async def _closed_on_error(conn: TestConnection) -> AsyncIterator[None]:
+    """The connection of a one-shot upgrade belongs to the stream returned;
+    if there is none (refused, cancelled), close it here."""
+    try:
+        yield
+    except BaseException:
+        await trio.aclose_forcefully(conn.stream)
+        raise
+
+
 class TestClient:
     """Opens test connections to a server running on a :class:`MemoryListener`.
 
@@ -441,11 +452,8 @@ class TestClient:
         """:meth:`TestConnection.upgrade` on a new connection; closing the
         returned stream closes the connection."""
         conn = await self.open_connection(peer)
-        try:
+        async with _closed_on_error(conn):
             return await conn.upgrade(target, protocol, headers=headers, method=method)
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
-            raise
 
     async def connect(
         self,
@@ -457,11 +465,8 @@ class TestClient:
         """:meth:`TestConnection.connect` on a new connection; closing the
         returned stream closes the connection."""
         conn = await self.open_connection(peer)
-        try:
+        async with _closed_on_error(conn):
             return await conn.connect(authority, headers=headers)
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
-            raise
 
     @asynccontextmanager
     async def websocket(
