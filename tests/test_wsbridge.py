@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from websockets.client import ClientProtocol
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from hijack import Server
 from hijack.testing import MemoryListener
 from hijack.upgrades.connect import ConnectPolicy
-from hijack.upgrades.websocket import ConnectionClosed, WebSocket
+from hijack.upgrades.websocket import ClientProtocol, ConnectionClosed, WebSocket
 from hijack.upgrades.wsbridge import (
     TargetFile,
     WebSocketBridge,

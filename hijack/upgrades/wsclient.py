@@ -1,6 +1,7 @@
 """The client side of a WebSocket: the opening handshake, then the same
 :class:`~hijack.upgrades.websocket.WebSocket` as the server side, over
-``websockets``' Sans-I/O client protocol (it masks frames, checks
+``websockets``' Sans-I/O client protocol (hijack's
+:class:`~hijack.upgrades.websocket.ClientProtocol`: it masks frames, checks
 ``Sec-WebSocket-Accept`` and lets the server close TCP first).
 
 ``hijack forward --mode websocket`` uses it to reach a
@@ -14,7 +15,6 @@ import ssl
 from collections.abc import Iterable
 
 import trio
-from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidStatus, InvalidURI
 from websockets.http11 import Response
 from websockets.protocol import State
@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from .. import ReplayStream
-from .websocket import WebSocket
+from .websocket import ClientProtocol, WebSocket
 
 __all__ = ["WebSocketRefused", "connect_websocket"]
 
