@@ -14,7 +14,8 @@ import trustme
 
 from hijack import Connection, HijackError, Request, Response, Server
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 UPGRADE = Response(101, {"connection": "upgrade", "upgrade": "echo"})
 Handler = Callable[[Request], Awaitable[Response | None]]

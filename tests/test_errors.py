@@ -29,7 +29,8 @@ from hijack import (
 from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 Attempt = Callable[[Request], Awaitable[object]]
 
