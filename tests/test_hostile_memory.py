@@ -14,6 +14,7 @@ single step.
 from __future__ import annotations
 
 import itertools
+import os
 import statistics
 import subprocess
 import sys
