@@ -10,7 +10,7 @@
 * ``hello``: keep-alive hello world.
 
 ``--mypyc`` measures hijack on ``h11_mypyc`` (compiled h11, same API; what
-``hijack[speed]`` installs): every ``import h11`` (hijack's and wsproto's)
+``hijack[speed]`` installs): every ``import h11``
 gets it. Without it, ``HIJACK_PURE_H11=1`` keeps hijack on plain h11, the
 default dependency, so the peers (uvicorn --http h11) face the same parser.
 """
@@ -47,7 +47,7 @@ def main() -> None:
         import h11_mypyc
 
         os.environ.pop("HIJACK_PURE_H11", None)
-        sys.modules["h11"] = h11_mypyc  # wsproto's h11 too
+        sys.modules["h11"] = h11_mypyc
     else:
         os.environ["HIJACK_PURE_H11"] = "1"
     raise_fd_limit()

@@ -178,42 +178,52 @@ async def tunnel(port: int) -> None:
 
 
 async def websocket(port: int) -> None:
-    import wsproto
-    from wsproto.events import (
-        AcceptConnection,
-        BytesMessage,
-        CloseConnection,
-        Request,
-    )
+    from websockets.client import ClientProtocol
+    from websockets.frames import BINARY, CLOSE, Frame
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
 
-    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws"))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(ws.send(Request(host="x", target="/ws")))
+
+        async def flush() -> None:
+            for data in ws.data_to_send():
+                if data:
+                    await stream.send_all(data)
+
         events: list[object] = []
 
         async def next_event() -> object:
             while not events:
                 data = await stream.receive_some()
-                ws.receive_data(data or None)
-                events.extend(ws.events())
+                if data:
+                    ws.receive_data(data)
+                else:
+                    ws.receive_eof()
+                events.extend(ws.events_received())
+                await flush()
                 if not data and not events:
                     raise EOFError("closed")
             return events.pop(0)
 
-        if not isinstance(await next_event(), AcceptConnection):
+        ws.send_request(ws.connect())
+        await flush()
+        response = await next_event()
+        if not isinstance(response, Response) or ws.handshake_exc is not None:
             raise RuntimeError("websocket refused")
         for _ in range(random.randint(1, 10)):
             payload = os.urandom(random.randint(1, 4096))
-            await stream.send_all(ws.send(BytesMessage(data=payload)))
-            got = b""
-            while len(got) < len(payload):
-                event = await next_event()
-                assert isinstance(event, BytesMessage)
-                got += bytes(event.data)
-            assert got == payload
-        await stream.send_all(ws.send(CloseConnection(code=1000)))
-        while not isinstance(await next_event(), CloseConnection):
-            pass
+            ws.send_binary(payload)
+            await flush()
+            event = await next_event()
+            assert isinstance(event, Frame) and event.opcode is BINARY
+            assert event.data == payload
+        ws.send_close(1000)
+        await flush()
+        while True:
+            event = await next_event()
+            if isinstance(event, Frame) and event.opcode is CLOSE:
+                break
 
 
 BAD = [

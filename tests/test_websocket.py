@@ -21,17 +21,6 @@ from websockets.protocol import OPEN
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WSProto
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Message,
-    Ping,
-    Pong,
-    TextMessage,
-)
 
 from hijack import Connection, ConnState, Request, Response
 from hijack.upgrades.websocket import (
@@ -43,6 +32,16 @@ from hijack.upgrades.websocket import (
 )
 
 from .conftest import StartServer, read_until, read_until_closed
+from .wsclient import (
+    BytesMessage,
+    Client,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3 sample
 KEY_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -121,7 +120,7 @@ async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], byte
 
 
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client frame built by hand (for frames wsproto refuses to make)."""
+    """A client frame built by hand (for frames a client refuses to make)."""
     mask = b"\x01\x02\x03\x04"
     first = (0x80 if fin else 0) | opcode
     if len(payload) < 126:
@@ -133,9 +132,9 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
 
 
 async def read_events(
-    stream: trio.abc.ReceiveStream, client: WSProto, until: type[Event]
+    stream: trio.abc.ReceiveStream, client: Client, until: type[Event]
 ) -> list[Event]:
-    """Feed what arrives to the wsproto client until an ``until`` event."""
+    """Feed what arrives to the test client until an ``until`` event."""
     events: list[Event] = []
     for _ in range(1000):
         if any(isinstance(e, until) for e in events):
@@ -242,7 +241,7 @@ async def test_subprotocol_is_the_clients_first_supported(
 
 async def test_early_frames_in_the_handshake_packet(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     frames = client.send(TextMessage(data="early")) + client.send(
         BytesMessage(data=b"bird")
     )
@@ -428,7 +427,7 @@ async def test_protocol_violation_closes_1002(
     start_server: StartServer, frame: bytes
 ) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request())
         status, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
@@ -445,7 +444,7 @@ async def test_protocol_violation_closes_1002(
 
 async def test_invalid_utf8_raw_frame_closes_1007(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request() + masked_frame(0x1, b"\xc3\x28"))
         _, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
@@ -547,11 +546,11 @@ async def test_example_serves_page_and_echo(start_server: StartServer) -> None:
 
 
 class Peer:
-    """The client side of a memory-stream WebSocket, driven by wsproto."""
+    """The client side of a memory-stream WebSocket, driven frame by frame."""
 
     def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
         self.stream = stream
-        self.proto = WSProto(ConnectionType.CLIENT)
+        self.proto = Client()
 
     async def send(self, event: Event) -> None:
         await self.stream.send_all(self.proto.send(event))
