@@ -6,7 +6,7 @@
   connection), answer ``101`` by hand, then a raw echo loop: the same job as
   hijack's ``echo``.
 
-The WebSocket peers are in ``ws_echo.py``.
+The WebSocket peers are in ``websocket_echo.py``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def tornado_echo(port: int) -> None:
     import tornado.iostream
     import tornado.web
 
-    class Echo(tornado.web.RequestHandler):
+    class Echo(tornado.web.RequestHandler):  # type: ignore[misc]  # untyped peer
         async def get(self) -> None:
             stream = self.detach()
             try:

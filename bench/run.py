@@ -12,8 +12,8 @@ rewrite RESULTS.md).
 
 Servers and peers run from ``bench/.venv`` (``make bench-venv``): one
 interpreter and one set of library versions (trio, h11) for everybody, the
-project installed there in editable mode so the working tree is measured,
-and the optional ``h11_mypyc`` installed there only. The load generators
+project installed there in editable mode so the working tree is measured.
+The load generators
 use the standard library only and run under whichever Python runs this.
 """
 
@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
-import ws_echo
+import websocket_echo
 from loadgen import TunnelHolder, Window
 from procs import (
     BENCH,
@@ -69,7 +69,7 @@ class Config:
     throughput_rounds: int = 3
 
     def window(self) -> Window:
-        return Window(loadgen.time.monotonic() + 0.5, self.warmup, self.duration)
+        return Window(time.monotonic() + 0.5, self.warmup, self.duration)
 
 
 @dataclass
@@ -123,7 +123,10 @@ TARGETS = [
     Target("tunnel throughput", "direct (no proxy)", 0.5),
     Target("tunnel setup", "pproxy", 1.3),
     Target("hijacked echo", "tornado detach()", 1.5),
-    *(Target(row, peer, ratio, workload=w) for row, peer, ratio, w in ws_echo.TARGETS),
+    *(
+        Target(r, peer, ratio, workload=w)
+        for r, peer, ratio, w in websocket_echo.TARGETS
+    ),
     Target("plain HTTP", "hypercorn -k trio", 3.0),
     Target("plain HTTP", "uvicorn --http h11", 1.0),
     Target("idle tunnels", None, bound=10.0, lower_is_better=True),
@@ -379,7 +382,6 @@ def row_http(b: Bench) -> None:
     app = "asgi_hello:app"
     subjects = [
         (HIJACK, hijack_server("hello", port)),
-        (f"{HIJACK} + h11-mypyc", hijack_server("hello", port, "--mypyc")),
         ("hypercorn -k trio", [
             str(VENV_BIN / "hypercorn"), "-k", "trio", "-b", f"127.0.0.1:{port}",
             "--backlog", "4096", app,
@@ -461,7 +463,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "throughput": row_throughput,
     "setup": row_setup,
     "echo": row_echo,
-    "ws": lambda b: ws_echo.row_ws(b, _background),  # bench/ws_echo.py
+    "ws": lambda b: websocket_echo.row_ws(b, _background),  # bench/websocket_echo.py
     "http": row_http,
     "idle": row_idle,
     "scale": row_scale,

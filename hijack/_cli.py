@@ -17,8 +17,9 @@ from typing import Any
 
 import trio
 
+from ._address import join_host_port, split_host_port
 from ._config import Limits
-from ._http import Handler
+from ._exchange import Handler
 from ._message import Request, Response
 from ._server import Server
 
@@ -28,16 +29,11 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def parse_host_port(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, port
+    """``host:port`` or ``[v6]:port`` -> ``(host, port)``, for argparse."""
+    try:
+        return split_host_port(text, allow_zero_port=allow_zero)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {exc}") from None
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -140,7 +136,7 @@ async def _serve(
             bound = listeners[0].socket.getsockname()
             server = Server(make_handler(args, bound[1]))
             await nursery.start(server.serve_listeners, listeners)
-            where = f"http://{_show_host(bound[0])}:{bound[1]}"
+            where = f"http://{join_host_port(*bound[:2])}"
         print(f"hijack {args.command} listening on {where}", flush=True)
         if args.command == "demo":
             print(
@@ -150,10 +146,6 @@ async def _serve(
                 flush=True,
             )
         await _wait_for_signal_then_shutdown(server, nursery)
-
-
-def _show_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
@@ -175,7 +167,8 @@ async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) 
 
 
 async def _forward(args: argparse.Namespace) -> None:
-    from .upgrades.forward import forward_stdio, serve_forward
+    from ._stdio import forward_stdio
+    from .upgrades.forward import serve_forward
 
     target = args.target
     if args.mode == "upgrade":
@@ -190,7 +183,7 @@ async def _forward(args: argparse.Namespace) -> None:
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
-        print(f"hijack forward listening on {_show_host(host)}:{port}", flush=True)
+        print(f"hijack forward listening on {join_host_port(host, port)}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -415,9 +408,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     if args.command == "forward":
+        from .upgrades.forward import TunnelError
+
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
-        trio.run(_forward, args)
+        try:
+            trio.run(_forward, args)
+        except (TunnelError, OSError) as exc:
+            print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+            return 1
         return 0
     trio.run(_serve, args, args.run)
     return 0

@@ -21,10 +21,12 @@ from websockets.protocol import Protocol, Side
 from websockets.speedups import apply_mask
 from websockets.sync.client import ClientConnection
 
+from hijack import Headers
 from hijack.upgrades.websocket import make_echo_handler
 
-from .conftest import StartServer, read_until
-from .test_websocket import in_client, parse_head, upgrade_request
+from .conftest import StartServer
+from .helpers import read_response
+from .test_websocket import in_client, upgrade_request
 
 MiB = 1024 * 1024
 
@@ -32,12 +34,12 @@ MiB = 1024 * 1024
 # -- negotiation, in process -------------------------------------------------
 
 
-async def handshake_answer(port: int, offer: str) -> tuple[int, dict[str, str]]:
+async def handshake_answer(port: int, offer: str) -> tuple[int, Headers]:
     request = upgrade_request(extra=(f"Sec-WebSocket-Extensions: {offer}",))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(request)
-        status, headers, _ = parse_head(await read_until(stream, b"\r\n\r\n"))
-    return status, headers
+        response, _ = await read_response(stream)
+    return response.status, response.headers
 
 
 @pytest.mark.parametrize(
@@ -192,9 +194,10 @@ async def send_bomb(port: int, frame: bytes, *, until_closed: bool) -> bytes:
     request = upgrade_request(extra=("Sec-WebSocket-Extensions: permessage-deflate",))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(request)
-        status, headers, data = parse_head(await read_until(stream, b"\r\n\r\n"))
-        assert status == 101
-        assert headers["sec-websocket-extensions"].startswith("permessage-deflate")
+        response, data = await read_response(stream)
+        assert response.status == 101
+        offer = response.headers.get("sec-websocket-extensions", "")
+        assert offer.startswith("permessage-deflate")
         await stream.send_all(frame)
         with trio.fail_after(30):  # a safety net, not a timing test
             while until_closed or len(data) < 2:

@@ -14,10 +14,11 @@ from websockets.frames import CLOSE, PING, Close, Frame
 from websockets.protocol import Protocol, Side
 
 from hijack import Server
+from hijack.testing import MemoryListener
 from hijack.upgrades.websocket import WebSocket, websocket_handler
 
-from .conftest import MemoryListener, read_until
-from .test_websocket import parse_head, upgrade_request
+from .helpers import read_response
+from .test_websocket import upgrade_request
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
@@ -25,8 +26,8 @@ MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 async def open_client(listener: MemoryListener) -> tuple[trio.abc.Stream, Protocol]:
     stream = await listener.connect()
     await stream.send_all(upgrade_request())
-    status, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
-    assert status == 101
+    response, rest = await read_response(stream)
+    assert response.status == 101
     protocol = Protocol(Side.CLIENT)
     if rest:
         protocol.receive_data(rest)

@@ -14,7 +14,7 @@ deflate row (each library's default settings) and off otherwise.
 "Memory per idle connection": RSS growth of the server for 500 open
 connections that each echoed one message, with and without deflate.
 
-Servers run here too: ``python ws_echo.py serve KIND PORT [deflate]``, under
+Servers run here too: ``python websocket_echo.py serve KIND PORT [deflate]``, under
 ``bench/.venv``'s interpreter (``KIND``: hijack, websockets-asyncio,
 websockets-trio, trio-websocket, ceiling).
 
@@ -310,7 +310,7 @@ SERVERS: dict[str, Callable[[int, bool], None]] = {
 
 
 def server_argv(kind: str, port: int, deflate: bool) -> list[str]:
-    argv = [str(BENCH_PY), str(BENCH / "ws_echo.py"), "serve", kind, str(port)]
+    argv = [str(BENCH_PY), str(BENCH / "websocket_echo.py"), "serve", kind, str(port)]
     return [*argv, "deflate"] if deflate else argv
 
 
@@ -499,7 +499,7 @@ def idle_row(b: Bench) -> None:
 
 def main() -> None:
     if sys.argv[1:2] != ["serve"]:
-        raise SystemExit("usage: ws_echo.py serve KIND PORT [deflate]")
+        raise SystemExit("usage: websocket_echo.py serve KIND PORT [deflate]")
     kind, port = sys.argv[2], int(sys.argv[3])
     deflate = sys.argv[4:5] == ["deflate"]
     with contextlib.suppress(KeyboardInterrupt):
