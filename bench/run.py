@@ -587,8 +587,9 @@ def write_results(b: Bench, started: float, path: Path) -> None:
         "",
         "Peers: direct loopback (no proxy: the ceiling), pproxy, proxy.py "
         "(`--num-acceptors 1 --num-workers 1`), Tornado `detach()` (bench/"
-        "peer_servers.py), `websockets` and trio-websocket (no compression, no "
-        "pings, 4 MiB message limit, like hijack's), hypercorn `-k trio` and "
+        "peer_servers.py), the WebSocket servers of bench/websocket_echo.py "
+        "(`websockets` asyncio and Trio, trio-websocket; its docstring says "
+        "how each is set up), hypercorn `-k trio` and "
         "uvicorn `--http h11 --loop asyncio` on the same ASGI hello world "
         "(bench/asgi_hello.py). hijack runs on plain h11 (the default "
         "dependency, like uvicorn --http h11); 'hijack + h11-mypyc' is the "
