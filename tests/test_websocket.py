@@ -30,6 +30,7 @@ from hijack.upgrades.websocket import (
     make_echo_handler,
     websocket_handler,
 )
+from hijack.upgrades.websocket._websocket import MAX_OWED
 
 from .conftest import StartServer
 from .helpers import (
@@ -849,3 +850,37 @@ async def test_unit_close_between_fragments_is_honoured() -> None:
     events = await peer.until(CloseConnection)
     assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
     assert await read_until_closed(peer.stream) == b""
+
+
+async def test_unit_pongs_owed_to_a_peer_that_does_not_read_stay_bounded() -> None:
+    """A peer floods pings and never reads: while a send is blocked on it,
+    the pongs wait unsent; past ``MAX_OWED`` bytes of them the server stops
+    reading (the peer's sends block: backpressure) instead of queueing
+    without bound. Once the peer reads, every ping gets its pong."""
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    ws = WebSocket(server_stream, Connection(1, server_stream))
+    peer = Peer(client_stream)
+    pings = 2 * MAX_OWED // 127  # a pong with a 125-byte payload: 127 bytes
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        for _ in range(pings):
+            await peer.send(Ping(payload=b"p" * 125))
+            sent += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.send, b"big" * 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(ws.receive)
+        nursery.start_soon(flood)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent * 127 <= MAX_OWED + 2 * 127, sent  # stopped at the bound
+        pongs = 0
+        while pongs < pings:
+            events = await peer.until(Pong)
+            pongs += sum(isinstance(e, Pong) for e in events)
+        assert pongs == pings
+        await trio.testing.wait_all_tasks_blocked()  # receive() idle, reading
+        nursery.cancel_scope.cancel()  # it got no message: cancel it
+    await shut(ws, peer)
