@@ -26,7 +26,16 @@ from dataclasses import dataclass, field
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, format_address, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    format_address,
+    join_host_port,
+    relay,
+)
 from ._policy import (
     BadConnectTarget,
     ConnectError,
@@ -218,11 +227,13 @@ class ConnectProxy:
                     except OSError as exc:
                         errors.append(f"{address}: {exc.strerror or exc}")
                 raise UpstreamError(
-                    f"cannot connect to {host}:{port}: " + "; ".join(errors)
+                    f"cannot connect to {join_host_port(host, port)}: "
+                    + "; ".join(errors)
                 )
         except trio.TooSlowError:
             raise _Timeout(
-                f"no connection to {host}:{port} within {self.connect_timeout}s"
+                f"no connection to {join_host_port(host, port)} within "
+                f"{self.connect_timeout}s"
             ) from None
 
     def _authorized(self, request: Request) -> bool:
