@@ -884,3 +884,25 @@ async def test_unit_pongs_owed_to_a_peer_that_does_not_read_stay_bounded() -> No
         await trio.testing.wait_all_tasks_blocked()  # receive() idle, reading
         nursery.cancel_scope.cancel()  # it got no message: cancel it
     await shut(ws, peer)
+
+
+async def test_unit_ping_raises_when_the_peer_closes_first() -> None:
+    """A ping waiting for its pong learns of the peer's close (its code),
+    and a ping on a closed WebSocket raises at once."""
+    ws, peer, _ = pair()
+    raised: list[ConnectionClosed] = []
+
+    async def pinger() -> None:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.ping(b"unanswered")
+        raised.append(info.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pinger)
+        await peer.until(Ping)
+        await peer.send(CloseConnection(code=4001, reason="no pong for you"))
+    assert (raised[0].code, raised[0].reason) == (4001, "no pong for you")
+    events = await peer.until(CloseConnection)
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [4001]
+    with pytest.raises(ConnectionClosed):
+        await ws.ping()
