@@ -262,29 +262,31 @@ def _parse_v2(data: bytes, max_size: int) -> tuple[ProxyHeader, int] | None:
     body = data[V2_FIXED_SIZE:size]
     family_nibble, transport = family_transport >> 4, family_transport & 0x0F
     known = family_nibble in (0x0, *V2_ADDRESS_SIZES) and transport in (0, 1, 2)
-    if command == 0x0:
-        # LOCAL (spec 2.2): the balancer speaking for itself (a health
-        # check); the address block is ignored and the socket's addresses
-        # stand. TLVs are kept when the block's size is known.
-        tlvs = (
-            _parse_tlvs(body[V2_ADDRESS_SIZES.get(family_nibble, 0) :]) if known else ()
-        )
-        _check_crc32c(data[:size], tlvs)
-        return ProxyHeader(2, "local", socket.AF_UNSPEC, None, None, tlvs), size
+    if command == 0x1 and transport == 2:
+        raise ProxyProtocolError("PROXY v2 header says DGRAM on a stream connection")
+    if command == 0x0 or family_nibble == 0x0 or transport == 0:
+        # LOCAL (the balancer's own connection, a health check) or an
+        # unspecified family or transport: the address block is to be
+        # ignored and the socket's addresses stand (spec 2.2). TLVs are kept
+        # when they parse; they are not a reason to refuse such a header.
+        if command == 0x1 and not known:
+            raise ProxyProtocolError(f"unknown PROXY v2 family {family_transport:#04x}")
+        try:
+            tlvs = _parse_tlvs(body[V2_ADDRESS_SIZES.get(family_nibble, 0) :])
+            _check_crc32c(data[:size], tlvs)
+        except ProxyProtocolError:
+            tlvs = ()
+        kind: Literal["proxy", "local"] = "local" if command == 0x0 else "proxy"
+        return ProxyHeader(2, kind, socket.AF_UNSPEC, None, None, tlvs), size
     if not known:
         raise ProxyProtocolError(f"unknown PROXY v2 family {family_transport:#04x}")
-    address_size = V2_ADDRESS_SIZES.get(family_nibble, 0)
+    address_size = V2_ADDRESS_SIZES[family_nibble]
     if length < address_size:
         raise ProxyProtocolError(
             f"PROXY v2 length {length} is shorter than its addresses"
         )
     tlvs = _parse_tlvs(body[address_size:])
     _check_crc32c(data[:size], tlvs)
-    if transport == 2:
-        raise ProxyProtocolError("PROXY v2 header says DGRAM on a stream connection")
-    if family_nibble == 0x0 or transport == 0:
-        # Unspecified: accepted, and the socket's addresses stand (spec 2.2).
-        return ProxyHeader(2, "proxy", socket.AF_UNSPEC, None, None, tlvs), size
     source, destination, family = _v2_addresses(family_nibble, body)
     return ProxyHeader(2, "proxy", family, source, destination, tlvs), size
 
