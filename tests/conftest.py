@@ -136,3 +136,17 @@ async def trickle_until_answered(
         rest = await read_until_closed(client)
         nursery.cancel_scope.cancel()
     return answered_after, first + rest
+
+
+async def connect_from(source_host: str, host: str, port: int) -> trio.SocketStream:
+    """A TCP stream to ``host:port`` from ``source_host`` (any 127.0.0.0/8
+    address works on Linux loopback): tells a client apart from a proxy."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family)
+    try:
+        await sock.bind((source_host, 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
