@@ -11,9 +11,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test,speed]'
 	touch $(STAMP)
 
-# Debian packages the end-to-end tests drive (curl is the CONNECT client).
+# Debian packages the end-to-end tests drive (curl is the CONNECT client,
+# haproxy the balancer in front of and behind hijack for PROXY protocol).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -y -q haproxy; }
 
 demo: $(STAMP)
 	$(VENV)/bin/hijack demo

@@ -48,12 +48,23 @@ def test_parse_host_port_rejects(text: str) -> None:
                 "--deny",
                 "--allow-private",
                 "--auth",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
             ],
         ),
-        ("echo", ["--listen", "--unix"]),
-        ("tcp", ["--listen", "--unix", "--upstream"]),
+        ("echo", ["--listen", "--unix", "--proxy-protocol"]),
+        (
+            "tcp",
+            [
+                "--listen",
+                "--unix",
+                "--upstream",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
+            ],
+        ),
         ("forward", ["--listen", "--via", "--target", "--mode"]),
-        ("demo", ["--listen", "--unix"]),
+        ("demo", ["--listen", "--unix", "--proxy-protocol"]),
     ],
 )
 def test_help_explains_every_flag(command: str, flags: list[str]) -> None:
