@@ -99,7 +99,9 @@ StartHAProxy = Callable[[int], Awaitable[Ports]]
 
 
 @pytest.fixture
-async def haproxy(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[StartHAProxy]:
+async def haproxy(
+    nursery: trio.Nursery, tmp_path: Path, no_leaks: None
+) -> AsyncIterator[StartHAProxy]:
     """``ports = await haproxy(hijack_port)``: HAProxy in the foreground
     (``-db``), stopped at the end of the test."""
     processes: list[trio.Process] = []

@@ -34,6 +34,9 @@ from hijack.upgrades.tcp import TCPUpgrade
 from .conftest import connect_from, read_exactly, read_until, read_until_closed
 from .test_connect import wait_for
 
+# Every test here, fixtures or not, must leave no fd and no task behind.
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
 GET = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 V1 = b"PROXY TCP4 192.0.2.10 198.51.100.1 40000 443\r\n"
