@@ -30,7 +30,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -489,6 +489,7 @@ class ProxyProtocol:
     ``rejections`` counts the connections closed here, by reason
     (``"invalid"``, ``"timeout"``, ``"closed"``, ``"too-large"``), for
     metrics; one object may serve several listeners and counts them all.
+    ``on_reject(reason)`` is called for each as well (a metrics counter).
     """
 
     def __init__(
@@ -497,6 +498,7 @@ class ProxyProtocol:
         *,
         timeout: float = 5.0,
         max_header_size: int = DEFAULT_MAX_SIZE,
+        on_reject: Callable[[str], None] | None = None,
     ) -> None:
         networks: list[Network] = []
         self.trust_unix = False
@@ -516,6 +518,7 @@ class ProxyProtocol:
         self.timeout = timeout
         self.max_header_size = max_header_size
         self.rejections: collections.Counter[str] = collections.Counter()
+        self.on_reject = on_reject
 
     def __repr__(self) -> str:
         trusted = [str(n) for n in self.trusted] + (["unix"] if self.trust_unix else [])
@@ -568,6 +571,11 @@ class ProxyProtocol:
         except OSError as exc:
             reason, error = "closed", _Closed(str(exc))
         self.rejections[reason] += 1
+        if self.on_reject is not None:
+            try:
+                self.on_reject(reason)
+            except Exception:  # a broken hook must not take the server down
+                logger.exception("on_reject hook %r failed", self.on_reject)
         # A balancer's plain TCP health check connects and closes: not news.
         level = logging.DEBUG if reason == "closed" else logging.WARNING
         logger.log(level, "PROXY protocol: closing %r: %s", peer, error)

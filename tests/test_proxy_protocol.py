@@ -232,10 +232,12 @@ async def test_unix_socket_sender(nursery: trio.Nursery, tmp_path: Path) -> None
 async def test_trusted_sender_with_a_bad_header_is_closed_without_a_byte(
     proxied: Start, data: bytes, reason: str
 ) -> None:
-    policy = ProxyProtocol(["127.0.0.1"])
+    reported: list[str] = []
+    policy = ProxyProtocol(["127.0.0.1"], on_reject=reported.append)
     _, port = await proxied(policy, limits=Limits(max_connections=1))
     assert await ask(port, data) == b""
     assert policy.rejections == {reason: 1}
+    assert reported == [reason]
     # The refused connection gave its place back (max_connections=1).
     assert body_of(await ask(port, V1 + GET_CLOSE))["remote"][0] == "192.0.2.10"
 
