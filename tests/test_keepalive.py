@@ -10,6 +10,7 @@ import trio
 from hijack import (
     Connection,
     Limits,
+    ReplayStream,
     Request,
     Response,
     copy_tcp_keepalive,
@@ -116,3 +117,19 @@ async def test_helpers_on_sockets_directly() -> None:
         assert keepalive_of(dialled) == (1, 30, 10, 3)
         set_tcp_keepalive(dialled, Limits(tcp_keepalive_idle=0.2))
         assert keepalive_of(dialled)[:2] == (1, 1)  # whole seconds, at least 1
+
+
+async def test_forward_client_dials_with_keepalive(nursery: trio.Nursery) -> None:
+    """The client side of a tunnel (``hijack forward``) is the one behind a
+    NAT: its connection to the server keeps the flow warm too."""
+    from hijack.upgrades.forward import open_tunnel
+
+    from .test_forward import fake_server
+
+    port, _ = await fake_server(nursery, b"HTTP/1.1 200 OK\r\n\r\n")
+    async with await open_tunnel(
+        ("127.0.0.1", port), ("example.com", 22), "connect"
+    ) as tunnel:
+        assert isinstance(tunnel, ReplayStream)
+        assert isinstance(tunnel.stream, trio.SocketStream)
+        assert keepalive_of(tunnel.stream.socket) == (1, 30, 10, 3)

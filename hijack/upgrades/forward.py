@@ -17,7 +17,7 @@ from typing import Literal
 import h11
 import trio
 
-from .. import ReplayStream, relay
+from .. import ReplayStream, relay, set_tcp_keepalive
 
 __all__ = ["TunnelError", "forward_stdio", "open_tunnel", "serve_forward"]
 
@@ -166,10 +166,13 @@ async def open_tunnel(
     own: a server that never answers keeps it waiting, so wrap it in
     ``trio.fail_after`` where that matters. The returned stream yields
     the bytes that came right behind the answer first; the caller owns it and
-    must close it. On error or cancel, the connection is closed.
+    must close it. On error or cancel, the connection is closed. TCP
+    keepalive is on with the ``Limits()`` defaults (30 s idle).
     """
     request = _request(via, target, mode, auth, path)
     stream = await trio.open_tcp_stream(*via)
+    # A client behind a NAT is who loses an idle tunnel: keep the flow warm.
+    set_tcp_keepalive(stream)
     try:
         prefix = await _handshake(stream, request, mode)
     except BaseException:
