@@ -370,3 +370,16 @@ async def test_tcp_upgrade_sends_the_socket_client_when_no_header_came(
             received = await first.receive()
     expected = f"PROXY TCP4 127.0.0.5 127.0.0.1 {client_port} {port}\r\n".encode()
     assert received == expected + b"x" * (len(probe) + 64 - len(expected))
+
+
+async def test_a_broken_on_reject_hook_is_logged_not_fatal(
+    proxied: Start, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(reason: str) -> None:
+        raise RuntimeError("metrics down")
+
+    policy = ProxyProtocol(["127.0.0.1"], on_reject=broken)
+    _, port = await proxied(policy)
+    assert await ask(port, b"garbage\r\n") == b""
+    assert body_of(await ask(port, V1 + GET_CLOSE))["remote"][0] == "192.0.2.10"
+    assert any("on_reject hook" in r.getMessage() for r in caplog.records)
