@@ -3,6 +3,9 @@
 Public API only; the code lives in private modules.
 """
 
+from ._address import format_address as format_address
+from ._address import join_host_port as join_host_port
+from ._address import split_host_port as split_host_port
 from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
@@ -58,11 +61,14 @@ __all__ = [
     "UsageError",
     "copy_tcp_keepalive",
     "encode_proxy_header",
+    "format_address",
+    "join_host_port",
     "open_unix_listener",
     "parse_proxy_header",
     "proxy_header_for",
     "relay",
     "set_tcp_keepalive",
+    "split_host_port",
 ]
 
 __version__ = "0.1.0"

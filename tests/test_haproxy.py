@@ -23,7 +23,7 @@ import trio
 from hijack import ProxyProtocol, Request, Response, Server
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import connect_from, read_until_closed
+from .helpers import connect_from, read_until_closed
 
 HAPROXY = "/usr/sbin/haproxy"
 pytestmark = pytest.mark.skipif(

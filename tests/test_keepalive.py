@@ -18,7 +18,8 @@ from hijack import (
 )
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, dial_tcp
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed
 
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 Settings = tuple[int, int, int, int]

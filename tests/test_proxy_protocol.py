@@ -31,8 +31,14 @@ from hijack import (
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import connect_from, read_exactly, read_until, read_until_closed
-from .test_connect import wait_for
+from .helpers import (
+    capture_log,
+    connect_from,
+    read_exactly,
+    read_until,
+    read_until_closed,
+    start_upstream,
+)
 
 # Every test here, fixtures or not, must leave no fd and no task behind.
 pytestmark = pytest.mark.usefixtures("no_leaks")
@@ -312,10 +318,7 @@ async def first_bytes_server(
             while data := await stream.receive_some():
                 await stream.send_all(data)
 
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, serve, 0, host="127.0.0.1")
-    )
-    return listeners[0].socket.getsockname()[1], receive
+    return await start_upstream(nursery, serve), receive
 
 
 @pytest.mark.parametrize("version", [1, 2])
@@ -337,6 +340,18 @@ async def test_connect_tunnel_sends_the_client_upstream(
         send_proxy_protocol=version,  # type: ignore[arg-type]
     )
     _, port = await proxied(["127.0.0.1"], handler=proxy)
+    with capture_log("hijack.connect") as log:
+        await tunnel_through(port, upstream_port, expected, first)
+        await log.logged.wait()
+    assert log.records[0].client == "192.0.2.10:40000"  # type: ignore[attr-defined]
+
+
+async def tunnel_through(
+    port: int,
+    upstream_port: int,
+    expected: bytes,
+    first: trio.MemoryReceiveChannel[bytes],
+) -> None:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(
             V1
@@ -345,9 +360,6 @@ async def test_connect_tunnel_sends_the_client_upstream(
         answer = await read_until(stream, b"ping")
         assert answer.endswith(b"\r\n\r\nping"), answer
         assert await first.receive() == expected
-    await wait_for(lambda: any(r.name == "hijack.connect" for r in caplog.records))
-    record = next(r for r in caplog.records if r.name == "hijack.connect")
-    assert record.client == "192.0.2.10:40000"  # type: ignore[attr-defined]
 
 
 async def test_tcp_upgrade_sends_the_socket_client_when_no_header_came(

@@ -13,7 +13,16 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    format_address,
+    join_host_port,
+    relay,
+)
 from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
@@ -31,14 +40,6 @@ def is_tcp_upgrade(request: Request) -> bool:
     return "upgrade" in headers.tokens("connection") and "tcp" in headers.tokens(
         "upgrade"
     )
-
-
-def _peer(request: Request) -> str:
-    address = request.connection.remote_address
-    if isinstance(address, tuple):
-        host, port = address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address or "unix")
 
 
 class TCPUpgrade:
@@ -78,17 +79,14 @@ class TCPUpgrade:
 
     def __repr__(self) -> str:
         host, port = self.upstream
-        return f"<TCPUpgrade upstream={host}:{port}>"
+        return f"<TCPUpgrade upstream={join_host_port(host, port)}>"
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_tcp_upgrade(request):
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                426,
-                headers=UPGRADE_HEADERS,
-                body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
-            )
+            needs = "this endpoint needs Connection: Upgrade, Upgrade: tcp"
+            return HTTPError(426, needs, UPGRADE_HEADERS).response()
         if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
@@ -116,10 +114,10 @@ class TCPUpgrade:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
             logger.info(
-                "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
-                _peer(request),
-                *self.upstream,
+                format_address(request.connection.remote_address),
+                join_host_port(*self.upstream),
                 outcome,
                 stats.a_to_b,
                 stats.b_to_a,
@@ -129,22 +127,22 @@ class TCPUpgrade:
 
     async def _dial(self, request: Request) -> trio.SocketStream:
         host, port = self.upstream
+        where = join_host_port(host, port)
         try:
             with trio.fail_after(self.connect_timeout):
                 return await trio.open_tcp_stream(host, port)
         except trio.TooSlowError:
-            failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
+            failure = HTTPError(504, f"upstream {where} did not answer in time")
             why = f"timed out after {self.connect_timeout}s"
         except OSError as exc:
             # The client gets no OS detail; the log does.
-            failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
+            failure = HTTPError(502, f"cannot connect to upstream {where}")
             why = str(exc)
         logger.warning(
-            "connection %d %s -> %s:%d dial failed (%s): answered %d",
+            "connection %d %s -> %s dial failed (%s): answered %d",
             request.connection.id,
-            _peer(request),
-            host,
-            port,
+            format_address(request.connection.remote_address),
+            where,
             why,
             failure.status,
         )
