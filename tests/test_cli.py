@@ -74,6 +74,18 @@ def test_parse_host_port_rejects(text: str) -> None:
                 "--send-proxy-protocol",
             ],
         ),
+        (
+            "wsbridge",
+            [
+                "--listen",
+                "--unix",
+                "--upstream",
+                "--targets",
+                "--allow-origin",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
+            ],
+        ),
         ("forward", ["--listen", "--via", "--target", "--mode"]),
         ("demo", ["--listen", "--unix", "--proxy-protocol"]),
     ],

@@ -22,11 +22,13 @@ from hijack import (
     Connection,
     ConnState,
     Limits,
+    ProxyHeader,
     ProxyProtocol,
     Request,
     Response,
     Server,
     encode_proxy_header,
+    parse_proxy_header,
 )
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
@@ -395,3 +397,46 @@ async def test_a_broken_on_reject_hook_is_logged_not_fatal(
     assert await ask(port, b"garbage\r\n") == b""
     assert body_of(await ask(port, V1 + GET_CLOSE))["remote"][0] == "192.0.2.10"
     assert any("on_reject hook" in r.getMessage() for r in caplog.records)
+
+
+async def header_server(
+    nursery: trio.Nursery,
+) -> tuple[int, trio.MemoryReceiveChannel[ProxyHeader]]:
+    """A TCP server that parses the PROXY header each connection begins
+    with, reports it, and echoes what follows."""
+    send, receive = trio.open_memory_channel[ProxyHeader](10)
+
+    async def serve(stream: trio.SocketStream) -> None:
+        async with stream:
+            data = b""
+            while (parsed := parse_proxy_header(data)) is None:
+                data += await stream.receive_some()
+            header, size = parsed
+            await send.send(header)
+            if data[size:]:
+                await stream.send_all(data[size:])
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+    return await start_upstream(nursery, serve), receive
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_websocket_bridge_sends_the_client_upstream(
+    nursery: trio.Nursery, start_server: Any, version: int
+) -> None:
+    from hijack.upgrades.forward import open_tunnel
+    from hijack.upgrades.wsbridge import WebSocketBridge
+
+    upstream_port, first = await header_server(nursery)
+    bridge = WebSocketBridge(("127.0.0.1", upstream_port), send_proxy_protocol=version)  # type: ignore[arg-type]
+    _, port = await start_server(bridge)
+    async with await open_tunnel(
+        f"ws://127.0.0.1:{port}/", None, "websocket"
+    ) as tunnel:
+        await tunnel.send_all(b"ping")
+        assert await read_exactly(tunnel, 4) == b"ping"
+        header = await first.receive()
+    assert header.version == version
+    assert isinstance(header.source, tuple) and header.source[0] == "127.0.0.1"
+    assert header.destination == ("127.0.0.1", port)
