@@ -11,10 +11,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
-# Debian packages the end-to-end tests drive (curl is the CONNECT client).
+# Debian packages the end-to-end tests drive (curl is the CONNECT client,
+# haproxy and nginx's stream module the balancers in front of and behind
+# hijack for PROXY protocol).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -y -q haproxy; }
 	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
+	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || { apt-get update -q && apt-get install -y -q libnginx-mod-stream; }
 	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
 
 # Node clients (the `ws` package) for the WebSocket tests, in tests/node only.

@@ -16,12 +16,21 @@ from ._errors import HijackError as HijackError
 from ._errors import UsageError as UsageError
 from ._exchange import Handler as Handler
 from ._hijack import Hijacked as Hijacked
+from ._keepalive import copy_tcp_keepalive as copy_tcp_keepalive
+from ._keepalive import set_tcp_keepalive as set_tcp_keepalive
 from ._listeners import UnixSocketListener as UnixSocketListener
 from ._listeners import open_unix_listener as open_unix_listener
 from ._message import Headers as Headers
 from ._message import HTTPError as HTTPError
 from ._message import Request as Request
 from ._message import Response as Response
+from ._proxyproto import ProxyHeader as ProxyHeader
+from ._proxyproto import ProxyProtocol as ProxyProtocol
+from ._proxyproto import ProxyProtocolError as ProxyProtocolError
+from ._proxyproto import ProxyTLS as ProxyTLS
+from ._proxyproto import encode_proxy_header as encode_proxy_header
+from ._proxyproto import parse_proxy_header as parse_proxy_header
+from ._proxyproto import proxy_header_for as proxy_header_for
 from ._relay import RelayStats as RelayStats
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
@@ -38,6 +47,10 @@ __all__ = [
     "Hijacked",
     "Limits",
     "PeerCredentials",
+    "ProxyHeader",
+    "ProxyProtocol",
+    "ProxyProtocolError",
+    "ProxyTLS",
     "RelayStats",
     "ReplayStream",
     "Request",
@@ -46,10 +59,15 @@ __all__ = [
     "TLSInfo",
     "UnixSocketListener",
     "UsageError",
+    "copy_tcp_keepalive",
+    "encode_proxy_header",
     "format_address",
     "join_host_port",
     "open_unix_listener",
+    "parse_proxy_header",
+    "proxy_header_for",
     "relay",
+    "set_tcp_keepalive",
     "split_host_port",
 ]
 

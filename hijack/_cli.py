@@ -9,6 +9,8 @@ stops at once).
 from __future__ import annotations
 
 import argparse
+import functools
+import ipaddress
 import logging
 import signal
 import sys
@@ -21,6 +23,7 @@ from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._exchange import Handler
 from ._message import Request, Response
+from ._proxyproto import ProxyProtocol
 from ._server import Server
 
 __all__ = ["main"]
@@ -54,6 +57,17 @@ def _user_pass(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _trusted_sender(text: str) -> str:
+    if text != "unix":
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a network (10.0.0.0/8, ::1) or 'unix', got {text!r}"
+            ) from None
+    return text
+
+
 # -- building the handler of each subcommand ----------------------------------
 
 
@@ -72,6 +86,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
+        send_proxy_protocol=args.send_proxy_protocol,
     )
 
 
@@ -89,7 +104,11 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.tcp import TCPUpgrade
 
-    return TCPUpgrade(args.upstream, idle_timeout=args.idle_timeout)
+    return TCPUpgrade(
+        args.upstream,
+        idle_timeout=args.idle_timeout,
+        send_proxy_protocol=args.send_proxy_protocol,
+    )
 
 
 def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -104,7 +123,10 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
                 "check --targets; the --upstream you name is trusted"
             )
         return WebSocketBridge(
-            args.upstream, idle_timeout=args.idle_timeout, allowed_origins=origins
+            args.upstream,
+            idle_timeout=args.idle_timeout,
+            allowed_origins=origins,
+            send_proxy_protocol=args.send_proxy_protocol,
         )
     try:
         targets = TargetFile(args.targets)
@@ -121,6 +143,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         policy=policy,
         idle_timeout=args.idle_timeout,
         allowed_origins=origins,
+        send_proxy_protocol=args.send_proxy_protocol,
     )
 
 
@@ -164,17 +187,24 @@ async def _serve(
     args: argparse.Namespace,
     make_handler: Callable[[argparse.Namespace, int | None], Handler],
 ) -> None:
+    proxy = ProxyProtocol(args.proxy_protocol) if args.proxy_protocol else None
     async with trio.open_nursery() as nursery:
         if args.unix:
             server = Server(make_handler(args, None), limits=Limits())
-            await nursery.start(server.serve_unix, args.unix)
+            await nursery.start(
+                functools.partial(server.serve_unix, args.unix, proxy_protocol=proxy)
+            )
             where = f"unix:{args.unix}"
         else:
             host, port = args.listen
             listeners = await trio.open_tcp_listeners(port, host=host)
             bound = listeners[0].socket.getsockname()
             server = Server(make_handler(args, bound[1]))
-            await nursery.start(server.serve_listeners, listeners)
+            await nursery.start(
+                functools.partial(
+                    server.serve_listeners, listeners, proxy_protocol=proxy
+                )
+            )
             where = f"http://{join_host_port(*bound[:2])}"
         print(f"hijack {args.command} listening on {where}", flush=True)
         if args.command == "demo":
@@ -268,6 +298,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="listen on a UNIX socket at PATH instead (mode 0660)",
     )
+    listen.add_argument(
+        "--proxy-protocol",
+        type=_trusted_sender,
+        action="append",
+        default=[],
+        metavar="NET",
+        help="connections from NET (a balancer: 10.0.0.0/8, ::1, or 'unix' for "
+        "every UNIX socket peer) must begin with a PROXY protocol v1/v2 header "
+        "naming the client; others are served as they are (repeatable)",
+    )
     idle = argparse.ArgumentParser(add_help=False)
     idle.add_argument(
         "--idle-timeout",
@@ -275,6 +315,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="close a tunnel with no byte either way for this long (default: 300)",
+    )
+    idle.add_argument(
+        "--send-proxy-protocol",
+        type=int,
+        choices=[1, 2],
+        metavar="1|2",
+        help="begin every upstream connection with a PROXY protocol header of "
+        "this version naming the client (for HAProxy accept-proxy, nginx "
+        "proxy_protocol)",
     )
 
     proxy = commands.add_parser(

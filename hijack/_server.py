@@ -29,7 +29,9 @@ from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._exchange import Handler
 from ._http import HTTPConnection
+from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
+from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
 from ._tls import handshake, wrap_server_side
 
 __all__ = ["Server"]
@@ -123,16 +125,21 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 4096,
+        proxy_protocol: ProxyProtocol | None = None,
         task_status: trio.TaskStatus[
             list[trio.SocketListener]
         ] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on TCP (``host=None`` or ``""``: every interface, IPv4 and
         IPv6). ``task_status.started()`` gets the listeners: read the bound
-        port from ``listeners[0].socket.getsockname()``."""
+        port from ``listeners[0].socket.getsockname()``. ``proxy_protocol``:
+        see :meth:`serve_listeners`."""
         listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         await self.serve_listeners(
-            listeners, ssl_context=ssl_context, task_status=task_status
+            listeners,
+            ssl_context=ssl_context,
+            proxy_protocol=proxy_protocol,
+            task_status=task_status,
         )
 
     async def serve_unix(
@@ -141,6 +148,7 @@ class Server:
         *,
         mode: int = 0o660,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_protocol: ProxyProtocol | None = None,
         task_status: trio.TaskStatus[
             list[UnixSocketListener]
         ] = trio.TASK_STATUS_IGNORED,
@@ -149,7 +157,10 @@ class Server:
         :func:`open_unix_listener`); the file is removed at shutdown."""
         listener = await open_unix_listener(path, mode=mode)
         await self.serve_listeners(
-            [listener], ssl_context=ssl_context, task_status=task_status
+            [listener],
+            ssl_context=ssl_context,
+            proxy_protocol=proxy_protocol,
+            task_status=task_status,
         )
 
     async def serve_listeners(
@@ -157,9 +168,14 @@ class Server:
         listeners: Iterable[trio.abc.Listener[Any]],
         *,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_protocol: ProxyProtocol | None = None,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on any trio Listeners until :meth:`shutdown` finishes.
+
+        ``proxy_protocol``: a :class:`ProxyProtocol` naming the trusted
+        balancers; their connections must begin with a PROXY protocol header
+        (read at accept, before TLS), which sets ``remote_address``.
 
         Resource handling: the listeners are closed on return, and every
         connection stream too (hijacked ones when their owner closes them, or
@@ -174,7 +190,11 @@ class Server:
                 async with trio.open_nursery() as accept_nursery:
                     for listener in listeners:
                         accept_nursery.start_soon(
-                            self._accept_loop, listener, connection_nursery, ssl_context
+                            self._accept_loop,
+                            listener,
+                            connection_nursery,
+                            ssl_context,
+                            proxy_protocol,
                         )
                     task_status.started(listeners)
                     await self._shutdown_started.wait()
@@ -230,6 +250,7 @@ class Server:
         listener: trio.abc.Listener[Any],
         nursery: trio.Nursery,
         ssl_context: ssl.SSLContext | None,
+        proxy_protocol: ProxyProtocol | None,
     ) -> None:
         local_path = listener.path if isinstance(listener, UnixSocketListener) else None
         failing = False  # log a capacity episode once, not every 0.1 s
@@ -256,20 +277,38 @@ class Server:
             if failing:
                 logger.warning("accept works again")
                 failing = False
-            nursery.start_soon(self._serve_connection, stream, local_path, ssl_context)
+            nursery.start_soon(
+                self._serve_connection, stream, local_path, ssl_context, proxy_protocol
+            )
 
     async def _serve_connection(
         self,
         stream: trio.abc.Stream,
         local_path: str | None,
         ssl_context: ssl.SSLContext | None,
+        proxy_protocol: ProxyProtocol | None = None,
     ) -> None:
+        set_tcp_keepalive(stream, self.limits)
+        proxy_header = None
+        if proxy_protocol is not None:
+            # Before the Connection exists: its hooks must see the client.
+            try:
+                proxy_header = await proxy_protocol.read_header(stream)
+            except BaseException as exc:  # refused, or cancelled at shutdown
+                self._capacity.release()
+                await trio.aclose_forcefully(stream)
+                if isinstance(exc, ProxyProtocolError):
+                    return
+                raise
         if ssl_context is not None:
             stream = wrap_server_side(stream, ssl_context)
-        await self._drive(self._new_connection(stream, local_path))
+        await self._drive(self._new_connection(stream, local_path, proxy_header))
 
     def _new_connection(
-        self, stream: trio.abc.Stream, local_path: str | None = None
+        self,
+        stream: trio.abc.Stream,
+        local_path: str | None = None,
+        proxy_header: ProxyHeader | None = None,
     ) -> Connection:
         """A Connection of this server for ``stream``: its id, hooks, the
         one shutdown event, and the registry's close callback. Its identity
@@ -282,6 +321,7 @@ class Server:
             local_path,
             self._forget,
             self._shutdown_started,
+            proxy_header=proxy_header,
         )
 
     async def _drive(self, connection: Connection) -> None:

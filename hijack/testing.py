@@ -96,6 +96,7 @@ class _Identity:
 
     def apply(self, connection: Connection) -> None:
         connection.remote_address = self.peer.remote_address
+        connection.peer_address = self.peer.remote_address  # no balancer here
         connection.local_address = self.peer.local_address
         connection.peer_credentials = self.peer.peer_credentials
         connection._fake_tls = self.peer.tls

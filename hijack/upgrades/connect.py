@@ -47,6 +47,7 @@ from ._policy import (
     is_non_global,
     parse_connect_target,
 )
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 
 __all__ = [
     "BadConnectTarget",
@@ -107,7 +108,9 @@ class ConnectProxy:
     ``max_tunnels`` bounds the tunnels open at once, counted from the policy
     check to the end of the relay (``open_tunnels``). ``resolver`` (called
     like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
-    tests.
+    tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
+    PROXY protocol header of that version naming the client
+    (``connection.remote_address``) for an upstream that accepts one.
 
     Resource handling: the upstream stream is dialled before answering, so a
     client only sees ``200`` when the upstream accepted. The handler then
@@ -129,6 +132,7 @@ class ConnectProxy:
         fallback: Handler | None = None,
         resolver: Resolver = trio.socket.getaddrinfo,
         dial: Dialer = dial_tcp,
+        send_proxy_protocol: ProxyVersion | None = None,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -144,6 +148,7 @@ class ConnectProxy:
         self.fallback = fallback
         self._resolver = resolver
         self._dial = dial
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -195,6 +200,10 @@ class ConnectProxy:
         try:
             upstream = await self._open_upstream(host, port, tunnel)
             try:
+                try:
+                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise UpstreamError(f"upstream {tunnel.address}: {exc}") from None
                 hijacked = await request.hijack(
                     Response(200, reason="Connection established")
                 )

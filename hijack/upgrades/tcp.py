@@ -23,6 +23,7 @@ from .. import (
     join_host_port,
     relay,
 )
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -50,6 +51,8 @@ class TCPUpgrade:
     sent right behind its request are replayed to the upstream first. A relay
     with no byte either way for ``idle_timeout`` seconds (``None``: never) is
     closed. Requests without the upgrade go to ``fallback``, or get ``426``.
+    ``send_proxy_protocol=1`` or ``2`` begins every stream with a PROXY
+    protocol header of that version naming the client.
     A request body is refused with ``400``: it would otherwise leak into the
     stream.
 
@@ -66,8 +69,10 @@ class TCPUpgrade:
         connect_timeout: float = 10.0,
         idle_timeout: float | None = 300.0,
         fallback: Handler | None = None,
+        send_proxy_protocol: ProxyVersion | None = None,
     ) -> None:
         self.upstream = upstream
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
@@ -86,6 +91,12 @@ class TCPUpgrade:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
         try:
+            try:
+                await prepare_upstream(request, upstream, self.send_proxy_protocol)
+            except (trio.BrokenResourceError, OSError) as exc:
+                host, port = self.upstream
+                logger.warning("upstream %s:%d failed: %s", host, port, exc)
+                raise HTTPError(502, f"upstream {host}:{port} failed") from None
             hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
         except BaseException:
             await trio.aclose_forcefully(upstream)
