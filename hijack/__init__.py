@@ -3,6 +3,8 @@
 Public API only; the code lives in private modules.
 """
 
+from ._access_log import AccessRecord as AccessRecord
+from ._access_log import JSONAccessFormatter as JSONAccessFormatter
 from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
@@ -18,11 +20,15 @@ from ._message import HTTPError as HTTPError
 from ._message import Request as Request
 from ._message import Response as Response
 from ._relay import RelayStats as RelayStats
+from ._relay import TunnelHook as TunnelHook
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
+from ._systemd import listeners_from_fds as listeners_from_fds
+from ._systemd import systemd_listen_fds as systemd_listen_fds
 
 __all__ = [
+    "AccessRecord",
     "ConnState",
     "Connection",
     "HTTPError",
@@ -30,6 +36,7 @@ __all__ = [
     "Headers",
     "HijackError",
     "Hijacked",
+    "JSONAccessFormatter",
     "Limits",
     "PeerCredentials",
     "RelayStats",
@@ -38,9 +45,12 @@ __all__ = [
     "Response",
     "Server",
     "TLSInfo",
+    "TunnelHook",
     "UnixSocketListener",
+    "listeners_from_fds",
     "open_unix_listener",
     "relay",
+    "systemd_listen_fds",
 ]
 
 __version__ = "0.1.0"

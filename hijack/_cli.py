@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -18,9 +19,12 @@ from typing import Any
 import trio
 
 from ._config import Limits
+from ._config_file import with_config_file
 from ._http import Handler
 from ._message import Request, Response
+from ._process import add_serving_options, run_supervisor, setup_access_log
 from ._server import Server
+from ._supervisor import WORKER_FDS_ENV
 
 __all__ = ["main"]
 
@@ -69,6 +73,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
+        on_tunnel=args.on_tunnel,
     )
 
 
@@ -81,7 +86,9 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.tcp import TCPUpgrade
 
-    return TCPUpgrade(args.upstream, idle_timeout=args.idle_timeout)
+    return TCPUpgrade(
+        args.upstream, idle_timeout=args.idle_timeout, on_tunnel=args.on_tunnel
+    )
 
 
 def demo_handler(port: int) -> Handler:
@@ -123,50 +130,63 @@ def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 async def _serve(
     args: argparse.Namespace,
     make_handler: Callable[[argparse.Namespace, int | None], Handler],
+    reparse: Callable[[], argparse.Namespace],
 ) -> None:
+    from . import _process
+    from ._metrics import Health, Metrics
+
+    worker = WORKER_FDS_ENV in os.environ
+    ssl_context = _process.tls_context(args)
+    health = Health()
+    metrics = Metrics().install() if args.metrics is not None else None
+    if metrics is not None:
+        args.on_tunnel = metrics.on_tunnel
     async with trio.open_nursery() as nursery:
-        if args.unix:
-            server = Server(make_handler(args, None), limits=Limits())
-            await nursery.start(server.serve_unix, args.unix)
-            where = f"unix:{args.unix}"
-        else:
-            host, port = args.listen
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            bound = listeners[0].socket.getsockname()
-            server = Server(make_handler(args, bound[1]))
-            await nursery.start(server.serve_listeners, listeners)
-            where = f"http://{_show_host(bound[0])}:{bound[1]}"
-        print(f"hijack {args.command} listening on {where}", flush=True)
-        if args.command == "demo":
+        fds = _process.inherited_fds()
+        opened = await _process.open_listeners(args, fds, tls=ssl_context is not None)
+        server = Server(
+            make_handler(args, opened.port),
+            limits=Limits(shutdown_grace=args.shutdown_grace),
+            on_state=() if metrics is None else metrics.on_state,
+            on_request=() if metrics is None else metrics.on_request,
+        )
+        await nursery.start(
+            _call(server.serve_listeners, opened.listeners, ssl_context=ssl_context)
+        )
+        metrics_server = None
+        if metrics is not None:
+            nursery.start_soon(metrics.sample_forever, server)
+            if not worker:
+                metrics_server = await _process.serve_metrics(
+                    nursery, args.metrics, health, metrics
+                )
+
+        def reload() -> None:
+            new = reparse()
+            new.on_tunnel = args.on_tunnel
+            server.handler = make_handler(new, opened.port)
+            if ssl_context is not None and new.tls_cert and new.tls_key:
+                ssl_context.load_cert_chain(new.tls_cert, new.tls_key)
+
+        where = opened.where
+        _process.ready(health)
+        if not worker:
+            print(f"hijack {args.command} listening on {where}", flush=True)
+        if args.command == "demo" and not worker:
             print(
                 f"try: curl {where}/hello\n"
                 f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
                 f"     open {where}/ in a browser (WebSocket echo)",
                 flush=True,
             )
-        await _wait_for_signal_then_shutdown(server, nursery)
+        await _process.serve_signals(server, nursery, health=health, reload=reload)
+        if metrics_server is not None:
+            await metrics_server.shutdown(grace=0)
+        nursery.cancel_scope.cancel()  # the metrics sampler
 
 
 def _show_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
-
-
-async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            break
-        print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-        async with trio.open_nursery() as inner:
-
-            async def second_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    inner.cancel_scope.cancel()
-                    return
-
-            inner.start_soon(second_signal)
-            await server.shutdown()
-            inner.cancel_scope.cancel()
 
 
 async def _forward(args: argparse.Namespace) -> None:
@@ -231,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="listen on a UNIX socket at PATH instead (mode 0660)",
     )
+    add_serving_options(listen)
     idle = argparse.ArgumentParser(add_help=False)
     idle.add_argument(
         "--idle-timeout",
@@ -378,7 +399,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def reparse() -> argparse.Namespace:
+        return parser.parse_args(with_config_file(parser, argv))
+
+    args = reparse()
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -387,5 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error("forward --mode connect needs --target HOST:PORT")
         trio.run(_forward, args)
         return 0
-    trio.run(_serve, args, args.run)
+    setup_access_log(args.access_log_format)
+    if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
+        run_supervisor(args, argv)
+        return 0
+    trio.run(_serve, args, args.run, reparse)
     return 0

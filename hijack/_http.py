@@ -21,6 +21,7 @@ from typing import Protocol
 
 import trio
 
+from ._access_log import AccessRecord
 from ._config import Limits
 from ._connection import Connection, ConnState
 from ._h11 import h11
@@ -58,6 +59,11 @@ class ServerSide(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
+    @property
+    def reporting(self) -> bool: ...
+
+    def report(self, record: AccessRecord) -> None: ...
+
     def track_hijacked(self, hijacked: Hijacked) -> None: ...
 
 
@@ -94,6 +100,9 @@ class HTTPConnection:
         "_must_close",
         "_request",
         "_response_started",
+        "_sent_body",
+        "_started",
+        "_status",
         "connection",
         "h11",
         "server",
@@ -123,6 +132,9 @@ class HTTPConnection:
         self._body_done = False
         self._body_bytes = 0
         self._body_deadline = float("inf")
+        self._status: int | None = None
+        self._sent_body = 0
+        self._started = (0.0, 0.0)  # (trio clock, wall clock) at the head
 
     def request_shutdown(self) -> None:
         """Graceful shutdown: end the keep-alive wait now; let a request in
@@ -146,7 +158,11 @@ class HTTPConnection:
                 if request is None:
                     return
                 first = False
-                await self._run_handler(request)
+                try:
+                    await self._run_handler(request)
+                finally:
+                    if self._hijacked is None and self.server.reporting:
+                        self._report(request)
                 if self._hijacked is not None:
                     return
                 if not await self._finish_exchange():
@@ -234,6 +250,7 @@ class HTTPConnection:
             if scope.cancelled_caught or not conn.trailing_data[0]:
                 return None
         self.connection.set_state(ConnState.ACTIVE)
+        self._started = (trio.current_time(), time.time())
         if deadline is None:
             deadline = trio.current_time() + _or_inf(limits.head_timeout)
         try:
@@ -354,6 +371,7 @@ class HTTPConnection:
             parts = [head]
             if body and not head_only:
                 parts.append(self._encode(h11.Data(data=body)))
+                self._sent_body = len(body)
             parts.append(self._encode(h11.EndOfMessage()))
             await self._write(b"".join(parts))
             return
@@ -401,6 +419,8 @@ class HTTPConnection:
             raise
 
     async def _send(self, event: h11.Event) -> None:
+        if type(event) is h11.Data:
+            self._sent_body += len(event.data)
         data = self._encode(event)
         if data:
             await self._write(data)
@@ -461,6 +481,7 @@ class HTTPConnection:
                 "a 2xx answer to CONNECT opens a tunnel: use request.hijack(response)"
             )
         self._response_started = True
+        self._status = response.status
         return self._encode(
             h11.Response(
                 status_code=response.status,
@@ -503,6 +524,9 @@ class HTTPConnection:
             await self._send_response(_error_response(status), head_only=False)
         except (_CloseConnection, h11.LocalProtocolError):
             return
+        finally:
+            if self.server.reporting:
+                self._report(None)
         self._linger = True
 
     # -- reading the body ------------------------------------------------
@@ -556,6 +580,9 @@ class HTTPConnection:
                 raise HijackError("a hijack response carries no body")
             head = _serialize_head(response, self._head_headers_for_hijack(response))
             await self._write(head)
+            self._status = response.status
+        if self.server.reporting and self._request is not None:
+            self._report(self._request)
         # Every byte we received went to h11; what it did not consume is
         # exactly what the client sent after the consumed part.
         buffered, _closed = self.h11.trailing_data
@@ -567,6 +594,27 @@ class HTTPConnection:
         self.connection.set_state(ConnState.HIJACKED)
         self.server.track_hijacked(hijacked)
         return hijacked
+
+    def _report(self, request: Request | None) -> None:
+        """The exchange is over: hand its record to the access log and the
+        server's ``on_request`` hooks."""
+        clock_start, wall_start = self._started
+        headers = request.headers if request is not None else None
+        self.server.report(
+            AccessRecord(
+                self.connection,
+                request.method if request is not None else "-",
+                request.target if request is not None else "-",
+                request.http_version if request is not None else "1.1",
+                self._status,
+                self._sent_body,
+                wall_start,
+                trio.current_time() - clock_start,
+                headers.get("user-agent", "") if headers is not None else "",
+                headers.get("referer", "") if headers is not None else "",
+                headers.get("upgrade", "").lower() if headers is not None else "",
+            )
+        )
 
     def _head_headers_for_hijack(self, response: Response) -> list[tuple[bytes, bytes]]:
         names = {k.lower() for k, _ in response.headers}

@@ -27,7 +27,7 @@ from typing import Any
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, TunnelHook, relay
 from ._policy import (
     BadConnectTarget,
     ConnectError,
@@ -86,6 +86,7 @@ class _Tunnel:
     outcome: str = "error"
     reason: str = ""
     address: str = ""
+    port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
 
 
@@ -106,7 +107,8 @@ class ConnectProxy:
     ``max_tunnels`` bounds the tunnels open at once, counted from the policy
     check to the end of the relay (``open_tunnels``). ``resolver`` (called
     like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
-    tests.
+    tests. ``on_tunnel(outcome, port, stats)`` is called when each CONNECT
+    ends (metrics use it), with the outcome of its log line.
 
     Resource handling: the upstream stream is dialled before answering, so a
     client only sees ``200`` when the upstream accepted. The handler then
@@ -128,6 +130,7 @@ class ConnectProxy:
         fallback: Handler | None = None,
         resolver: Resolver = trio.socket.getaddrinfo,
         dial: Dialer = dial_tcp,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -143,6 +146,7 @@ class ConnectProxy:
         self.fallback = fallback
         self._resolver = resolver
         self._dial = dial
+        self.on_tunnel = on_tunnel
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -185,6 +189,7 @@ class ConnectProxy:
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
+        tunnel.port = port
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         if not self._authorized(request):
@@ -265,6 +270,8 @@ class ConnectProxy:
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
+        if self.on_tunnel is not None:
+            self.on_tunnel(tunnel.outcome, tunnel.port, stats)
         logger.info(
             "CONNECT %s -> %s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,

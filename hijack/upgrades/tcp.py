@@ -13,7 +13,7 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, TunnelHook, relay
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -65,11 +65,13 @@ class TCPUpgrade:
         connect_timeout: float = 10.0,
         idle_timeout: float | None = 300.0,
         fallback: Handler | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         self.upstream = upstream
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
+        self.on_tunnel = on_tunnel
 
     def __repr__(self) -> str:
         host, port = self.upstream
@@ -104,6 +106,8 @@ class TCPUpgrade:
         finally:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
+            if self.on_tunnel is not None:
+                self.on_tunnel(outcome, self.upstream[1], stats)
             logger.info(
                 "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
