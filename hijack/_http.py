@@ -39,6 +39,10 @@ RECEIVE_SIZE = 65536
 # to keep the connection alive; past it, close instead (Go does the same).
 DRAIN_LIMIT = 256 * 1024
 SERVER_HEADER = (b"server", b"hijack")
+# At shutdown, how long a connection accepted but silent may take to send
+# its first request (Go waits 5 s for StateNew; a balancer's connection
+# sends at once, so 1 s is plenty and keeps shutdown quick).
+NEW_CONNECTION_SHUTDOWN_WAIT = 1.0
 # Lingering close after an error answer: at most this long, this many bytes.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
@@ -96,6 +100,7 @@ class HTTPConnection:
         "_exchange",
         "_hijacked",
         "_idle_scope",
+        "_idle_is_new",
         "_linger",
         "_must_close",
         "_request",
@@ -119,6 +124,7 @@ class HTTPConnection:
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
         self._idle_scope: trio.CancelScope | None = None
+        self._idle_is_new = False
         self._linger = False
         self._hijacked: Hijacked | None = None
         self._request: Request | None = None
@@ -140,8 +146,14 @@ class HTTPConnection:
         """Graceful shutdown: end the keep-alive wait now; let a request in
         flight finish (its response says ``Connection: close``)."""
         self.connection.shutdown_requested.set()
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        scope = self._idle_scope
+        if scope is not None:
+            if self._idle_is_new:
+                scope.deadline = min(
+                    scope.deadline, trio.current_time() + NEW_CONNECTION_SHUTDOWN_WAIT
+                )
+            else:
+                scope.cancel()
 
     # -- the connection loop -------------------------------------------------
 
@@ -235,12 +247,18 @@ class HTTPConnection:
         # keep-alive requests it starts at the first byte of the next one.
         deadline = now + _or_inf(limits.head_timeout) if first else None
         if not self._has_partial_request():
-            # Idle: between requests, or a new connection. Shutdown ends it.
-            if self.server.shutting_down:
+            # Idle between requests: shutdown ends it. A new connection gets
+            # a moment to send its first request (Go's StateNew rule): it
+            # was accepted from the queue a moment ago, and closing it
+            # unanswered would refuse a client during a rolling restart.
+            if self.server.shutting_down and not first:
                 return None
             wait_until = deadline or now + _or_inf(limits.idle_timeout)
+            if first and self.server.shutting_down:
+                wait_until = min(wait_until, now + NEW_CONNECTION_SHUTDOWN_WAIT)
             with trio.CancelScope(deadline=wait_until) as scope:
                 self._idle_scope = scope
+                self._idle_is_new = first
                 try:
                     await self._receive()
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
