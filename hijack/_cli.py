@@ -154,6 +154,8 @@ async def _serve(
             _call(server.serve_listeners, opened.listeners, ssl_context=ssl_context)
         )
         metrics_server = None
+        if worker:
+            nursery.start_soon(_process.watch_lifeline)
         if metrics is not None:
             nursery.start_soon(metrics.sample_forever, server)
             if not worker:

@@ -35,7 +35,14 @@ from ._access_log import JSONAccessFormatter, access_logger
 from ._listeners import open_unix_listener
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._server import Server
-from ._supervisor import WORKER_FDS_ENV, Supervisor, signal_ready, worker_command
+from ._supervisor import (
+    WORKER_FDS_ENV,
+    Supervisor,
+    WorkerStartError,
+    signal_ready,
+    watch_lifeline,
+    worker_command,
+)
 from ._systemd import listeners_from_fds, notify, systemd_listen_fds
 
 __all__ = [
@@ -47,6 +54,7 @@ __all__ = [
     "serve_signals",
     "setup_access_log",
     "tls_context",
+    "watch_lifeline",
 ]
 
 logger = logging.getLogger("hijack")
@@ -115,7 +123,13 @@ def tls_context(args: argparse.Namespace) -> ssl.SSLContext | None:
     if args.tls_cert is None or args.tls_key is None:
         raise SystemExit("hijack: --tls-cert and --tls-key go together")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(args.tls_cert, args.tls_key)
+    try:
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise SystemExit(
+            f"hijack: cannot load --tls-cert {args.tls_cert} --tls-key "
+            f"{args.tls_key}: {exc}"
+        ) from None
     return context
 
 
@@ -217,10 +231,20 @@ def ready(health: Health) -> None:
 
 
 def run_supervisor(args: argparse.Namespace, argv: Sequence[str]) -> None:
-    trio.run(_supervise, args, list(argv))
+    try:
+        trio.run(_supervise, args, list(argv))
+    except BaseExceptionGroup as group:  # from the supervisor's nurseries
+        failed = group.subgroup(WorkerStartError)
+        if failed is None:
+            raise
+        first: BaseException = failed
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise SystemExit(f"hijack: {first}") from None
 
 
 async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
+    tls_context(args)  # a bad certificate: one clear error, before any worker
     fds = systemd_listen_fds()
     own: list[Any] = []
     if not fds:

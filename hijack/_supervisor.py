@@ -53,12 +53,27 @@ logger = logging.getLogger("hijack.supervisor")
 
 WORKER_FDS_ENV = "HIJACK_WORKER_FDS"
 WORKER_READY_ENV = "HIJACK_WORKER_READY_FD"
+WORKER_LIFELINE_ENV = "HIJACK_WORKER_LIFELINE_FD"
 #: How long a new worker may take to import, build its handler and serve.
 START_TIMEOUT = 30.0
 #: Past the workers' own grace, before SIGKILL.
 KILL_MARGIN = 2.0
 #: A worker that lived less than this is crash-looping: pause before restart.
 MIN_UPTIME = 1.0
+
+
+async def watch_lifeline() -> None:
+    """In a worker: when the supervisor is gone (killed, even by SIGKILL),
+    the lifeline pipe reads EOF; drain and exit as on SIGTERM rather than
+    serve on unsupervised."""
+    fd_text = os.environ.pop(WORKER_LIFELINE_ENV, "")
+    if not fd_text:
+        return
+    async with trio.lowlevel.FdStream(int(fd_text)) as lifeline:
+        while await lifeline.receive_some(1):
+            pass
+    logger.warning("the supervisor is gone: shutting down")
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def signal_ready() -> None:
@@ -118,6 +133,9 @@ class Supervisor:
         self.restarts = 0
         self._reloading = False
         self._alive: set[_Worker] = set()  # current and retiring ones
+        # Workers hold the read end; ours closes when we exit, however.
+        self._lifeline_read, self._lifeline_write = os.pipe()
+        self.env[WORKER_LIFELINE_ENV] = str(self._lifeline_read)
         self._nursery: trio.Nursery | None = None
 
     @property
@@ -128,6 +146,14 @@ class Supervisor:
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Start the workers, then handle signals until they all stopped."""
+        try:
+            await self._run(task_status)
+        finally:
+            self._kill_all()  # only if something failed: else all are gone
+            os.close(self._lifeline_read)
+            os.close(self._lifeline_write)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         with trio.open_signal_receiver(
             signal.SIGTERM, signal.SIGINT, signal.SIGHUP
         ) as signals:
@@ -158,7 +184,7 @@ class Supervisor:
             process = await trio.lowlevel.open_process(
                 self.command,
                 env=env,
-                pass_fds=(*self.listen_fds, write_fd),
+                pass_fds=(*self.listen_fds, write_fd, self._lifeline_read),
                 start_new_session=True,
             )
         finally:
@@ -176,8 +202,7 @@ class Supervisor:
         worker.retiring = True
         _signal(worker, signal.SIGKILL)
         raise WorkerStartError(
-            f"worker {process.pid} did not start (exit code {process.returncode}); "
-            "see its error above"
+            f"worker {process.pid} did not start; see its error above"
         )
 
     async def _watch(self, worker: _Worker) -> None:

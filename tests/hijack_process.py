@@ -1,0 +1,110 @@
+"""Run the ``hijack`` command as a real process and read what it prints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from .conftest import read_until_closed
+
+#: Real time: one process start on a loaded 2-core box, bounded.
+START_TIMEOUT = 30
+
+
+class HijackProcess:
+    """``hijack ARGS...``: stdout and stderr collected as they come."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stdout = ""
+        self.stderr = ""
+        self._changed = trio.Event()
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+        async for chunk in stream:
+            setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+            self._changed.set()
+            self._changed = trio.Event()
+
+    async def wait_for(self, pattern: str, *, stream: str = "stdout") -> re.Match[str]:
+        """The first match of ``pattern`` in the output, waiting for it."""
+        with trio.fail_after(START_TIMEOUT):
+            while True:
+                match = re.search(pattern, getattr(self, stream))
+                if match:
+                    return match
+                if self.process.returncode is not None:
+                    raise AssertionError(
+                        f"exited ({self.process.returncode}) before {pattern!r}:\n"
+                        f"{self.stdout}\n{self.stderr}"
+                    )
+                await self._changed.wait()
+
+    async def port(self) -> int:
+        return int((await self.wait_for(r"listening on https?://[^ ]+:(\d+)"))[1])
+
+    async def metrics_port(self) -> int:
+        return int((await self.wait_for(r"metrics on http://[^ ]+:(\d+)"))[1])
+
+    async def pids(self) -> list[int]:
+        match = await self.wait_for(r"workers: ([\d ]+)\)")
+        return [int(pid) for pid in match[1].split()]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = START_TIMEOUT) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def run_hijack(
+    args: Sequence[str], *, env: dict[str, str] | None = None
+) -> AsyncIterator[HijackProcess]:
+    """Start ``python -m hijack ARGS``; on exit, SIGKILL it (and its whole
+    session: workers) if it is still running."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "hijack", *args],
+        stdout=-1,
+        stderr=-1,
+        env=dict(os.environ, **(env or {})),
+        start_new_session=True,
+    )
+    runner = HijackProcess(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None and process.stderr is not None
+            nursery.start_soon(runner._pump, process.stdout, "stdout")
+            nursery.start_soon(runner._pump, process.stderr, "stderr")
+            try:
+                yield runner
+            finally:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+    finally:
+        await process.aclose()
+
+
+async def http_get(
+    port: int, path: str = "/", *, host: str = "127.0.0.1"
+) -> tuple[int, bytes]:
+    """One request on a fresh connection (``Connection: close``)."""
+    stream = await trio.open_tcp_stream(host, port)
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = await read_until_closed(stream)
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head else 0
+    return status, body
