@@ -92,7 +92,9 @@ async def run_hijack(
                 with trio.CancelScope(shield=True):
                     await process.wait()
     finally:
-        await process.aclose()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
 
 
 async def http_get(
