@@ -14,6 +14,7 @@ $(STAMP): pyproject.toml
 # Debian packages the end-to-end tests drive (curl is the CONNECT client).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@command -v systemd-socket-activate >/dev/null || { apt-get update -q && apt-get install -y -q systemd; }
 
 demo: $(STAMP)
 	$(VENV)/bin/hijack demo
