@@ -22,6 +22,7 @@ from ._config import Limits
 from ._config_file import with_config_file
 from ._http import Handler
 from ._message import Request, Response
+from ._relay import TunnelHook
 from ._process import add_serving_options, run_supervisor, setup_access_log
 from ._server import Server
 from ._supervisor import WORKER_FDS_ENV
@@ -91,7 +92,7 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     )
 
 
-def demo_handler(port: int) -> Handler:
+def demo_handler(port: int, on_tunnel: TunnelHook | None = None) -> Handler:
     """Everything on one port. The CONNECT proxy and the TCP upgrade both
     reach this very server (127.0.0.1:port), so a tunnel works out of the
     box with nothing else running."""
@@ -100,9 +101,10 @@ def demo_handler(port: int) -> Handler:
     from .upgrades.websocket import make_echo_handler
 
     echo = make_echo_handler()
-    tcp = TCPUpgrade(("127.0.0.1", port))
+    tcp = TCPUpgrade(("127.0.0.1", port), on_tunnel=on_tunnel)
     proxy = ConnectProxy(
-        ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",))
+        ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",)),
+        on_tunnel=on_tunnel,
     )
 
     async def demo(request: Request) -> Response | None:
@@ -121,7 +123,7 @@ def demo_handler(port: int) -> Handler:
 def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     if port is None:
         raise SystemExit("hijack demo: needs --listen (it tunnels to itself)")
-    return demo_handler(port)
+    return demo_handler(port, args.on_tunnel)
 
 
 # -- running ------------------------------------------------------------------
