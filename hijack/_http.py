@@ -19,12 +19,12 @@ from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Protocol
 
+import h11
 import trio
 
 from ._access_log import AccessRecord
 from ._config import Limits
 from ._connection import Connection, ConnState
-from ._h11 import h11
 from ._hijack import Hijacked, HijackError
 from ._message import Headers, HTTPError, Request, Response, phrase
 
@@ -212,8 +212,8 @@ class HTTPConnection:
 
     async def _receive(self) -> None:
         data = await self.stream.receive_some(RECEIVE_SIZE)
-        if type(data) is not bytes:  # memory streams give bytearray; mypyc h11
-            data = bytes(data)  # takes bytes only
+        if type(data) is not bytes:  # memory streams give bytearray; h11 is
+            data = bytes(data)  # typed for bytes
         self.h11.receive_data(data)
 
     async def _next_event_before(
