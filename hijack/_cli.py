@@ -22,8 +22,8 @@ from ._config import Limits
 from ._config_file import with_config_file
 from ._http import Handler
 from ._message import Request, Response
-from ._relay import TunnelHook
 from ._process import add_serving_options, run_supervisor, setup_access_log
+from ._relay import TunnelHook
 from ._server import Server
 from ._supervisor import WORKER_FDS_ENV
 

@@ -162,9 +162,13 @@ async def test_tls_and_a_certificate_reload(tmp_path: Path, workers: str) -> Non
         second.cert_chain_pems[0].write_to_path(str(cert))
         second.private_key_pem.write_to_path(str(key))
         hijack.signal(signal.SIGHUP)
-        await hijack.wait_for(
-            "reloaded" if workers == "1" else "reload done", stream="stderr"
-        )
+        if workers == "1":
+            await hijack.wait_for("reloaded", stream="stderr")
+        else:
+            # Until an old worker has taken its SIGTERM, it may still accept
+            # (and serve, with the certificate it has): wait for them to go.
+            for pid in await hijack.pids():
+                await hijack.wait_for(rf"worker {pid} exited", stream="stderr")
         new = await open_tls(port)
         assert _serial(new) == _serial_of(second)
         await new.send_all(request)
