@@ -104,6 +104,9 @@ class Supervisor:
     ``command`` is the argv that starts one worker (the same ``hijack``
     command line). ``on_readiness(ready)`` is told when the service becomes
     ready (all workers serve) and when it stops being ready (shutdown).
+    ``new_session``: start workers in their own session, so a terminal's
+    Ctrl-C reaches the supervisor only (a benchmark turns it off to count
+    the workers' CPU with the supervisor's process group).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         on_readiness: Callable[[bool], None] = lambda ready: None,
         on_worker_exit: Callable[[int], None] = lambda pid: None,
+        new_session: bool = True,
     ) -> None:
         if count < 1:
             raise ValueError("workers must be >= 1")
@@ -128,6 +132,7 @@ class Supervisor:
         self.env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks for all
         self.on_readiness = on_readiness
         self.on_worker_exit = on_worker_exit
+        self.new_session = new_session
         self.workers: list[_Worker] = []  # the current generation, in slots
         self.stopping = False
         self.restarts = 0
@@ -185,7 +190,7 @@ class Supervisor:
                 self.command,
                 env=env,
                 pass_fds=(*self.listen_fds, write_fd, self._lifeline_read),
-                start_new_session=True,
+                start_new_session=self.new_session,
             )
         finally:
             os.close(write_fd)
