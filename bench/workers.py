@@ -109,11 +109,12 @@ def row_workers(b: Bench) -> None:
                     note = f"{failures} failures" if failures else ""
                     b.add(row, workload, name, rate, unit, note,
                           cpu=_per(cpu_s, rate, window))  # fmt: skip
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     b.notes.append(
         f"whole-machine rows: the load generator (4 client processes, or wrk's "
         f"one thread) runs on the same 2 cores as the {WORKERS} workers, so "
         "the workers never get 2 cores to themselves; other helpers were "
-        "loading the machine too."
+        f"loading the machine too (load average {load} at the end of the row)."
     )
     for row, _, _ in cases:
         one = [r for r in b.results if r.row == row and r.server == HIJACK]
