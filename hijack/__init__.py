@@ -10,9 +10,11 @@ from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
 from ._connection import TLSInfo as TLSInfo
+from ._errors import ClientDisconnected as ClientDisconnected
+from ._errors import HijackError as HijackError
+from ._errors import UsageError as UsageError
+from ._exchange import Handler as Handler
 from ._hijack import Hijacked as Hijacked
-from ._hijack import HijackError as HijackError
-from ._http import Handler as Handler
 from ._listeners import UnixSocketListener as UnixSocketListener
 from ._listeners import open_unix_listener as open_unix_listener
 from ._message import Headers as Headers
@@ -29,6 +31,7 @@ from ._systemd import systemd_listen_fds as systemd_listen_fds
 
 __all__ = [
     "AccessRecord",
+    "ClientDisconnected",
     "ConnState",
     "Connection",
     "HTTPError",
@@ -47,6 +50,7 @@ __all__ = [
     "TLSInfo",
     "TunnelHook",
     "UnixSocketListener",
+    "UsageError",
     "listeners_from_fds",
     "open_unix_listener",
     "relay",

@@ -22,7 +22,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import trio
+
 from ._connection import Connection
+from ._message import Request
 
 __all__ = ["AccessRecord", "JSONAccessFormatter", "RequestHook", "log_access"]
 
@@ -76,6 +79,37 @@ class AccessRecord:
 
 
 RequestHook = Callable[[AccessRecord], None]
+
+
+def make_record(
+    connection: Connection,
+    request: Request | None,
+    status: int | None,
+    body_bytes: int,
+    head_started: tuple[float, float],
+) -> AccessRecord:
+    """The record of an exchange that began at ``head_started`` (trio clock,
+    wall clock); ``request`` is None for a head refused before parsing."""
+    clock_start, wall_start = head_started
+    duration = trio.current_time() - clock_start
+    if request is None:
+        return AccessRecord(
+            connection, "-", "-", "1.1", status, body_bytes, wall_start, duration
+        )
+    headers = request.headers
+    return AccessRecord(
+        connection,
+        request.method,
+        request.target,
+        request.http_version,
+        status,
+        body_bytes,
+        wall_start,
+        duration,
+        headers.get("user-agent", ""),
+        headers.get("referer", ""),
+        headers.get("upgrade", "").lower(),
+    )
 
 
 def format_clf(record: AccessRecord) -> str:

@@ -20,7 +20,7 @@ import trio
 
 from ._config import Limits
 from ._config_file import with_config_file
-from ._http import Handler
+from ._exchange import Handler
 from ._message import Request, Response
 from ._process import add_serving_options, run_supervisor, setup_access_log
 from ._relay import TunnelHook
@@ -194,7 +194,8 @@ def _show_host(host: str) -> str:
 
 
 async def _forward(args: argparse.Namespace) -> None:
-    from .upgrades.forward import forward_stdio, serve_forward
+    from ._stdio import forward_stdio
+    from .upgrades.forward import serve_forward
 
     target = args.target
     if args.mode == "upgrade":
@@ -413,9 +414,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     if args.command == "forward":
+        from .upgrades.forward import TunnelError
+
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
-        trio.run(_forward, args)
+        try:
+            trio.run(_forward, args)
+        except (TunnelError, OSError) as exc:
+            print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+            return 1
         return 0
     setup_access_log(args.access_log_format)
     if args.workers > 1 and WORKER_FDS_ENV not in os.environ:

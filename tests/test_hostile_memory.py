@@ -14,7 +14,6 @@ single step.
 from __future__ import annotations
 
 import itertools
-import os
 import statistics
 import subprocess
 import sys
@@ -122,7 +121,6 @@ async def test_hostile_input_does_not_grow_rss(
     pid, port = server
     raw = HOSTILE[kind]
     await feed(port, raw, WARM_UP)
-    fds_before = len(os.listdir(f"/proc/{pid}/fd"))
     sizes = [rss_bytes(pid)]
     for _ in range(BATCHES):
         await feed(port, raw, BATCH)
@@ -132,4 +130,3 @@ async def test_hostile_input_does_not_grow_rss(
     assert per_connection < MAX_BYTES_PER_CONNECTION, (
         f"{kind}: RSS grew by {growth} bytes in batches of {BATCH} connections"
     )
-    assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_before
