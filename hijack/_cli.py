@@ -81,7 +81,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.websocket import make_echo_handler
 
-    return make_echo_handler()
+    return make_echo_handler(on_close=args.on_websocket_close)
 
 
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -92,7 +92,11 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     )
 
 
-def demo_handler(port: int, on_tunnel: TunnelHook | None = None) -> Handler:
+def demo_handler(
+    port: int,
+    on_tunnel: TunnelHook | None = None,
+    on_websocket_close: Callable[[Any], None] | None = None,
+) -> Handler:
     """Everything on one port. The CONNECT proxy and the TCP upgrade both
     reach this very server (127.0.0.1:port), so a tunnel works out of the
     box with nothing else running."""
@@ -100,7 +104,7 @@ def demo_handler(port: int, on_tunnel: TunnelHook | None = None) -> Handler:
     from .upgrades.tcp import TCPUpgrade, is_tcp_upgrade
     from .upgrades.websocket import make_echo_handler
 
-    echo = make_echo_handler()
+    echo = make_echo_handler(on_close=on_websocket_close)
     tcp = TCPUpgrade(("127.0.0.1", port), on_tunnel=on_tunnel)
     proxy = ConnectProxy(
         ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",)),
@@ -123,7 +127,7 @@ def demo_handler(port: int, on_tunnel: TunnelHook | None = None) -> Handler:
 def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     if port is None:
         raise SystemExit("hijack demo: needs --listen (it tunnels to itself)")
-    return demo_handler(port, args.on_tunnel)
+    return demo_handler(port, args.on_tunnel, args.on_websocket_close)
 
 
 # -- running ------------------------------------------------------------------
@@ -143,6 +147,7 @@ async def _serve(
     metrics = Metrics().install() if args.metrics is not None else None
     if metrics is not None:
         args.on_tunnel = metrics.on_tunnel
+        args.on_websocket_close = metrics.on_websocket_close
     async with trio.open_nursery() as nursery:
         fds = _process.inherited_fds()
         opened = await _process.open_listeners(args, fds, tls=ssl_context is not None)
@@ -168,6 +173,7 @@ async def _serve(
         def reload() -> None:
             new = reparse()
             new.on_tunnel = args.on_tunnel
+            new.on_websocket_close = args.on_websocket_close
             server.handler = make_handler(new, opened.port)
             if ssl_context is not None and new.tls_cert and new.tls_key:
                 ssl_context.load_cert_chain(new.tls_cert, new.tls_key)

@@ -22,6 +22,8 @@ Names (all prefixed ``hijack_``), as listed in the README:
   tunnels_total{outcome,port}  counter: CONNECT and Upgrade: tcp, at the end
   relay_bytes_total{direction} counter: up (client to upstream), down
   websocket_connections_total  counter: 101 answers to Upgrade: websocket
+  websocket_messages_total{direction} counter: in, out; added when each
+                               WebSocket closes
   accept_errors_total          counter: accept() failures (EMFILE...)
   proxy_protocol_rejections_total{reason} counter (PROXY protocol, in)
 """
@@ -110,6 +112,10 @@ class Metrics:
             "hijack_websocket_connections", "WebSocket connections opened",
             registry=r,
         )  # fmt: skip
+        self.websocket_messages = prom.Counter(
+            "hijack_websocket_messages", "WebSocket messages, counted at close",
+            ["direction"], registry=r,
+        )  # fmt: skip
         self.accept_errors = prom.Counter(
             "hijack_accept_errors", "accept() failures", registry=r
         )
@@ -141,6 +147,11 @@ class Metrics:
         self.tunnels.labels(outcome, "-" if port is None else str(port)).inc()
         self.relay_bytes.labels("up").inc(stats.a_to_b)
         self.relay_bytes.labels("down").inc(stats.b_to_a)
+
+    def on_websocket_close(self, ws: Any) -> None:
+        """For ``websocket_handler(on_close=...)``: ``ws`` is a WebSocket."""
+        self.websocket_messages.labels("in").inc(ws.messages_received)
+        self.websocket_messages.labels("out").inc(ws.messages_sent)
 
     def sample(self, server: Server) -> None:
         counts = dict.fromkeys(_GAUGE_STATES, 0)

@@ -102,7 +102,7 @@ def add_serving_options(parser: argparse.ArgumentParser) -> None:
         help="on SIGTERM, time in-flight requests and tunnels get to finish "
         "(default: 10)",
     )
-    parser.set_defaults(on_tunnel=None)
+    parser.set_defaults(on_tunnel=None, on_websocket_close=None)
 
 
 def setup_access_log(fmt: str) -> None:

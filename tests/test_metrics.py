@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from hijack import Request, Response
 from hijack._metrics import Metrics, count_proxy_protocol_rejection
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer, read_exactly, read_until, read_until_closed
 from .hijack_process import http_get, run_hijack
 
 
@@ -113,6 +113,9 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
             assert (await read_until(websocket, b"\r\n\r\n")).startswith(
                 b"HTTP/1.1 101 "
             )
+            # Three masked text frames "a" (RFC 6455 5.2; mask 0 keeps it plain).
+            await websocket.send_all(b"\x81\x81\x00\x00\x00\x00a" * 3)
+            assert await read_exactly(websocket, 9) == b"\x81\x01a" * 3
         # CONNECT tunnels to the server itself: one used and closed, one
         # left open.
         hello = b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -124,8 +127,14 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         with trio.fail_after(10):  # gauges are sampled every second
             while True:
                 samples = await _scrape(metrics_port)
-                if _value(samples, "hijack_hijacked_open") == 1 and _value(
-                    samples, "hijack_tunnels_total", outcome="ok", port=str(port)
+                if (
+                    _value(samples, "hijack_hijacked_open") == 1
+                    and _value(
+                        samples, "hijack_tunnels_total", outcome="ok", port=str(port)
+                    )
+                    and _value(
+                        samples, "hijack_websocket_messages_total", direction="out"
+                    )
                 ):
                     break
                 await trio.sleep(0.2)
@@ -141,6 +150,11 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         assert _value(samples, "hijack_requests_total", status="200") == 23
         assert _value(samples, "hijack_requests_total", status="101") == 1
         assert _value(samples, "hijack_websocket_connections_total") == 1
+        for direction in ("in", "out"):
+            assert (
+                _value(samples, "hijack_websocket_messages_total", direction=direction)
+                == 3
+            )
         assert _value(samples, "hijack_connections_accepted_total") >= 22
         # pids of workers that wrote samples: requests came to both.
         assert len(re.findall(r"worker \d+ serving", hijack.stderr)) == 2
