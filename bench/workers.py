@@ -27,14 +27,17 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from procs import BENCH, BENCH_PY, LOGS
 
 if TYPE_CHECKING:
+    import trio
     from run import Bench
+
+    import hijack
 
 WORKERS = 2
 #: The supervisor's worker protocol (hijack/_supervisor.py).
@@ -178,8 +181,10 @@ def pid_worker(mode: str, where: str) -> None:
     trio.run(main)
 
 
-async def _serve_reuse_port(server: object, port: int, task_status: object) -> None:
-    await server.serve_tcp(port, reuse_port=True, task_status=task_status)  # type: ignore[attr-defined]
+async def _serve_reuse_port(
+    server: hijack.Server, port: int, task_status: trio.TaskStatus[Any]
+) -> None:
+    await server.serve_tcp(port, reuse_port=True, task_status=task_status)
 
 
 def _start_pid_worker(mode: str, where: str, fd: int | None) -> subprocess.Popen[bytes]:

@@ -32,7 +32,7 @@ from typing import Any
 import trio
 
 from ._access_log import JSONAccessFormatter, access_logger
-from ._listeners import open_unix_listener
+from ._listeners import UnixSocketListener, open_unix_listener
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._server import Server
 from ._supervisor import (
@@ -160,6 +160,8 @@ async def open_listeners(
         listeners = await trio.open_tcp_listeners(port, host=host)
     sock = listeners[0].socket
     name = sock.getsockname()
+    if isinstance(listeners[0], UnixSocketListener):  # bound elsewhere, renamed
+        return Opened(listeners, f"unix:{listeners[0].path}", None)
     if sock.family == socket.AF_UNIX:
         return Opened(listeners, f"unix:{name}", None)
     host = f"[{name[0]}]" if ":" in name[0] else name[0]

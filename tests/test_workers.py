@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 
 import trio
 
@@ -138,3 +139,19 @@ async def test_one_worker_keeps_serving_a_keep_alive_connection_through_reload()
             assert data.startswith(b"HTTP/1.1 200 ")
         hijack.signal(signal.SIGTERM)
         assert await hijack.wait() == 0
+
+
+async def test_workers_on_a_unix_socket(tmp_path: Path) -> None:
+    path = str(tmp_path / "hijack.sock")
+    async with run_hijack(["echo", "--unix", path, "--workers", "2"]) as hijack:
+        await hijack.wait_for(rf"listening on unix:{re.escape(path)} \(2 workers")
+        for _ in range(4):
+            stream = await trio.open_unix_socket(path)
+            async with stream:
+                await stream.send_all(
+                    b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+                assert (await read_until_closed(stream)).startswith(b"HTTP/1.1 200 ")
+        hijack.signal(signal.SIGTERM)
+        assert await hijack.wait() == 0
+    assert not os.path.exists(path)
