@@ -80,6 +80,15 @@ def test_proxy_protocol_rejections_counter_is_there_for_the_reader() -> None:
     )
 
 
+async def _sampled(port: int, name: str, value: float, **labels: str) -> None:
+    """Scrape until ``name{labels}`` reads ``value`` (bounded)."""
+    with trio.fail_after(10):
+        while True:
+            if _value(await _scrape(port), name, **labels) == value:
+                return
+            await trio.sleep(0.1)
+
+
 def _websocket_upgrade() -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
     return (
@@ -170,4 +179,26 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         answer = await read_until_closed(tunnel)
         assert b"hello from hijack" in answer
         await tunnel.aclose()
+        assert await hijack.wait() == 0
+
+
+async def test_one_process_readyz_turns_503_before_the_drain_ends() -> None:
+    args = ["echo", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
+    async with run_hijack([*args, "--shutdown-grace", "20"]) as hijack:
+        port = await hijack.port()
+        metrics_port = await hijack.metrics_port()
+        busy = await trio.open_tcp_stream("127.0.0.1", port)
+        await busy.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")  # in flight
+        assert (await http_get(metrics_port, "/readyz"))[0] == 200
+        # The server is reading it (gauges are sampled every second).
+        await _sampled(metrics_port, "hijack_connections", 1, state="active")
+        hijack.signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            # Polling, as a balancer does: there is no event to wait on.
+            while (await http_get(metrics_port, "/readyz"))[0] != 503:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+        assert (await http_get(metrics_port, "/healthz"))[0] == 200
+        await busy.send_all(b"\r\n")
+        assert (await read_until_closed(busy)).startswith(b"HTTP/1.1 200 ")
+        await busy.aclose()
         assert await hijack.wait() == 0
