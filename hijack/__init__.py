@@ -5,6 +5,9 @@ Public API only; the code lives in private modules.
 
 from ._access_log import AccessRecord as AccessRecord
 from ._access_log import JSONAccessFormatter as JSONAccessFormatter
+from ._address import format_address as format_address
+from ._address import join_host_port as join_host_port
+from ._address import split_host_port as split_host_port
 from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
@@ -51,9 +54,12 @@ __all__ = [
     "TunnelHook",
     "UnixSocketListener",
     "UsageError",
+    "format_address",
+    "join_host_port",
     "listeners_from_fds",
     "open_unix_listener",
     "relay",
+    "split_host_port",
     "systemd_listen_fds",
 ]
 

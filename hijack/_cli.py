@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._config_file import with_config_file
 from ._exchange import Handler
@@ -33,16 +34,11 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def parse_host_port(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, port
+    """``host:port`` or ``[v6]:port`` -> ``(host, port)``, for argparse."""
+    try:
+        return split_host_port(text, allow_zero_port=allow_zero)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {exc}") from None
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -195,10 +191,6 @@ async def _serve(
         nursery.cancel_scope.cancel()  # the metrics sampler
 
 
-def _show_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
-
-
 async def _forward(args: argparse.Namespace) -> None:
     from ._stdio import forward_stdio
     from .upgrades.forward import serve_forward
@@ -216,7 +208,7 @@ async def _forward(args: argparse.Namespace) -> None:
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
-        print(f"hijack forward listening on {_show_host(host)}:{port}", flush=True)
+        print(f"hijack forward listening on {join_host_port(host, port)}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break

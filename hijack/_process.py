@@ -32,6 +32,7 @@ from typing import Any
 import trio
 
 from ._access_log import JSONAccessFormatter, access_logger
+from ._address import join_host_port
 from ._listeners import UnixSocketListener, open_unix_listener
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._server import Server
@@ -164,10 +165,8 @@ async def open_listeners(
         return Opened(listeners, f"unix:{listeners[0].path}", None)
     if sock.family == socket.AF_UNIX:
         return Opened(listeners, f"unix:{name}", None)
-    host = f"[{name[0]}]" if ":" in name[0] else name[0]
-    return Opened(
-        listeners, f"{'https' if tls else 'http'}://{host}:{name[1]}", name[1]
-    )
+    scheme = "https" if tls else "http"
+    return Opened(listeners, f"{scheme}://{join_host_port(*name[:2])}", name[1])
 
 
 async def serve_signals(

@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 
 import trio
 
-from .conftest import read_until_closed
+from .helpers import ask
 
 #: Real time: one process start on a loaded 2-core box, bounded.
 START_TIMEOUT = 30
@@ -97,16 +97,8 @@ async def run_hijack(
                 await pipe.aclose()
 
 
-async def http_get(
-    port: int, path: str = "/", *, host: str = "127.0.0.1"
-) -> tuple[int, bytes]:
-    """One request on a fresh connection (``Connection: close``)."""
-    stream = await trio.open_tcp_stream(host, port)
-    async with stream:
-        await stream.send_all(
-            f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
-        )
-        data = await read_until_closed(stream)
-    head, _, body = data.partition(b"\r\n\r\n")
-    status = int(head.split(b" ", 2)[1]) if head else 0
-    return status, body
+async def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
+    """One GET on a fresh connection to 127.0.0.1: (status, body)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    response = await ask(port, request.encode())
+    return response.status, response.body

@@ -12,20 +12,14 @@ import trio
 
 from hijack import AccessRecord, JSONAccessFormatter, Request, Response
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import exchange, read_until
 from .hijack_process import run_hijack
 
 CLF = re.compile(
     r"^(?P<host>\S+) - - \[(?P<time>\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4})\] "
     r'"(?P<line>(?:[^"\\]|\\.)*)" (?P<status>\d{3}|-) (?P<bytes>\d+|-)$'
 )
-
-
-async def _exchange(port: int, data: bytes) -> bytes:
-    stream = await trio.open_tcp_stream("127.0.0.1", port)
-    async with stream:
-        await stream.send_all(data)
-        return await read_until_closed(stream)
 
 
 async def test_one_clf_line_per_exchange(
@@ -44,16 +38,16 @@ async def test_one_clf_line_per_exchange(
 
     _, port = await start_server(handler, on_request=records.append)
     caplog.set_level(logging.INFO, logger="hijack.access")
-    await _exchange(
+    await exchange(
         port,
         b'GET /a?b="c" HTTP/1.1\r\nHost: x\r\nUser-Agent: t/1\r\nConnection: close\r\n\r\n',
     )
-    await _exchange(port, b"HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    await _exchange(
+    await exchange(port, b"HEAD /a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    await exchange(
         port,
         b"GET /up HTTP/1.1\r\nHost: x\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
     )
-    await _exchange(port, b"BAD REQUEST\r\n\r\n")
+    await exchange(port, b"BAD REQUEST\r\n\r\n")
     lines = [r.getMessage() for r in caplog.records if r.name == "hijack.access"]
     assert len(lines) == 4, lines
     parsed = [CLF.match(line) for line in lines]
@@ -83,7 +77,7 @@ async def test_cli_json_access_log() -> None:
     args = ["echo", "--listen", "127.0.0.1:0", "--access-log-format", "json"]
     async with run_hijack(args) as hijack:
         port = await hijack.port()
-        data = await _exchange(
+        data = await exchange(
             port, b"GET /nothing HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         assert data.startswith(b"HTTP/1.1 404 ")
@@ -101,7 +95,7 @@ async def test_cli_json_access_log() -> None:
 async def test_cli_access_log_off_and_clf_default() -> None:
     async with run_hijack(["echo", "--listen", "127.0.0.1:0"]) as hijack:
         port = await hijack.port()
-        await _exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         match = await hijack.wait_for(r"hijack\.access INFO (.*)\n", stream="stderr")
         assert CLF.match(match[1]), match[1]
     args = ["echo", "--listen", "127.0.0.1:0", "--access-log-format", "off"]

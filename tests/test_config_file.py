@@ -16,7 +16,8 @@ from hijack import Request, Response
 from hijack._cli import build_parser
 from hijack._config_file import with_config_file
 
-from .conftest import StartServer, read_until
+from .conftest import StartServer
+from .helpers import read_until
 from .hijack_process import run_hijack
 
 

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from hijack import Request, Response
 from hijack._metrics import Metrics, count_proxy_protocol_rejection
 
-from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_exactly, read_until, read_until_closed
 from .hijack_process import http_get, run_hijack
 
 

@@ -9,8 +9,9 @@ import trio.testing
 
 from hijack import Limits, Request, Response, Server
 from hijack._http import NEW_CONNECTION_SHUTDOWN_WAIT
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 

@@ -15,7 +15,7 @@ import trio
 from hijack import listeners_from_fds, systemd_listen_fds
 from hijack._systemd import notify
 
-from .conftest import read_until_closed
+from .helpers import read_until_closed
 from .hijack_process import START_TIMEOUT
 
 

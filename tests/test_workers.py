@@ -11,7 +11,7 @@ from pathlib import Path
 
 import trio
 
-from .conftest import read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 from .hijack_process import http_get, run_hijack
 
 ECHO = ["echo", "--listen", "127.0.0.1:0", "--workers", "2"]

@@ -13,7 +13,17 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, TunnelHook, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    TunnelHook,
+    format_address,
+    join_host_port,
+    relay,
+)
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -30,14 +40,6 @@ def is_tcp_upgrade(request: Request) -> bool:
     return "upgrade" in headers.tokens("connection") and "tcp" in headers.tokens(
         "upgrade"
     )
-
-
-def _peer(request: Request) -> str:
-    address = request.connection.remote_address
-    if isinstance(address, tuple):
-        host, port = address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address or "unix")
 
 
 class TCPUpgrade:
@@ -75,17 +77,14 @@ class TCPUpgrade:
 
     def __repr__(self) -> str:
         host, port = self.upstream
-        return f"<TCPUpgrade upstream={host}:{port}>"
+        return f"<TCPUpgrade upstream={join_host_port(host, port)}>"
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_tcp_upgrade(request):
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                426,
-                headers=UPGRADE_HEADERS,
-                body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
-            )
+            needs = "this endpoint needs Connection: Upgrade, Upgrade: tcp"
+            return HTTPError(426, needs, UPGRADE_HEADERS).response()
         if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
@@ -111,7 +110,7 @@ class TCPUpgrade:
             logger.info(
                 "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
-                _peer(request),
+                format_address(request.connection.remote_address),
                 *self.upstream,
                 outcome,
                 stats.a_to_b,
@@ -135,7 +134,7 @@ class TCPUpgrade:
         logger.warning(
             "connection %d %s -> %s:%d dial failed (%s): answered %d",
             request.connection.id,
-            _peer(request),
+            format_address(request.connection.remote_address),
             host,
             port,
             why,

@@ -34,7 +34,7 @@ from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
 from websockets.server import ServerProtocol
 
-from ... import Connection, Headers
+from ... import Connection, Headers, ReplayStream
 from ._errors import ConnectionClosed
 from ._keepalive import keep_alive
 
@@ -169,10 +169,12 @@ class WebSocket:
 
     @property
     def close_code(self) -> int | None:
+        """The close code once closing started (ours or the peer's), else None."""
         return None if self._close is None else self._close[0]
 
     @property
     def close_reason(self) -> str | None:
+        """The close reason once closing started, else None."""
         return None if self._close is None else self._close[1]
 
     # -- receiving -------------------------------------------------------------
@@ -418,12 +420,15 @@ class WebSocket:
                 await self._write(data)
             else:
                 owed.popleft()
-                if isinstance(self._stream, trio.abc.HalfCloseableStream):
+                stream = self._stream
+                if isinstance(stream, trio.abc.HalfCloseableStream) and (
+                    not isinstance(stream, ReplayStream) or stream.can_send_eof
+                ):
                     # TLS cannot half-close: close() cuts after draining.
                     with contextlib.suppress(
                         trio.BrokenResourceError, trio.ClosedResourceError
                     ):
-                        await self._stream.send_eof()
+                        await stream.send_eof()
         if self._handshake_over():
             await self._close_transport()
 
