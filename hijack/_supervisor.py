@@ -164,8 +164,7 @@ class Supervisor:
         ) as signals:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                for _ in range(self.count):
-                    self.workers.append(await self._start_worker())
+                await self._start_first_workers()
                 self.on_readiness(True)
                 notify("READY=1")
                 task_status.started()
@@ -180,6 +179,18 @@ class Supervisor:
                             self._kill_all()  # second Ctrl-C: stop now
                         else:
                             nursery.start_soon(self._stop)
+
+    async def _start_first_workers(self) -> None:
+        """All at once: each spends most of its start importing, in parallel."""
+        started: list[_Worker | None] = [None] * self.count
+
+        async def start(slot: int) -> None:
+            started[slot] = await self._start_worker()
+
+        async with trio.open_nursery() as nursery:
+            for slot in range(self.count):
+                nursery.start_soon(start, slot)
+        self.workers = [worker for worker in started if worker is not None]
 
     async def _start_worker(self) -> _Worker:
         """Spawn one worker and wait until it serves (or fail loudly)."""
