@@ -77,7 +77,13 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.websocket import make_echo_handler
 
-    return make_echo_handler(on_close=args.on_websocket_close)
+    return make_echo_handler(
+        max_message_size=args.max_message_size,
+        compression=None if args.no_compression else "deflate",
+        ping_interval=args.ping_interval or None,  # 0 turns keepalive off
+        ping_timeout=args.ping_timeout,
+        on_close=args.on_websocket_close,
+    )
 
 
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -327,6 +333,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket echo server with a page to try it in a browser",
         description="A WebSocket echo server: GET / serves a page that opens a "
         "WebSocket to this server and echoes what you type.",
+    )
+    echo.add_argument(
+        "--max-message-size",
+        type=int,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="bigger incoming messages (inflated size) close with 1009 "
+        "(default: 1048576)",
+    )
+    echo.add_argument(
+        "--no-compression",
+        action="store_true",
+        help="never negotiate permessage-deflate (on by default)",
+    )
+    echo.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="keepalive ping every SECONDS, 0 for none (default: 20)",
+    )
+    echo.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="close with 1011 when a pong takes longer (default: 20)",
     )
     echo.set_defaults(run=_echo_handler)
 

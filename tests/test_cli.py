@@ -50,7 +50,17 @@ def test_parse_host_port_rejects(text: str) -> None:
                 "--auth",
             ],
         ),
-        ("echo", ["--listen", "--unix"]),
+        (
+            "echo",
+            [
+                "--listen",
+                "--unix",
+                "--max-message-size",
+                "--no-compression",
+                "--ping-interval",
+                "--ping-timeout",
+            ],
+        ),
         ("tcp", ["--listen", "--unix", "--upstream"]),
         ("forward", ["--listen", "--via", "--target", "--mode"]),
         ("demo", ["--listen", "--unix"]),

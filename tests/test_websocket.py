@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
 from websockets.protocol import OPEN
@@ -36,6 +35,7 @@ from wsproto.events import (
 
 from hijack import Connection, ConnState, Request, Response
 from hijack.upgrades.websocket import (
+    ClientProtocol,
     ConnectionClosed,
     WebSocket,
     make_echo_handler,
@@ -821,7 +821,8 @@ async def test_unit_client_side_websocket_shares_the_api() -> None:
     protocol = ClientProtocol(WS_URI, state=OPEN)
     client = WebSocket(client_stream, protocol=protocol, close_timeout=5)
     server = WebSocket(server_stream, Connection(1, server_stream), close_timeout=5)
-    assert client.connection is None
+    with pytest.raises(RuntimeError):
+        client.connection  # noqa: B018
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo, server)
         await client.send("text")
@@ -834,3 +835,18 @@ async def test_unit_client_side_websocket_shares_the_api() -> None:
     assert server.close_code == 1000
     with pytest.raises(ConnectionClosed):
         await client.send("late")
+
+
+async def test_unit_close_between_fragments_is_honoured() -> None:
+    """RFC 6455 5.4 lets control frames, close included, come between the
+    fragments of a message (Autobahn 7.1.5): the close is answered with its
+    own code, not failed with 1002; the unfinished message is dropped."""
+    ws, peer, _ = pair()
+    await peer.send(TextMessage(data="fragment1", message_finished=False))
+    await peer.stream.send_all(masked_frame(0x8, (1000).to_bytes(2, "big")))
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.receive()
+    assert info.value.code == 1000
+    events = await peer.until(CloseConnection)
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
+    assert await read_until_closed(peer.stream) == b""

@@ -34,6 +34,7 @@ from .. import (
     Response,
     TunnelHook,
     format_address,
+    join_host_port,
     relay,
 )
 from ._policy import (
@@ -232,11 +233,13 @@ class ConnectProxy:
                     except OSError as exc:
                         errors.append(f"{address}: {exc.strerror or exc}")
                 raise UpstreamError(
-                    f"cannot connect to {host}:{port}: " + "; ".join(errors)
+                    f"cannot connect to {join_host_port(host, port)}: "
+                    + "; ".join(errors)
                 )
         except trio.TooSlowError:
             raise _Timeout(
-                f"no connection to {host}:{port} within {self.connect_timeout}s"
+                f"no connection to {join_host_port(host, port)} within "
+                f"{self.connect_timeout}s"
             ) from None
 
     def _authorized(self, request: Request) -> bool:

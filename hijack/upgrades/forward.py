@@ -200,7 +200,7 @@ async def serve_forward(
         try:
             tunnel = await open_tunnel(via, target, mode, auth=auth)
         except (OSError, TunnelError) as exc:
-            logger.warning("cannot open a tunnel via %s:%d: %s", *via, exc)
+            logger.warning("cannot open a tunnel via %s: %s", join_host_port(*via), exc)
             await trio.aclose_forcefully(local)
             return
         await relay(local, tunnel)

@@ -108,10 +108,10 @@ class TCPUpgrade:
             if self.on_tunnel is not None:
                 self.on_tunnel(outcome, self.upstream[1], stats)
             logger.info(
-                "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
                 format_address(request.connection.remote_address),
-                *self.upstream,
+                join_host_port(*self.upstream),
                 outcome,
                 stats.a_to_b,
                 stats.b_to_a,
@@ -121,22 +121,22 @@ class TCPUpgrade:
 
     async def _dial(self, request: Request) -> trio.SocketStream:
         host, port = self.upstream
+        where = join_host_port(host, port)
         try:
             with trio.fail_after(self.connect_timeout):
                 return await trio.open_tcp_stream(host, port)
         except trio.TooSlowError:
-            failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
+            failure = HTTPError(504, f"upstream {where} did not answer in time")
             why = f"timed out after {self.connect_timeout}s"
         except OSError as exc:
             # The client gets no OS detail; the log does.
-            failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
+            failure = HTTPError(502, f"cannot connect to upstream {where}")
             why = str(exc)
         logger.warning(
-            "connection %d %s -> %s:%d dial failed (%s): answered %d",
+            "connection %d %s -> %s dial failed (%s): answered %d",
             request.connection.id,
             format_address(request.connection.remote_address),
-            host,
-            port,
+            where,
             why,
             failure.status,
         )
