@@ -2,7 +2,8 @@
 
 Keys are the long option names, with dashes or underscores
 (``allow-port = [443, 8443]``, ``allow_private = true``,
-``listen = "0.0.0.0:8080"``). The file is turned into command-line tokens
+``listen = "0.0.0.0:8080"``), the command's own (``log-level``) included.
+The file is turned into command-line tokens
 placed before the real ones, so argparse checks and converts both the same
 way, and an option given on the command line wins: for single options
 because the later one counts, for repeatable options (and for the
@@ -38,15 +39,21 @@ def with_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> li
     except (OSError, tomllib.TOMLDecodeError) as exc:
         subparser.error(f"--config {path}: {exc}")
     given = _given_options(subparser, rest)
+    given_before = _given_options(parser, argv[:command])
     tokens: list[str] = []
+    tokens_before: list[str] = []  # options of the command itself: --log-level
     for key, value in table.items():
         action = _action_for(subparser, key)
-        if action is None or action.dest == "config":
+        if action is not None and action.dest not in ("config", "help"):
+            if action.dest not in given:  # else the command line says otherwise
+                tokens.extend(_tokens(subparser, path, key, action, value))
+            continue
+        action = _action_for(parser, key)
+        if action is None or isinstance(action, argparse._HelpAction):
             subparser.error(f"--config {path}: unknown option {key!r}")
-        if action.dest in given:
-            continue  # the command line says otherwise
-        tokens.extend(_tokens(subparser, path, key, action, value))
-    return [*argv[: command + 1], *tokens, *rest]
+        if action.dest not in given_before:
+            tokens_before.extend(_tokens(parser, path, key, action, value))
+    return [*tokens_before, *argv[: command + 1], *tokens, *rest]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

@@ -35,8 +35,14 @@ def test_file_options_and_flags_that_override_them(tmp_path: Path) -> None:
         "max-tunnels = 5\n"
         "workers = 3\n"
         'metrics = "127.0.0.1:9100"\n'
+        'log-level = "DEBUG"\n'
     )
     args = _parse(["proxy", "--config", str(config)])
+    assert args.log_level == "DEBUG"  # an option of the hijack command itself
+    assert (
+        _parse(["--log-level", "ERROR", "proxy", "--config", str(config)]).log_level
+        == "ERROR"
+    )
     assert args.listen == ("127.0.0.1", 9999)
     assert args.allow_port == [8443, 9443]
     assert args.allow_private is True
