@@ -150,51 +150,56 @@ async def _serve(
     if metrics is not None:
         args.on_tunnel = metrics.on_tunnel
         args.on_websocket_close = metrics.on_websocket_close
-    async with trio.open_nursery() as nursery:
-        fds = _process.inherited_fds()
-        opened = await _process.open_listeners(args, fds, tls=ssl_context is not None)
-        server = Server(
-            make_handler(args, opened.port),
-            limits=Limits(shutdown_grace=args.shutdown_grace),
-            on_state=() if metrics is None else metrics.on_state,
-            on_request=() if metrics is None else metrics.on_request,
-        )
-        await nursery.start(
-            _call(server.serve_listeners, opened.listeners, ssl_context=ssl_context)
-        )
-        metrics_server = None
-        if worker:
-            nursery.start_soon(_process.watch_lifeline)
-        if metrics is not None:
-            nursery.start_soon(metrics.sample_forever, server)
-            if not worker:
-                metrics_server = await _process.serve_metrics(
-                    nursery, args.metrics, health, metrics
-                )
-
-        def reload() -> None:
-            new = reparse()
-            new.on_tunnel = args.on_tunnel
-            new.on_websocket_close = args.on_websocket_close
-            server.handler = make_handler(new, opened.port)
-            if ssl_context is not None and new.tls_cert and new.tls_key:
-                ssl_context.load_cert_chain(new.tls_cert, new.tls_key)
-
-        where = opened.where
-        _process.ready(health)
-        if not worker:
-            print(f"hijack {args.command} listening on {where}", flush=True)
-        if args.command == "demo" and not worker:
-            print(
-                f"try: curl {where}/hello\n"
-                f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
-                f"     open {where}/ in a browser (WebSocket echo)",
-                flush=True,
+    with _process.open_signals() as signals:
+        async with trio.open_nursery() as nursery:
+            fds = _process.inherited_fds()
+            opened = await _process.open_listeners(
+                args, fds, tls=ssl_context is not None
             )
-        await _process.serve_signals(server, nursery, health=health, reload=reload)
-        if metrics_server is not None:
-            await metrics_server.shutdown(grace=0)
-        nursery.cancel_scope.cancel()  # the metrics sampler
+            server = Server(
+                make_handler(args, opened.port),
+                limits=Limits(shutdown_grace=args.shutdown_grace),
+                on_state=() if metrics is None else metrics.on_state,
+                on_request=() if metrics is None else metrics.on_request,
+            )
+            await nursery.start(
+                _call(server.serve_listeners, opened.listeners, ssl_context=ssl_context)
+            )
+            metrics_server = None
+            if worker:
+                nursery.start_soon(_process.watch_lifeline)
+            if metrics is not None:
+                nursery.start_soon(metrics.sample_forever, server)
+                if not worker:
+                    metrics_server = await _process.serve_metrics(
+                        nursery, args.metrics, health, metrics
+                    )
+
+            def reload() -> None:
+                new = reparse()
+                new.on_tunnel = args.on_tunnel
+                new.on_websocket_close = args.on_websocket_close
+                server.handler = make_handler(new, opened.port)
+                if ssl_context is not None and new.tls_cert and new.tls_key:
+                    ssl_context.load_cert_chain(new.tls_cert, new.tls_key)
+
+            where = opened.where
+            _process.ready(health)
+            if not worker:
+                print(f"hijack {args.command} listening on {where}", flush=True)
+            if args.command == "demo" and not worker:
+                print(
+                    f"try: curl {where}/hello\n"
+                    f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
+                    f"     open {where}/ in a browser (WebSocket echo)",
+                    flush=True,
+                )
+            await _process.serve_signals(
+                signals, server, nursery, health=health, reload=reload
+            )
+            if metrics_server is not None:
+                await metrics_server.shutdown(grace=0)
+            nursery.cancel_scope.cancel()  # the metrics sampler
 
 
 async def _forward(args: argparse.Namespace) -> None:

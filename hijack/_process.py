@@ -17,6 +17,7 @@ each new worker reading everything afresh.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import socket
 import ssl
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +52,7 @@ __all__ = [
     "add_serving_options",
     "inherited_fds",
     "open_listeners",
+    "open_signals",
     "run_supervisor",
     "serve_signals",
     "setup_access_log",
@@ -169,7 +171,15 @@ async def open_listeners(
     return Opened(listeners, f"{scheme}://{join_host_port(*name[:2])}", name[1])
 
 
+def open_signals() -> contextlib.AbstractContextManager[AsyncIterator[int]]:
+    """The signals a serving process handles. Open them before it says it
+    serves (the listening line, READY): until then a SIGHUP or SIGTERM would
+    get the default action, which kills the process on the spot."""
+    return trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
 async def serve_signals(
+    signals: AsyncIterator[int],
     server: Server,
     nursery: trio.Nursery,
     *,
@@ -178,34 +188,29 @@ async def serve_signals(
 ) -> None:
     """SIGHUP: ``reload()``. SIGINT/SIGTERM: not ready, ``STOPPING=1``,
     graceful shutdown; a second one cancels ``nursery`` (stop now)."""
-    with trio.open_signal_receiver(
-        signal.SIGINT, signal.SIGTERM, signal.SIGHUP
-    ) as signals:
-        async for signum in signals:
-            if signum != signal.SIGHUP:
-                break
-            try:
-                reload()
-                logger.info("reloaded")
-            except (Exception, SystemExit) as exc:
-                logger.error(
-                    "reload failed, keeping the running configuration: %s", exc
-                )
-        health.ready = False
-        notify("STOPPING=1")
-        print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-        async with trio.open_nursery() as inner:
+    async for signum in signals:
+        if signum != signal.SIGHUP:
+            break
+        try:
+            reload()
+            logger.info("reloaded")
+        except (Exception, SystemExit) as exc:
+            logger.error("reload failed, keeping the running configuration: %s", exc)
+    health.ready = False
+    notify("STOPPING=1")
+    print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+    async with trio.open_nursery() as inner:
 
-            async def second_signal() -> None:
-                async for signum in signals:
-                    if signum != signal.SIGHUP:
-                        nursery.cancel_scope.cancel()
-                        inner.cancel_scope.cancel()
-                        return
+        async def second_signal() -> None:
+            async for signum in signals:
+                if signum != signal.SIGHUP:
+                    nursery.cancel_scope.cancel()
+                    inner.cancel_scope.cancel()
+                    return
 
-            inner.start_soon(second_signal)
-            await server.shutdown()
-            inner.cancel_scope.cancel()
+        inner.start_soon(second_signal)
+        await server.shutdown()
+        inner.cancel_scope.cancel()
 
 
 async def serve_metrics(

@@ -31,6 +31,8 @@ class HijackProcess:
             setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
             self._changed.set()
             self._changed = trio.Event()
+        await self.process.wait()  # EOF: wake wait_for() to see the exit
+        self._changed.set()
 
     async def wait_for(self, pattern: str, *, stream: str = "stdout") -> re.Match[str]:
         """The first match of ``pattern`` in the output, waiting for it."""

@@ -18,7 +18,7 @@ from hijack._config_file import with_config_file
 
 from .conftest import StartServer
 from .helpers import read_until
-from .hijack_process import run_hijack
+from .hijack_process import http_get, run_hijack
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
@@ -194,3 +194,21 @@ def _serial_of(cert: trustme.LeafCert) -> int:
 
     pem = cert.cert_chain_pems[0].bytes()
     return x509.load_pem_x509_certificate(pem).serial_number
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_broken_file_on_reload_keeps_the_running_server(
+    tmp_path: Path, workers: str
+) -> None:
+    config = tmp_path / "echo.toml"
+    config.write_text(f'listen = "127.0.0.1:0"\nworkers = {workers}\n')
+    async with run_hijack(["echo", "--config", str(config)]) as hijack:
+        port = await hijack.port()
+        config.write_text("max-tunnels = \n")  # not TOML
+        hijack.signal(signal.SIGHUP)
+        await hijack.wait_for(r"reload failed, keeping the running", stream="stderr")
+        assert (await http_get(port))[0] == 200
+        if workers == "2":
+            assert "reload done" not in hijack.stderr
+        hijack.signal(signal.SIGTERM)
+        assert await hijack.wait() == 0
