@@ -25,7 +25,7 @@ from typing import Any
 import trio
 
 from ._connection import Connection
-from ._message import Request
+from ._message import Headers
 
 __all__ = ["AccessRecord", "JSONAccessFormatter", "RequestHook", "log_access"]
 
@@ -83,25 +83,26 @@ RequestHook = Callable[[AccessRecord], None]
 
 def make_record(
     connection: Connection,
-    request: Request | None,
+    head: tuple[str, str, str, Headers] | None,
     status: int | None,
     body_bytes: int,
     head_started: tuple[float, float],
 ) -> AccessRecord:
     """The record of an exchange that began at ``head_started`` (trio clock,
-    wall clock); ``request`` is None for a head refused before parsing."""
+    wall clock). ``head``: method, target, HTTP version and headers; None
+    for a head refused before it could be parsed."""
     clock_start, wall_start = head_started
     duration = trio.current_time() - clock_start
-    if request is None:
+    if head is None:
         return AccessRecord(
             connection, "-", "-", "1.1", status, body_bytes, wall_start, duration
         )
-    headers = request.headers
+    method, target, version, headers = head
     return AccessRecord(
         connection,
-        request.method,
-        request.target,
-        request.http_version,
+        method,
+        target,
+        version,
         status,
         body_bytes,
         wall_start,

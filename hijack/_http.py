@@ -75,11 +75,13 @@ class HTTPConnection:
         "head_started",
         "linger",
         "server",
+        "stream",
     )
 
     def __init__(self, server: ServerSide, connection: Connection) -> None:
         self.server = server
         self.connection = connection
+        self.stream = connection.stream
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
@@ -91,10 +93,6 @@ class HTTPConnection:
         self.linger = False
         #: A write or read failed: the client is gone.
         self.broken = False
-
-    @property
-    def stream(self) -> trio.abc.Stream:
-        return self.connection.stream
 
     @property
     def parser(self) -> h11.Connection:
