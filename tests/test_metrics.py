@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import base64
+import errno
 import os
 import re
 import signal
@@ -11,8 +12,9 @@ import signal
 import trio
 from prometheus_client.parser import text_string_to_metric_families
 
-from hijack import Request, Response
+from hijack import Request, Response, Server
 from hijack._metrics import Metrics, count_proxy_protocol_rejection
+from hijack.testing import MemoryListener
 
 from .conftest import StartServer
 from .helpers import read_exactly, read_until, read_until_closed
@@ -203,3 +205,37 @@ async def test_one_process_readyz_turns_503_before_the_drain_ends() -> None:
         assert (await read_until_closed(busy)).startswith(b"HTTP/1.1 200 ")
         await busy.aclose()
         assert await hijack.wait() == 0
+
+
+class _FailingOnce(MemoryListener):
+    """Out of file descriptors for the first accept, then fine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def accept(self) -> trio.abc.Stream:
+        if self.failures:
+            self.failures -= 1
+            await trio.lowlevel.checkpoint()
+            raise OSError(errno.EMFILE, "Too many open files")
+        return await super().accept()
+
+
+async def test_accept_errors_are_counted(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    metrics = Metrics().install()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=b"ok")
+
+    server = Server(handler)
+    listener = _FailingOnce()
+    await nursery.start(server.serve_listeners, [listener])
+    client = await listener.connect()  # accepted once the retry comes round
+    async with client:
+        await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert (await read_until_closed(client)).startswith(b"HTTP/1.1 200 ")
+    assert metrics.registry.get_sample_value("hijack_accept_errors_total") == 1
+    await server.shutdown(grace=0)
