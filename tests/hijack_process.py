@@ -25,12 +25,19 @@ class HijackProcess:
         self.stdout = ""
         self.stderr = ""
         self._changed = trio.Event()
+        #: Set when stdout and stderr both reached EOF: every process that
+        #: held them (the command, its workers) has exited.
+        self.output_closed = trio.Event()
+        self._open_outputs = 2
 
     async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
         async for chunk in stream:
             setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
             self._changed.set()
             self._changed = trio.Event()
+        self._open_outputs -= 1
+        if not self._open_outputs:
+            self.output_closed.set()
         await self.process.wait()  # EOF: wake wait_for() to see the exit
         self._changed.set()
 

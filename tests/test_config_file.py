@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import signal
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,3 +214,22 @@ async def test_a_broken_file_on_reload_keeps_the_running_server(
             assert "reload done" not in hijack.stderr
         hijack.signal(signal.SIGTERM)
         assert await hijack.wait() == 0
+
+
+@pytest.mark.parametrize(
+    ("flags", "error"),
+    [
+        (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", "none.pem", "--tls-key", "none.key"], "cannot load --tls-cert"),
+    ],
+)
+def test_tls_options_errors(tmp_path: Path, flags: list[str], error: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "hijack", "echo", "--listen", "127.0.0.1:0", *flags],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 1
+    assert error in done.stderr

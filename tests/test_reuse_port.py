@@ -46,3 +46,17 @@ async def test_servers_with_reuse_port_share_a_fixed_port(
 async def test_reuse_port_needs_a_fixed_port() -> None:
     with pytest.raises(ValueError, match="fixed port"):
         await Server(functools.partial(_named, b"x")).serve_tcp(0, reuse_port=True)
+
+
+async def test_a_port_taken_without_reuse_port_is_an_error_and_leaks_nothing(
+    no_leaks: None,
+) -> None:
+    # A plain listener on [::1]:port: the IPv4 socket binds, the IPv6 one
+    # cannot, and the IPv4 one must be closed again.
+    with socket.socket(socket.AF_INET6) as blocker:
+        blocker.bind(("::1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        server = Server(functools.partial(_named, b"x"))
+        with pytest.raises(OSError):
+            await server.serve_tcp(port, None, reuse_port=True)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import trio
@@ -18,11 +20,13 @@ ECHO = ["echo", "--listen", "127.0.0.1:0", "--workers", "2"]
 
 
 def _alive(pid: int) -> bool:
+    """Running (an exited worker whose supervisor died stays a zombie until
+    whoever adopted it reaps it: that is not alive)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
         return False
-    return True
+    return stat[stat.rindex(")") + 2] != "Z"
 
 
 async def test_a_killed_worker_is_restarted() -> None:
@@ -155,3 +159,28 @@ async def test_workers_on_a_unix_socket(tmp_path: Path) -> None:
         hijack.signal(signal.SIGTERM)
         assert await hijack.wait() == 0
     assert not os.path.exists(path)
+
+
+async def test_workers_stop_when_the_supervisor_is_gone() -> None:
+    async with run_hijack(ECHO) as hijack:
+        await hijack.port()
+        pids = await hijack.pids()
+        os.kill(hijack.process.pid, signal.SIGKILL)  # no chance to clean up
+        with trio.fail_after(20):  # the workers hold stderr until they exit
+            await hijack.output_closed.wait()
+        # Each worker saw its lifeline close and drained.
+        assert hijack.stderr.count("the supervisor is gone: shutting down") == 2
+        assert not any(_alive(pid) for pid in pids)
+
+
+def test_a_worker_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
+    # demo needs a TCP port; each worker fails while building its handler.
+    command = [sys.executable, "-m", "hijack", "demo", "--unix", str(tmp_path / "s")]
+    done = subprocess.run(
+        [*command, "--workers", "2"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "needs --listen" in done.stderr
+    assert re.search(
+        r"hijack: worker \d+ did not start; see its error above", done.stderr
+    )
