@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,metrics]'
 	touch $(STAMP)
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client,
@@ -20,6 +20,7 @@ sysdeps:
 	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
 	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || { apt-get update -q && apt-get install -y -q libnginx-mod-stream; }
 	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+	@command -v systemd-socket-activate >/dev/null || { apt-get update -q && apt-get install -y -q systemd; }
 
 # Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
 NODE_CLIENTS := tests/node/node_modules/.package-lock.json

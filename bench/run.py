@@ -5,7 +5,7 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale), ``--profile`` (sample the
+throughput, setup, echo, ws, http, idle, scale, workers), ``--profile`` (sample the
 hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
@@ -46,6 +46,7 @@ from procs import (
     free_port,
 )
 from profile_summary import summarize
+from workers import row_workers
 
 VENV_BIN = BENCH / ".venv" / "bin"
 HIJACK = "hijack"
@@ -467,6 +468,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "http": row_http,
     "idle": row_idle,
     "scale": row_scale,
+    "workers": row_workers,
 }
 
 

@@ -25,13 +25,16 @@ from typing import Any
 
 import trio
 
+from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._exchange import Handler
 from ._http import HTTPConnection
 from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
+from ._metrics import count_accept_error
 from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
+from ._reuse_port import open_tcp_listeners_reuse_port
 from ._tls import handshake, wrap_server_side
 
 __all__ = ["Server"]
@@ -55,7 +58,10 @@ class Server:
     transition, in order (Go's ``Server.ConnState``). ``on_connect(connection)``
     runs when a connection opens, before any byte is read, to fill
     ``connection.context`` (Go's ``ConnContext``); if it raises, the
-    connection is closed.
+    connection is closed. ``on_request(record)`` hooks get an
+    :class:`~hijack.AccessRecord` when each HTTP exchange ends (the same
+    record the ``hijack.access`` logger writes; ``access_log=False`` keeps
+    this server off that logger, e.g. for a health-check listener).
 
     Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
     given. With an ``ssl_context``, the server installs its own
@@ -70,6 +76,8 @@ class Server:
         limits: Limits | None = None,
         on_state: StateHook | Sequence[StateHook] = (),
         on_connect: ConnectHook | None = None,
+        on_request: RequestHook | Sequence[RequestHook] = (),
+        access_log: bool = True,
     ) -> None:
         self.handler = handler
         self.limits = limits or Limits()
@@ -77,6 +85,10 @@ class Server:
             (on_state,) if callable(on_state) else tuple(on_state)
         )
         self._on_connect = on_connect
+        self._request_hooks: tuple[RequestHook, ...] = (
+            (on_request,) if callable(on_request) else tuple(on_request)
+        )
+        self._access_log = access_log
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._capacity = trio.Semaphore(self.limits.max_connections)
@@ -116,6 +128,22 @@ class Server:
         (detached ones included)."""
         return sum(1 for c in self._connections.values() if c.hijacked_open)
 
+    @property
+    def reporting(self) -> bool:
+        """Whether anyone wants exchange records (so none is built in vain)."""
+        return bool(self._request_hooks) or (
+            self._access_log and access_logger.isEnabledFor(logging.INFO)
+        )
+
+    def report(self, record: AccessRecord) -> None:
+        if self._access_log:
+            log_access(record)
+        for hook in self._request_hooks:
+            try:
+                hook(record)
+            except Exception:
+                logger.exception("on_request hook %r failed", hook)
+
     # -- serving -------------------------------------------------------------
 
     async def serve_tcp(
@@ -126,6 +154,7 @@ class Server:
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 4096,
         proxy_protocol: ProxyProtocol | None = None,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[
             list[trio.SocketListener]
         ] = trio.TASK_STATUS_IGNORED,
@@ -133,8 +162,16 @@ class Server:
         """Serve on TCP (``host=None`` or ``""``: every interface, IPv4 and
         IPv6). ``task_status.started()`` gets the listeners: read the bound
         port from ``listeners[0].socket.getsockname()``. ``proxy_protocol``:
-        see :meth:`serve_listeners`."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        see :meth:`serve_listeners`.
+
+        ``reuse_port``: set ``SO_REUSEPORT`` so several processes (each with
+        its own Server) serve one fixed port; the kernel spreads connections.
+        Inherited sockets (systemd, a supervisor) go to
+        :meth:`serve_listeners` through :func:`hijack.listeners_from_fds`."""
+        if reuse_port:
+            listeners = await open_tcp_listeners_reuse_port(port, host, backlog=backlog)
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         await self.serve_listeners(
             listeners,
             ssl_context=ssl_context,
@@ -219,9 +256,10 @@ class Server:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful shutdown, Go's ``Server.Shutdown`` plus hijacked
-        connections: stop accepting and close the listeners; close idle and
-        brand-new connections now; let in-flight requests finish (their
-        response says ``Connection: close``); set ``shutdown_requested``, the
+        connections: stop accepting and close the listeners; close idle
+        connections now (one accepted but still silent gets 1 s to send its
+        first request, Go's ``StateNew`` rule); let in-flight requests finish
+        (their response says ``Connection: close``); set ``shutdown_requested``, the
         one event every connection shares, so owners of hijacked streams can
         say goodbye in their protocol; after ``grace`` seconds (default
         ``limits.shutdown_grace``) cancel the handlers still running and
@@ -260,6 +298,7 @@ class Server:
                 stream = await listener.accept()
             except OSError as exc:
                 self._capacity.release()
+                count_accept_error()
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     logger.log(
                         logging.DEBUG if failing else logging.ERROR,

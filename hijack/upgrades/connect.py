@@ -32,6 +32,7 @@ from .. import (
     RelayStats,
     Request,
     Response,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
@@ -95,6 +96,7 @@ class _Tunnel:
     outcome: str = "error"
     reason: str = ""
     address: str = ""
+    port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
 
 
@@ -111,6 +113,8 @@ class ConnectProxy:
     tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
     PROXY protocol header of that version naming the client
     (``connection.remote_address``) for an upstream that accepts one.
+    ``on_tunnel(outcome, port, stats)`` is called when each CONNECT
+    ends (metrics use it), with the outcome of its log line.
 
     Resource handling: the upstream stream is dialled before answering, so a
     client only sees ``200`` when the upstream accepted. The handler then
@@ -133,6 +137,7 @@ class ConnectProxy:
         resolver: Resolver = trio.socket.getaddrinfo,
         dial: Dialer = dial_tcp,
         send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -149,6 +154,7 @@ class ConnectProxy:
         self._resolver = resolver
         self._dial = dial
         self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
+        self.on_tunnel = on_tunnel
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -188,6 +194,7 @@ class ConnectProxy:
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
+        tunnel.port = port
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         if not self._authorized(request):
@@ -268,6 +275,8 @@ class ConnectProxy:
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
+        if self.on_tunnel is not None:
+            self.on_tunnel(tunnel.outcome, tunnel.port, stats)
         logger.info(
             "CONNECT %s -> %s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,

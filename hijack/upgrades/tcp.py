@@ -19,6 +19,7 @@ from .. import (
     RelayStats,
     Request,
     Response,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
@@ -70,12 +71,14 @@ class TCPUpgrade:
         idle_timeout: float | None = 300.0,
         fallback: Handler | None = None,
         send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         self.upstream = upstream
         self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
+        self.on_tunnel = on_tunnel
 
     def __repr__(self) -> str:
         host, port = self.upstream
@@ -113,6 +116,8 @@ class TCPUpgrade:
         finally:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
+            if self.on_tunnel is not None:
+                self.on_tunnel(outcome, self.upstream[1], stats)
             logger.info(
                 "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,

@@ -94,6 +94,9 @@ class WebSocket:
     the client side of a connection (same API; the client masks its frames
     and lets the server close TCP first).
 
+    ``messages_received`` / ``messages_sent``: whole messages taken by
+    ``receive()`` and sent by ``send()`` so far.
+
     ``ping_interval`` / ``ping_timeout`` (seconds, None to disable): inside
     ``async with ws``, a ping every ``ping_interval``; a pong missing after
     ``ping_timeout`` fails the connection with 1011.
@@ -122,6 +125,8 @@ class WebSocket:
         self.query = query
         self.headers = headers if headers is not None else Headers([])
         self._stream = stream
+        self.messages_received = 0
+        self.messages_sent = 0
         if protocol is None:
             protocol = ServerProtocol(
                 state=OPEN, max_size=max_message_size, logger=protocol_logger
@@ -198,6 +203,7 @@ class WebSocket:
         while True:
             if self._messages:
                 message = self._messages.popleft()
+                self.messages_received += 1
                 self._notify()  # a ping() may wait for queue room
                 return message
             if self._close is None and self._shutdown.is_set():
@@ -370,6 +376,7 @@ class WebSocket:
             else:
                 self._protocol.send_binary(message)
             await self._flush()
+            self.messages_sent += 1
         finally:
             lock.release()
 
