@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from . import _splice
-from ._replay import ReplayStream
+from ._replay import ReplayStream, close_socket_now
 
 __all__ = ["RelayStats", "relay"]
 
@@ -102,20 +102,11 @@ async def relay(
         stats.timed_out = scope.cancelled_caught
     finally:
         # Plain sockets close at once; anything else (TLS) gets its aclose.
-        pending = [s for s in (a, b) if not _close_socket_now(s)]
+        pending = [s for s in (a, b) if not close_socket_now(s)]
         with trio.CancelScope(shield=True):
             for stream in pending:
                 await trio.aclose_forcefully(stream)
     return stats
-
-
-def _close_socket_now(stream: trio.abc.Stream) -> bool:
-    if isinstance(stream, ReplayStream):
-        return stream.close_socket_now()
-    if isinstance(stream, trio.SocketStream):
-        stream.socket.close()
-        return True
-    return False
 
 
 class _Relay:
