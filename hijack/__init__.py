@@ -11,6 +11,9 @@ from ._connection import TLSInfo as TLSInfo
 from ._hijack import Hijacked as Hijacked
 from ._hijack import HijackError as HijackError
 from ._http import Handler as Handler
+from ._hub import Hub as Hub
+from ._hub import HubTunnel as HubTunnel
+from ._hub import Limiter as Limiter
 from ._listeners import UnixSocketListener as UnixSocketListener
 from ._listeners import open_unix_listener as open_unix_listener
 from ._message import Headers as Headers
@@ -30,6 +33,9 @@ __all__ = [
     "Headers",
     "HijackError",
     "Hijacked",
+    "Hub",
+    "HubTunnel",
+    "Limiter",
     "Limits",
     "PeerCredentials",
     "RelayStats",

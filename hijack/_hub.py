@@ -65,6 +65,9 @@ logger = logging.getLogger("hijack.hub")
 TURN_BYTES = 4 << 20
 #: Copy fallback read size (no pipe could be made).
 COPY_CHUNK = 256 * 1024
+#: A rate-limited flow sleeps at least this long (a limiter answering "now"
+#: must not make the hub spin).
+MIN_PARK = 0.001
 #: Ready sockets collected per ``epoll.poll``; more stay ready for the next.
 MAX_EVENTS = 1024
 
@@ -188,18 +191,21 @@ class _Flow:
                     if limit <= 0:
                         if not self.parked:
                             self.parked = True
-                            tunnel.hub.park(self, tunnel.limiter.resume_at(now))
+                            until = tunnel.limiter.resume_at(now)
+                            tunnel.hub.park(self, max(until, now + MIN_PARK))
                         return False
-                self._read(limit)
+                self._read(limit, now)
                 if not (self.in_pipe or self.buf or self.eof):
                     return False  # src drained: wait for EPOLLIN
         finally:
             if moved:
                 tunnel.moved(moved, self.forward, now)
 
-    def _read(self, limit: int) -> None:
-        """Fill the pipe (or ``buf``) from ``src``; sets ``eof`` on EOF."""
-        pool = self.tunnel.pool
+    def _read(self, limit: int, now: float) -> None:
+        """Fill the pipe (or ``buf``) from ``src``; sets ``eof`` on EOF.
+        A limiter is charged for what was read."""
+        tunnel = self.tunnel
+        pool = tunnel.pool
         try:
             pipe = pool.acquire()
         except OSError:  # EMFILE, ENFILE, ENOMEM: copy through Python
@@ -209,6 +215,8 @@ class _Flow:
                 return
             self.buf = data
             self.eof = not data
+            if data and tunnel.limiter is not None:
+                tunnel.limiter.consume(len(data), now)
             return
         try:
             n = _splice_nb(self.src, pipe.write_fd, min(limit, pipe.size))
@@ -221,6 +229,8 @@ class _Flow:
             return
         self.pipe = pipe
         self.in_pipe = n
+        if tunnel.limiter is not None:
+            tunnel.limiter.consume(n, now)
 
     def drop_pipe(self) -> None:
         pipe, self.pipe = self.pipe, None
@@ -308,8 +318,6 @@ class HubTunnel:
         else:
             self.stats.b_to_a += n
         self.deadline = now + self.timeout
-        if self.limiter is not None:
-            self.limiter.consume(n, now)
 
     async def wait_closed(self) -> None:
         """Return once the tunnel has ended (at once if it has)."""

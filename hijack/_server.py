@@ -24,6 +24,8 @@ from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._hijack import Hijacked
 from ._http import Handler, HTTPConnection
+from ._hub import Hub
+from ._hub import available as hub_available
 from ._listeners import UnixSocketListener, open_unix_listener
 
 __all__ = ["Server"]
@@ -75,6 +77,9 @@ class Server:
         self._stopped = trio.Event()
         self._stopped.set()
         self._closed_one = trio.Event()
+        # The relay hub tunnels are handed to (Linux): run by the first
+        # serve_* call, closed by it.
+        self._hub: Hub | None = None
 
     # -- what the server knows ---------------------------------------------
 
@@ -103,6 +108,7 @@ class Server:
 
     def track_hijacked(self, hijacked: Hijacked) -> None:
         self._hijacked[hijacked.connection.id] = hijacked
+        hijacked.hub = self._hub
 
     # -- serving -------------------------------------------------------------
 
@@ -159,8 +165,12 @@ class Server:
         if self._serving == 0:
             self._stopped = trio.Event()
         self._serving += 1
+        hub = None
         try:
             async with trio.open_nursery() as connection_nursery:
+                if self._hub is None and hub_available():
+                    hub = self._hub = Hub()
+                    await connection_nursery.start(hub.serve)
                 async with trio.open_nursery() as accept_nursery:
                     for listener in listeners:
                         accept_nursery.start_soon(
@@ -174,12 +184,16 @@ class Server:
                 with trio.move_on_at(self._shutdown_deadline):
                     while self._connections:
                         await self._closed_one.wait()
-                # Grace is over: close hijacked streams whose owners are still
-                # at it, and cancel handlers still running.
+                # Grace is over: close hub tunnels and hijacked streams whose
+                # owners are still at it, and cancel handlers still running.
+                if self._hub is not None:
+                    self._hub.close_all()
                 for hijacked in list(self._hijacked.values()):
                     await trio.aclose_forcefully(hijacked)
                 connection_nursery.cancel_scope.cancel()
         finally:
+            if hub is not None:
+                self._hub = None
             for listener in listeners:
                 await trio.aclose_forcefully(listener)
             self._serving -= 1
