@@ -4,7 +4,10 @@
 
 * ``connect``: ``ConnectProxy`` (CONNECT tunnels to the ``--allow-port``
   ports on 127.0.0.1), limits raised so the idle and scale rows are bounded
-  by file descriptors, not by the proxy's default caps.
+  by file descriptors, not by the proxy's default caps. Tunnels go to the
+  relay hub (``--task-relay``: each awaits ``relay()`` in its handler, as
+  before the hub). ``GET /objects`` answers the live Python objects by type
+  (``bench/hub_rows.py`` counts what a tunnel leaves behind).
 * ``echo``: ``request.hijack(Response(101))`` then a raw echo loop.
 * ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
 * ``hello``: keep-alive hello world.
@@ -40,6 +43,9 @@ def main() -> None:
     parser.add_argument(
         "--no-splice", action="store_true", help="relay with the copy loop only"
     )
+    parser.add_argument(
+        "--task-relay", action="store_true", help="no hub: a relay() per tunnel"
+    )
     args = parser.parse_args()
     # hijack picks h11_mypyc by itself when it is installed (hijack[speed]),
     # as it is in bench/.venv: say which one each row measures.
@@ -71,7 +77,12 @@ def main() -> None:
         from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
         policy = ConnectPolicy(allowed_ports=set(args.allow_port), allow_private=True)
-        handler = ConnectProxy(policy, max_tunnels=50_000)
+        handler = ConnectProxy(
+            policy,
+            max_tunnels=50_000,
+            hand_over=not args.task_relay,
+            fallback=objects_handler,
+        )
     elif args.kind == "echo":
         handler = echo_handler
     elif args.kind == "ws":
@@ -87,6 +98,20 @@ def main() -> None:
 
 
 HELLO = b"Hello, world!"
+
+
+async def objects_handler(request: Any) -> Any:
+    """Live gc-tracked objects by type, as JSON (after a full collection)."""
+    import collections
+    import gc
+    import json
+
+    from hijack import Response
+
+    gc.collect()
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    body = json.dumps({"total": sum(counts.values()), "types": counts}).encode()
+    return Response(200, [("content-type", "application/json")], body)
 
 
 def make_simple_handlers() -> tuple[Any, Any]:

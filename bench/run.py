@@ -31,10 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import hub_rows
 import loadgen
 from loadgen import TunnelHolder, Window
 from procs import (
@@ -60,7 +62,7 @@ class Config:
     warmup: float = 1.0
     duration: float = 4.0
     wrk_seconds: int = 5
-    idle_tunnels: int = 5000
+    idle_tunnels: int = 9000
     scale_target: int = 9000
     #: Rounds of each rate (servers restarted each round, peers interleaved);
     #: the best round is reported, all of them in the note.
@@ -126,7 +128,7 @@ TARGETS = [
     Target("WebSocket echo", "websockets", 1.2),
     Target("plain HTTP", "hypercorn -k trio", 3.0),
     Target("plain HTTP", "uvicorn --http h11", 1.0),
-    Target("idle tunnels", None, bound=10.0, lower_is_better=True),
+    Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
 ]
 
@@ -424,31 +426,13 @@ def row_http(b: Bench) -> None:
 
 
 def row_idle(b: Bench) -> None:
-    row = "idle tunnels"
-    count = b.cfg.idle_tunnels
-    echo_port = free_port()
-    with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
-        port = free_port()
-        for name, argv in proxies(port, [echo_port])[:2]:  # hijack, pproxy
-            with b.guard(row, name), b.server(row, name, argv, port) as proc:
-                warm = TunnelHolder(port, echo_port)
-                warm.open(100, time.monotonic() + 30)
-                warm.close()
-                time.sleep(0.5)
-                before = proc.rss_kib()
-                holder = TunnelHolder(port, echo_port)
-                try:
-                    opened = holder.open(count, time.monotonic() + 120)
-                    time.sleep(1.0)
-                    after = proc.rss_kib()
-                finally:
-                    holder.close()
-                note = f"RSS {before:,} -> {after:,} KiB"
-                if opened < count:
-                    note += f"; only {opened} opened ({holder.error})"
-                per = (after - before) / max(opened, 1)
-                b.add(row, f"{count:,} idle tunnels: server RSS per tunnel", name,
-                      per, "KiB/tunnel", note, lower_is_better=True)  # fmt: skip
+    def subjects(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
+        hub, pproxy = proxies(port, [echo_port])[:2]
+        allow = ["--allow-port", str(echo_port), "--task-relay"]
+        return [hub, (f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)),
+                pproxy]  # fmt: skip
+
+    hub_rows.idle_tunnels(b, partial(upstream, "echo"), subjects, free_port)
 
 
 def row_scale(b: Bench) -> None:
@@ -500,7 +484,7 @@ def hijack_figure(b: Bench, row: str, workload: str) -> float | None:
 
 
 def verdicts(b: Bench) -> list[str]:
-    lines = []
+    lines = hub_rows.cpu_verdicts(b)
     for t in TARGETS:
         for workload in dict.fromkeys(r.workload for r in b.results if r.row == t.row):
             mine = hijack_figure(b, t.row, workload)
