@@ -8,9 +8,11 @@ from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
 from ._connection import TLSInfo as TLSInfo
+from ._errors import ClientDisconnected as ClientDisconnected
+from ._errors import HijackError as HijackError
+from ._errors import UsageError as UsageError
+from ._exchange import Handler as Handler
 from ._hijack import Hijacked as Hijacked
-from ._hijack import HijackError as HijackError
-from ._http import Handler as Handler
 from ._hub import Hub as Hub
 from ._hub import HubTunnel as HubTunnel
 from ._hub import Limiter as Limiter
@@ -26,6 +28,7 @@ from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
 
 __all__ = [
+    "ClientDisconnected",
     "ConnState",
     "Connection",
     "HTTPError",
@@ -45,6 +48,7 @@ __all__ = [
     "Server",
     "TLSInfo",
     "UnixSocketListener",
+    "UsageError",
     "open_unix_listener",
     "relay",
 ]

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._closing import aclose_gracefully
 from ._relay import RelayStats
 from ._replay import ReplayStream
 
@@ -28,12 +29,7 @@ if TYPE_CHECKING:
     from ._connection import Connection
     from ._hub import Hub, HubTunnel, TunnelCallback
 
-__all__ = ["HijackError", "Hijacked"]
-
-
-class HijackError(RuntimeError):
-    """Misuse of the hijack contract: a second hijack, a response or a body
-    read after hijack, or a hijack after the handler returned."""
+__all__ = ["Hijacked"]
 
 
 class Hijacked(ReplayStream):
@@ -58,7 +54,7 @@ class Hijacked(ReplayStream):
         super().__init__(stream, buffered)
         self.buffered = buffered
         self.connection = connection
-        self.hub: Hub | None = None  # set by the server that tracks it
+        self.hub: Hub | None = None  # set by the server's HTTP layer
         self._detached = False
 
     def __repr__(self) -> str:
@@ -108,30 +104,37 @@ class Hijacked(ReplayStream):
             self, upstream, idle_timeout=idle_timeout, stats=stats, on_close=on_close
         )
         self._detached = True
+        # The tunnel owns the connection now: the server's registry holds it
+        # (and closes it at the end of a shutdown grace); closing this
+        # stream, the hub reports the connection closed.
+        self.connection._hijack(tunnel)
         return tunnel
 
     async def aclose(self) -> None:
+        """Close the stream (a TLS transport sends close_notify first) and
+        tell the server the hijacked connection is over."""
         if self.closed:
             await trio.lowlevel.checkpoint()
             return
         try:
             await super().aclose()
         finally:
-            self.connection.mark_hijacked_closed()
+            self.connection._mark_hijacked_closed()
 
     def close_socket_now(self) -> bool:
+        """See :meth:`ReplayStream.close_socket_now`; also tells the server."""
         if self.closed:
             return True
         if not super().close_socket_now():
             return False
-        self.connection.mark_hijacked_closed()
+        self.connection._mark_hijacked_closed()
         return True
 
-    async def release(self) -> None:
-        """Called by the server when the handler returns: close unless
+    async def _release(self) -> None:
+        """The handler returned: close (TLS: with close_notify) unless
         detached."""
         if not self._detached and not self.closed:
-            await trio.aclose_forcefully(self)
+            await aclose_gracefully(self)
 
     def __del__(self) -> None:
         if not self.closed:

@@ -252,14 +252,15 @@ def _splice_nb(fd_in: int, fd_out: int, count: int) -> int:
         return -1
 
 
-class HubTunnel:
+class HubTunnel(trio.abc.AsyncResource):
     """A tunnel the hub runs: what its owner can see and do.
 
     ``stats`` (a :class:`~hijack.RelayStats`) is updated as bytes move;
     ``closed`` and ``reason`` (``"eof"``: both directions ended,
     ``"idle-timeout"``, ``"error"``: a peer reset or broken pipe,
     ``"closed"``: :meth:`close` or the hub stopping) say how it ended.
-    ``await wait_closed()`` waits for the end; ``close()`` cuts it now.
+    ``await wait_closed()`` waits for the end; ``close()`` (or ``aclose()``)
+    cuts it now.
     ``limiter``: an optional :class:`Limiter` (set it right after hand-over).
     """
 
@@ -327,6 +328,12 @@ class HubTunnel:
         if self._closed_event is None:
             self._closed_event = trio.Event()
         await self._closed_event.wait()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, as an AsyncResource (the server's registry closes
+        the owners of hijacked connections this way)."""
+        self.close()
+        await trio.lowlevel.checkpoint()
 
     def close(self, reason: str = "closed") -> None:
         """End the tunnel now: both sockets closed, ``on_close`` called.
