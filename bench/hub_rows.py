@@ -18,12 +18,20 @@ from collections.abc import Callable
 from typing import Any
 
 from loadgen import TunnelHolder
-from procs import ServerProc
+from procs import BENCH, ServerProc
 
 Subjects = Callable[[int, int], list[tuple[str, list[str]]]]
 
 #: Server CPU per tunnel set up, hijack / pproxy (lower is better).
 SETUP_CPU_RATIO = 0.75
+#: Go net/http's CONNECT proxy with Hijacker (bench/goproxy, `make bench`
+#: builds it with Debian's golang-go).
+GO_PROXY = BENCH / "goproxy" / "goproxy"
+
+
+def go_peer(port: int) -> list[tuple[str, list[str]]]:
+    """The Go peer if it was built (rows just skip it otherwise)."""
+    return [("go net/http", [str(GO_PROXY), str(port)])] if GO_PROXY.exists() else []
 
 
 def live_objects(port: int) -> dict[str, int] | None:

@@ -236,6 +236,7 @@ def proxies(port: int, allowed: list[int]) -> list[tuple[str, list[str]]]:
             "--num-acceptors", "1", "--num-workers", "1", "--backlog", "4096",
             "--log-level", "WARNING",
         ]),
+        *hub_rows.go_peer(port),
     ]  # fmt: skip
 
 
@@ -342,6 +343,7 @@ def row_echo(b: Bench) -> None:
         (HIJACK, hijack_server("echo", port)),
         ("tornado detach()", peer_server("tornado-echo", port)),
         ("ceiling: bare selectors echo", upstream("echo-upgrade", port)),
+        *hub_rows.go_peer(port),
     ]
     for name, argv in b.cfg.rounds * subjects:
         with b.guard(row, name), b.server(row, name, argv, port) as proc:
@@ -429,7 +431,7 @@ def row_idle(b: Bench) -> None:
         hub, pproxy = proxies(port, [echo_port])[:2]
         allow = ["--allow-port", str(echo_port), "--task-relay"]
         return [hub, (f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)),
-                pproxy]  # fmt: skip
+                pproxy, *hub_rows.go_peer(port)]  # fmt: skip
 
     hub_rows.idle_tunnels(b, partial(upstream, "echo"), subjects, free_port)
 
