@@ -5,15 +5,18 @@ server handler (counted as hijacked until the hub closes it)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
+import trustme
 
-from hijack import Hub, HubTunnel, RelayStats, Request, Response
+from hijack import Hub, HubTunnel, RelayStats, Request, Response, Server
 from hijack._hub import available
 from hijack._splice import PipePool
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
@@ -253,3 +256,37 @@ async def test_shutdown_closes_handed_over_tunnels_at_the_end_of_grace(
     assert proxy.open_tunnels == 0
     for stream in (client, upstream, listeners[0]):
         await stream.aclose()
+
+
+async def test_a_tls_client_side_keeps_the_task_relay(
+    nursery: trio.Nursery, no_leaks: None
+) -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    client_ctx = ssl.create_default_context()
+    ca.configure_trust(client_ctx)
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    proxy = ConnectProxy(ConnectPolicy(allowed_ports={port}, allow=["127.0.0.1"]))
+    server = Server(proxy)
+    serve = functools.partial(server.serve_tcp, 0, ssl_context=server_ctx)
+    proxy_port = (await nursery.start(serve))[0].socket.getsockname()[1]
+    raw = await trio.open_tcp_stream("127.0.0.1", proxy_port)
+    client = trio.SSLStream(raw, client_ctx, server_hostname="127.0.0.1")
+    await client.send_all(connect_head(f"127.0.0.1:{port}"))
+    assert status_of((await read_head(client))[0]) == 200
+    upstream = await listeners[0].accept()
+    await client.send_all(b"over tls")
+    assert await read_exactly(upstream, 8) == b"over tls"
+    # Relayed by the handler's task, not by the hub.
+    assert server.hub is not None and server.hub.open_tunnels == 0
+    assert proxy.open_tunnels == 1
+    await upstream.send_all(b"back")
+    assert await read_exactly(client, 4) == b"back"
+    await upstream.aclose()
+    assert await read_until_closed(client) == b""
+    await wait_for(lambda: proxy.open_tunnels == 0)
+    await client.aclose()
+    await listeners[0].aclose()
+    await server.shutdown(grace=0)
