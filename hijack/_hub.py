@@ -27,7 +27,10 @@ How it works:
   tasks and other tunnels run.
 * Idle timeout: a heap of ``(deadline, seq, tunnel)``, at most one entry per
   tunnel. Moving bytes only updates ``tunnel.deadline``; an entry that pops
-  early is pushed again with the newer deadline (lazy deletion).
+  early is pushed again with the newer deadline (lazy deletion). Entries of
+  closed tunnels are swept out once they are half the heap, so a closed
+  tunnel is not kept alive until its deadline (at 1,000 tunnels a second and
+  a 300 s timeout that would be 300,000 dead tunnels).
 * Errors stay per tunnel: a failing syscall (reset, broken pipe) closes that
   tunnel only; an unexpected exception is logged and closes that tunnel only.
 
@@ -383,6 +386,7 @@ class Hub:
         self._fds: dict[int, HubTunnel] = {}
         self._open = 0
         self._heap: list[tuple[float, int, HubTunnel | _Flow]] = []
+        self._dead_entries = 0  # heap entries of closed tunnels
         self._seq = itertools.count()
         self._ready: list[_Flow] = []
         self._wait_scope: trio.CancelScope | None = None
@@ -508,6 +512,20 @@ class Hub:
             if self._fds.get(flow.src) is tunnel:
                 del self._fds[flow.src]
         self._open -= 1
+        if tunnel.timeout < math.inf:
+            self._dead_entries += 1
+            if self._dead_entries > 64 and 2 * self._dead_entries > len(self._heap):
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop the heap entries of closed tunnels (and their flows)."""
+        self._heap = [
+            entry
+            for entry in self._heap
+            if not (entry[2].tunnel if isinstance(entry[2], _Flow) else entry[2]).closed
+        ]
+        heapq.heapify(self._heap)
+        self._dead_entries = 0
 
     def park(self, flow: _Flow, until: float) -> None:
         """A rate-limited flow waits until ``until`` before reading again."""
@@ -598,17 +616,18 @@ class Hub:
             self._turn(flow, now)
 
     def _expire(self, now: float) -> None:
-        heap = self._heap
-        while heap and heap[0][0] <= now:
-            _, _, item = heapq.heappop(heap)
+        # self._heap each time: closing a tunnel may sweep it into a new list.
+        while self._heap and self._heap[0][0] <= now:
+            _, _, item = heapq.heappop(self._heap)
             if isinstance(item, _Flow):  # a rate-limited flow may read again
                 item.parked = False
                 if not item.waiting:
                     self._turn(item, now)
                 continue
             if item.closed:
+                self._dead_entries = max(0, self._dead_entries - 1)
                 continue
             if item.deadline > now:  # bytes moved since: look again later
-                heapq.heappush(heap, (item.deadline, next(self._seq), item))
+                self._schedule(item.deadline, item)
             else:
                 item.close("idle-timeout")

@@ -290,3 +290,19 @@ async def test_a_tls_client_side_keeps_the_task_relay(
     await client.aclose()
     await listeners[0].aclose()
     await server.shutdown(grace=0)
+
+
+async def test_closed_tunnels_leave_the_deadline_heap(hub: Hub) -> None:
+    """A closed tunnel must not stay referenced until its idle deadline: at
+    1,000 tunnels a second and a 300 s timeout that is 300,000 of them."""
+    for _ in range(300):
+        tunnel = await Tunnel.open()
+        handle = hub.add(tunnel.a, tunnel.b, idle_timeout=300)
+        handle.close()
+        await tunnel.aclose()
+    live = await Tunnel.open()
+    kept = hub.add(live.a, live.b, idle_timeout=300)
+    entries = len(hub._heap)  # private: what the hub keeps alive
+    assert entries <= 2 * 64 + 1
+    kept.close()
+    await live.aclose()
