@@ -251,6 +251,7 @@ def row_throughput(b: Bench) -> None:
         port = free_port()
         subjects: list[tuple[str, list[str] | None]] = [("direct (no proxy)", None)]
         subjects += proxies(port, [sink_port])
+        subjects.insert(2, task_relay_proxy(port, sink_port))
         for name, argv in b.cfg.throughput_rounds * subjects:
             with b.guard(row, name), _maybe_server(b, row, name, argv, port) as proc:
                 proxy_port = None if proc is None else port
@@ -295,7 +296,9 @@ def row_setup(b: Bench) -> None:
     echo_port = free_port()
     with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
         port = free_port()
-        for name, argv in b.cfg.rounds * proxies(port, [echo_port]):
+        subjects = proxies(port, [echo_port])
+        subjects.insert(1, task_relay_proxy(port, echo_port))
+        for name, argv in b.cfg.rounds * subjects:
             with b.guard(row, name), b.server(row, name, argv, port) as proc:
                 window = b.cfg.window()
                 job = _background(loadgen.tunnel_setup, port, echo_port, 32, 4, window)
@@ -426,12 +429,17 @@ def row_http(b: Bench) -> None:
                   "requests/s", problems, cpu=cpu, cpu_unit="request")  # fmt: skip
 
 
+def task_relay_proxy(port: int, echo_port: int) -> tuple[str, list[str]]:
+    """hijack without the hub: each tunnel awaits relay() in its handler."""
+    allow = ["--allow-port", str(echo_port), "--task-relay"]
+    return f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)
+
+
 def row_idle(b: Bench) -> None:
     def subjects(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
         hub, pproxy = proxies(port, [echo_port])[:2]
-        allow = ["--allow-port", str(echo_port), "--task-relay"]
-        return [hub, (f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)),
-                pproxy, *hub_rows.go_peer(port)]  # fmt: skip
+        return [hub, task_relay_proxy(port, echo_port), pproxy,
+                *hub_rows.go_peer(port)]  # fmt: skip
 
     hub_rows.idle_tunnels(b, partial(upstream, "echo"), subjects, free_port)
 
