@@ -21,11 +21,18 @@ from hijack._hub import available
 from hijack._splice import PipePool
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
-from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import (
+    all_closed,
+    read_exactly,
+    read_head,
+    read_until,
+    read_until_closed,
+    reset,
+)
 from .leakcheck import live_tasks
-from .test_connect import connect_head, read_head, status_of, wait_for
-from .test_relay import MiB, Tunnel, reset
-from .test_shutdown import MemoryServer
+from .test_connect import MemoryServer, connect_head, status_of
+from .test_relay import MiB, Tunnel
 
 pytestmark = pytest.mark.skipif(not available(), reason="the hub needs Linux")
 
@@ -73,7 +80,8 @@ async def test_handed_over_tunnels_cost_no_task_and_stay_tracked(
         await upstream.aclose()
         assert await read_until_closed(client) == b""
         await client.aclose()
-    await wait_for(lambda: server.open_hijacked_connections == 0)
+    await all_closed(server)
+    assert server.open_hijacked_connections == 0
     assert proxy.open_tunnels == 0
     assert server.connections == []
     await upstream_listener.aclose()
@@ -286,7 +294,9 @@ async def test_a_tls_client_side_keeps_the_task_relay(
     assert await read_exactly(client, 4) == b"back"
     await upstream.aclose()
     assert await read_until_closed(client) == b""
-    await wait_for(lambda: proxy.open_tunnels == 0)
+    await all_closed(server)
+    await trio.testing.wait_all_tasks_blocked()
+    assert proxy.open_tunnels == 0
     await client.aclose()
     await listeners[0].aclose()
     await server.shutdown(grace=0)

@@ -24,11 +24,20 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from .. import Handler, HTTPError, HubTunnel, RelayStats, Request, Response, relay
+from .. import (
+    Handler,
+    HTTPError,
+    HubTunnel,
+    RelayStats,
+    Request,
+    Response,
+    format_address,
+    join_host_port,
+    relay,
+)
 from ._policy import (
     BadConnectTarget,
     ConnectError,
@@ -90,13 +99,6 @@ class _Tunnel:
     stats: RelayStats = field(default_factory=RelayStats)
     #: Handed to the server's relay hub: its end is logged from on_close.
     handed: bool = False
-
-
-def _format_address(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) if address else "-"
 
 
 class ConnectProxy:
@@ -171,13 +173,10 @@ class ConnectProxy:
         if request.method != "CONNECT":
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                405,
-                [("allow", "CONNECT"), ("content-type", "text/plain; charset=utf-8")],
-                b"405 Method Not Allowed\nthis is a CONNECT proxy\n",
-            )
+            refusal = HTTPError(405, "this is a CONNECT proxy", {"allow": "CONNECT"})
+            return refusal.response()
         tunnel = _Tunnel(
-            client=_format_address(request.connection.remote_address),
+            client=format_address(request.connection.remote_address),
             target=request.target,
             started=trio.current_time(),
         )
@@ -256,11 +255,13 @@ class ConnectProxy:
                     except OSError as exc:
                         errors.append(f"{address}: {exc.strerror or exc}")
                 raise UpstreamError(
-                    f"cannot connect to {host}:{port}: " + "; ".join(errors)
+                    f"cannot connect to {join_host_port(host, port)}: "
+                    + "; ".join(errors)
                 )
         except trio.TooSlowError:
             raise _Timeout(
-                f"no connection to {host}:{port} within {self.connect_timeout}s"
+                f"no connection to {join_host_port(host, port)} within "
+                f"{self.connect_timeout}s"
             ) from None
 
     def _authorized(self, request: Request) -> bool:
@@ -279,15 +280,9 @@ class ConnectProxy:
         return hmac.compare_digest(hashlib.sha256(given).digest(), self._credentials)
 
     def _challenge(self) -> Response:
-        # HTTPError carries no headers, hence a Response.
-        return Response(
-            407,
-            [
-                ("proxy-authenticate", f'Basic realm="{self.realm}"'),
-                ("content-type", "text/plain; charset=utf-8"),
-            ],
-            b"407 Proxy Authentication Required\n",
-        )
+        # Returned, not raised: the client retries on this connection.
+        challenge = {"proxy-authenticate": f'Basic realm="{self.realm}"'}
+        return HTTPError(407, headers=challenge).response()
 
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started

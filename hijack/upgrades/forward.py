@@ -17,7 +17,7 @@ from typing import Literal
 import h11
 import trio
 
-from .. import ReplayStream, relay
+from .. import ReplayStream, join_host_port, relay
 
 __all__ = ["Mode", "TunnelError", "open_tunnel", "serve_forward"]
 
@@ -48,10 +48,6 @@ class TunnelError(Exception):
         )
 
 
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _request(
     via: tuple[str, int],
     target: tuple[str, int] | None,
@@ -62,7 +58,7 @@ def _request(
     if mode == "connect":
         if target is None:
             raise ValueError("connect mode needs a target (host, port)")
-        authority = _authority(*target)
+        authority = join_host_port(*target)
         method, request_target = "CONNECT", authority
         headers = [("Host", authority)]
         auth_header = "Proxy-Authorization"
@@ -71,7 +67,7 @@ def _request(
             raise ValueError("upgrade mode takes no target: the server picks it")
         method, request_target = "GET", path
         headers = [
-            ("Host", _authority(*via)),
+            ("Host", join_host_port(*via)),
             ("Connection", "Upgrade"),
             ("Upgrade", "tcp"),
         ]
@@ -204,7 +200,7 @@ async def serve_forward(
         try:
             tunnel = await open_tunnel(via, target, mode, auth=auth)
         except (OSError, TunnelError) as exc:
-            logger.warning("cannot open a tunnel via %s:%d: %s", *via, exc)
+            logger.warning("cannot open a tunnel via %s: %s", join_host_port(*via), exc)
             await trio.aclose_forcefully(local)
             return
         await relay(local, tunnel)

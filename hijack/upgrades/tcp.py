@@ -14,7 +14,16 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    format_address,
+    join_host_port,
+    relay,
+)
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -31,14 +40,6 @@ def is_tcp_upgrade(request: Request) -> bool:
     return "upgrade" in headers.tokens("connection") and "tcp" in headers.tokens(
         "upgrade"
     )
-
-
-def _peer(request: Request) -> str:
-    address = request.connection.remote_address
-    if isinstance(address, tuple):
-        host, port = address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address or "unix")
 
 
 # A hub tunnel's end reason -> what the task relay's log line would say.
@@ -87,17 +88,14 @@ class TCPUpgrade:
 
     def __repr__(self) -> str:
         host, port = self.upstream
-        return f"<TCPUpgrade upstream={host}:{port}>"
+        return f"<TCPUpgrade upstream={join_host_port(host, port)}>"
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_tcp_upgrade(request):
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                426,
-                headers=UPGRADE_HEADERS,
-                body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
-            )
+            needs = "this endpoint needs Connection: Upgrade, Upgrade: tcp"
+            return HTTPError(426, needs, UPGRADE_HEADERS).response()
         if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
@@ -108,7 +106,10 @@ class TCPUpgrade:
             raise
         stats = RelayStats()
         log_end = functools.partial(
-            self._log_end, request.connection.id, _peer(request), trio.current_time()
+            self._log_end,
+            request.connection.id,
+            format_address(request.connection.remote_address),
+            trio.current_time(),
         )
         if self.hand_over and hijacked.can_hand_to_hub(upstream):
             hijacked.hand_to_hub(
@@ -140,10 +141,10 @@ class TCPUpgrade:
         stats: RelayStats,
     ) -> None:
         logger.info(
-            "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+            "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
             connection_id,
             peer,
-            *self.upstream,
+            join_host_port(*self.upstream),
             outcome,
             stats.a_to_b,
             stats.b_to_a,
@@ -152,22 +153,22 @@ class TCPUpgrade:
 
     async def _dial(self, request: Request) -> trio.SocketStream:
         host, port = self.upstream
+        where = join_host_port(host, port)
         try:
             with trio.fail_after(self.connect_timeout):
                 return await trio.open_tcp_stream(host, port)
         except trio.TooSlowError:
-            failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
+            failure = HTTPError(504, f"upstream {where} did not answer in time")
             why = f"timed out after {self.connect_timeout}s"
         except OSError as exc:
             # The client gets no OS detail; the log does.
-            failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
+            failure = HTTPError(502, f"cannot connect to upstream {where}")
             why = str(exc)
         logger.warning(
-            "connection %d %s -> %s:%d dial failed (%s): answered %d",
+            "connection %d %s -> %s dial failed (%s): answered %d",
             request.connection.id,
-            _peer(request),
-            host,
-            port,
+            format_address(request.connection.remote_address),
+            where,
             why,
             failure.status,
         )
