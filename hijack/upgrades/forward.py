@@ -17,7 +17,7 @@ from typing import Literal
 import h11
 import trio
 
-from .. import ReplayStream, join_host_port, relay
+from .. import Hub, ReplayStream, join_host_port, relay
 
 __all__ = ["Mode", "TunnelError", "open_tunnel", "serve_forward"]
 
@@ -190,11 +190,16 @@ async def serve_forward(
     ``task_status.started()`` gets the listeners. Runs until cancelled; a
     cancel closes the listeners and every forwarded connection. A tunnel that
     cannot be opened is logged on ``hijack.forward`` and its local connection
-    closed; the other connections are not affected.
+    closed; the other connections are not affected. On Linux the bytes move
+    in a relay hub (one task for every forwarded connection, see
+    :class:`~hijack.Hub`): each small message costs no scheduler pass of its
+    own; elsewhere each connection awaits :func:`~hijack.relay`.
     """
     _request(via, target, mode, auth, "/")  # a bad argument fails here, once
     host, port = ("127.0.0.1", listen) if isinstance(listen, int) else listen
     listeners = await trio.open_tcp_listeners(port, host=host)
+
+    hub: Hub | None = None
 
     async def forward(local: trio.SocketStream) -> None:
         try:
@@ -203,6 +208,16 @@ async def serve_forward(
             logger.warning("cannot open a tunnel via %s: %s", join_host_port(*via), exc)
             await trio.aclose_forcefully(local)
             return
-        await relay(local, tunnel)
+        if hub is not None and hub.can_take(local, tunnel):
+            await hub.relay(local, tunnel)
+        else:
+            await relay(local, tunnel)
 
-    await trio.serve_listeners(forward, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        try:
+            hub = Hub()
+        except RuntimeError:  # not Linux: every connection awaits relay()
+            pass
+        else:
+            await nursery.start(hub.serve)
+        await trio.serve_listeners(forward, listeners, task_status=task_status)
