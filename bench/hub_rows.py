@@ -5,6 +5,9 @@
   per tunnel (``--task-relay``), and pproxy: server RSS per tunnel, and for
   hijack the gc-tracked Python objects each tunnel leaves (``GET /objects``
   on the bench server, diffed before and after, per type).
+* ``interactive``: redis GETs from ``redis-benchmark`` (20 clients)
+  through ``hijack forward`` + ``hijack proxy`` against the same chain built
+  with pproxy (a local tunnel through its HTTP proxy).
 * ``cpu_verdicts``: the set-up row's server CPU per tunnel against pproxy's
   (target <= 0.75x), next to the rate target ``run.py`` already states.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -115,3 +120,62 @@ def cpu_verdicts(b: Any, hijack: str = "hijack", peer: str = "pproxy") -> list[s
             f"target <= {SETUP_CPU_RATIO}x)"
         )
     return lines
+
+
+def redis_rate(port: int, requests: int) -> float:
+    """redis-benchmark's GET rate through ``port``: 20 clients, no pipelining
+    (every request a small message each way through both hops)."""
+    out = subprocess.run(
+        ["redis-benchmark", "-p", str(port), "-c", "20", "-n", str(requests),
+         "-t", "get", "--csv"],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    for line in out.splitlines():
+        fields = [f.strip('"') for f in line.split(",")]
+        if fields and fields[0] == "GET":
+            return float(fields[1])
+    raise RuntimeError(f"cannot read redis-benchmark's output:\n{out}")
+
+
+def interactive(
+    b: Any, hijack_cli: list[str], pproxy: str, free_port: Callable[[], int]
+) -> None:
+    """Small requests and answers through a forwarder and a CONNECT proxy to
+    redis: ``hijack forward`` + ``hijack proxy`` against a pproxy local
+    tunnel + a pproxy HTTP proxy. Server CPU: both hops, per request."""
+    row = "interactive tunnel"
+    if shutil.which("redis-server") is None or shutil.which("redis-benchmark") is None:
+        b.notes.append("interactive tunnel skipped: redis-server is not installed")
+        return
+    redis_port, proxy_port, local_port = free_port(), free_port(), free_port()
+    requests = 10_000 if b.cfg.quick else 40_000
+    target = f"127.0.0.1:{redis_port}"
+    chains = {
+        "hijack": (
+            [*hijack_cli, "proxy", "--listen", f"127.0.0.1:{proxy_port}",
+             "--allow-port", str(redis_port), "--allow-private"],
+            [*hijack_cli, "forward", "--listen", f"127.0.0.1:{local_port}",
+             "--via", f"127.0.0.1:{proxy_port}", "--target", target,
+             "--mode", "connect"],
+        ),
+        "pproxy": (
+            [pproxy, "-l", f"http://127.0.0.1:{proxy_port}"],
+            [pproxy, "-l", f"tunnel{{{target}}}://127.0.0.1:{local_port}",
+             "-r", f"http://127.0.0.1:{proxy_port}"],
+        ),
+    }  # fmt: skip
+    redis = ["redis-server", "--port", str(redis_port), "--save", "", "--appendonly",
+             "no"]  # fmt: skip
+    with ServerProc("redis", redis, redis_port):
+        for name in b.cfg.rounds * list(chains):
+            proxy_argv, forward_argv = chains[name]
+            proxy = ServerProc(f"interactive-{name}-proxy", proxy_argv, proxy_port)
+            forward = ServerProc(f"interactive-{name}-fwd", forward_argv, local_port)
+            with b.guard(row, name), proxy as p, forward as f:
+                redis_rate(local_port, 2_000)  # warm up
+                cpu0 = p.cpu_seconds() + f.cpu_seconds()
+                rate = redis_rate(local_port, requests)
+                cpu = (p.cpu_seconds() + f.cpu_seconds() - cpu0) / requests
+                b.add(row, "redis GET, 20 clients, through forwarder + proxy",
+                      name, rate, "requests/s", cpu=cpu,
+                      cpu_unit="request")  # fmt: skip

@@ -130,6 +130,7 @@ TARGETS = [
     Target("plain HTTP", "uvicorn --http h11", 1.0),
     Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
+    Target("interactive tunnel", "pproxy", 1.3),
 ]
 
 
@@ -471,6 +472,11 @@ def row_scale(b: Bench) -> None:
                   alive, "tunnels", note)  # fmt: skip
 
 
+def row_interactive(b: Bench) -> None:
+    cli = [str(BENCH_PY), "-m", "hijack"]
+    hub_rows.interactive(b, cli, str(VENV_BIN / "pproxy"), free_port)
+
+
 ROWS: dict[str, Callable[[Bench], None]] = {
     "throughput": row_throughput,
     "setup": row_setup,
@@ -479,6 +485,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "http": row_http,
     "idle": row_idle,
     "scale": row_scale,
+    "interactive": row_interactive,
 }
 
 
