@@ -40,7 +40,7 @@ bench-venv: $(BENCH_VENV)/.installed
 # Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
 bench: $(STAMP) bench-venv bench/goproxy/goproxy
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
-	@command -v redis-benchmark >/dev/null || apt-get install -y -q redis-server redis-tools
+	@command -v redis-benchmark >/dev/null || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
 	$(PY) bench/run.py
 
 # The Go net/http peer (bench/goproxy): Debian's golang-go, standard library only.
