@@ -68,6 +68,9 @@ logger = logging.getLogger("hijack.hub")
 TURN_BYTES = 4 << 20
 #: Copy fallback read size (no pipe could be made).
 COPY_CHUNK = 256 * 1024
+#: Reads while copying small messages; a full one means bulk data: splice
+#: again. A splice under a quarter of it switches to copying.
+SMALL_READ = 64 * 1024
 #: A rate-limited flow sleeps at least this long (a limiter answering "now"
 #: must not make the hub spin).
 MIN_PARK = 0.001
@@ -115,6 +118,7 @@ class _Flow:
 
     __slots__ = (
         "buf",
+        "copying",
         "done",
         "dst",
         "dst_sock",
@@ -151,6 +155,7 @@ class _Flow:
         self.waiting = bool(early)
         self.queued = False  # in the hub's ready list
         self.parked = False  # rate-limited: waits for a timer, not an edge
+        self.copying = False  # small messages: read/write instead of splice
 
     def pump(self, now: float) -> bool:
         """Move bytes until EAGAIN, EOF or the turn's budget. True when the
@@ -208,18 +213,14 @@ class _Flow:
         """Fill the pipe (or ``buf``) from ``src``; sets ``eof`` on EOF.
         A limiter is charged for what was read."""
         tunnel = self.tunnel
+        if self.copying:
+            self._copy(min(limit, SMALL_READ), now)
+            return
         pool = tunnel.pool
         try:
             pipe = pool.acquire()
         except OSError:  # EMFILE, ENFILE, ENOMEM: copy through Python
-            try:
-                data = os.read(self.src, min(limit, COPY_CHUNK))
-            except BlockingIOError:
-                return
-            self.buf = data
-            self.eof = not data
-            if data and tunnel.limiter is not None:
-                tunnel.limiter.consume(len(data), now)
+            self._copy(min(limit, COPY_CHUNK), now)
             return
         try:
             n = _splice_nb(self.src, pipe.write_fd, min(limit, pipe.size))
@@ -232,8 +233,25 @@ class _Flow:
             return
         self.pipe = pipe
         self.in_pipe = n
+        # Small messages (interactive traffic) are cheaper copied than
+        # spliced: no pipe, and a plain write of a few bytes.
+        self.copying = n < SMALL_READ // 4
         if tunnel.limiter is not None:
             tunnel.limiter.consume(n, now)
+
+    def _copy(self, size: int, now: float) -> None:
+        """Read up to ``size`` bytes into ``buf``; back to splicing when a
+        read fills it (bulk data)."""
+        try:
+            data = os.read(self.src, size)
+        except BlockingIOError:
+            return
+        self.buf = data
+        self.eof = not data
+        if len(data) >= SMALL_READ:
+            self.copying = False
+        if data and self.tunnel.limiter is not None:
+            self.tunnel.limiter.consume(len(data), now)
 
     def drop_pipe(self) -> None:
         pipe, self.pipe = self.pipe, None
