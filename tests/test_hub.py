@@ -18,7 +18,7 @@ import trustme
 
 from hijack import Hub, HubTunnel, RelayStats, Request, Response, Server
 from hijack._hub import available
-from hijack._splice import PipePool
+from hijack._splice import Pipe, PipePool
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
 from .conftest import StartServer
@@ -316,3 +316,38 @@ async def test_closed_tunnels_leave_the_deadline_heap(hub: Hub) -> None:
     assert entries <= 2 * 64 + 1
     kept.close()
     await live.aclose()
+
+
+class CountingPool(PipePool):
+    """A pipe pool that counts how often a pipe was borrowed."""
+
+    def __init__(self) -> None:
+        super().__init__(max_idle=2)
+        self.borrowed = 0
+
+    def acquire(self) -> Pipe:
+        self.borrowed += 1
+        return super().acquire()
+
+
+async def test_small_messages_are_copied_and_bulk_is_spliced(hub: Hub) -> None:
+    pool = CountingPool()
+    tunnel = await Tunnel.open()
+    hub.add(tunnel.a, tunnel.b, pipe_pool=pool)
+    await tunnel.client.send_all(b"first")
+    assert await read_exactly(tunnel.upstream, 5) == b"first"
+    after_first = pool.borrowed
+    for i in range(20):  # interactive traffic: no pipe for any of these
+        await tunnel.client.send_all(b"request %d" % i)
+        assert await read_exactly(tunnel.upstream, len(b"request %d" % i))
+    assert pool.borrowed == after_first
+    bulk = os.urandom(8 * MiB)  # bulk data goes back to splicing
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(tunnel.client.send_all, bulk)
+        received = bytearray()
+        while len(received) < len(bulk):
+            received += await tunnel.upstream.receive_some()
+    assert received == bulk
+    assert pool.borrowed > after_first
+    await tunnel.aclose()
+    pool.close()
