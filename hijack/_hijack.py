@@ -93,6 +93,7 @@ class Hijacked(ReplayStream):
         server's shutdown grace); the connection stays counted as an open
         hijacked connection until then. ``on_close(tunnel)`` is called once
         at the end (``tunnel.stats``, ``tunnel.reason``); it must not block.
+        No task may be reading or writing either stream at hand-over.
 
         Raises ``ValueError`` and changes nothing when
         :meth:`can_hand_to_hub` is False: the caller still owns both streams
