@@ -155,7 +155,9 @@ class _Flow:
         self.waiting = bool(early)
         self.queued = False  # in the hub's ready list
         self.parked = False  # rate-limited: waits for a timer, not an edge
-        self.copying = False  # small messages: read/write instead of splice
+        # Small messages are read and written, bulk is spliced; a tunnel starts
+        # copying (a handshake, a request) and splices once a read fills up.
+        self.copying = True
 
     def pump(self, now: float) -> bool:
         """Move bytes until EAGAIN, EOF or the turn's budget. True when the
