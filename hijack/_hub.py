@@ -34,8 +34,13 @@ How it works:
 * Errors stay per tunnel: a failing syscall (reset, broken pipe) closes that
   tunnel only; an unexpected exception is logged and closes that tunnel only.
 
-Out of pipes (EMFILE, pipe quota): a flow copies through Python instead
-(``os.read``/``os.write``), the same fallback the task relay has.
+Small messages are copied, bulk is spliced: a flow starts with
+``os.read``/``os.write`` (64 KiB reads), switches to splicing when a read
+fills up and back when a splice brings less than 16 KiB. For a request of a
+few hundred bytes a pipe and two splices cost more than a read and a write
+(interactive traffic through two hops: 52 -> 42 us of CPU per request); for
+bulk data splicing keeps bytes out of Python. Out of pipes (EMFILE, pipe
+quota), a flow copies too, the same fallback the task relay has.
 
 Per-tunnel rate limits: :class:`HubTunnel` has a ``limiter`` seam (see
 :class:`Limiter`): before each read, a flow asks it how many bytes it may
