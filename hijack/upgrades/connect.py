@@ -34,6 +34,7 @@ from .. import (
     RelayStats,
     Request,
     Response,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
@@ -49,6 +50,7 @@ from ._policy import (
     is_non_global,
     parse_connect_target,
 )
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 
 __all__ = [
     "BadConnectTarget",
@@ -96,6 +98,7 @@ class _Tunnel:
     outcome: str = "error"
     reason: str = ""
     address: str = ""
+    port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
     #: Handed to the server's relay hub: its end is logged from on_close.
     handed: bool = False
@@ -111,7 +114,11 @@ class ConnectProxy:
     ``max_tunnels`` bounds the tunnels open at once, counted from the policy
     check to the end of the relay (``open_tunnels``). ``resolver`` (called
     like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
-    tests.
+    tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
+    PROXY protocol header of that version naming the client
+    (``connection.remote_address``) for an upstream that accepts one.
+    ``on_tunnel(outcome, port, stats)`` is called when each CONNECT
+    ends (metrics use it), with the outcome of its log line.
 
     Resource handling: the upstream stream is dialled before answering, so a
     client only sees ``200`` when the upstream accepted. The handler then
@@ -137,6 +144,8 @@ class ConnectProxy:
         fallback: Handler | None = None,
         resolver: Resolver = trio.socket.getaddrinfo,
         dial: Dialer = dial_tcp,
+        send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
         hand_over: bool = True,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
@@ -154,6 +163,8 @@ class ConnectProxy:
         self.hand_over = hand_over
         self._resolver = resolver
         self._dial = dial
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
+        self.on_tunnel = on_tunnel
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -194,6 +205,7 @@ class ConnectProxy:
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
+        tunnel.port = port
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         if not self._authorized(request):
@@ -206,6 +218,10 @@ class ConnectProxy:
         try:
             upstream = await self._open_upstream(host, port, tunnel)
             try:
+                try:
+                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise UpstreamError(f"upstream {tunnel.address}: {exc}") from None
                 hijacked = await request.hijack(
                     Response(200, reason="Connection established")
                 )
@@ -287,6 +303,8 @@ class ConnectProxy:
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
+        if self.on_tunnel is not None:
+            self.on_tunnel(tunnel.outcome, tunnel.port, stats)
         logger.info(
             "CONNECT %s -> %s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,

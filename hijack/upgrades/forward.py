@@ -19,7 +19,7 @@ from typing import Literal
 import h11
 import trio
 
-from .. import Hub, ReplayStream, join_host_port, relay
+from .. import Hub, ReplayStream, join_host_port, relay, set_tcp_keepalive
 
 __all__ = ["Mode", "TunnelError", "open_tunnel", "serve_forward"]
 
@@ -164,7 +164,8 @@ async def open_tunnel(
     own: a server that never answers keeps it waiting, so wrap it in
     ``trio.fail_after`` where that matters. The returned stream yields
     the bytes that came right behind the answer first; the caller owns it and
-    must close it. On error or cancel, the connection is closed.
+    must close it. On error or cancel, the connection is closed. TCP
+    keepalive is on with the ``Limits()`` defaults (30 s idle).
 
     ``mode="websocket"``: ``via`` is a ``ws://`` or ``wss://`` URL (``target``
     must be None: the bridge picks the upstream); the bytes travel as binary
@@ -178,6 +179,8 @@ async def open_tunnel(
         raise ValueError(f"{mode} mode takes via as (host, port), not a URL")
     request = _request(via, target, mode, auth, path)
     stream = await trio.open_tcp_stream(*via)
+    # A client behind a NAT is who loses an idle tunnel: keep the flow warm.
+    set_tcp_keepalive(stream)
     try:
         prefix = await _handshake(stream, request, mode)
     except BaseException:

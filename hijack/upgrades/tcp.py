@@ -20,10 +20,12 @@ from .. import (
     RelayStats,
     Request,
     Response,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
 )
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -60,6 +62,8 @@ class TCPUpgrade:
     sent right behind its request are replayed to the upstream first. A relay
     with no byte either way for ``idle_timeout`` seconds (``None``: never) is
     closed. Requests without the upgrade go to ``fallback``, or get ``426``.
+    ``send_proxy_protocol=1`` or ``2`` begins every stream with a PROXY
+    protocol header of that version naming the client.
     A request body is refused with ``400``: it would otherwise leak into the
     stream.
 
@@ -78,13 +82,17 @@ class TCPUpgrade:
         connect_timeout: float = 10.0,
         idle_timeout: float | None = 300.0,
         fallback: Handler | None = None,
+        send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
         hand_over: bool = True,
     ) -> None:
         self.upstream = upstream
         self.hand_over = hand_over
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
+        self.on_tunnel = on_tunnel
 
     def __repr__(self) -> str:
         host, port = self.upstream
@@ -100,6 +108,12 @@ class TCPUpgrade:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         upstream = await self._dial(request)
         try:
+            try:
+                await prepare_upstream(request, upstream, self.send_proxy_protocol)
+            except (trio.BrokenResourceError, OSError) as exc:
+                host, port = self.upstream
+                logger.warning("upstream %s:%d failed: %s", host, port, exc)
+                raise HTTPError(502, f"upstream {host}:{port} failed") from None
             hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
         except BaseException:
             await trio.aclose_forcefully(upstream)
@@ -140,6 +154,8 @@ class TCPUpgrade:
         outcome: str,
         stats: RelayStats,
     ) -> None:
+        if self.on_tunnel is not None:
+            self.on_tunnel(outcome, self.upstream[1], stats)
         logger.info(
             "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
             connection_id,
