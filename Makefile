@@ -50,9 +50,15 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
 bench-venv: $(BENCH_VENV)/.installed
 
 # Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
-bench: $(STAMP) bench-venv
+bench: $(STAMP) bench-venv bench/goproxy/goproxy
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	@command -v redis-benchmark >/dev/null || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
 	$(PY) bench/run.py
+
+# The Go net/http peer (bench/goproxy): Debian's golang-go, standard library only.
+bench/goproxy/goproxy: bench/goproxy/main.go
+	@command -v go >/dev/null || { apt-get update -q && apt-get install -y -q golang-go; }
+	cd bench/goproxy && go build -o goproxy main.go
 
 # Mixed load for a bounded time, RSS and fds over time, then RSS growth per
 # input kind. `make soak SECONDS=600` is the long mode.
