@@ -193,7 +193,7 @@ class Exchange:
                 parts.append(driver.encode(h11.Data(data=body)))
                 self._sent_body = len(body)
             parts.append(driver.encode(h11.EndOfMessage()))
-            await driver.write(b"".join(parts))
+            await driver.write(b"".join(parts), schedule=False)
             return
         await driver.write(head)
         # Close the body's iterator ourselves, even when the client went away

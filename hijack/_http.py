@@ -28,6 +28,7 @@ from ._exchange import Exchange, Handler
 from ._hijack import Hijacked
 from ._hub import Hub
 from ._message import HTTPError
+from ._plain_socket import plain_socket, receive, send_now
 from ._request_head import ambiguous_framing, protocol_error_status, refusal_status
 from ._response_head import response_headers
 
@@ -74,6 +75,7 @@ class HTTPConnection:
         "_h11",
         "_idle_is_new",
         "_idle_scope",
+        "_socket",
         "broken",
         "connection",
         "head_started",
@@ -86,6 +88,8 @@ class HTTPConnection:
         self.server = server
         self.connection = connection
         self.stream = connection.stream
+        # A plain socket is read and written directly (see _plain_socket).
+        self._socket = plain_socket(self.stream)
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
@@ -204,6 +208,12 @@ class HTTPConnection:
                     self._idle_scope = None
             if scope.cancelled_caught or not conn.trailing_data[0]:
                 return None
+        else:
+            # A pipelined head, read with an earlier one: no read will yield
+            # for it, and the last response's write did not either (see
+            # write()). One scheduler pass per request keeps a client that
+            # pipelines from starving the other connections.
+            await trio.lowlevel.checkpoint()
         self.connection._set_state(ConnState.ACTIVE)
         self.head_started = (trio.current_time(), time.time())
         if deadline is None:
@@ -281,9 +291,13 @@ class HTTPConnection:
     # -- reading -------------------------------------------------------------
 
     async def _receive(self) -> None:
+        data: bytes | bytearray
         try:
-            data = await self.stream.receive_some(RECEIVE_SIZE)
-        except _STREAM_GONE as exc:
+            if self._socket is not None:
+                data = await receive(self._socket, RECEIVE_SIZE)
+            else:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+        except (*_STREAM_GONE, OSError) as exc:
             # Also a TLS client that leaves without close_notify: HTTP framing
             # tells a complete request from a cut one, so it is just gone.
             self.broken = True
@@ -326,9 +340,26 @@ class HTTPConnection:
         if data:
             await self.write(data)
 
-    async def write(self, data: bytes) -> None:
+    async def write(self, data: bytes, *, schedule: bool = True) -> None:
         """Send ``data`` within ``write_timeout``, or raise
-        ``ClientDisconnected``: the client left or stopped reading."""
+        ``ClientDisconnected``: the client left or stopped reading.
+
+        On a plain socket the kernel usually takes it all at once: then no
+        cancel scope is made, and with ``schedule=False`` (a complete
+        response, which the connection loop follows with a read that
+        yields) no scheduler pass is spent either."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._socket is not None:
+            try:
+                sent = send_now(self._socket, data)
+            except OSError as exc:
+                self._write_failed()
+                raise ClientDisconnected("the client closed the connection") from exc
+            if sent == len(data):
+                if schedule:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return
+            data = data[sent:]
         timeout = self.server.limits.write_timeout
         try:
             with trio.CancelScope(

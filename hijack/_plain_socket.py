@@ -1,0 +1,63 @@
+"""Reads and writes on a plain socket without trio's stream layers.
+
+``trio.SocketStream.send_all`` and ``receive_some`` wrap every call in a
+conflict detector, an error-translating context manager and trio's
+``_nonblocking_helper`` (an async context manager), and ``send_all`` always
+yields to the scheduler, even when the kernel took every byte at once. On a
+keep-alive request or a small echo these layers are a measurable share of
+the server's CPU (see ``bench/ANALYSIS.md``). The owner of the socket (the
+HTTP layer, a :class:`~hijack._replay.ReplayStream`) checks conflicts and
+closed state itself, and decides where its scheduler passes go.
+
+Only for sockets trio made non-blocking: ``os.read`` / ``os.write`` on their
+file descriptor are ``recv`` / ``send`` without flags (Python ignores
+SIGPIPE, so a write to a closed peer raises ``BrokenPipeError``).
+"""
+
+from __future__ import annotations
+
+import os
+
+import trio
+
+__all__ = ["plain_socket", "receive", "send_now"]
+
+
+def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket of ``stream`` if it is exactly a ``trio.SocketStream``
+    (not TLS, not a memory stream, not a subclass with its own rules)."""
+    if type(stream) is trio.SocketStream:
+        return stream.socket
+    return None
+
+
+def send_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> int:
+    """Send what the kernel takes without waiting: the count sent (0 if the
+    send buffer is full). Not a checkpoint. Raises ``OSError`` (the peer is
+    gone: ``BrokenPipeError``, ``ConnectionResetError``; closed here:
+    ``EBADF``)."""
+    try:
+        return os.write(sock.fileno(), data)
+    except BlockingIOError:
+        return 0
+
+
+async def receive(sock: trio.socket.SocketType, max_bytes: int) -> bytes:
+    """Up to ``max_bytes`` (b"" at EOF), waiting until some arrive. Exactly
+    one scheduler pass, whether the bytes were there or had to be awaited
+    (trio's ``sock.recv`` does the same, through more layers). Raises
+    ``OSError`` as ``send_now``."""
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        data = os.read(sock.fileno(), max_bytes)
+    except BlockingIOError:
+        pass
+    else:
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return data
+    while True:
+        await trio.lowlevel.wait_readable(sock)
+        try:
+            return os.read(sock.fileno(), max_bytes)
+        except BlockingIOError:  # pragma: no cover - a spurious wake-up
+            pass

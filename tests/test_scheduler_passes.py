@@ -1,0 +1,128 @@
+"""How often trio runs a connection's task per request: the per-request cost
+the asyncio servers do not pay (bench/ANALYSIS.md). Counted with a trio
+Instrument over a UNIX socket pair: deterministic, no timing."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import trio
+import trio.lowlevel
+import trio.testing
+
+from hijack import Request, Response, Server
+
+HELLO = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+class TaskSteps(trio.abc.Instrument):
+    """Counts the scheduler passes of one task."""
+
+    def __init__(self, task: trio.lowlevel.Task) -> None:
+        self.task = task
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task is self.task:
+            self.steps += 1
+
+
+async def hello(request: Request) -> Response:
+    return Response(200, [("content-type", "text/plain")], b"Hello, world!")
+
+
+async def echo(request: Request) -> None:
+    hijacked = await request.hijack(Response(101, [("Upgrade", "echo")]))
+    async with hijacked:
+        while data := await hijacked.receive_some():
+            await hijacked.send_all(data)
+
+
+@asynccontextmanager
+async def served(
+    handler: Callable[[Request], Awaitable[Response | None]],
+) -> AsyncIterator[tuple[trio.socket.SocketType, TaskSteps]]:
+    """A client socket to one connection of a server, and the counter of
+    that connection's task (installed by the caller)."""
+    server = Server(handler, access_log=False)
+    client, server_end = trio.socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        connection = server._new_connection(trio.SocketStream(server_end))
+        nursery.start_soon(server._drive, connection)
+        [task] = nursery.child_tasks
+        with client:
+            yield client, TaskSteps(task)
+
+
+async def receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await sock.recv(size - len(data))
+        assert chunk, f"EOF after {data!r}"
+        data += chunk
+    return data
+
+
+async def count_round_trips(
+    client: trio.socket.SocketType, steps: TaskSteps, message: bytes, size: int
+) -> list[int]:
+    """The connection task's passes for each of 20 round trips."""
+    counts = []
+    for _ in range(20):
+        await trio.testing.wait_all_tasks_blocked()
+        before = steps.steps
+        await client.send(message)
+        await receive_exactly(client, size)
+        await trio.testing.wait_all_tasks_blocked()
+        counts.append(steps.steps - before)
+    return counts
+
+
+async def test_one_scheduler_pass_per_keep_alive_request() -> None:
+    # Woken by the request; reads it, answers in one write that does not
+    # yield, and parks on the next read: one pass. (Two before: trio's
+    # send_all always yields.)
+    async with served(hello) as (client, steps):
+        await client.send(HELLO)
+        size = len(await client.recv(65536))
+        trio.lowlevel.add_instrument(steps)
+        try:
+            counts = await count_round_trips(client, steps, HELLO, size)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert counts == [1] * 20
+
+
+async def test_pipelined_requests_still_yield_once_each() -> None:
+    # Three heads in one read: the answers' writes do not yield, so each
+    # buffered head gets a checkpoint of its own: a pipelining client cannot
+    # keep the task from letting others run.
+    async with served(hello) as (client, steps):
+        await client.send(HELLO)
+        size = len(await client.recv(65536))
+        await trio.testing.wait_all_tasks_blocked()
+        trio.lowlevel.add_instrument(steps)
+        try:
+            await client.send(HELLO * 3)
+            await receive_exactly(client, 3 * size)
+            await trio.testing.wait_all_tasks_blocked()
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert steps.steps == 3
+
+
+async def test_hijacked_echo_scheduler_passes() -> None:
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    )
+    async with served(echo) as (client, steps):
+        await client.send(upgrade)
+        head = await client.recv(65536)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        trio.lowlevel.add_instrument(steps)
+        try:
+            counts = await count_round_trips(client, steps, b"x" * 64, 64)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+    assert counts == [2] * 20
