@@ -72,6 +72,7 @@ class Exchange:
         driver: HTTPConnection,
         connection: Connection,
         event: h11.Request,
+        headers: list[tuple[bytes, bytes]],
         *,
         must_close: bool,
         body_deadline: float,
@@ -90,7 +91,7 @@ class Exchange:
         self._method = event.method.decode("ascii")
         self._target = event.target.decode("latin-1")
         self._version = event.http_version.decode("ascii")
-        self._headers = Headers(list(event.headers))
+        self._headers = Headers(headers)
 
     # -- run by the connection loop -----------------------------------------
 

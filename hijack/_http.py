@@ -230,7 +230,8 @@ class HTTPConnection:
             return None
         if not isinstance(event, h11.Request):  # pragma: no cover - h11 rules
             raise RuntimeError(f"unexpected h11 event {event!r}")
-        status = refusal_status(event, limits)
+        headers = list(event.headers)
+        status = refusal_status(event, headers, limits)
         if status is not None:
             await self._refuse(status)
             return None
@@ -239,7 +240,8 @@ class HTTPConnection:
             self,
             self.connection,
             event,
-            must_close=ambiguous_framing(event),
+            headers,
+            must_close=ambiguous_framing(headers),
             body_deadline=trio.current_time() + _or_inf(body_timeout),
         )
 
