@@ -9,6 +9,7 @@ import errno
 import trio
 
 from ._errors import UsageError
+from ._plain_socket import plain_socket, receive, send_now
 
 __all__ = ["ReplayStream", "close_socket_now"]
 
@@ -19,15 +20,32 @@ class ReplayStream(trio.abc.HalfCloseableStream):
     It enforces trio's stream rules itself (one sender and one receiver at a
     time, errors after close), since a transport such as a ``StapledStream``
     may not detect overlapping sends.
+
+    Scheduler passes: every call checks for cancellation, and a receive
+    always yields once. On a plain socket a ``send_all`` the kernel takes
+    at once does not yield again right after a call that yielded (the
+    receive before it): an echo or a request/answer loop costs one pass
+    per round trip instead of two, and any loop of calls on this stream
+    still yields at least every other call.
     """
 
-    __slots__ = ("_closed", "_pending", "_receiving", "_sending", "_socket", "stream")
+    __slots__ = (
+        "_closed",
+        "_pending",
+        "_receiving",
+        "_sending",
+        "_socket",
+        "_yielded",
+        "stream",
+    )
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
         self.stream = stream
         # A plain socket transport is driven directly (see _socket_send):
         # the hot path of every hijacked protocol.
-        self._socket = stream.socket if isinstance(stream, trio.SocketStream) else None
+        self._socket = plain_socket(stream)
+        # The last call on this stream yielded: the next send need not.
+        self._yielded = False
         self._pending = memoryview(prefix)
         self._receiving = False
         self._sending = False
@@ -59,11 +77,32 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         self._start_sending()
         try:
             if self._socket is not None and data:
-                await _socket_send(self._socket, data)
+                await self._socket_send(self._socket, data)
             else:
                 await self.stream.send_all(data)
         finally:
             self._sending = False
+
+    async def _socket_send(
+        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
+    ) -> None:
+        if sock.did_shutdown_SHUT_WR:
+            raise trio.ClosedResourceError("can't send data after sending EOF")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            with memoryview(data) as view:
+                sent = send_now(sock, view)
+                if sent == len(view):
+                    if self._yielded:
+                        self._yielded = False
+                    else:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                    return
+                self._yielded = False
+                while sent < len(view):  # the send buffer is full: wait
+                    sent += await sock.send(view[sent:])
+        except OSError as exc:
+            raise _stream_error(exc) from exc
 
     async def wait_send_all_might_not_block(self) -> None:
         """See ``trio.abc.SendStream``."""
@@ -111,7 +150,9 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         try:
             if not self._pending:
                 if self._socket is not None:
-                    return await _socket_receive(self._socket, max_bytes)
+                    data = await _socket_receive(self._socket, max_bytes)
+                    self._yielded = True  # a socket receive yields once
+                    return data
                 return await self.stream.receive_some(max_bytes)
             await trio.lowlevel.checkpoint()
         finally:
@@ -171,22 +212,8 @@ def _stream_error(exc: OSError) -> Exception:
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
-async def _socket_send(
-    sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
-) -> None:
-    if sock.did_shutdown_SHUT_WR:
-        raise trio.ClosedResourceError("can't send data after sending EOF")
-    try:
-        with memoryview(data) as view:
-            sent = await sock.send(view)
-            while sent < len(view):
-                sent += await sock.send(view[sent:])
-    except OSError as exc:
-        raise _stream_error(exc) from exc
-
-
 async def _socket_receive(sock: trio.socket.SocketType, max_bytes: int | None) -> bytes:
     try:
-        return await sock.recv(RECEIVE_SIZE if max_bytes is None else max_bytes)
+        return await receive(sock, RECEIVE_SIZE if max_bytes is None else max_bytes)
     except OSError as exc:
         raise _stream_error(exc) from exc

@@ -112,7 +112,9 @@ async def test_pipelined_requests_still_yield_once_each() -> None:
     assert steps.steps == 3
 
 
-async def test_hijacked_echo_scheduler_passes() -> None:
+async def test_one_scheduler_pass_per_hijacked_echo() -> None:
+    # The receive yields (woken by the message); the send right after it
+    # does not yield again. (Two before: trio's send_all always yields.)
     upgrade = (
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
     )
@@ -125,4 +127,31 @@ async def test_hijacked_echo_scheduler_passes() -> None:
             counts = await count_round_trips(client, steps, b"x" * 64, 64)
         finally:
             trio.lowlevel.remove_instrument(steps)
-    assert counts == [2] * 20
+    assert counts == [1] * 20
+
+
+async def test_hijacked_sends_in_a_row_still_yield() -> None:
+    # Only a send right after a call that yielded skips its pass: a task that
+    # only sends still lets others run at every other send at least.
+    passes = []
+
+    async def sender(request: Request) -> None:
+        hijacked = await request.hijack(Response(101, [("Upgrade", "x")]))
+        async with hijacked:
+            task = trio.lowlevel.current_task()
+            for _ in range(10):
+                await hijacked.receive_some()
+                steps = TaskSteps(task)
+                trio.lowlevel.add_instrument(steps)
+                for _ in range(4):
+                    await hijacked.send_all(b"x")
+                trio.lowlevel.remove_instrument(steps)
+                passes.append(steps.steps)
+
+    async with served(sender) as (client, _steps):
+        await client.send(HELLO.replace(b"\r\n\r\n", b"\r\nUpgrade: x\r\n\r\n"))
+        await client.recv(65536)
+        for _ in range(10):
+            await client.send(b"go")
+            await receive_exactly(client, 4)
+    assert passes == [3] * 10
