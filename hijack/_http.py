@@ -203,7 +203,8 @@ class HTTPConnection:
                 self._idle_scope = scope
                 self._idle_is_new = first
                 try:
-                    await self._receive()
+                    # Between requests we just answered: wait, then read.
+                    await self._receive(wait_first=not first)
                 finally:
                     self._idle_scope = None
             if scope.cancelled_caught or not conn.trailing_data[0]:
@@ -292,11 +293,11 @@ class HTTPConnection:
 
     # -- reading -------------------------------------------------------------
 
-    async def _receive(self) -> None:
+    async def _receive(self, *, wait_first: bool = False) -> None:
         data: bytes | bytearray
         try:
             if self._socket is not None:
-                data = await receive(self._socket, RECEIVE_SIZE)
+                data = await receive(self._socket, RECEIVE_SIZE, wait_first=wait_first)
             else:
                 data = await self.stream.receive_some(RECEIVE_SIZE)
         except (*_STREAM_GONE, OSError) as exc:

@@ -42,19 +42,27 @@ def send_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> int:
         return 0
 
 
-async def receive(sock: trio.socket.SocketType, max_bytes: int) -> bytes:
+async def receive(
+    sock: trio.socket.SocketType, max_bytes: int, *, wait_first: bool = False
+) -> bytes:
     """Up to ``max_bytes`` (b"" at EOF), waiting until some arrive. Exactly
     one scheduler pass, whether the bytes were there or had to be awaited
     (trio's ``sock.recv`` does the same, through more layers). Raises
-    ``OSError`` as ``send_now``."""
+    ``OSError`` as ``send_now``.
+
+    ``wait_first``: the caller just answered the peer, so nothing is likely
+    to be there yet: wait for readiness before the first ``recv`` instead
+    of trying one that fails with EAGAIN (a syscall per request or round
+    trip saved). If bytes did arrive meanwhile, the wait ends at once."""
     await trio.lowlevel.checkpoint_if_cancelled()
-    try:
-        data = os.read(sock.fileno(), max_bytes)
-    except BlockingIOError:
-        pass
-    else:
-        await trio.lowlevel.cancel_shielded_checkpoint()
-        return data
+    if not wait_first:
+        try:
+            data = os.read(sock.fileno(), max_bytes)
+        except BlockingIOError:
+            pass
+        else:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return data
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:

@@ -34,6 +34,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         "_pending",
         "_receiving",
         "_sending",
+        "_sent",
         "_socket",
         "_yielded",
         "stream",
@@ -46,6 +47,9 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         self._socket = plain_socket(stream)
         # The last call on this stream yielded: the next send need not.
         self._yielded = False
+        # The last socket call was a send: the peer has to answer before
+        # there is anything to read (see _plain_socket.receive).
+        self._sent = False
         self._pending = memoryview(prefix)
         self._receiving = False
         self._sending = False
@@ -93,6 +97,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
             with memoryview(data) as view:
                 sent = send_now(sock, view)
                 if sent == len(view):
+                    self._sent = True
                     if self._yielded:
                         self._yielded = False
                     else:
@@ -150,7 +155,8 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         try:
             if not self._pending:
                 if self._socket is not None:
-                    data = await _socket_receive(self._socket, max_bytes)
+                    wait_first, self._sent = self._sent, False
+                    data = await _socket_receive(self._socket, max_bytes, wait_first)
                     self._yielded = True  # a socket receive yields once
                     return data
                 return await self.stream.receive_some(max_bytes)
@@ -212,8 +218,11 @@ def _stream_error(exc: OSError) -> Exception:
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
 
 
-async def _socket_receive(sock: trio.socket.SocketType, max_bytes: int | None) -> bytes:
+async def _socket_receive(
+    sock: trio.socket.SocketType, max_bytes: int | None, wait_first: bool
+) -> bytes:
     try:
-        return await receive(sock, RECEIVE_SIZE if max_bytes is None else max_bytes)
+        size = RECEIVE_SIZE if max_bytes is None else max_bytes
+        return await receive(sock, size, wait_first=wait_first)
     except OSError as exc:
         raise _stream_error(exc) from exc

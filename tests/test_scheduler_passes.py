@@ -4,14 +4,16 @@ Instrument over a UNIX socket pair: deterministic, no timing."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
 
-from hijack import Request, Response, Server
+from hijack import Request, Response, Server, _plain_socket
 
 HELLO = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -155,3 +157,40 @@ async def test_hijacked_sends_in_a_row_still_yield() -> None:
             await client.send(b"go")
             await receive_exactly(client, 4)
     assert passes == [3] * 10
+
+
+class CountingOS:
+    """``os`` for hijack._plain_socket, counting its reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.write = os.write
+
+    def read(self, fd: int, size: int) -> bytes:
+        self.reads += 1
+        return os.read(fd, size)
+
+
+async def test_one_read_per_request_and_per_echo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # After answering, the next read waits for readiness first instead of
+    # trying a recv that can only fail with EAGAIN: one recv per keep-alive
+    # request, one per echo round trip.
+    fake_os = CountingOS()
+    monkeypatch.setattr(_plain_socket, "os", fake_os)
+    upgrade = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n"
+    )
+    for handler, opening, message in [
+        (hello, HELLO, HELLO),
+        (echo, upgrade, b"x" * 64),
+    ]:
+        async with served(handler) as (client, steps):
+            await client.send(opening)
+            reply = await client.recv(65536)
+            size = len(reply) if opening == message else len(message)
+            await trio.testing.wait_all_tasks_blocked()
+            before = fake_os.reads
+            await count_round_trips(client, steps, message, size)
+            assert fake_os.reads - before == 20
