@@ -55,6 +55,11 @@ class HijackProcess:
                     )
                 await self._changed.wait()
 
+    async def address(self) -> str:
+        """Where it said it listens (``http://127.0.0.1:PORT``,
+        ``http://unix:PATH``, ``127.0.0.1:PORT`` for ``forward``)."""
+        return (await self.wait_for(r"listening on (\S+)"))[1]
+
     async def port(self) -> int:
         return int((await self.wait_for(r"listening on https?://[^ ]+:(\d+)"))[1])
 
