@@ -22,6 +22,7 @@ __all__ = [
     "LogCapture",
     "UpstreamHandler",
     "all_closed",
+    "answer_once",
     "ask",
     "capture_log",
     "connect_from",
@@ -237,6 +238,18 @@ async def start_upstream(nursery: trio.Nursery, handler: UpstreamHandler) -> int
     )
     port: int = listeners[0].socket.getsockname()[1]
     return port
+
+
+def answer_once(answer: bytes) -> UpstreamHandler:
+    """An upstream that reads one request head, sends ``answer`` and
+    closes: a client's view of a server that says no (or says nonsense)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await read_until(stream, b"\r\n\r\n")
+            await stream.send_all(answer)
+
+    return handle
 
 
 async def all_closed(server: Server) -> None:

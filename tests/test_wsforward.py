@@ -24,7 +24,13 @@ from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
 from . import test_forward
 from .conftest import StartServer
-from .helpers import read_exactly, read_until, read_until_closed, start_upstream
+from .helpers import (
+    answer_once,
+    read_exactly,
+    read_until,
+    read_until_closed,
+    start_upstream,
+)
 from .test_examples import load_example
 from .test_forward import closed_port, echo
 
@@ -110,12 +116,7 @@ async def test_a_frame_in_the_same_packet_as_the_101_is_kept(
 async def test_answers_that_are_not_a_websocket(
     nursery: trio.Nursery, answer: bytes, status: int, words: str
 ) -> None:
-    async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            await read_until(stream, b"\r\n\r\n")
-            await stream.send_all(answer)
-
-    port = await start_upstream(nursery, handle)
+    port = await start_upstream(nursery, answer_once(answer))
     with pytest.raises(WebSocketRefused) as refused:
         await connect_websocket(f"ws://127.0.0.1:{port}/")
     assert refused.value.status == status
