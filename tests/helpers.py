@@ -9,11 +9,13 @@ import functools
 import itertools
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import h11
 import trio
+import trustme
 
 from hijack import Headers, Server
 from hijack.testing import TestResponse
@@ -37,6 +39,7 @@ __all__ = [
     "reset",
     "splits",
     "start_upstream",
+    "tls_contexts",
 ]
 
 UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -205,6 +208,17 @@ def splits(data: bytes, cuts: list[int]) -> list[bytes]:
 
 
 # -- sockets and servers -------------------------------------------------------------
+
+
+def tls_contexts(*names: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for ``names`` from a new test CA,
+    and a client context that trusts that CA (and nothing else)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
 
 
 def reset(stream: trio.SocketStream) -> None:

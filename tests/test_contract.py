@@ -10,12 +10,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
-import trustme
 
 from hijack import Connection, HijackError, Request, Response, Server, relay
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed, start_upstream
+from .helpers import read_until, read_until_closed, start_upstream, tls_contexts
 
 UPGRADE = Response(101, {"connection": "upgrade", "upgrade": "echo"})
 Handler = Callable[[Request], Awaitable[Response | None]]
@@ -80,12 +79,9 @@ class TLS:
     standard (not https-compatible) client that trusts it."""
 
     def __init__(self) -> None:
-        self.ca = trustme.CA()
-        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert = self.ca.issue_cert("localhost", "sni.example", "127.0.0.1")
-        cert.configure_cert(self.server_context)
-        self.client_context = ssl.create_default_context()
-        self.ca.configure_trust(self.client_context)
+        self.server_context, self.client_context = tls_contexts(
+            "localhost", "sni.example", "127.0.0.1"
+        )
 
     async def connect(
         self, port: int, server_hostname: str = "localhost"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from hijack import Request, Response, Server
 from hijack.upgrades.forward import TunnelError, open_tunnel, serve_forward
@@ -30,6 +29,7 @@ from .helpers import (
     read_until,
     read_until_closed,
     start_upstream,
+    tls_contexts,
 )
 from .test_examples import load_example
 from .test_forward import closed_port, echo
@@ -129,11 +129,7 @@ async def test_connect_websocket_rejects_other_urls() -> None:
 
 
 async def test_wss_with_a_trusted_certificate(nursery: trio.Nursery) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts("127.0.0.1")
     server = Server(WebSocketBridge(("127.0.0.1", await start_upstream(nursery, echo))))
     listeners = await nursery.start(
         functools.partial(server.serve_tcp, 0, ssl_context=server_ctx)
