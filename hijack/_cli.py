@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -29,6 +29,9 @@ from ._proxyproto import ProxyProtocol
 from ._relay import TunnelHook
 from ._server import Server
 from ._supervisor import WORKER_FDS_ENV
+
+if TYPE_CHECKING:  # imported where used: each subcommand loads only its own
+    from .upgrades.connect import ConnectPolicy
 
 __all__ = ["main"]
 
@@ -75,15 +78,23 @@ def _trusted_sender(text: str) -> str:
 # -- building the handler of each subcommand ----------------------------------
 
 
-def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.connect import ConnectPolicy, ConnectProxy
+def _connect_policy(args: argparse.Namespace) -> ConnectPolicy:
+    """The destination policy of ``proxy`` and ``wsbridge --targets``, from
+    their shared --allow-port/--allow/--deny/--allow-private flags."""
+    from .upgrades.connect import ConnectPolicy
 
-    policy = ConnectPolicy(
+    return ConnectPolicy(
         allowed_ports=frozenset(args.allow_port or [443]),
         allow_private=args.allow_private,
         allow=tuple(args.allow),
         deny=tuple(args.deny),
     )
+
+
+def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.connect import ConnectProxy
+
+    policy = _connect_policy(args)
     return ConnectProxy(
         policy,
         auth=args.auth,
@@ -119,7 +130,6 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
 
 
 def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.connect import ConnectPolicy
     from .upgrades.wsbridge import TargetFile, WebSocketBridge
 
     origins = args.allow_origin or None
@@ -139,12 +149,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         targets = TargetFile(args.targets)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"hijack wsbridge: --targets: {exc}") from None
-    policy = ConnectPolicy(
-        allowed_ports=frozenset(args.allow_port or [443]),
-        allow_private=args.allow_private,
-        allow=tuple(args.allow),
-        deny=tuple(args.deny),
-    )
+    policy = _connect_policy(args)
     return WebSocketBridge(
         targets=targets,
         policy=policy,
