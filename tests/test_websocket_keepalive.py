@@ -6,7 +6,6 @@ Sans-I/O protocol and answers pings only when told to."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 import trio
@@ -19,8 +18,8 @@ from hijack.testing import MemoryListener
 from hijack.upgrades.websocket import WebSocket, websocket_handler
 
 from .helpers import read_response
+from .hijack_process import run_hijack
 from .test_websocket import upgrade_request
-from .test_websocket_compression import echo_process  # noqa: F401 (fixture)
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
@@ -128,12 +127,15 @@ async def test_ping_interval_none_sends_no_ping(
     await stream.aclose()
 
 
-async def test_hijack_echo_ping_flags(echo_process: Any) -> None:  # noqa: F811
+async def test_hijack_echo_ping_flags() -> None:
     """``hijack echo --ping-interval 0.2 --ping-timeout 0.2``, real process,
     real clock: a client that never answers gets a ping, then close 1011,
     then EOF (with the 20 s default it would run into the test time limit)."""
-    port, _ = await echo_process("--ping-interval", "0.2", "--ping-timeout", "0.2")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+    flags = ["--ping-interval", "0.2", "--ping-timeout", "0.2"]
+    async with (
+        run_hijack(["echo", "--listen", "127.0.0.1:0", *flags]) as echo,
+        await trio.open_tcp_stream("127.0.0.1", await echo.port()) as stream,
+    ):
         await stream.send_all(upgrade_request())
         response, rest = await read_response(stream)
         assert response.status == 101
