@@ -26,13 +26,19 @@ MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
 async def open_client(listener: MemoryListener) -> tuple[trio.abc.Stream, Protocol]:
     stream = await listener.connect()
+    return stream, await handshake(stream)
+
+
+async def handshake(stream: trio.abc.Stream) -> Protocol:
+    """Upgrade ``stream``; the client's Sans-I/O protocol, fed any frame
+    bytes that came behind the 101."""
     await stream.send_all(upgrade_request())
     response, rest = await read_response(stream)
     assert response.status == 101
     protocol = Protocol(Side.CLIENT)
     if rest:
         protocol.receive_data(rest)
-    return stream, protocol
+    return protocol
 
 
 async def next_frame(stream: trio.abc.Stream, protocol: Protocol) -> Frame | None:
@@ -136,12 +142,7 @@ async def test_hijack_echo_ping_flags() -> None:
         run_hijack(["echo", "--listen", "127.0.0.1:0", *flags]) as echo,
         await trio.open_tcp_stream("127.0.0.1", await echo.port()) as stream,
     ):
-        await stream.send_all(upgrade_request())
-        response, rest = await read_response(stream)
-        assert response.status == 101
-        protocol = Protocol(Side.CLIENT)
-        if rest:
-            protocol.receive_data(rest)
+        protocol = await handshake(stream)
         ping = await _next_frame(stream, protocol)
         assert ping is not None and ping.opcode is PING
         close = await _next_frame(stream, protocol)
