@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,7 @@ async def test_cli_proxy_between_two_haproxies(haproxy: StartHAProxy) -> None:
         *("--proxy-protocol", "127.0.0.1/32", "--send-proxy-protocol", "2"),
         *("--allow-port", str(ports["echo"]), "--allow", "127.0.0.1"),
     ]
-    async with run_hijack(args) as hijack:
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as hijack:
         await hijack.port()
         async with await connect_from("127.0.0.7", "127.0.0.1", ports["v1"]) as stream:
             client_port = stream.socket.getsockname()[1]

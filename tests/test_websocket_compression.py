@@ -5,6 +5,7 @@ from /proc."""
 from __future__ import annotations
 
 import os
+import signal
 import zlib
 from typing import Any
 
@@ -187,13 +188,17 @@ async def test_a_64_mib_bomb_closes_1009_without_holding_64_mib() -> None:
     frame = bomb_frame(64 * MiB)
     assert len(frame) < 70 * 1024  # "a 64 KiB frame"
 
-    async with run_hijack([*ECHO, "--max-message-size", str(MiB)]) as limited:
+    async with run_hijack(
+        [*ECHO, "--max-message-size", str(MiB)], stop_signal=signal.SIGINT
+    ) as limited:
         port, pid = await limited.port(), limited.process.pid
         before = peak_rss(pid)
         assert close_code(await send_bomb(port, frame, until_closed=True)) == 1009
         limited_growth = peak_rss(pid) - before
 
-    async with run_hijack([*ECHO, "--max-message-size", str(128 * MiB)]) as control:
+    async with run_hijack(
+        [*ECHO, "--max-message-size", str(128 * MiB)], stop_signal=signal.SIGINT
+    ) as control:
         port, pid = await control.port(), control.process.pid
         before = peak_rss(pid)
         answer = await send_bomb(port, frame, until_closed=False)
@@ -205,7 +210,9 @@ async def test_a_64_mib_bomb_closes_1009_without_holding_64_mib() -> None:
 
 
 async def test_no_compression_flag() -> None:
-    async with run_hijack([*ECHO, "--no-compression"]) as echo:
+    async with run_hijack(
+        [*ECHO, "--no-compression"], stop_signal=signal.SIGINT
+    ) as echo:
         status, headers = await handshake_answer(
             await echo.port(), "permessage-deflate"
         )

@@ -5,6 +5,7 @@ Sans-I/O protocol and answers pings only when told to."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -20,6 +21,7 @@ from hijack.upgrades.websocket import WebSocket, websocket_handler
 from .helpers import read_response
 from .hijack_process import run_hijack
 from .test_websocket import upgrade_request
+from .test_websocket_compression import ECHO
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
@@ -139,7 +141,7 @@ async def test_hijack_echo_ping_flags() -> None:
     then EOF (with the 20 s default it would run into the test time limit)."""
     flags = ["--ping-interval", "0.2", "--ping-timeout", "0.2"]
     async with (
-        run_hijack(["echo", "--listen", "127.0.0.1:0", *flags]) as echo,
+        run_hijack([*ECHO, *flags], stop_signal=signal.SIGINT) as echo,
         await trio.open_tcp_stream("127.0.0.1", await echo.port()) as stream,
     ):
         protocol = await handshake(stream)

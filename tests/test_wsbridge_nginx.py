@@ -140,7 +140,7 @@ async def test_python_client_through_nginx_to_the_bridge(
         else ["--unix", str(nginx_tmp / "bridge.sock")]
     )
     args = ["wsbridge", *where, "--upstream", f"127.0.0.1:{upstream}"]
-    async with run_hijack(args) as bridge:
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
         front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         stream = await trio.open_tcp_stream("127.0.0.1", front)
         async with stream:
@@ -176,9 +176,8 @@ async def test_node_ws_binary_subprotocol_through_nginx(
         bridge_to = ["--targets", str(tokens), "--allow-port", str(upstream)]
         bridge_to += ["--allow", "127.0.0.1"]
         query = "?token=vnc1"
-    async with run_hijack(
-        ["wsbridge", "--listen", "127.0.0.1:0", *bridge_to]
-    ) as bridge:
+    args = ["wsbridge", "--listen", "127.0.0.1:0", *bridge_to]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
         front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         with trio.fail_after(60):  # a safety bound, not timing logic
             result = await trio.run_process(
@@ -216,7 +215,7 @@ async def test_plain_get_through_nginx_is_426(
         "--upstream",
         f"127.0.0.1:{upstream}",
     ]
-    async with run_hijack(args) as bridge:
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
         front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         assert CURL is not None
         result = await trio.run_process(
@@ -245,14 +244,16 @@ async def test_curl_through_forward_nginx_and_bridge_to_http_server(
         env["SSL_CERT_FILE"] = str(nginx_tmp / "ca.pem")  # the forwarder trusts it
     upstream = f"127.0.0.1:{http_upstream}"
     bridge_args = ["wsbridge", "--listen", "127.0.0.1:0", "--upstream", upstream]
-    async with run_hijack(bridge_args) as bridge:
+    async with run_hijack(bridge_args, stop_signal=signal.SIGTERM) as bridge:
         tls = ca.issue_cert("127.0.0.1") if scheme == "wss" else None
         front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge), tls)
         forward_args = [
             *("forward", "--mode", "websocket", "--listen", "127.0.0.1:0"),
             *("--via", f"{scheme}://127.0.0.1:{front}/tunnel"),
         ]
-        async with run_hijack(forward_args, env=env) as forward:
+        async with run_hijack(
+            forward_args, env=env, stop_signal=signal.SIGTERM
+        ) as forward:
             local = await forward.address()
             result = await trio.run_process(
                 [
