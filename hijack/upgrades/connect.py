@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -29,6 +30,7 @@ import trio
 from .. import (
     Handler,
     HTTPError,
+    HubTunnel,
     RelayStats,
     Request,
     Response,
@@ -98,6 +100,8 @@ class _Tunnel:
     address: str = ""
     port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
+    #: Handed to the server's relay hub: its end is logged from on_close.
+    handed: bool = False
 
 
 class ConnectProxy:
@@ -121,7 +125,11 @@ class ConnectProxy:
     owns both streams until it returns; :func:`~hijack.relay` closes both
     when both directions reached EOF, on ``idle_timeout`` (no byte either
     way), on error, or on a cancel (e.g. the server's shutdown grace running
-    out). One INFO line per CONNECT on the ``hijack.connect`` logger.
+    out). With ``hand_over`` (the default) a tunnel between plain sockets is
+    handed to the server's relay hub instead (Linux): the handler returns
+    at once, the hub closes both streams on the same events and the end is
+    logged from there. One INFO line per CONNECT on the ``hijack.connect``
+    logger.
     """
 
     def __init__(
@@ -138,6 +146,7 @@ class ConnectProxy:
         dial: Dialer = dial_tcp,
         send_proxy_protocol: ProxyVersion | None = None,
         on_tunnel: TunnelHook | None = None,
+        hand_over: bool = True,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -151,6 +160,7 @@ class ConnectProxy:
         self.idle_timeout = idle_timeout
         self.max_tunnels = max_tunnels
         self.fallback = fallback
+        self.hand_over = hand_over
         self._resolver = resolver
         self._dial = dial
         self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
@@ -190,7 +200,8 @@ class ConnectProxy:
             detail = "destination not allowed" if exc.status == 403 else exc.reason
             raise HTTPError(exc.status, detail) from None
         finally:
-            self._log(tunnel)
+            if not tunnel.handed:
+                self._log(tunnel)
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
@@ -217,13 +228,30 @@ class ConnectProxy:
             except BaseException:
                 await trio.aclose_forcefully(upstream)
                 raise
+            if self.hand_over and hijacked.can_hand_to_hub(upstream):
+                hijacked.hand_to_hub(
+                    upstream,
+                    idle_timeout=self.idle_timeout,
+                    stats=tunnel.stats,
+                    on_close=functools.partial(self._tunnel_ended, tunnel),
+                )
+                tunnel.handed = True
+                return None
             await relay(
                 hijacked, upstream, idle_timeout=self.idle_timeout, stats=tunnel.stats
             )
             tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
             return None
         finally:
-            self._open -= 1
+            if not tunnel.handed:
+                self._open -= 1
+
+    def _tunnel_ended(self, tunnel: _Tunnel, ended: HubTunnel) -> None:
+        """The hub closed a handed-over tunnel: count and log it as a relay
+        that returned (or, at the end of a shutdown grace, was cancelled)."""
+        self._open -= 1
+        tunnel.outcome = _HUB_OUTCOMES.get(ended.reason, "ok")
+        self._log(tunnel)
 
     async def _open_upstream(
         self, host: str, port: int, tunnel: _Tunnel
@@ -297,6 +325,10 @@ class ConnectProxy:
                 "duration": duration,
             },
         )
+
+
+# A hub tunnel's end reason -> the outcome a relay() would have logged.
+_HUB_OUTCOMES = {"idle-timeout": "idle-timeout", "closed": "error"}
 
 
 class _Busy(ConnectError):

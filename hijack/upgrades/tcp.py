@@ -9,6 +9,7 @@ The client side (``open_tunnel``, a local forwarder) is in
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import trio
@@ -43,6 +44,15 @@ def is_tcp_upgrade(request: Request) -> bool:
     )
 
 
+# A hub tunnel's end reason -> what the task relay's log line would say.
+_HUB_OUTCOMES = {
+    "eof": "closed",
+    "error": "closed",
+    "idle-timeout": "idle timeout",
+    "closed": "cancelled",
+}
+
+
 class TCPUpgrade:
     """A hijack handler relaying ``Upgrade: tcp`` requests to ``upstream``.
 
@@ -59,8 +69,10 @@ class TCPUpgrade:
 
     Resource handling: the handler owns both streams and the relay closes both
     when it returns (EOF both ways, an error, the idle timeout, or a cancel,
-    e.g. the server's shutdown grace running out). One log line per stream on
-    the ``hijack.tcp`` logger.
+    e.g. the server's shutdown grace running out). With ``hand_over`` (the
+    default) a stream between plain sockets goes to the server's relay hub
+    instead (Linux): the handler returns at once and the hub closes both on
+    the same events. One log line per stream on the ``hijack.tcp`` logger.
     """
 
     def __init__(
@@ -72,8 +84,10 @@ class TCPUpgrade:
         fallback: Handler | None = None,
         send_proxy_protocol: ProxyVersion | None = None,
         on_tunnel: TunnelHook | None = None,
+        hand_over: bool = True,
     ) -> None:
         self.upstream = upstream
+        self.hand_over = hand_over
         self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -105,7 +119,20 @@ class TCPUpgrade:
             await trio.aclose_forcefully(upstream)
             raise
         stats = RelayStats()
-        started = trio.current_time()
+        log_end = functools.partial(
+            self._log_end,
+            request.connection.id,
+            format_address(request.connection.remote_address),
+            trio.current_time(),
+        )
+        if self.hand_over and hijacked.can_hand_to_hub(upstream):
+            hijacked.hand_to_hub(
+                upstream,
+                idle_timeout=self.idle_timeout,
+                stats=stats,
+                on_close=lambda tunnel: log_end(_HUB_OUTCOMES[tunnel.reason], stats),
+            )
+            return None
         outcome = "error"
         try:
             await relay(hijacked, upstream, idle_timeout=self.idle_timeout, stats=stats)
@@ -116,19 +143,29 @@ class TCPUpgrade:
         finally:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
-            if self.on_tunnel is not None:
-                self.on_tunnel(outcome, self.upstream[1], stats)
-            logger.info(
-                "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
-                request.connection.id,
-                format_address(request.connection.remote_address),
-                join_host_port(*self.upstream),
-                outcome,
-                stats.a_to_b,
-                stats.b_to_a,
-                trio.current_time() - started,
-            )
+            log_end(outcome, stats)
         return None
+
+    def _log_end(
+        self,
+        connection_id: int,
+        peer: str,
+        started: float,
+        outcome: str,
+        stats: RelayStats,
+    ) -> None:
+        if self.on_tunnel is not None:
+            self.on_tunnel(outcome, self.upstream[1], stats)
+        logger.info(
+            "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
+            connection_id,
+            peer,
+            join_host_port(*self.upstream),
+            outcome,
+            stats.a_to_b,
+            stats.b_to_a,
+            trio.current_time() - started,
+        )
 
     async def _dial(self, request: Request) -> trio.SocketStream:
         host, port = self.upstream
