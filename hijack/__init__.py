@@ -21,6 +21,8 @@ from ._relay import RelayStats as RelayStats
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
+from ._throttle import Throttle as Throttle
+from ._throttle import TokenBucket as TokenBucket
 
 __all__ = [
     "ConnState",
@@ -38,6 +40,8 @@ __all__ = [
     "Response",
     "Server",
     "TLSInfo",
+    "Throttle",
+    "TokenBucket",
     "UnixSocketListener",
     "open_unix_listener",
     "relay",

@@ -12,12 +12,15 @@ from __future__ import annotations
 import base64
 import logging
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import h11
 import trio
 
 from .. import ReplayStream, relay
+
+if TYPE_CHECKING:
+    from .parent_proxy import ParentProxy
 
 __all__ = ["TunnelError", "forward_stdio", "open_tunnel", "serve_forward"]
 
@@ -84,7 +87,7 @@ def _request(
     return h11.Request(method=method, target=request_target, headers=headers)
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
@@ -92,10 +95,10 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object
         data = await stream.receive_some()
         if not data:
             raise TunnelError(0, "the server closed the connection mid-answer")
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
-async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+async def _error_body(conn: h11.Connection, stream: trio.abc.Stream) -> bytes:
     """Up to MAX_ERROR_BODY bytes of an error answer's body, best effort."""
     body = b""
     try:
@@ -110,7 +113,7 @@ async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
 
 
 async def _handshake(
-    stream: trio.SocketStream, request: h11.Request, mode: Mode
+    stream: trio.abc.Stream, request: h11.Request, mode: Mode
 ) -> bytes:
     """Send ``request``, read the answer's head; return the bytes behind it."""
     conn = h11.Connection(h11.CLIENT)
@@ -152,7 +155,8 @@ async def open_tunnel(
     *,
     auth: tuple[str, str] | None = None,
     path: str = "/",
-) -> trio.abc.HalfCloseableStream:
+    upstream_proxy: ParentProxy | None = None,
+) -> ReplayStream:
     """Connect to the hijack server at ``via`` and open a raw stream through it.
 
     ``mode="connect"``: ``CONNECT target`` (``target`` required), accepted on
@@ -167,9 +171,17 @@ async def open_tunnel(
     ``trio.fail_after`` where that matters. The returned stream yields
     the bytes that came right behind the answer first; the caller owns it and
     must close it. On error or cancel, the connection is closed.
+
+    ``upstream_proxy``: reach ``via`` through this parent proxy (a company
+    proxy between the client and the hijack server); its failures raise
+    :class:`~hijack.upgrades.parent_proxy.ParentProxyError`.
     """
     request = _request(via, target, mode, auth, path)
-    stream = await trio.open_tcp_stream(*via)
+    stream: trio.abc.Stream
+    if upstream_proxy is not None:
+        stream = await upstream_proxy.connect(*via)
+    else:
+        stream = await trio.open_tcp_stream(*via)
     try:
         prefix = await _handshake(stream, request, mode)
     except BaseException:
@@ -185,6 +197,7 @@ async def serve_forward(
     mode: Mode,
     *,
     auth: tuple[str, str] | None = None,
+    upstream_proxy: ParentProxy | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``listen`` (``(host, port)``, or a port on 127.0.0.1; port 0
@@ -201,9 +214,13 @@ async def serve_forward(
     listeners = await trio.open_tcp_listeners(port, host=host)
 
     async def forward(local: trio.SocketStream) -> None:
+        from .parent_proxy import ParentProxyError
+
         try:
-            tunnel = await open_tunnel(via, target, mode, auth=auth)
-        except (OSError, TunnelError) as exc:
+            tunnel = await open_tunnel(
+                via, target, mode, auth=auth, upstream_proxy=upstream_proxy
+            )
+        except (OSError, TunnelError, ParentProxyError) as exc:
             logger.warning("cannot open a tunnel via %s:%d: %s", *via, exc)
             await trio.aclose_forcefully(local)
             return
@@ -246,6 +263,7 @@ async def forward_stdio(
     mode: Mode,
     *,
     auth: tuple[str, str] | None = None,
+    upstream_proxy: ParentProxy | None = None,
 ) -> None:
     """Open one tunnel and relay it to stdin/stdout, until both directions
     reach EOF (for ssh's ``ProxyCommand``).
@@ -258,7 +276,9 @@ async def forward_stdio(
     cannot be opened; a cancel closes the tunnel.
     """
     was_blocking = os.get_blocking(0), os.get_blocking(1)
-    tunnel = await open_tunnel(via, target, mode, auth=auth)
+    tunnel = await open_tunnel(
+        via, target, mode, auth=auth, upstream_proxy=upstream_proxy
+    )
     stdin: trio.lowlevel.FdStream | None = None
     stdout: _Stdout | None = None
     try:
