@@ -7,38 +7,41 @@ right behind the CONNECT head (typically a TLS ClientHello) are replayed to
 the upstream first, by the :class:`~hijack.Hijacked` stream.
 
 Answers: bad target or a request body -> 400, missing or wrong
-``Proxy-Authorization`` -> 407, too many tunnels -> 503, destination refused
-by the policy -> 403, name unresolvable or connection refused -> 502, resolve
-plus connect slower than ``connect_timeout`` -> 504. Other methods go to
-``fallback`` or get 405.
+``Proxy-Authorization`` -> 407, too many tunnels -> 503 (429 for a client's
+or a user's own bound), destination refused by the policy (or the user's
+rules) -> 403, name unresolvable, connection refused or a parent proxy
+failing -> 502, resolve plus connect slower than ``connect_timeout`` -> 504.
+Other methods go to ``fallback`` or get 405.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import hmac
 import logging
-import socket
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, Throttle, relay
+from ._dial import Dialer, dial_tcp, open_checked
 from ._policy import (
     BadConnectTarget,
     ConnectError,
     ConnectPolicy,
     ConnectRefused,
-    IPAddress,
     Resolver,
     UpstreamError,
     is_non_global,
     parse_connect_target,
 )
+from .limits import TunnelLimits
+from .parent_proxy import Routes
+from .users import Users, authenticate
 
 __all__ = [
     "BadConnectTarget",
@@ -55,25 +58,8 @@ __all__ = [
 
 logger = logging.getLogger("hijack.connect")
 
-Dialer = Callable[[IPAddress, int], Awaitable[trio.abc.Stream]]
-
 DEFAULT_POLICY = ConnectPolicy()  # frozen: safe to share
-
-
-async def dial_tcp(address: IPAddress, port: int) -> trio.abc.Stream:
-    """Connect to an already checked IP address.
-
-    One socket, one connect: ``trio.open_tcp_stream`` would run its
-    happy-eyeballs machinery (a nursery and a task per attempt) for an
-    address that needs none, a measurable share of a tunnel's set-up."""
-    family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
-    try:
-        await sock.connect((str(address), port))
-    except BaseException:
-        sock.close()
-        raise
-    return trio.SocketStream(sock)  # sets TCP_NODELAY
+NO_THROTTLE: tuple[Throttle | None, Throttle | None] = (None, None)
 
 
 @dataclass(slots=True)
@@ -86,6 +72,8 @@ class _Tunnel:
     outcome: str = "error"
     reason: str = ""
     address: str = ""
+    user: str = ""
+    route: str = ""
     stats: RelayStats = field(default_factory=RelayStats)
 
 
@@ -108,6 +96,13 @@ class ConnectProxy:
     like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
     tests.
 
+    ``users`` (:class:`~hijack.upgrades.users.Users`) replaces ``auth``: each
+    user has a password and rules on top of ``policy`` (407, then 403).
+    ``routes`` (:class:`~hijack.upgrades.parent_proxy.Routes`) sends
+    destinations through a parent proxy. ``limits``
+    (:class:`~hijack.upgrades.limits.TunnelLimits`) bounds tunnels per client
+    address and per user (429) and their bandwidth.
+
     Resource handling: the upstream stream is dialled before answering, so a
     client only sees ``200`` when the upstream accepted. The handler then
     owns both streams until it returns; :func:`~hijack.relay` closes both
@@ -128,6 +123,9 @@ class ConnectProxy:
         fallback: Handler | None = None,
         resolver: Resolver = trio.socket.getaddrinfo,
         dial: Dialer = dial_tcp,
+        users: Users | None = None,
+        routes: Routes | None = None,
+        limits: TunnelLimits | None = None,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -143,6 +141,11 @@ class ConnectProxy:
         self.fallback = fallback
         self._resolver = resolver
         self._dial = dial
+        if users is not None and auth is not None:
+            raise ValueError("give auth (one user) or users, not both")
+        self.users = users
+        self.routes = routes
+        self.limits = limits
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -187,50 +190,87 @@ class ConnectProxy:
         host, port = parse_connect_target(request.target)
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
-        if not self._authorized(request):
+        policy = self.policy
+        user = None
+        if self.users is not None:
+            try:
+                user = await authenticate(
+                    request, self.users, proxy=True, realm=self.realm
+                )
+            except HTTPError:
+                tunnel.outcome = "407"
+                tunnel.reason = "proxy authentication required"
+                raise
+            tunnel.user = user.name
+            policy = self.users.policy_for(user, policy)
+        elif not self._authorized(request):
             tunnel.outcome = "407"
             tunnel.reason = "proxy authentication required"
             return self._challenge()
         if self._open >= self.max_tunnels:
             raise _Busy(f"{self._open} tunnels open")
+        held = (
+            self.limits.hold(_client_host(request), user)
+            if self.limits is not None
+            else contextlib.nullcontext(NO_THROTTLE)
+        )
         self._open += 1
         try:
-            upstream = await self._open_upstream(host, port, tunnel)
-            try:
-                hijacked = await request.hijack(
-                    Response(200, reason="Connection established")
-                )
-            except BaseException:
-                await trio.aclose_forcefully(upstream)
-                raise
-            await relay(
-                hijacked, upstream, idle_timeout=self.idle_timeout, stats=tunnel.stats
-            )
-            tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
+            with held as throttle:
+                await self._tunnel(request, host, port, policy, tunnel, throttle)
             return None
         finally:
             self._open -= 1
 
+    async def _tunnel(
+        self,
+        request: Request,
+        host: str,
+        port: int,
+        policy: ConnectPolicy,
+        tunnel: _Tunnel,
+        throttle: tuple[Throttle | None, Throttle | None],
+    ) -> None:
+        upstream = await self._open_upstream(host, port, policy, tunnel)
+        try:
+            hijacked = await request.hijack(
+                Response(200, reason="Connection established")
+            )
+        except BaseException:
+            await trio.aclose_forcefully(upstream)
+            raise
+        await relay(
+            hijacked,
+            upstream,
+            idle_timeout=self.idle_timeout,
+            stats=tunnel.stats,
+            throttle=throttle,
+        )
+        tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
+
     async def _open_upstream(
-        self, host: str, port: int, tunnel: _Tunnel
+        self, host: str, port: int, policy: ConnectPolicy, tunnel: _Tunnel
     ) -> trio.abc.Stream:
-        """Resolve once, check, dial a checked address: the caller owns the
-        stream returned. The deadline covers the lookup and every dial."""
+        """Check, resolve once, dial a checked address (directly or through
+        a parent): the caller owns the stream returned. The deadline covers
+        the lookup and every dial."""
+        if self.routes is not None:
+            tunnel.route = "direct"
+            parent = self.routes.parent_for(host)
+            if parent is not None:
+                tunnel.route = f"via {parent}"
         try:
             with trio.fail_after(self.connect_timeout):
-                addresses = await self.policy.resolve(
-                    host, port, resolver=self._resolver
+                dialed = await open_checked(
+                    host,
+                    port,
+                    policy,
+                    routes=self.routes,
+                    resolver=self._resolver,
+                    dial=self._dial,
                 )
-                errors = []
-                for address in addresses:
-                    tunnel.address = str(address)
-                    try:
-                        return await self._dial(address, port)
-                    except OSError as exc:
-                        errors.append(f"{address}: {exc.strerror or exc}")
-                raise UpstreamError(
-                    f"cannot connect to {host}:{port}: " + "; ".join(errors)
-                )
+                tunnel.address = dialed.address
+                return dialed.stream
         except trio.TooSlowError:
             raise _Timeout(
                 f"no connection to {host}:{port} within {self.connect_timeout}s"
@@ -266,10 +306,12 @@ class ConnectProxy:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
         logger.info(
-            "CONNECT %s -> %s%s %s%s up=%d down=%d %.3fs",
+            "CONNECT %s%s -> %s%s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,
+            f" user={tunnel.user}" if tunnel.user else "",
             tunnel.target,
             f" ({tunnel.address})" if tunnel.address else "",
+            f" {tunnel.route}" if tunnel.route else "",
             tunnel.outcome,
             f" [{tunnel.reason}]" if tunnel.reason else "",
             stats.a_to_b,
@@ -277,6 +319,8 @@ class ConnectProxy:
             duration,
             extra={
                 "client": tunnel.client,
+                "user": tunnel.user,
+                "route": tunnel.route,
                 "target": tunnel.target,
                 "outcome": tunnel.outcome,
                 "upstream_address": tunnel.address,
@@ -285,6 +329,14 @@ class ConnectProxy:
                 "duration": duration,
             },
         )
+
+
+def _client_host(request: Request) -> str:
+    """The client's address without its port: what per-client limits count."""
+    address = request.connection.remote_address
+    if isinstance(address, tuple) and address:
+        return str(address[0])
+    return str(address or "-")
 
 
 class _Busy(ConnectError):
