@@ -51,6 +51,58 @@ def _user_pass(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _byte_rate(text: str) -> int:
+    """``500000``, ``500k``, ``2M``, ``1G``: bytes per second (SI units)."""
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
+    number = text[:-1] if scale > 1 else text
+    try:
+        value = int(float(number) * scale)
+    except (ValueError, OverflowError):
+        raise argparse.ArgumentTypeError(
+            f"expected bytes/s like 500k, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("a bandwidth limit is at least 1 byte/s")
+    return value
+
+
+def _parent_proxy(text: str) -> Any:
+    from .upgrades.parent_proxy import ParentProxy
+
+    try:
+        return ParentProxy.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _team_options(args: argparse.Namespace) -> dict[str, Any]:
+    """users, routes and limits for the proxy and tcp handlers (issue: a
+    proxy for a team); the Users object is also kept for SIGHUP reloads."""
+    from .upgrades.limits import TunnelLimits
+    from .upgrades.parent_proxy import Routes
+    from .upgrades.users import Users, UsersFileError
+
+    options: dict[str, Any] = {}
+    if args.users:
+        try:
+            options["users"] = Users(args.users)
+        except UsersFileError as exc:
+            raise SystemExit(f"hijack {args.command}: {exc}") from None
+        args.reloadable_users = options["users"]
+    if args.upstream_proxy or args.direct:
+        options["routes"] = Routes(args.upstream_proxy, direct=args.direct)
+        logging.getLogger("hijack.parent").info("routes: %r", options["routes"])
+    limits = {
+        "per_client": args.max_tunnels_per_client,
+        "per_user": args.max_tunnels_per_user,
+        "tunnel_bandwidth": args.tunnel_bandwidth,
+        "user_bandwidth": args.user_bandwidth,
+    }
+    if any(v is not None for v in limits.values()) or args.users:
+        options["limits"] = TunnelLimits(**limits)
+    return options
+
+
 # -- building the handler of each subcommand ----------------------------------
 
 
@@ -69,6 +121,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
+        **_team_options(args),
     )
 
 
@@ -81,7 +134,9 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.tcp import TCPUpgrade
 
-    return TCPUpgrade(args.upstream, idle_timeout=args.idle_timeout)
+    return TCPUpgrade(
+        args.upstream, idle_timeout=args.idle_timeout, **_team_options(args)
+    )
 
 
 def demo_handler(port: int) -> Handler:
@@ -136,6 +191,10 @@ async def _serve(
             server = Server(make_handler(args, bound[1]))
             await nursery.start(server.serve_listeners, listeners)
             where = f"http://{_show_host(bound[0])}:{bound[1]}"
+        reload_scope = trio.CancelScope()
+        users = getattr(args, "reloadable_users", None)
+        if users is not None:
+            await nursery.start(_reload_on_sighup, users, reload_scope)
         print(f"hijack {args.command} listening on {where}", flush=True)
         if args.command == "demo":
             print(
@@ -145,6 +204,21 @@ async def _serve(
                 flush=True,
             )
         await _wait_for_signal_then_shutdown(server, nursery)
+        reload_scope.cancel()
+
+
+async def _reload_on_sighup(
+    users: Any,
+    scope: trio.CancelScope,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """SIGHUP: read the users file again. Open tunnels are not touched; a
+    broken file keeps the old users (``Users.reload`` logs why). Started
+    before the "listening" line, so a SIGHUP after it is never fatal."""
+    with scope, trio.open_signal_receiver(signal.SIGHUP) as signals:
+        task_status.started()
+        async for _ in signals:
+            users.reload()
 
 
 def _show_host(host: str) -> str:
@@ -175,13 +249,22 @@ async def _forward(args: argparse.Namespace) -> None:
     target = args.target
     if args.mode == "upgrade":
         target = None  # the server picks the upstream of an Upgrade: tcp
+    parent = args.upstream_proxy
     if args.listen == "-":
-        await forward_stdio(args.via, target, args.mode, auth=args.auth)
+        await forward_stdio(
+            args.via, target, args.mode, auth=args.auth, upstream_proxy=parent
+        )
         return
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             _call(
-                serve_forward, args.listen, args.via, target, args.mode, auth=args.auth
+                serve_forward,
+                args.listen,
+                args.via,
+                target,
+                args.mode,
+                auth=args.auth,
+                upstream_proxy=parent,
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
@@ -240,9 +323,62 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a tunnel with no byte either way for this long (default: 300)",
     )
 
+    chaining = argparse.ArgumentParser(add_help=False)
+    chaining.add_argument(
+        "--upstream-proxy",
+        type=_parent_proxy,
+        metavar="URL",
+        help="reach destinations through this parent proxy: http://[user:pass@]"
+        "host:port (CONNECT), socks5://host:port (hijack resolves and checks "
+        "every address) or socks5h://host:port (the parent resolves names; "
+        "only the name can be checked)",
+    )
+    team = argparse.ArgumentParser(add_help=False)
+    team.add_argument(
+        "--direct",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="with --upstream-proxy: go direct to this host name (.example.com: "
+        "and subdomains) or network (for targets written as addresses); "
+        "everything else goes through the parent (repeatable)",
+    )
+    team.add_argument(
+        "--users",
+        metavar="FILE",
+        help="TOML users file: per-user password hashes (hijack hash-password) "
+        "and rules; reloaded on SIGHUP",
+    )
+    team.add_argument(
+        "--max-tunnels-per-client",
+        type=int,
+        metavar="N",
+        help="tunnels one client address may have open (429 beyond)",
+    )
+    team.add_argument(
+        "--max-tunnels-per-user",
+        type=int,
+        metavar="N",
+        help="tunnels one user may have open (429 beyond; max_tunnels in the "
+        "users file overrides it per user)",
+    )
+    team.add_argument(
+        "--tunnel-bandwidth",
+        type=_byte_rate,
+        metavar="BYTES_PER_S",
+        help="bandwidth limit of every tunnel, each direction (500k, 2M...)",
+    )
+    team.add_argument(
+        "--user-bandwidth",
+        type=_byte_rate,
+        metavar="BYTES_PER_S",
+        help="bandwidth shared by all the tunnels of one user, each direction "
+        "(bandwidth in the users file overrides it per user)",
+    )
+
     proxy = commands.add_parser(
         "proxy",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="CONNECT tunnel (forward proxy) with a safe policy",
         description="A CONNECT forward proxy. By default it tunnels to port 443 "
         "only, and refuses loopback, private, link-local and other non-global "
@@ -308,7 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tcp = commands.add_parser(
         "tcp",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="raw TCP proxy: Upgrade: tcp, then relay to an upstream",
         description="Answer 'Connection: Upgrade' + 'Upgrade: tcp' with 101 and "
         "relay the raw stream to the upstream.",
@@ -324,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forward = commands.add_parser(
         "forward",
+        parents=[chaining],
         help="client side: tunnel local TCP connections through a hijack server",
         description="Listen locally and open, for each connection, a tunnel "
         "through a hijack server (CONNECT or Upgrade: tcp), so any TCP client "
@@ -373,7 +510,35 @@ def build_parser() -> argparse.ArgumentParser:
         "they work with nothing else running.",
     )
     demo.set_defaults(run=_demo_handler)
+
+    hash_password = commands.add_parser(
+        "hash-password",
+        help="print a password hash for a users file",
+        description="Read a password (prompted twice on a terminal, else the "
+        "first line of stdin) and print its salted scrypt hash, for the "
+        "'password' key of a users file.",
+    )
+    hash_password.set_defaults(run=None)
     return parser
+
+
+def _hash_password() -> int:
+    import getpass
+
+    from .upgrades.users import hash_password
+
+    if sys.stdin.isatty():
+        password = getpass.getpass("password: ")
+        if getpass.getpass("again: ") != password:
+            print("hijack hash-password: the passwords differ", file=sys.stderr)
+            return 1
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        print("hijack hash-password: empty password", file=sys.stderr)
+        return 1
+    print(hash_password(password))
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -382,6 +547,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if args.command == "hash-password":
+        return _hash_password()
     if args.command == "forward":
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")

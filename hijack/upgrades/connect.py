@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import logging
@@ -209,18 +208,20 @@ class ConnectProxy:
             return self._challenge()
         if self._open >= self.max_tunnels:
             raise _Busy(f"{self._open} tunnels open")
-        held = (
-            self.limits.hold(_client_host(request), user)
+        lease = (
+            self.limits.acquire(_client_host(request), user)
             if self.limits is not None
-            else contextlib.nullcontext(NO_THROTTLE)
+            else None
         )
         self._open += 1
         try:
-            with held as throttle:
-                await self._tunnel(request, host, port, policy, tunnel, throttle)
+            throttle = NO_THROTTLE if lease is None else lease.throttle
+            await self._tunnel(request, host, port, policy, tunnel, throttle)
             return None
         finally:
             self._open -= 1
+            if lease is not None:
+                lease.release()
 
     async def _tunnel(
         self,

@@ -8,14 +8,12 @@ tunnels of a user, handed to the relay as its ``throttle``.
 from __future__ import annotations
 
 import collections
-import contextlib
-from collections.abc import Iterator
 
 from .._throttle import Throttle, TokenBucket
 from ._policy import ConnectError
 from .users import User
 
-__all__ = ["TooManyTunnels", "TunnelLimits"]
+__all__ = ["TooManyTunnels", "TunnelLease", "TunnelLimits"]
 
 
 class TooManyTunnels(ConnectError):
@@ -33,10 +31,9 @@ class TunnelLimits:
     ``tunnel_bandwidth`` limits every tunnel; ``user_bandwidth`` (or the user's
     ``bandwidth``) is shared by all the tunnels of one user.
 
-    :meth:`hold` counts a tunnel for as long as its ``with`` block lasts and
-    gives its throttles for ``relay(throttle=...)`` (client->upstream,
-    upstream->client; None: no limit). It raises :class:`TooManyTunnels`
-    (429) at a bound. Single Trio run: the counters are not locked.
+    :meth:`acquire` counts a tunnel and gives a :class:`TunnelLease` with
+    its throttles, or raises :class:`TooManyTunnels` (429) at a bound.
+    Single Trio run: the counters are not locked.
     """
 
     def __init__(
@@ -76,10 +73,11 @@ class TunnelLimits:
             )
         return buckets
 
-    @contextlib.contextmanager
-    def hold(
-        self, client: str, user: User | None
-    ) -> Iterator[tuple[Throttle | None, Throttle | None]]:
+    def acquire(self, client: str, user: User | None) -> TunnelLease:
+        """Count one tunnel of ``client`` (an address, without the port) and
+        ``user``; raise :class:`TooManyTunnels` at a bound. The lease gives
+        the tunnel's throttles; release it when the tunnel ends (``with``,
+        or ``release()`` from whoever ends the tunnel, e.g. a relay hub)."""
         if self.per_client is not None and self.by_client[client] >= self.per_client:
             raise TooManyTunnels(f"client {client} has {self.per_client} tunnels open")
         limit = None if user is None else (user.max_tunnels or self.per_user)
@@ -97,12 +95,45 @@ class TunnelLimits:
         self.by_client[client] += 1
         if user is not None:
             self.by_user[user.name] += 1
-        try:
-            yield (Throttle(*up) if up else None, Throttle(*down) if down else None)
-        finally:
-            _decrement(self.by_client, client)
-            if user is not None and not _decrement(self.by_user, user.name):
-                self._user_buckets.pop(user.name, None)
+        throttle = (Throttle(*up) if up else None, Throttle(*down) if down else None)
+        return TunnelLease(self, client, user, throttle)
+
+    def _release(self, client: str, user: User | None) -> None:
+        _decrement(self.by_client, client)
+        if user is not None and not _decrement(self.by_user, user.name):
+            self._user_buckets.pop(user.name, None)
+
+
+class TunnelLease:
+    """One counted tunnel. ``throttle`` is ``(client->upstream,
+    upstream->client)`` for ``relay(throttle=...)``, None where unlimited.
+    ``release()`` (idempotent; also on leaving a ``with`` block) uncounts it."""
+
+    __slots__ = ("_limits", "client", "released", "throttle", "user")
+
+    def __init__(
+        self,
+        limits: TunnelLimits,
+        client: str,
+        user: User | None,
+        throttle: tuple[Throttle | None, Throttle | None],
+    ) -> None:
+        self._limits = limits
+        self.client = client
+        self.user = user
+        self.throttle = throttle
+        self.released = False
+
+    def release(self) -> None:
+        if not self.released:
+            self.released = True
+            self._limits._release(self.client, self.user)
+
+    def __enter__(self) -> TunnelLease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
 
 
 def _decrement(counter: collections.Counter[str], key: str) -> int:

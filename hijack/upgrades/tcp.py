@@ -13,7 +13,12 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from .. import Handler, HTTPError, RelayStats, Request, Response, Throttle, relay
+from ._dial import open_checked
+from ._policy import ConnectError, ConnectPolicy
+from .limits import TunnelLimits
+from .parent_proxy import Routes
+from .users import User, Users, authenticate
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 
@@ -21,6 +26,10 @@ logger = logging.getLogger("hijack.tcp")
 
 
 UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+
+#: The operator chose the upstream, so any port and address may be reached;
+#: a user's own deny entries and ports still apply on top of this.
+UPSTREAM_POLICY = ConnectPolicy(allowed_ports=None, allow_private=True)
 
 
 def is_tcp_upgrade(request: Request) -> bool:
@@ -56,6 +65,12 @@ class TCPUpgrade:
     when it returns (EOF both ways, an error, the idle timeout, or a cancel,
     e.g. the server's shutdown grace running out). One log line per stream on
     the ``hijack.tcp`` logger.
+
+    ``users``: require ``Authorization: Basic`` (401 with
+    ``WWW-Authenticate``: this endpoint is an origin server to its client),
+    and refuse (403) a user whose rules (deny, ports) exclude the upstream.
+    ``routes``: reach the upstream through a parent proxy. ``limits``: tunnels
+    per client address and per user (429) and bandwidth.
     """
 
     def __init__(
@@ -65,8 +80,14 @@ class TCPUpgrade:
         connect_timeout: float = 10.0,
         idle_timeout: float | None = 300.0,
         fallback: Handler | None = None,
+        users: Users | None = None,
+        routes: Routes | None = None,
+        limits: TunnelLimits | None = None,
     ) -> None:
         self.upstream = upstream
+        self.users = users
+        self.routes = routes
+        self.limits = limits
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
@@ -86,7 +107,33 @@ class TCPUpgrade:
             )
         if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
-        upstream = await self._dial(request)
+        user = None
+        if self.users is not None:
+            user = await authenticate(request, self.users, proxy=False)
+        if self.limits is None:
+            await self._serve(request, user, (None, None))
+            return None
+        try:
+            lease = self.limits.acquire(_host(request), user)
+        except ConnectError as exc:
+            logger.warning(
+                "connection %d %s refused: %s",
+                request.connection.id,
+                _peer(request),
+                exc.reason,
+            )
+            raise HTTPError(exc.status, "too many tunnels") from None
+        with lease:
+            await self._serve(request, user, lease.throttle)
+        return None
+
+    async def _serve(
+        self,
+        request: Request,
+        user: User | None,
+        throttle: tuple[Throttle | None, Throttle | None],
+    ) -> None:
+        upstream = await self._dial(request, user)
         try:
             hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
         except BaseException:
@@ -96,7 +143,13 @@ class TCPUpgrade:
         started = trio.current_time()
         outcome = "error"
         try:
-            await relay(hijacked, upstream, idle_timeout=self.idle_timeout, stats=stats)
+            await relay(
+                hijacked,
+                upstream,
+                idle_timeout=self.idle_timeout,
+                stats=stats,
+                throttle=throttle,
+            )
             outcome = "idle timeout" if stats.timed_out else "closed"
         except trio.Cancelled:
             outcome = "cancelled"
@@ -105,22 +158,36 @@ class TCPUpgrade:
             # Logged from ``finally`` so a cancelled stream (shutdown) still
             # gets its line, with the counts it reached.
             logger.info(
-                "connection %d %s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                "connection %d %s%s -> %s:%d %s: %d bytes up, %d down, %.3fs",
                 request.connection.id,
                 _peer(request),
+                f" user={user.name}" if user is not None else "",
                 *self.upstream,
                 outcome,
                 stats.a_to_b,
                 stats.b_to_a,
                 trio.current_time() - started,
             )
-        return None
 
-    async def _dial(self, request: Request) -> trio.SocketStream:
+    async def _dial(self, request: Request, user: User | None) -> trio.abc.Stream:
         host, port = self.upstream
         try:
             with trio.fail_after(self.connect_timeout):
-                return await trio.open_tcp_stream(host, port)
+                if user is None and self.routes is None:
+                    return await trio.open_tcp_stream(host, port)
+                policy = UPSTREAM_POLICY
+                if user is not None and self.users is not None:
+                    policy = self.users.policy_for(user, policy)
+                dialed = await open_checked(host, port, policy, routes=self.routes)
+                return dialed.stream
+        except ConnectError as exc:
+            failure = HTTPError(
+                exc.status,
+                "upstream not allowed"
+                if exc.status == 403
+                else f"cannot connect to upstream {host}:{port}",
+            )
+            why = exc.reason
         except trio.TooSlowError:
             failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
             why = f"timed out after {self.connect_timeout}s"
@@ -138,3 +205,8 @@ class TCPUpgrade:
             failure.status,
         )
         raise failure
+
+
+def _host(request: Request) -> str:
+    address = request.connection.remote_address
+    return str(address[0]) if isinstance(address, tuple) else str(address or "-")
