@@ -28,6 +28,8 @@ BURST_SECONDS = 0.25
 #: A throttled direction moves at least this much per wake-up (or the whole
 #: burst when that is smaller): no stream of tiny splices at low rates.
 MIN_GRANT = 16 * 1024
+#: Shortest wait for tokens, in seconds.
+MIN_DELAY = 0.001
 
 
 class TokenBucket:
@@ -59,7 +61,12 @@ class TokenBucket:
     def delay(self, now: float, wanted: int) -> float:
         """Seconds until ``wanted`` bytes (at most the burst) are available."""
         missing = min(wanted, self.burst) - self._refill(now)
-        return max(missing / self.rate, 0.0)
+        if missing <= 0:
+            return 0.0
+        # At least MIN_DELAY: ``missing / rate`` can be below the clock's
+        # resolution (float rounding leaves 16383.99999 tokens), and a sleep
+        # that does not advance the clock would spin.
+        return max(missing / self.rate, MIN_DELAY)
 
 
 class Throttle:
