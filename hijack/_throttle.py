@@ -6,9 +6,12 @@ with the time passed in, so the task relay (copy loop and splice) and an
 event-driven relay (an epoll hub, no task per tunnel) use it the same way:
 
 * ``allowance(now)``: how many bytes may move now (0: wait);
-* ``consume(n)``: after moving ``n`` bytes (never more than the allowance);
-* ``delay(now)``: seconds until the allowance is worth a move again (a hub
-  stops reading the source and sets a timer for that long).
+* ``consume(n, now)``: after moving ``n`` bytes (at most the allowance);
+* ``resume_at(now)`` (or ``delay(now)``, the same as a duration): when the
+  allowance is worth a move again (a hub parks the flow until then).
+
+That is the relay hub's ``Limiter`` protocol (``hijack._hub``), one Throttle
+per direction.
 
 A tunnel without limits has no Throttle at all (``None``): its relay runs
 the same code as before, at the same cost.
@@ -87,12 +90,19 @@ class Throttle:
         n = min(b.available(now) for b in self.buckets)
         return n if n >= self.min_grant else 0
 
-    def consume(self, n: int) -> None:
+    def consume(self, n: int, now: float | None = None) -> None:
+        """``n`` bytes were moved (``now`` is accepted for the hub's
+        ``Limiter`` protocol; the buckets refill on the next question)."""
         for bucket in self.buckets:
             bucket.consume(n)
 
     def delay(self, now: float) -> float:
+        """Seconds from ``now`` until ``allowance`` is non-zero again."""
         return max(b.delay(now, self.min_grant) for b in self.buckets)
+
+    def resume_at(self, now: float) -> float:
+        """When to ask again after an allowance of 0 (the hub parks until)."""
+        return now + self.delay(now)
 
     async def wait(self) -> int:
         """For a task relay: sleep until the allowance is non-zero; return it."""
