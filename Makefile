@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,speed]'
+	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client).
@@ -21,12 +21,9 @@ demo: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check hijack tests examples bench
 	$(VENV)/bin/ruff format --check hijack tests examples bench
-	$(VENV)/bin/mypy --strict hijack examples
+	$(VENV)/bin/mypy --strict hijack examples bench
 
-# The suite runs twice: on plain h11 (the default dependency) and on the
-# compiled h11-mypyc that hijack[speed] adds (see hijack/_h11.py).
 test: $(STAMP) sysdeps check
-	HIJACK_PURE_H11=1 $(PY) -m pytest -q
 	$(PY) -m pytest -q
 
 # Peers go into their own virtualenv, never into the project's.
@@ -44,9 +41,11 @@ bench: $(STAMP) bench-venv
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	$(PY) bench/run.py
 
-# Mixed load for a bounded time (default 2 minutes), RSS and fds over time.
+# Mixed load for a bounded time, RSS and fds over time, then RSS growth per
+# input kind. `make soak SECONDS=600` is the long mode.
+SECONDS ?= 120
 soak: $(STAMP)
-	$(PY) bench/soak.py
+	$(PY) bench/soak.py --seconds $(SECONDS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,6 +1,6 @@
 """The hijack servers under test, one per process.
 
-``python hijack_servers.py KIND PORT [--allow-port P ...] [--mypyc]``
+``python hijack_servers.py KIND PORT [--allow-port P ...]``
 
 * ``connect``: ``ConnectProxy`` (CONNECT tunnels to the ``--allow-port``
   ports on 127.0.0.1), limits raised so the idle and scale rows are bounded
@@ -9,10 +9,8 @@
 * ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
 * ``hello``: keep-alive hello world.
 
-``--mypyc`` measures hijack on ``h11_mypyc`` (compiled h11, same API; what
-``hijack[speed]`` installs): every ``import h11`` (hijack's and wsproto's)
-gets it. Without it, ``HIJACK_PURE_H11=1`` keeps hijack on plain h11, the
-default dependency, so the peers (uvicorn --http h11) face the same parser.
+Everything here is hijack's public API, as a user would write it: the
+bench measures the package, it does not reach into it.
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ import contextlib
 import logging
 import os
 import resource
-import sys
 from typing import Any
 
 
@@ -36,20 +33,7 @@ def main() -> None:
     parser.add_argument("kind", choices=["connect", "echo", "ws", "hello"])
     parser.add_argument("port", type=int)
     parser.add_argument("--allow-port", type=int, action="append", default=[])
-    parser.add_argument("--mypyc", action="store_true")
-    parser.add_argument(
-        "--no-splice", action="store_true", help="relay with the copy loop only"
-    )
     args = parser.parse_args()
-    # hijack picks h11_mypyc by itself when it is installed (hijack[speed]),
-    # as it is in bench/.venv: say which one each row measures.
-    if args.mypyc:
-        import h11_mypyc
-
-        os.environ.pop("HIJACK_PURE_H11", None)
-        sys.modules["h11"] = h11_mypyc  # wsproto's h11 too
-    else:
-        os.environ["HIJACK_PURE_H11"] = "1"
     raise_fd_limit()
     # Warnings and errors (a failed tunnel, an fd shortage) go to the log.
     # (BENCH_LOG_LEVEL=INFO: one line per tunnel, to debug a failing row.)
@@ -59,11 +43,6 @@ def main() -> None:
     import trio
 
     import hijack
-
-    if args.no_splice:
-        from hijack import _splice
-
-        _splice.available = lambda: False  # diagnosis only: private module
 
     handler: Any
     echo_handler, hello_handler = make_simple_handlers()
@@ -90,8 +69,7 @@ HELLO = b"Hello, world!"
 
 
 def make_simple_handlers() -> tuple[Any, Any]:
-    """The echo and hello handlers (hijack is imported only now, after the
-    optional h11 swap)."""
+    """The echo and hello handlers."""
     from hijack import Request, Response
 
     upgrade = [("Upgrade", "echo"), ("Connection", "Upgrade")]

@@ -29,7 +29,7 @@ def tornado_echo(port: int) -> None:
     import tornado.iostream
     import tornado.web
 
-    class Echo(tornado.web.RequestHandler):
+    class Echo(tornado.web.RequestHandler):  # type: ignore[misc]  # untyped peer
         async def get(self) -> None:
             stream = self.detach()
             try:

@@ -12,8 +12,8 @@ rewrite RESULTS.md).
 
 Servers and peers run from ``bench/.venv`` (``make bench-venv``): one
 interpreter and one set of library versions (trio, h11) for everybody, the
-project installed there in editable mode so the working tree is measured,
-and the optional ``h11_mypyc`` installed there only. The load generators
+project installed there in editable mode so the working tree is measured.
+The load generators
 use the standard library only and run under whichever Python runs this.
 """
 
@@ -68,7 +68,7 @@ class Config:
     throughput_rounds: int = 3
 
     def window(self) -> Window:
-        return Window(loadgen.time.monotonic() + 0.5, self.warmup, self.duration)
+        return Window(time.monotonic() + 0.5, self.warmup, self.duration)
 
 
 @dataclass
@@ -400,7 +400,6 @@ def row_http(b: Bench) -> None:
     app = "asgi_hello:app"
     subjects = [
         (HIJACK, hijack_server("hello", port)),
-        (f"{HIJACK} + h11-mypyc", hijack_server("hello", port, "--mypyc")),
         ("hypercorn -k trio", [
             str(VENV_BIN / "hypercorn"), "-k", "trio", "-b", f"127.0.0.1:{port}",
             "--backlog", "4096", app,

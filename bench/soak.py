@@ -1,6 +1,7 @@
 """Soak test: mixed load on a hijack server in a subprocess; is it flat?
 
     python bench/soak.py [--seconds 120] [--concurrency 32] [--interval 5]
+                         [--per-kind 1500]
 
 The server (this file run with ``--serve``) answers plain requests, an
 ``Upgrade: echo`` hijack, and, when those modules import, CONNECT tunnels
@@ -8,14 +9,20 @@ The server (this file run with ``--serve``) answers plain requests, an
 WebSocket echo (``hijack.upgrades.websocket``). The parent drives requests,
 echo upgrades, tunnels, WebSockets and bad input with bounded concurrency,
 samples the server's RSS and open fds from /proc every few seconds, prints a
-table and a verdict: "flat" or "growing", comparing the last third of the
-samples after warm-up with the first third. Runs at most 10 minutes.
-Everything is on 127.0.0.1.
+table and a verdict: "flat" or "growing", from the least-squares slope of RSS
+over the run after warm-up (flat: under 100 KiB a minute). Then, on the same
+server, each kind of operation alone (every bad-input kind on its own) in a
+few batches: the RSS growth per operation of each kind, so a leak names the
+input that causes it. Runs at most an hour (`make soak SECONDS=600` is the
+long mode). Everything is on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
+import itertools
 import os
 import random
 import statistics
@@ -28,7 +35,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-MAX_SECONDS = 600
+MAX_SECONDS = 3600
 GOOD = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 # -- the server (subprocess) -----------------------------------------------------
@@ -178,62 +185,74 @@ async def tunnel(port: int) -> None:
 
 
 async def websocket(port: int) -> None:
-    import wsproto
-    from wsproto.events import (
-        AcceptConnection,
-        BytesMessage,
-        CloseConnection,
-        Request,
-    )
+    from websockets.client import ClientProtocol
+    from websockets.frames import Frame, Opcode
+    from websockets.http11 import Response
+    from websockets.uri import parse_uri
 
-    ws = wsproto.WSConnection(wsproto.ConnectionType.CLIENT)
+    ws = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/ws"), max_size=None)
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(ws.send(Request(host="x", target="/ws")))
+
+        async def flush() -> None:
+            for data in ws.data_to_send():
+                if data:
+                    await stream.send_all(data)
+
         events: list[object] = []
 
         async def next_event() -> object:
             while not events:
                 data = await stream.receive_some()
-                ws.receive_data(data or None)
-                events.extend(ws.events())
+                if data:
+                    ws.receive_data(data)
+                else:
+                    ws.receive_eof()
+                events.extend(ws.events_received())
+                await flush()  # pongs, the close reply
                 if not data and not events:
                     raise EOFError("closed")
             return events.pop(0)
 
-        if not isinstance(await next_event(), AcceptConnection):
+        ws.send_request(ws.connect())
+        await flush()
+        response = await next_event()
+        if not isinstance(response, Response) or response.status_code != 101:
             raise RuntimeError("websocket refused")
         for _ in range(random.randint(1, 10)):
             payload = os.urandom(random.randint(1, 4096))
-            await stream.send_all(ws.send(BytesMessage(data=payload)))
-            got = b""
-            while len(got) < len(payload):
-                event = await next_event()
-                assert isinstance(event, BytesMessage)
-                got += bytes(event.data)
-            assert got == payload
-        await stream.send_all(ws.send(CloseConnection(code=1000)))
-        while not isinstance(await next_event(), CloseConnection):
-            pass
+            ws.send_binary(payload)
+            await flush()
+            event = await next_event()
+            assert isinstance(event, Frame) and event.opcode is Opcode.BINARY
+            assert event.data == payload
+        ws.send_close(1000)
+        await flush()
+        while True:
+            event = await next_event()
+            if isinstance(event, Frame) and event.opcode is Opcode.CLOSE:
+                break
 
 
-BAD = [
-    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+BAD = {
+    "tls-on-plain-port": b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 40,
+    "length-and-chunked": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
     b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
-    b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40_000 + b"\r\n\r\n",
-    b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
-    b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
-    b"GET / HTTP/1.1\r\nHo",  # then vanish
-    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf",
-]
+    "huge-head": b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 40_000 + b"\r\n\r\n",
+    "http2-version": b"GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+    "bad-chunk": b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    b"\r\nzz\r\n",
+    "half-head": b"GET / HTTP/1.1\r\nHo",  # then vanish
+    "half-body": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf",
+}
+VANISH = {"half-head", "half-body"}  # the client goes mid-request
 
 
-async def bad(port: int) -> None:
+async def bad(port: int, kind: str | None = None) -> None:
+    kind = kind or random.choice(list(BAD))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        raw = random.choice(BAD)
-        await stream.send_all(raw)
-        if raw.endswith((b"Ho", b"half")):
-            return  # the client vanishes mid-request
+        await stream.send_all(BAD[kind])
+        if kind in VANISH:
+            return
         try:
             while await stream.receive_some():
                 pass
@@ -259,14 +278,55 @@ def sample(pid: int) -> tuple[float, int]:
     return rss_kib / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def verdict(values: list[float], tolerance: float) -> str:
-    third = max(1, len(values) // 3)
-    first, last = statistics.mean(values[:third]), statistics.mean(values[-third:])
-    trend = "growing" if last - first > tolerance else "flat"
-    return f"{trend} (first third {first:.1f}, last third {last:.1f})"
+RSS_SLOPE_LIMIT = 100 / 1024  # MiB a minute: the issue's bar for "flat"
+FD_SLOPE_LIMIT = 1.0  # fds a minute
+WARM_UP_SECONDS = 30
 
 
-async def soak(seconds: float, concurrency: int, interval: float) -> int:
+def verdict(
+    minutes: list[float], values: list[float], limit: float, unit: str
+) -> tuple[bool, str]:
+    """(flat?, text): the least-squares slope of ``values`` over time. A
+    slope uses every sample, so one burst at either end cannot decide it the
+    way comparing two averages can."""
+    slope = statistics.linear_regression(minutes, values).slope
+    flat = slope < limit
+    return flat, f"{'flat' if flat else 'growing'} ({slope:+.3f} {unit}/minute)"
+
+
+async def growth_per_kind(
+    port: int, pid: int, count: int, concurrency: int
+) -> dict[str, float]:
+    """RSS growth in bytes per operation, each kind alone: the median of three
+    batches (a leak grows every batch alike; the allocator grows in steps)."""
+    kinds: dict[str, Callable[[int], Awaitable[None]]] = {
+        name: action for name, (action, _) in ACTIONS.items() if name != "bad"
+    }
+    for kind in BAD:
+        kinds[f"bad: {kind}"] = functools.partial(bad, kind=kind)
+    limiter = trio.CapacityLimiter(concurrency)
+    results: dict[str, float] = {}
+    for name, action in kinds.items():
+
+        async def one(action: Callable[[int], Awaitable[None]] = action) -> None:
+            async with limiter:
+                with contextlib.suppress(Exception), trio.move_on_after(30):
+                    await action(port)
+
+        sizes = []
+        batch = max(1, count // 3)
+        for _ in range(4):  # the first batch warms this kind up
+            async with trio.open_nursery() as nursery:
+                for _ in range(batch):
+                    nursery.start_soon(one)
+            sizes.append(sample(pid)[0] * 1024 * 1024)
+        growth = [b - a for a, b in itertools.pairwise(sizes)]
+        results[name] = statistics.median(growth) / batch
+        print(f"{name:>24}: {results[name]:+8.1f} bytes/op  (batches of {batch})")
+    return results
+
+
+async def soak(seconds: float, concurrency: int, interval: float, per_kind: int) -> int:
     process = await trio.lowlevel.open_process(
         [sys.executable, __file__, "--serve"],
         stdin=subprocess.PIPE,
@@ -320,6 +380,9 @@ async def soak(seconds: float, concurrency: int, interval: float) -> int:
     # Let the server close what the last clients left, then sample at rest.
     await trio.sleep(1)
     rss, fds = sample(process.pid)
+    if per_kind:
+        print(f"\nRSS growth per operation, each kind alone ({per_kind} ops each):")
+        await growth_per_kind(port, process.pid, per_kind, concurrency)
     await process.stdin.aclose()
     with trio.move_on_after(10):
         await process.wait()
@@ -335,16 +398,21 @@ async def soak(seconds: float, concurrency: int, interval: float) -> int:
     )
     for what, count in stats.failed.most_common(10):
         print(f"failed x{count}: {what}")
-    kept = samples[max(1, len(samples) // 5) :]  # drop the warm-up fifth
-    if len(kept) < 3:
-        print("verdict: too few samples (run longer)")
+    # Warm-up (pools, caches, arenas filling) is the first fifth, at least
+    # WARM_UP_SECONDS; a slope needs a minute after it to mean anything.
+    warm_up = max(seconds / 5, WARM_UP_SECONDS)
+    kept = [s for s in samples if s[0] >= warm_up]
+    if len(kept) < 3 or kept[-1][0] - kept[0][0] < 60:
+        print("verdict: too short to judge a slope (use --seconds 120 or more)")
         return 1
-    rss_verdict = verdict([s[1] for s in kept], tolerance=5.0)
-    fd_verdict = verdict([float(s[2]) for s in kept], tolerance=10.0)
-    print(f"verdict: RSS {rss_verdict}; fds {fd_verdict}")
+    minutes = [s[0] / 60 for s in kept]
+    rss_flat, rss_text = verdict(minutes, [s[1] for s in kept], RSS_SLOPE_LIMIT, "MiB")
+    fd_flat, fd_text = verdict(
+        minutes, [float(s[2]) for s in kept], FD_SLOPE_LIMIT, "fds"
+    )
+    print(f"verdict: RSS {rss_text}; fds {fd_text}")
     print(f"server exit code: {process.returncode}")
-    growing = "growing" in rss_verdict + fd_verdict
-    return 1 if growing or process.returncode != 0 else 0
+    return 0 if rss_flat and fd_flat and process.returncode == 0 else 1
 
 
 def main() -> None:
@@ -352,6 +420,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=120)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--interval", type=float, default=5)
+    parser.add_argument(
+        "--per-kind", type=int, default=1500, help="ops of each kind alone (0: skip)"
+    )
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
@@ -361,7 +432,9 @@ def main() -> None:
         parser.error(f"--seconds must be in (0, {MAX_SECONDS}]")
     if not 1 <= args.concurrency <= 1000:
         parser.error("--concurrency must be in [1, 1000]")
-    sys.exit(trio.run(soak, args.seconds, args.concurrency, args.interval))
+    sys.exit(
+        trio.run(soak, args.seconds, args.concurrency, args.interval, args.per_kind)
+    )
 
 
 if __name__ == "__main__":

@@ -105,8 +105,9 @@ def serve_echo(port: int, upgrade: bool) -> None:
                     if upgrade:
                         fresh.add(conn)
                 continue
-            conn = key.fileobj
-            assert isinstance(conn, socket.socket)
+            registered = key.fileobj
+            assert isinstance(registered, socket.socket)
+            conn = registered
             try:
                 data = conn.recv(65536)
                 if data:

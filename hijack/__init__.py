@@ -8,9 +8,11 @@ from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
 from ._connection import TLSInfo as TLSInfo
+from ._errors import ClientDisconnected as ClientDisconnected
+from ._errors import HijackError as HijackError
+from ._errors import UsageError as UsageError
+from ._exchange import Handler as Handler
 from ._hijack import Hijacked as Hijacked
-from ._hijack import HijackError as HijackError
-from ._http import Handler as Handler
 from ._listeners import UnixSocketListener as UnixSocketListener
 from ._listeners import open_unix_listener as open_unix_listener
 from ._message import Headers as Headers
@@ -25,6 +27,7 @@ from ._throttle import Throttle as Throttle
 from ._throttle import TokenBucket as TokenBucket
 
 __all__ = [
+    "ClientDisconnected",
     "ConnState",
     "Connection",
     "HTTPError",
@@ -43,6 +46,7 @@ __all__ = [
     "Throttle",
     "TokenBucket",
     "UnixSocketListener",
+    "UsageError",
     "open_unix_listener",
     "relay",
 ]

@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from ._config import Limits
-from ._http import Handler
+from ._exchange import Handler
 from ._message import Request, Response
 from ._server import Server
 
@@ -244,7 +244,8 @@ async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) 
 
 
 async def _forward(args: argparse.Namespace) -> None:
-    from .upgrades.forward import forward_stdio, serve_forward
+    from ._stdio import forward_stdio
+    from .upgrades.forward import serve_forward
 
     target = args.target
     if args.mode == "upgrade":
@@ -550,9 +551,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-password":
         return _hash_password()
     if args.command == "forward":
+        from .upgrades.forward import TunnelError
+
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
-        trio.run(_forward, args)
+        try:
+            trio.run(_forward, args)
+        except (TunnelError, OSError) as exc:
+            print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+            return 1
         return 0
     trio.run(_serve, args, args.run)
     return 0

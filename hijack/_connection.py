@@ -22,7 +22,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -32,6 +32,9 @@ __all__ = ["ConnState", "Connection", "PeerCredentials", "StateHook", "TLSInfo"]
 
 
 class ConnState(enum.Enum):
+    """A connection's state, as Go's ``http.ConnState`` (see the module doc
+    for the transitions). ``HIJACKED`` and ``CLOSED`` are final."""
+
     NEW = "new"
     ACTIVE = "active"
     IDLE = "idle"
@@ -50,6 +53,12 @@ _ALLOWED: dict[ConnState, frozenset[ConnState]] = {
 StateHook = Callable[["Connection", ConnState], None]
 
 
+class _Driver(Protocol):
+    """What the server asks of the HTTP driver of a connection."""
+
+    def request_shutdown(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class PeerCredentials:
     """The peer process of a UNIX socket, as the kernel saw it at connect()."""
@@ -61,6 +70,12 @@ class PeerCredentials:
 
 @dataclass(frozen=True, slots=True)
 class TLSInfo:
+    """What the TLS handshake settled: protocol ``version`` ("TLSv1.3"),
+    ``cipher`` name, ``alpn_protocol``, the ``server_name`` the client asked
+    for with SNI (None if it sent none), and the client's
+    ``peer_certificate`` (``getpeercert()``; None unless the context asks
+    for client certificates)."""
+
     version: str | None
     cipher: str | None
     alpn_protocol: str | None
@@ -80,6 +95,7 @@ def find_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
 
 
 def read_peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:
+    """SO_PEERCRED of a UNIX socket; None for other sockets (or off Linux)."""
     if sock.family != getattr(socket, "AF_UNIX", None):
         return None
     so_peercred = getattr(socket, "SO_PEERCRED", None)
@@ -100,8 +116,10 @@ class Connection:
     Attributes:
       id: unique within the server, never reused.
       local_address / remote_address: ``(host, port)`` for TCP; for UNIX
-        sockets ``local_address`` is the socket path and ``remote_address``
-        the peer's bound path (usually ``""``).
+        sockets ``local_address`` is the listening socket's path and
+        ``remote_address`` the address the peer bound, which for a client
+        socket is almost always unnamed: ``""`` (identify UNIX peers by
+        ``peer_credentials`` instead).
       peer_credentials: pid/uid/gid of the peer on UNIX sockets, else None.
       socket: the underlying socket (for getsockopt), None for memory streams.
       context: a dict for per-connection data (Go's ConnContext), filled by the
@@ -111,16 +129,18 @@ class Connection:
     __slots__ = (
         "_closed",
         "_closed_event",
-        "_hijacked_open",
+        "_driver",
+        "_hijacked",
         "_hooks",
         "_on_close",
+        "_server_name",
+        "_shutdown_requested",
         "_state",
         "context",
         "id",
         "local_address",
         "peer_credentials",
         "remote_address",
-        "shutdown_requested",
         "socket",
         "stream",
     )
@@ -132,6 +152,7 @@ class Connection:
         hooks: tuple[StateHook, ...] = (),
         local_path: str | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        shutdown_requested: trio.Event | None = None,
     ) -> None:
         self.id = id
         self.stream = stream
@@ -151,15 +172,22 @@ class Connection:
             self.peer_credentials = read_peer_credentials(sock)
         self._state = ConnState.NEW
         self._hooks = hooks
-        self._hijacked_open = False
+        # Who holds the stream: the HTTP driver (anything with a
+        # ``request_shutdown()``) while it speaks HTTP, then the hijacked
+        # stream (any AsyncResource: a Hijacked, or whatever took it over)
+        # until its owner reports the close with ``_mark_hijacked_closed``.
+        self._driver: _Driver | None = None
+        self._hijacked: trio.abc.AsyncResource | None = None
+        self._server_name: str | None = None
         self._closed = False
         # Made on demand: an Event per connection is memory every idle
         # tunnel would pay for, and few callers wait for the close.
         self._closed_event: trio.Event | None = None
         self._on_close = on_close
-        #: Set when the server starts a graceful shutdown. Owners of hijacked
-        #: streams wait on it to say goodbye in their own protocol.
-        self.shutdown_requested = trio.Event()
+        # The server's one shutdown signal, shared by all its connections.
+        self._shutdown_requested = (
+            trio.Event() if shutdown_requested is None else shutdown_requested
+        )
         self._notify(ConnState.NEW)
 
     def __repr__(self) -> str:
@@ -170,15 +198,26 @@ class Connection:
 
     @property
     def state(self) -> ConnState:
+        """The last state reported to ``on_state`` hooks."""
         return self._state
+
+    @property
+    def shutdown_requested(self) -> trio.Event:
+        """Set when the server starts a graceful shutdown: one event for the
+        whole server, shared by every connection. HTTP connections need not
+        watch it (the server ends them); owners of hijacked streams wait on
+        it to say goodbye in their own protocol."""
+        return self._shutdown_requested
 
     @property
     def hijacked_open(self) -> bool:
         """True while a hijacked stream of this connection is not closed."""
-        return self._hijacked_open
+        return self._hijacked is not None
 
     @property
     def is_open(self) -> bool:
+        """False once the stream is closed, by the server or by the owner of
+        the hijacked stream."""
         return not self._closed
 
     @property
@@ -193,7 +232,9 @@ class Connection:
                 version=stream.version(),
                 cipher=cipher[0] if cipher else None,
                 alpn_protocol=stream.selected_alpn_protocol(),
-                server_name=stream.server_hostname or None,
+                # On the server side trio's server_hostname is only the
+                # constructor argument: the SNI is recorded at the handshake.
+                server_name=self._server_name,
                 peer_certificate=stream.getpeercert() or None,
             )
         except trio.NeedHandshakeError:
@@ -208,21 +249,29 @@ class Connection:
             self._closed_event = trio.Event()
         await self._closed_event.wait()
 
-    def set_state(self, new: ConnState) -> None:
+    # -- reported by the server, the HTTP driver and the hijacked stream ----
+
+    def _set_state(self, new: ConnState) -> None:
         if new is self._state:
             return
         if new not in _ALLOWED[self._state]:
             raise RuntimeError(f"bad state transition {self._state} -> {new}")
         self._state = new
-        if new is ConnState.HIJACKED:
-            self._hijacked_open = True
+        if new is not ConnState.ACTIVE and new is not ConnState.IDLE:
+            self._driver = None  # HTTP is over either way
         self._notify(new)
         if new is ConnState.CLOSED:
             self._set_closed()
 
-    def mark_hijacked_closed(self) -> None:
-        """Called by the hijacked stream's ``aclose``: the owner is done."""
-        self._hijacked_open = False
+    def _hijack(self, owner: trio.abc.AsyncResource) -> None:
+        """The HTTP layer handed the stream to ``owner`` (a Hijacked): the
+        connection stays open until the owner reports its close."""
+        self._hijacked = owner
+        self._set_state(ConnState.HIJACKED)
+
+    def _mark_hijacked_closed(self) -> None:
+        """The hijacked stream was closed: its owner is done."""
+        self._hijacked = None
         self._set_closed()
 
     def _set_closed(self) -> None:

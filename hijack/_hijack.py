@@ -21,17 +21,13 @@ from typing import TYPE_CHECKING
 
 import trio
 
+from ._closing import aclose_gracefully
 from ._replay import ReplayStream
 
 if TYPE_CHECKING:
     from ._connection import Connection
 
-__all__ = ["HijackError", "Hijacked"]
-
-
-class HijackError(RuntimeError):
-    """Misuse of the hijack contract: a second hijack, a response or a body
-    read after hijack, or a hijack after the handler returned."""
+__all__ = ["Hijacked"]
 
 
 class Hijacked(ReplayStream):
@@ -69,27 +65,30 @@ class Hijacked(ReplayStream):
         self._detached = True
 
     async def aclose(self) -> None:
+        """Close the stream (a TLS transport sends close_notify first) and
+        tell the server the hijacked connection is over."""
         if self.closed:
             await trio.lowlevel.checkpoint()
             return
         try:
             await super().aclose()
         finally:
-            self.connection.mark_hijacked_closed()
+            self.connection._mark_hijacked_closed()
 
     def close_socket_now(self) -> bool:
+        """See :meth:`ReplayStream.close_socket_now`; also tells the server."""
         if self.closed:
             return True
         if not super().close_socket_now():
             return False
-        self.connection.mark_hijacked_closed()
+        self.connection._mark_hijacked_closed()
         return True
 
-    async def release(self) -> None:
-        """Called by the server when the handler returns: close unless
+    async def _release(self) -> None:
+        """The handler returned: close (TLS: with close_notify) unless
         detached."""
         if not self._detached and not self.closed:
-            await trio.aclose_forcefully(self)
+            await aclose_gracefully(self)
 
     def __del__(self) -> None:
         if not self.closed:

@@ -19,8 +19,9 @@ Body = bytes | AsyncIterable[bytes]
 class HTTPError(Exception):
     """Raise from a handler (or the body reader raises it) to answer with
     ``status`` (plus ``headers``, e.g. ``WWW-Authenticate``). The server
-    answers, then closes the connection if the request body was not fully
-    read."""
+    answers with :meth:`response`, then closes the connection if the request
+    body was not fully read. ``detail`` goes into the body: keep secrets and
+    internal details out of it."""
 
     def __init__(
         self, status: int, detail: str = "", headers: HeaderInput | None = None
@@ -32,8 +33,20 @@ class HTTPError(Exception):
             f"{status} {phrase(status)}" + (f": {detail}" if detail else "")
         )
 
+    def response(self) -> Response:
+        """The error response hijack sends for this error (the only builder
+        of error answers: the server's own, and every upgrade's): a
+        plain-text body ``"<status> <phrase>\\n<detail>\\n"`` and ``headers``.
+        Return it from a handler to answer without closing the connection."""
+        body = f"{self.status} {phrase(self.status)}\n".encode()
+        if self.detail:
+            body += self.detail.encode("utf-8", "replace") + b"\n"
+        content_type = (b"content-type", b"text/plain; charset=utf-8")
+        return Response(self.status, [content_type, *self.headers], body)
+
 
 def phrase(status: int) -> str:
+    """The standard reason phrase of ``status`` ("" if it has none)."""
     try:
         return http.HTTPStatus(status).phrase
     except ValueError:
@@ -45,6 +58,8 @@ def _to_bytes(value: str | bytes) -> bytes:
 
 
 def encode_headers(headers: HeaderInput | None) -> list[tuple[bytes, bytes]]:
+    """Headers as h11 takes them: a list of ``(name, value)`` byte pairs
+    (``str`` is encoded as latin-1)."""
     if headers is None:
         return []
     items = headers.items() if isinstance(headers, Mapping) else headers
@@ -75,6 +90,7 @@ class Headers:
         return default
 
     def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` (any case), in arrival order."""
         key = name.lower().encode("latin-1")
         return [v.decode("latin-1") for k, v in self.raw if k == key]
 
@@ -225,6 +241,7 @@ class Request:
         await self._exchange.start_response(response)
 
     async def send_data(self, data: bytes) -> None:
+        """Send a chunk of the body started with :meth:`start_response`."""
         await self._exchange.send_data(data)
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import trio
 
 from . import _splice
+from ._closing import aclose_gracefully
 from ._replay import ReplayStream
 from ._throttle import Throttle
 
@@ -110,11 +111,9 @@ async def relay(
                 pass
         stats.timed_out = scope.cancelled_caught
     finally:
-        # Plain sockets close at once; anything else (TLS) gets its aclose.
-        pending = [s for s in (a, b) if not _close_socket_now(s)]
-        with trio.CancelScope(shield=True):
-            for stream in pending:
-                await trio.aclose_forcefully(stream)
+        # Plain sockets close at once; anything else (TLS) says goodbye.
+        for stream in [s for s in (a, b) if not _close_socket_now(s)]:
+            await aclose_gracefully(stream)
     return stats
 
 
@@ -211,11 +210,9 @@ async def _copy(
 
 async def _send_eof_or_close(dst: trio.abc.Stream) -> None:
     """Pass EOF on; close ``dst`` if it cannot half-close (see ``relay``)."""
-    if isinstance(dst, trio.abc.HalfCloseableStream):
-        try:
-            await dst.send_eof()
-            return
-        except trio.BrokenResourceError:
-            # A Hijacked over TLS says it cannot half-close this way.
-            pass
+    if isinstance(dst, trio.abc.HalfCloseableStream) and (
+        not isinstance(dst, ReplayStream) or dst.can_send_eof  # not over TLS
+    ):
+        await dst.send_eof()
+        return
     await dst.aclose()

@@ -8,6 +8,8 @@ import errno
 
 import trio
 
+from ._errors import UsageError
+
 __all__ = ["ReplayStream"]
 
 
@@ -33,7 +35,14 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`aclose` (or ``close_socket_now``) was called."""
         return self._closed
+
+    @property
+    def can_send_eof(self) -> bool:
+        """True if the transport can half-close (a plain socket can; TLS
+        cannot: :meth:`send_eof` raises :class:`~hijack.UsageError` there)."""
+        return isinstance(self.stream, trio.abc.HalfCloseableStream)
 
     def take_buffered(self) -> bytes:
         """Return the prefix bytes not yet replayed and forget them.
@@ -46,6 +55,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         return pending
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        """Send ``data`` on the transport (trio's ``SendStream`` contract)."""
         self._start_sending()
         try:
             if self._socket is not None and data:
@@ -56,6 +66,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def wait_send_all_might_not_block(self) -> None:
+        """See ``trio.abc.SendStream``."""
         self._start_sending()
         try:
             await self.stream.wait_send_all_might_not_block()
@@ -63,12 +74,16 @@ class ReplayStream(trio.abc.HalfCloseableStream):
             self._sending = False
 
     async def send_eof(self) -> None:
+        """Half-close: the peer reads EOF, we can still receive. Raises
+        :class:`~hijack.UsageError` if the transport cannot (TLS)."""
         self._start_sending()
         try:
             stream = self.stream
             if not isinstance(stream, trio.abc.HalfCloseableStream):
-                # TLS has no portable half-close; say so instead of faking it.
-                raise trio.BrokenResourceError(
+                # TLS has no portable half-close (a close_notify ends both
+                # directions in TLS 1.2 and in Python's ssl): say so instead
+                # of faking it. Nothing was sent; the stream still works.
+                raise UsageError(
                     f"{type(stream).__name__} cannot half-close; close it instead"
                 )
             await stream.send_eof()
@@ -85,6 +100,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         self._sending = True
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        """The replayed prefix first, then the transport's bytes."""
         if max_bytes is not None and max_bytes < 1:
             raise ValueError("max_bytes must be >= 1")
         if self._receiving:
@@ -108,6 +124,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         return chunk
 
     async def aclose(self) -> None:
+        """Close the transport (idempotent)."""
         if self._closed:
             await trio.lowlevel.checkpoint()
             return

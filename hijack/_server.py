@@ -2,10 +2,15 @@
 
 Structure (hypercorn's, in trio terms): each ``serve_*`` call runs an accept
 nursery inside a connection nursery. Shutdown cancels the accept nursery,
-closes the listeners, tells every connection (idle ones close at once,
-in-flight requests finish, hijacked owners see
-``connection.shutdown_requested``), waits up to the grace period, then
-cancels what is left and closes hijacked streams still open.
+closes the listeners, sets the server's one shutdown signal (every
+connection's ``shutdown_requested`` is that event: hijacked owners see it),
+ends the keep-alive waits of idle HTTP connections, lets in-flight requests
+finish, waits up to the grace period, then cancels what is left and closes
+hijacked streams still open.
+
+One registry: ``_connections`` maps id -> Connection, and each Connection
+knows who holds its stream: its HTTP driver, or its hijacked stream (any
+owner that reports the close, not only a task).
 """
 
 from __future__ import annotations
@@ -22,9 +27,10 @@ import trio
 
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
-from ._hijack import Hijacked
-from ._http import Handler, HTTPConnection
+from ._exchange import Handler
+from ._http import HTTPConnection
 from ._listeners import UnixSocketListener, open_unix_listener
+from ._tls import handshake, wrap_server_side
 
 __all__ = ["Server"]
 
@@ -48,6 +54,11 @@ class Server:
     runs when a connection opens, before any byte is read, to fill
     ``connection.context`` (Go's ``ConnContext``); if it raises, the
     connection is closed.
+
+    Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
+    given. With an ``ssl_context``, the server installs its own
+    ``sni_callback`` on it (chaining to one already there) to record each
+    client's SNI in ``connection.tls.server_name``.
     """
 
     def __init__(
@@ -66,9 +77,8 @@ class Server:
         self._on_connect = on_connect
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
-        self._drivers: set[HTTPConnection] = set()
-        self._hijacked: dict[int, Hijacked] = {}
         self._capacity = trio.Semaphore(self.limits.max_connections)
+        # The one shutdown signal: every connection's shutdown_requested.
         self._shutdown_started = trio.Event()
         self._shutdown_deadline = math.inf
         self._serving = 0
@@ -80,29 +90,29 @@ class Server:
 
     @property
     def shutting_down(self) -> bool:
+        """True once :meth:`shutdown` was called."""
         return self._shutdown_started.is_set()
 
     @property
     def connections(self) -> list[Connection]:
-        """Every open connection, HTTP and hijacked."""
+        """A snapshot of the open connections: every accepted stream not
+        closed yet, in any state (new, active, idle, hijacked and still open
+        at its owner); a TLS connection counts from accept, handshake
+        included. ``open_http_connections + open_hijacked_connections ==
+        len(connections)``."""
         return list(self._connections.values())
 
     @property
     def open_http_connections(self) -> int:
-        """Connections still speaking HTTP (new, active or idle)."""
-        return sum(
-            1
-            for c in self._connections.values()
-            if c.state not in (ConnState.HIJACKED, ConnState.CLOSED)
-        )
+        """Open connections the HTTP layer still holds: new (TLS handshake
+        included), active or idle."""
+        return sum(1 for c in self._connections.values() if not c.hijacked_open)
 
     @property
     def open_hijacked_connections(self) -> int:
-        """Hijacked connections whose owner has not closed the stream yet."""
+        """Hijacked connections whose owner has not closed the stream yet
+        (detached ones included)."""
         return sum(1 for c in self._connections.values() if c.hijacked_open)
-
-    def track_hijacked(self, hijacked: Hijacked) -> None:
-        self._hijacked[hijacked.connection.id] = hijacked
 
     # -- serving -------------------------------------------------------------
 
@@ -176,8 +186,9 @@ class Server:
                         await self._closed_one.wait()
                 # Grace is over: close hijacked streams whose owners are still
                 # at it, and cancel handlers still running.
-                for hijacked in list(self._hijacked.values()):
-                    await trio.aclose_forcefully(hijacked)
+                for connection in list(self._connections.values()):
+                    if connection._hijacked is not None:
+                        await trio.aclose_forcefully(connection._hijacked)
                 connection_nursery.cancel_scope.cancel()
         finally:
             for listener in listeners:
@@ -187,19 +198,22 @@ class Server:
                 self._stopped.set()
 
     async def shutdown(self, grace: float | None = None) -> None:
-        """Stop accepting, finish in-flight requests with no new keep-alive
-        cycle, close idle connections now, set ``shutdown_requested`` on
-        hijacked ones; after ``grace`` seconds (default
-        ``limits.shutdown_grace``) cancel and close what is left. Returns when
-        every ``serve_*`` call has returned."""
+        """Graceful shutdown, Go's ``Server.Shutdown`` plus hijacked
+        connections: stop accepting and close the listeners; close idle and
+        brand-new connections now; let in-flight requests finish (their
+        response says ``Connection: close``); set ``shutdown_requested``, the
+        one event every connection shares, so owners of hijacked streams can
+        say goodbye in their protocol; after ``grace`` seconds (default
+        ``limits.shutdown_grace``) cancel the handlers still running and
+        close the hijacked streams still open. Returns when every
+        ``serve_*`` call has returned. Calling it again just waits."""
         if not self._shutdown_started.is_set():
             grace = self.limits.shutdown_grace if grace is None else grace
             self._shutdown_deadline = trio.current_time() + grace
             self._shutdown_started.set()
-            for driver in list(self._drivers):
-                driver.request_shutdown()
-            for connection in self._connections.values():
-                connection.shutdown_requested.set()
+            for connection in list(self._connections.values()):
+                if connection._driver is not None:
+                    connection._driver.request_shutdown()
         await self._stopped.wait()
 
     # -- internals -------------------------------------------------------------
@@ -207,7 +221,6 @@ class Server:
     def _forget(self, connection: Connection) -> None:
         """Called once per connection when its stream is closed."""
         if self._connections.pop(connection.id, None) is not None:
-            self._hijacked.pop(connection.id, None)
             self._capacity.release()
             self._closed_one.set()
             self._closed_one = trio.Event()
@@ -252,29 +265,31 @@ class Server:
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         if ssl_context is not None:
-            stream = trio.SSLStream(
-                stream, ssl_context, server_side=True, https_compatible=True
-            )
+            stream = wrap_server_side(stream, ssl_context)
         connection = Connection(
-            next(self._ids), stream, self._state_hooks, local_path, self._forget
+            next(self._ids),
+            stream,
+            self._state_hooks,
+            local_path,
+            self._forget,
+            self._shutdown_started,
         )
+        await self._drive(connection)
+
+    async def _drive(self, connection: Connection) -> None:
+        """Serve ``connection`` (registered here) until the HTTP layer is
+        done with it: closed, or hijacked and now its owner's."""
         self._connections[connection.id] = connection
-        if self.shutting_down:
-            connection.shutdown_requested.set()
-        driver: HTTPConnection | None = None
+        stream = connection.stream
         try:
             if self._on_connect is not None:
                 self._on_connect(connection)
             if isinstance(stream, trio.SSLStream):
                 timeout = self.limits.tls_handshake_timeout
-                with trio.move_on_after(
-                    math.inf if timeout is None else timeout
-                ) as handshake:
-                    await stream.do_handshake()
-                if handshake.cancelled_caught:
+                if not await handshake(stream, connection, timeout):
                     return
-            driver = HTTPConnection(self, stream, connection)
-            self._drivers.add(driver)
+            driver = HTTPConnection(self, connection)
+            connection._driver = driver
             if self.shutting_down:
                 driver.request_shutdown()
             await driver.serve()
@@ -283,9 +298,7 @@ class Server:
         except Exception:
             logger.exception("connection %d failed", connection.id)
         finally:
-            if driver is not None:
-                self._drivers.discard(driver)
             if connection.state not in (ConnState.HIJACKED, ConnState.CLOSED):
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
-                connection.set_state(ConnState.CLOSED)
+                connection._set_state(ConnState.CLOSED)

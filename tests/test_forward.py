@@ -18,7 +18,6 @@ import trio
 from hijack import Request, Response, relay
 from hijack.upgrades.forward import (
     TunnelError,
-    forward_stdio,
     open_tunnel,
     serve_forward,
 )
@@ -298,18 +297,19 @@ async def test_serve_forward_closes_the_local_connection_when_refused(
 
 # -- forward_stdio: a child process relaying its stdin/stdout --------------------
 
-CHILD = """\
-import sys, trio
-from hijack.upgrades.forward import forward_stdio
-trio.run(forward_stdio, ("127.0.0.1", int(sys.argv[1])), None, "upgrade")
-"""
+
+def forward_command(port: int) -> list[str]:
+    """``hijack forward --listen -`` through the server on ``port``."""
+    via = f"127.0.0.1:{port}"
+    command = ["forward", "--listen", "-", "--via", via, "--mode", "upgrade"]
+    return [sys.executable, "-m", "hijack", *command]
 
 
 async def start_child(nursery: trio.Nursery, port: int) -> trio.Process:
     process: trio.Process = await nursery.start(
         functools.partial(
             trio.run_process,
-            [sys.executable, "-c", CHILD, str(port)],
+            forward_command(port),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             check=False,
@@ -362,8 +362,11 @@ async def test_forward_stdio_upstream_eof_first(
         assert await child.wait() == 0
 
 
-async def test_forward_stdio_refused_raises(start_server: StartServer) -> None:
+async def test_forward_stdio_refused_fails(start_server: StartServer) -> None:
     _, port = await start_server(tunnel_handler(await closed_port()))
-    with pytest.raises(TunnelError) as refused:
-        await forward_stdio(("127.0.0.1", port), None, "upgrade")
-    assert refused.value.status == 502
+    with trio.fail_after(30):  # a safety bound, not timing logic
+        done = await trio.run_process(
+            forward_command(port), capture_stderr=True, check=False, cwd=ROOT
+        )
+    assert done.returncode == 1
+    assert b"tunnel refused: 502" in done.stderr

@@ -280,18 +280,6 @@ async def test_http_error_carries_headers(start_server: StartServer) -> None:
     assert b'\r\nwww-authenticate: Basic realm="x"\r\n' in data
 
 
-def test_h11_backend_follows_the_environment() -> None:
-    """make test runs the suite on both backends: check each run uses its own."""
-    import importlib.util
-    import os
-
-    from hijack._h11 import h11
-
-    compiled = importlib.util.find_spec("h11_mypyc") is not None
-    pure = bool(os.environ.get("HIJACK_PURE_H11")) or not compiled
-    assert h11.__name__ == ("h11" if pure else "h11_mypyc")
-
-
 async def test_error_answer_survives_a_client_still_sending(
     start_server: StartServer,
 ) -> None:

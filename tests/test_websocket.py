@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
+from websockets.protocol import OPEN
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
+from websockets.uri import parse_uri
 from wsproto import ConnectionType
 from wsproto.connection import Connection as WSProto
 from wsproto.events import (
@@ -44,6 +47,7 @@ from .conftest import StartServer, read_until, read_until_closed
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3 sample
 KEY_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
 MiB = 1024 * 1024
+WS_URI = parse_uri("ws://127.0.0.1/")
 
 
 # -- helpers -----------------------------------------------------------------
@@ -805,3 +809,41 @@ async def test_unit_reader_is_not_stuck_behind_a_blocked_sender() -> None:
     assert got == ["while you send"]
     assert [type(e) for e in events] == [BytesMessage, Pong]
     await shut(ws, peer)
+
+
+async def test_unit_every_ping_gets_its_own_pong() -> None:
+    """Pings are not coalesced (Autobahn 2.10, 2.11): three back to back
+    get three pongs, in order, with their payloads."""
+    ws, peer, _ = pair()
+    for payload in (b"1", b"2", b"3"):
+        await peer.send(Ping(payload=payload))
+    await peer.send(TextMessage(data="after"))
+    assert await ws.receive() == "after"
+    events = await peer.until(Pong)
+    while len([e for e in events if isinstance(e, Pong)]) < 3:
+        events += await peer.until(Pong)
+    assert [e.payload for e in events if isinstance(e, Pong)] == [b"1", b"2", b"3"]
+    await shut(ws, peer)
+
+
+async def test_unit_client_side_websocket_shares_the_api() -> None:
+    """Over a ``ClientProtocol`` the same class is the client: it masks its
+    frames (the server side would fail 1002 otherwise), and the closing
+    handshake ends with both streams closed."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    protocol = ClientProtocol(WS_URI, state=OPEN)
+    client = WebSocket(client_stream, protocol=protocol, close_timeout=5)
+    server = WebSocket(server_stream, Connection(1, server_stream), close_timeout=5)
+    assert client.connection is None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(echo, server)
+        await client.send("text")
+        await client.send(b"\x00bytes")
+        assert await client.receive() == "text"
+        assert await client.receive() == b"\x00bytes"
+        await client.ping(b"client ping")
+        await client.close(1000, "client done")
+    assert client.close_code == 1000
+    assert server.close_code == 1000
+    with pytest.raises(ConnectionClosed):
+        await client.send("late")

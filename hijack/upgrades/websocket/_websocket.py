@@ -1,0 +1,546 @@
+"""The WebSocket: hijack's message API over a `websockets` Sans-I/O protocol.
+
+The protocol object (``websockets.protocol.Protocol``: a ``ServerProtocol``
+after :func:`accept_websocket`, or a ``ClientProtocol`` for a client-side
+WebSocket) parses and serializes frames (masking in C), inflates within
+``max_message_size``, answers every ping with its pong and runs the closing
+handshake. This module owns what a Sans-I/O layer cannot: the stream, the
+tasks, timeouts, and assembling frames into ``str``/``bytes`` messages.
+
+Reading model: there is no background reader. Whichever task waits on the
+socket (``receive``, ``ping`` or ``close``) reads it for everyone, one at a
+time; the replies the protocol owes (pongs, the close echo, EOF) are written
+as frames are read. ``async with ws`` adds one background task that watches
+the server's graceful shutdown and, if enabled, sends keepalive pings (see
+``_keepalive``); neither reads the socket itself except through ``ping``.
+
+Cancellation: cancelling ``receive`` loses nothing. Cancelling ``send`` (or
+``ping``, ``close``) in the middle of a write may leave half a frame on the
+wire, so the connection is then aborted (close code 1006).
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import logging
+import os
+from collections import deque
+from types import TracebackType
+from typing import cast
+
+import trio
+from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
+from websockets.protocol import OPEN, SERVER, Protocol, Side, State
+from websockets.server import ServerProtocol
+
+from ... import Connection, Headers
+from ._errors import ConnectionClosed
+from ._keepalive import keep_alive
+
+MiB = 1024 * 1024
+RECEIVE_SIZE = 65536
+# How many complete messages ping() may queue for receive() while it reads
+# the socket waiting for its pong and no task is receiving.
+MAX_QUEUE = 32
+# Replies (pongs, mostly) the reader may queue while a sender holds the
+# lock because the peer does not read. Past this the reader waits for the
+# sender, so a peer that floods pings and never reads cannot grow memory.
+MAX_OWED = 64 * 1024
+# Keepalive defaults, as in `websockets`: well under the idle timeouts of
+# the middleboxes on the way (nginx 60 s, Cloudflare 100 s, AWS NLB 350 s).
+PING_INTERVAL = 20.0
+PING_TIMEOUT = 20.0
+
+NORMAL_CLOSURE = 1000
+GOING_AWAY = 1001
+NO_STATUS = 1005
+ABNORMAL_CLOSURE = 1006
+MESSAGE_TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+# Codes an endpoint may put in a close frame (RFC 6455 7.4, IANA registry).
+_SENDABLE = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
+# Closes that end ``async for message in ws`` quietly.
+_QUIET = frozenset({NORMAL_CLOSURE, GOING_AWAY, NO_STATUS})
+
+# The protocol logs each connection's end at INFO; hijack's own log is
+# "hijack.websocket", this child lets users quiet the protocol's part.
+protocol_logger = logging.getLogger("hijack.websocket.protocol")
+_Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+class WebSocket:
+    """One WebSocket connection.
+
+    ``await ws.send(text_or_bytes)``, ``await ws.receive()`` (``str`` for a
+    text message, ``bytes`` for binary), ``async for message in ws`` (ends
+    quietly on a normal close: 1000, 1001, 1005), ``await ws.ping()``,
+    ``await ws.close()``. One task may send while another receives. Every
+    call on a closed WebSocket raises :class:`ConnectionClosed`.
+
+    Attributes: ``connection`` (the :class:`hijack.Connection`, None for a
+    client-side WebSocket), ``subprotocol``, ``extensions`` (the negotiated
+    ones, e.g. ``["permessage-deflate"]``) and ``path``, ``query``,
+    ``headers`` of the handshake request. Usually made by
+    :func:`accept_websocket`; build one by hand over any stream whose
+    handshake is done, passing the protocol object in the OPEN state: a
+    ``websockets.server.ServerProtocol`` (the default) or a
+    ``websockets.client.ClientProtocol`` for the client side of a
+    connection (same API; the client masks its frames and lets the server
+    close TCP first).
+
+    ``ping_interval`` / ``ping_timeout`` (seconds, None to disable): inside
+    ``async with ws``, a ping every ``ping_interval``; a pong missing after
+    ``ping_timeout`` fails the connection with 1011.
+    """
+
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        connection: Connection | None = None,
+        *,
+        protocol: Protocol | None = None,
+        subprotocol: str | None = None,
+        max_message_size: int = MiB,
+        close_timeout: float = 5.0,
+        ping_interval: float | None = PING_INTERVAL,
+        ping_timeout: float | None = PING_TIMEOUT,
+        path: str = "/",
+        query: str = "",
+        headers: Headers | None = None,
+    ) -> None:
+        if max_message_size < 1:
+            raise ValueError("max_message_size must be >= 1")
+        self.connection = connection
+        self.subprotocol = subprotocol
+        self.path = path
+        self.query = query
+        self.headers = headers if headers is not None else Headers([])
+        self._stream = stream
+        if protocol is None:
+            protocol = ServerProtocol(
+                state=OPEN, max_size=max_message_size, logger=protocol_logger
+            )
+        if protocol.state is not OPEN:
+            raise ValueError("the protocol must be OPEN: do the handshake first")
+        self._protocol = protocol
+        self.extensions = [str(extension.name) for extension in protocol.extensions]
+        self._close_timeout = close_timeout
+        self._ping_interval = ping_interval
+        self._ping_timeout = ping_timeout
+        self._shutdown = (
+            connection.shutdown_requested if connection is not None else trio.Event()
+        )
+        self._send_lock = trio.Lock()
+        self._messages: deque[str | bytes] = deque()
+        # The message being assembled from fragments (RFC 6455 5.4).
+        self._fragments: list[str | bytes] = []
+        self._decoder: codecs.IncrementalDecoder | None = None
+        self._pings: dict[bytes, trio.Event] = {}
+        # Bytes the protocol owes the peer, in order; b"" means half-close.
+        self._owed: deque[bytes] = deque()
+        # Set once: the close that ends this WebSocket (ours, theirs, 1006).
+        self._close: tuple[int, str] | None = None
+        self._transport_closed = False
+        self._reading = False
+        self._progress = trio.Event()
+        # Frames that came with the handshake may already be in the protocol.
+        self._handle_events()
+        self._watcher: (
+            tuple[contextlib.AbstractAsyncContextManager[trio.Nursery], trio.Nursery]
+            | None
+        ) = None
+
+    def __repr__(self) -> str:
+        state = "open" if self._close is None else f"closed {self._close[0]}"
+        where = "client" if self._protocol.side is Side.CLIENT else "server"
+        ident = "" if self.connection is None else f" connection={self.connection.id}"
+        return f"<WebSocket {where}{ident} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        """True once closing started (either side) or the connection broke."""
+        return self._close is not None
+
+    @property
+    def close_code(self) -> int | None:
+        return None if self._close is None else self._close[0]
+
+    @property
+    def close_reason(self) -> str | None:
+        return None if self._close is None else self._close[1]
+
+    # -- receiving -------------------------------------------------------------
+
+    async def receive(self) -> str | bytes:
+        """The next message. Raises :class:`ConnectionClosed` once the
+        connection is closing and every message received before is taken.
+        Cancelling it loses nothing."""
+        while True:
+            if self._messages:
+                message = self._messages.popleft()
+                self._notify()  # a ping() may wait for queue room
+                return message
+            if self._close is None and self._shutdown.is_set():
+                await self.close(GOING_AWAY, "server shutting down")
+            if self._close is not None:
+                raise ConnectionClosed(*self._close)
+            await self._read_step(receiving=True)
+
+    def __aiter__(self) -> WebSocket:
+        return self
+
+    async def __anext__(self) -> str | bytes:
+        try:
+            return await self.receive()
+        except ConnectionClosed as exc:
+            if exc.code in _QUIET:
+                raise StopAsyncIteration from None
+            raise
+
+    def _notify(self) -> None:
+        """Wake the tasks waiting for a reader's progress."""
+        if self._progress.statistics().tasks_waiting:
+            self._progress.set()
+            self._progress = trio.Event()
+
+    async def _read_step(self, *, receiving: bool) -> None:
+        """Read the socket once, or wait while another task does."""
+        queue_full = len(self._messages) >= MAX_QUEUE
+        if self._reading or (not receiving and self._close is None and queue_full):
+            await self._progress.wait()
+            return
+        self._reading = True
+        try:
+            if self._send_lock.locked() and sum(map(len, self._owed)) > MAX_OWED:
+                async with self._send_lock:  # the sender writes what is owed
+                    await self._flush_quietly()
+            await self._pump()
+        finally:
+            self._reading = False
+            self._notify()
+
+    async def _pump(self) -> None:
+        # Replies owed from frames handled earlier (frames that came with the
+        # handshake, or a reply a cancelled reader did not finish) go first.
+        await self._reply()
+        if self._transport_closed:
+            return
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
+        if not data:
+            await self._close_transport("connection lost")
+            return
+        self._protocol.receive_data(data)
+        self._handle_events()
+        await self._reply()
+
+    async def _reply(self) -> None:
+        """Write what the peer's frames call for (pongs, the close echo,
+        EOF), unless a sender holds the lock: it writes them once its own
+        write is done. Waiting for it here could deadlock a reader behind a
+        sender that waits for the peer to read while the peer waits for us to
+        read."""
+        if self._send_lock.locked() or not self._owes_reply():
+            return
+        async with self._send_lock:
+            await self._flush_quietly()
+
+    def _handle_events(self) -> None:
+        protocol = self._protocol
+        # Past the opening handshake the protocol's events are all frames.
+        for frame in cast("list[Frame]", protocol.events_received()):
+            opcode = frame.opcode
+            if opcode is TEXT or opcode is BINARY or opcode is CONT:
+                if self._close is None and not self._on_data(frame):
+                    break  # the protocol failed: nothing after counts
+            elif opcode is PONG:
+                self._on_pong(bytes(frame.data))
+            # Pings are answered by the protocol; a close moves its state.
+        self._owed.extend(protocol.data_to_send())
+        if self._close is None and protocol.state is not OPEN:
+            self._close = self._protocol_close()
+
+    def _protocol_close(self) -> tuple[int, str]:
+        """The close that started the protocol's closing handshake."""
+        protocol = self._protocol
+        received, sent = protocol.close_rcvd, protocol.close_sent
+        if received is not None and (sent is None or protocol.close_rcvd_then_sent):
+            return received.code, received.reason
+        if sent is not None:  # the protocol failed the connection
+            return sent.code, sent.reason
+        return ABNORMAL_CLOSURE, "connection lost"
+
+    def _on_data(self, frame: Frame) -> bool:
+        """Assemble a message; False if the protocol had to fail (bad UTF-8)."""
+        if frame.opcode is not CONT:
+            if frame.opcode is TEXT:
+                self._decoder = _Utf8Decoder()
+            else:
+                self._decoder = None
+        data = frame.data
+        try:
+            if self._decoder is not None:
+                piece: str | bytes = self._decoder.decode(data, frame.fin)
+            else:
+                piece = data if isinstance(data, bytes) else bytes(data)
+        except UnicodeDecodeError as exc:
+            # Each frame is checked as it arrives (Autobahn 6.x: fail fast).
+            self._fragments.clear()
+            self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text")
+            self._close = (CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+            return False
+        if not frame.fin:
+            self._fragments.append(piece)
+        elif not self._fragments:
+            self._messages.append(piece)
+        else:
+            self._fragments.append(piece)
+            if isinstance(piece, str):
+                message: str | bytes = "".join(self._fragments)  # type: ignore[arg-type]
+            else:
+                message = b"".join(self._fragments)  # type: ignore[arg-type]
+            self._messages.append(message)
+            self._fragments = []
+        return True
+
+    def _on_pong(self, payload: bytes) -> None:
+        if payload not in self._pings:
+            return  # unsolicited pongs are allowed
+        # A pong answers its ping and every earlier one.
+        for key in list(self._pings):
+            self._pings.pop(key).set()
+            if key == payload:
+                break
+
+    # -- sending ---------------------------------------------------------------
+
+    async def send(self, message: str | bytes | bytearray | memoryview) -> None:
+        """Send one message: ``str`` as text, bytes-like as binary.
+
+        Waits while the peer does not read (backpressure). Cancelling it
+        mid-write aborts the connection."""
+        if self._close is None and self._shutdown.is_set():
+            await self.close(GOING_AWAY, "server shutting down")
+        lock = self._send_lock
+        if lock.locked():
+            await lock.acquire()
+        else:
+            # Uncontended: take it without the lock's own checkpoint; the
+            # write below is one. A scheduler pass less per message.
+            lock.acquire_nowait()
+        try:
+            if self._close is not None:
+                raise ConnectionClosed(*self._close)
+            if isinstance(message, str):
+                self._protocol.send_text(message.encode("utf-8"))
+            else:
+                self._protocol.send_binary(message)
+            await self._flush()
+        finally:
+            lock.release()
+
+    async def ping(self, payload: bytes | None = None, *, wait: bool = True) -> None:
+        """Send a ping (``payload``: up to 125 bytes, random by default) and,
+        with ``wait``, return when its pong arrives. While waiting it reads
+        the socket if no other task does (queueing up to ``MAX_QUEUE``
+        messages for ``receive``). Raises :class:`ConnectionClosed` if the
+        connection closes first. Put it under ``trio.move_on_after`` for a
+        timeout."""
+        if payload is None:
+            payload = os.urandom(4)
+            while payload in self._pings:
+                payload = os.urandom(4)
+        payload = bytes(payload)
+        if len(payload) > 125:
+            raise ValueError("a ping payload is at most 125 bytes")
+        if wait and payload in self._pings:
+            raise ValueError(f"a ping with payload {payload!r} is already waiting")
+        answered = trio.Event()
+        try:
+            async with self._send_lock:
+                if self._close is not None:
+                    raise ConnectionClosed(*self._close)
+                if wait:
+                    # Before writing: another task may read the pong at once.
+                    self._pings[payload] = answered
+                self._protocol.send_ping(payload)
+                await self._flush()
+            while wait and not answered.is_set():
+                if self._close is not None:
+                    raise ConnectionClosed(*self._close)
+                await self._read_step(receiving=False)
+        finally:
+            if self._pings.get(payload) is answered:
+                del self._pings[payload]
+
+    def _handshake_over(self) -> bool:
+        """Both close frames went by (a server closes TCP first, RFC 6455
+        7.1.1), or the peer's EOF came (the protocol is CLOSED)."""
+        protocol = self._protocol
+        return protocol.state is State.CLOSED or (
+            protocol.side is SERVER
+            and protocol.close_sent is not None
+            and protocol.close_rcvd is not None
+        )
+
+    def _owes_reply(self) -> bool:
+        return not self._transport_closed and (
+            bool(self._owed) or self._handshake_over()
+        )
+
+    async def _flush(self) -> None:
+        """With the send lock held: write what the protocol produced and what
+        readers left owed, in order. After a failure the protocol ends with
+        EOF: the peer sees our close frame then EOF while we drain what it
+        still sends (closing with unread input would reset the connection and
+        could destroy the close frame). When the closing handshake is over,
+        close the stream."""
+        owed = self._owed
+        owed.extend(self._protocol.data_to_send())
+        while owed and not self._transport_closed:
+            if owed[0]:
+                data = owed.popleft()
+                if owed and owed[0]:  # coalesce: one write, one syscall
+                    chunks = [data]
+                    while owed and owed[0]:
+                        chunks.append(owed.popleft())
+                    data = b"".join(chunks)
+                await self._write(data)
+            else:
+                owed.popleft()
+                if isinstance(self._stream, trio.abc.HalfCloseableStream):
+                    # TLS cannot half-close: close() cuts after draining.
+                    with contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError
+                    ):
+                        await self._stream.send_eof()
+        if self._handshake_over():
+            await self._close_transport()
+
+    async def _flush_quietly(self) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            await self._flush()
+
+    async def _write(self, data: bytes) -> None:
+        """Write under the send lock; a failed write loses the connection."""
+        try:
+            await self._stream.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            await self._close_transport("connection lost")
+            assert self._close is not None
+            raise ConnectionClosed(*self._close) from None
+        except trio.Cancelled:
+            # Part of the frame may be on the wire: the framing is lost.
+            await self._close_transport("send cancelled")
+            raise
+
+    # -- closing ---------------------------------------------------------------
+
+    async def close(self, code: int = NORMAL_CLOSURE, reason: str = "") -> None:
+        """Close: send a close frame, wait up to ``close_timeout`` for the
+        peer's, close the stream. Idempotent, never raises ConnectionClosed;
+        if closing already started (either side) it just finishes. Cancelled,
+        it closes the stream at once."""
+        if code not in _SENDABLE and not 3000 <= code <= 4999:
+            raise ValueError(f"close code {code} cannot be sent")
+        if len(reason.encode("utf-8")) > 123:
+            raise ValueError("a close reason is at most 123 bytes of UTF-8")
+        if self._close is None:
+            self._close = (code, reason)
+            self._fragments.clear()
+        try:
+            with trio.move_on_after(self._close_timeout):
+                async with self._send_lock:
+                    if self._protocol.state is OPEN and not self._transport_closed:
+                        # Ours starts the closing handshake (maybe an earlier
+                        # close() was cancelled before it could send).
+                        self._protocol.send_close(*self._close)
+                    try:
+                        await self._flush()
+                    except ConnectionClosed:
+                        return
+                while not self._transport_closed:
+                    await self._read_step(receiving=True)
+        finally:
+            await self._close_transport()
+
+    async def fail(self, code: int = INTERNAL_ERROR, reason: str = "") -> None:
+        """Fail the connection (RFC 6455 7.1.7): send a close frame with
+        ``code`` if the closing handshake has not started, then close the
+        stream without waiting for the peer's answer. For a peer that is
+        gone or misbehaving; the keepalive uses it with 1011."""
+        if code not in _SENDABLE and not 3000 <= code <= 4999:
+            raise ValueError(f"close code {code} cannot be sent")
+        if self._close is None:
+            self._close = (code, reason[:120])
+            self._fragments.clear()
+        try:
+            if self._protocol.state is OPEN and not self._transport_closed:
+                self._protocol.fail(code, reason[:120])
+            # Best effort, bounded: a dead peer's full buffers must not hold
+            # the stream.
+            with trio.move_on_after(self._close_timeout):
+                async with self._send_lock:
+                    await self._flush_quietly()
+        finally:
+            await self._close_transport()
+
+    async def _close_transport(self, lost_reason: str = "") -> None:
+        if self._close is None:
+            self._close = (ABNORMAL_CLOSURE, lost_reason or "connection closed")
+        if self._transport_closed:
+            return
+        self._transport_closed = True
+        self._owed.clear()
+        await trio.aclose_forcefully(self._stream)
+        self._notify()
+
+    async def aclose(self) -> None:
+        """``close()`` with code 1000."""
+        await self.close()
+
+    async def _watch_shutdown(self) -> None:
+        await self._shutdown.wait()
+        await self.close(GOING_AWAY, "server shutting down")
+
+    async def __aenter__(self) -> WebSocket:
+        """Inside the block a background task answers the server's graceful
+        shutdown with close 1001, and another sends the keepalive pings. On
+        exit: close 1000, 1011 if the block raised, abort if it was
+        cancelled. A :class:`ConnectionClosed` escaping the block is
+        swallowed: the peer is gone, nothing to do."""
+        if self._watcher is not None:
+            raise RuntimeError("this WebSocket is already entered")
+        manager = trio.open_nursery()
+        nursery = await manager.__aenter__()
+        nursery.start_soon(self._watch_shutdown)
+        if self._ping_interval is not None:
+            nursery.start_soon(
+                keep_alive, self, self._ping_interval, self._ping_timeout
+            )
+        self._watcher = (manager, nursery)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._watcher is not None
+        manager, nursery = self._watcher
+        try:
+            if exc is None or isinstance(exc, ConnectionClosed):
+                await self.close()
+            elif isinstance(exc, Exception):
+                await self.close(INTERNAL_ERROR, "internal error")
+            else:  # cancelled, KeyboardInterrupt...
+                await self._close_transport("aborted")
+        finally:
+            nursery.cancel_scope.cancel()
+            await manager.__aexit__(None, None, None)
+            self._watcher = None
+        return isinstance(exc, ConnectionClosed)
