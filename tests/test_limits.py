@@ -13,6 +13,7 @@ import trio.testing
 from hijack import RelayStats, Throttle, TokenBucket, relay
 from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.limits import TooManyTunnels, TunnelLimits
+from hijack.upgrades.tcp import TCPUpgrade
 from hijack.upgrades.users import PasswordHash, User, Users, hash_password
 
 from .conftest import StartServer, read_exactly, read_until_closed
@@ -265,3 +266,23 @@ async def test_tunnel_bandwidth_through_the_proxy(
         elapsed = trio.current_time() - started
     assert status_of(head) == 200 and body == payload
     assert elapsed == pytest.approx((500_000 - BURST) / RATE, abs=0.3)
+
+
+async def test_tcp_upgrade_per_client_limit_gets_429(
+    nursery: trio.Nursery, start_server: StartServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def upstream(stream: trio.SocketStream) -> None:
+        await read_until_closed(stream)
+
+    upstream_port = await start_upstream(nursery, upstream)
+    limits = TunnelLimits(per_client=1)
+    handler = TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)
+    _, port = await start_server(handler)
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
+        await first.send_all(head)
+        answer, _ = await read_head(first)
+        assert status_of(answer) == 101
+        assert status_of(await exchange(port, head)) == 429
+        assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
+    await wait_for_zero(lambda: limits.by_client.total())
