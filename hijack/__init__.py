@@ -3,6 +3,9 @@
 Public API only; the code lives in private modules.
 """
 
+from ._address import format_address as format_address
+from ._address import join_host_port as join_host_port
+from ._address import split_host_port as split_host_port
 from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
@@ -47,8 +50,11 @@ __all__ = [
     "TokenBucket",
     "UnixSocketListener",
     "UsageError",
+    "format_address",
+    "join_host_port",
     "open_unix_listener",
     "relay",
+    "split_host_port",
 ]
 
 __version__ = "0.1.0"

@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._exchange import Handler
 from ._message import Request, Response
@@ -28,16 +29,11 @@ DEFAULT_LISTEN = "127.0.0.1:8080"
 
 
 def parse_host_port(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``."""
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text)
-    if not (0 if allow_zero else 1) <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
-    return host, port
+    """``host:port`` or ``[v6]:port`` -> ``(host, port)``, for argparse."""
+    try:
+        return split_host_port(text, allow_zero_port=allow_zero)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {exc}") from None
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -128,7 +124,12 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.websocket import make_echo_handler
 
-    return make_echo_handler()
+    return make_echo_handler(
+        max_message_size=args.max_message_size,
+        compression=None if args.no_compression else "deflate",
+        ping_interval=args.ping_interval or None,  # 0 turns keepalive off
+        ping_timeout=args.ping_timeout,
+    )
 
 
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -190,7 +191,7 @@ async def _serve(
             bound = listeners[0].socket.getsockname()
             server = Server(make_handler(args, bound[1]))
             await nursery.start(server.serve_listeners, listeners)
-            where = f"http://{_show_host(bound[0])}:{bound[1]}"
+            where = f"http://{join_host_port(*bound[:2])}"
         reload_scope = trio.CancelScope()
         users = getattr(args, "reloadable_users", None)
         if users is not None:
@@ -219,10 +220,6 @@ async def _reload_on_sighup(
         task_status.started()
         async for _ in signals:
             users.reload()
-
-
-def _show_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host
 
 
 async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
@@ -269,7 +266,7 @@ async def _forward(args: argparse.Namespace) -> None:
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
-        print(f"hijack forward listening on {_show_host(host)}:{port}", flush=True)
+        print(f"hijack forward listening on {join_host_port(host, port)}", flush=True)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
@@ -440,6 +437,33 @@ def build_parser() -> argparse.ArgumentParser:
         help="WebSocket echo server with a page to try it in a browser",
         description="A WebSocket echo server: GET / serves a page that opens a "
         "WebSocket to this server and echoes what you type.",
+    )
+    echo.add_argument(
+        "--max-message-size",
+        type=int,
+        default=1024 * 1024,
+        metavar="BYTES",
+        help="bigger incoming messages (inflated size) close with 1009 "
+        "(default: 1048576)",
+    )
+    echo.add_argument(
+        "--no-compression",
+        action="store_true",
+        help="never negotiate permessage-deflate (on by default)",
+    )
+    echo.add_argument(
+        "--ping-interval",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="keepalive ping every SECONDS, 0 for none (default: 20)",
+    )
+    echo.add_argument(
+        "--ping-timeout",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="close with 1011 when a pong takes longer (default: 20)",
     )
     echo.set_defaults(run=_echo_handler)
 

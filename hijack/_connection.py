@@ -130,6 +130,7 @@ class Connection:
         "_closed",
         "_closed_event",
         "_driver",
+        "_fake_tls",
         "_hijacked",
         "_hooks",
         "_on_close",
@@ -170,6 +171,15 @@ class Connection:
             except OSError:
                 pass
             self.peer_credentials = read_peer_credentials(sock)
+        self._fake_tls: TLSInfo | None = None
+        # hijack.testing's in-memory streams carry the identity a test gives
+        # the connection (no socket to read it from): testing._Identity.
+        transport = (
+            stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
+        )
+        identity = getattr(transport, "_hijack_test_identity", None)
+        if identity is not None:
+            identity.apply(self)
         self._state = ConnState.NEW
         self._hooks = hooks
         # Who holds the stream: the HTTP driver (anything with a
@@ -225,7 +235,7 @@ class Connection:
         """TLS details once the handshake is done, None on plain streams."""
         stream = self.stream
         if not isinstance(stream, trio.SSLStream):
-            return None
+            return self._fake_tls
         try:  # trio forwards these to the SSLObject once the handshake is done
             cipher = stream.cipher()
             return TLSInfo(

@@ -34,12 +34,15 @@ class UnixSocketListener(trio.abc.Listener[trio.SocketStream]):
 
     @property
     def socket(self) -> trio.socket.SocketType:
+        """The listening socket."""
         return self.listener.socket
 
     async def accept(self) -> trio.SocketStream:
+        """The next connection (trio's ``Listener`` contract)."""
         return await self.listener.accept()
 
     async def aclose(self) -> None:
+        """Stop listening and remove the socket file if it is still ours."""
         try:
             info = os.stat(self.path)
             if (info.st_dev, info.st_ino) == self._identity:

@@ -172,7 +172,14 @@ class Request:
     The body is streamed: ``async for chunk in request.body()`` or
     ``await request.read()``. Reading past the server's ``max_body_size``
     raises ``HTTPError(413)``; a body slower than ``body_timeout`` raises
-    ``HTTPError(408)``.
+    ``HTTPError(408)``; a malformed one ``HTTPError(400)``.
+
+    Error handling: these methods raise only ``HTTPError``,
+    :class:`~hijack.ClientDisconnected` (the client is gone) and
+    :class:`~hijack.UsageError` (misuse, nothing sent; its subclass
+    :class:`~hijack.HijackError` for the hijack contract). They work only
+    while the handler runs: afterwards they raise ``UsageError``
+    (``hijack()``: ``HijackError``).
     """
 
     __slots__ = (
@@ -232,12 +239,19 @@ class Request:
         CONNECT, or any head without a body) its head is written first. The
         result is a :class:`~hijack.Hijacked`: the transport plus every byte
         read ahead. See the ownership rule in :mod:`hijack._hijack`.
+
+        Raises :class:`~hijack.HijackError` before writing anything for a
+        second hijack, a hijack after the handler returned or after
+        ``start_response``, a 101 to a request without ``Upgrade`` (or an
+        HTTP/1.0 one), a head with a body or with CR/LF/NUL.
         """
         return await self._exchange.hijack(response)
 
     async def start_response(self, response: Response) -> None:
         """Send the head of ``response`` now; stream the body with
-        :meth:`send_data`. The handler then returns ``None``."""
+        :meth:`send_data`. The handler then returns ``None``. A 1xx, a 2xx
+        to CONNECT (use :meth:`hijack`), a second response or a bad header
+        raise :class:`~hijack.UsageError` before anything is sent."""
         await self._exchange.start_response(response)
 
     async def send_data(self, data: bytes) -> None:

@@ -3,18 +3,70 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
 import trio
+import trio.testing
 
 from hijack import Request, Response, Server
+from hijack.testing import MemoryListener
 
+from .helpers import read_until_closed
 from .leakcheck import leak_fixture
 
 Handler = Callable[[Request], Awaitable[Response | None]]
 StartServer = Callable[..., Awaitable[tuple[Server, int]]]
+
+
+# One time limit for every test, instead of a safety net in each: a hang
+# fails the test it happens in, named, instead of stalling the run. Real
+# seconds, kept by a timer thread: a deadline on trio's clock would not do,
+# since autojump_clock jumps to any deadline whenever every task waits, even
+# on a loopback socket whose answer is a microsecond away.
+TEST_TIME_LIMIT = 60.0
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if not isinstance(item, pytest.Function):
+            continue
+        inner = getattr(getattr(item.obj, "hypothesis", None), "inner_test", None)
+        if inner is not None and inspect.iscoroutinefunction(inner):
+            item.obj.hypothesis.inner_test = _with_time_limit(inner)
+        elif inspect.iscoroutinefunction(item.obj):
+            item.obj = _with_time_limit(item.obj)
+
+
+def _with_time_limit(test: Callable[..., Awaitable[None]]) -> Callable[..., Any]:
+    """``test``, cancelled and failed after TEST_TIME_LIMIT real seconds.
+    (Not a fixture: pytest-trio runs only the trio fixtures a test names,
+    never autouse ones.)"""
+
+    @functools.wraps(test)
+    async def limited(*args: Any, **kwargs: Any) -> None:
+        token = trio.lowlevel.current_trio_token()
+        scope = trio.CancelScope()
+
+        def expire() -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(scope.cancel)
+
+        timer = threading.Timer(TEST_TIME_LIMIT, expire)
+        timer.start()
+        try:
+            with scope:
+                await test(*args, **kwargs)
+        finally:
+            timer.cancel()
+        if scope.cancelled_caught:
+            raise TimeoutError(f"the test ran past its {TEST_TIME_LIMIT:g} s limit")
+
+    return limited
 
 
 # Every test that starts a server must leave no task and no fd behind: the
@@ -39,64 +91,6 @@ async def start_server(
     yield start
     for server in servers:
         await server.shutdown(grace=0)
-
-
-async def read_until_closed(stream: trio.abc.ReceiveStream) -> bytes:
-    """Everything the peer sends until it closes."""
-    chunks = []
-    while chunk := await stream.receive_some():
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-async def read_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
-    """Exactly ``size`` bytes; EOF before that fails the test."""
-    data = b""
-    while len(data) < size:
-        chunk = await stream.receive_some(size - len(data))
-        assert chunk, f"EOF after {len(data)} of {size} bytes"
-        data += chunk
-    return data
-
-
-async def read_until(stream: trio.abc.ReceiveStream, marker: bytes) -> bytes:
-    """Read until ``marker`` has arrived (or EOF); return all of it."""
-    data = b""
-    while marker not in data:
-        chunk = await stream.receive_some()
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
-    """An in-memory trio Listener: ``await listener.connect()`` returns the
-    client end of a fresh ``memory_stream_pair`` whose server end the server
-    accepts. Lets timeout tests run on ``autojump_clock`` with no sockets."""
-
-    def __init__(
-        self,
-        pair: Callable[
-            [], tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
-        ] = trio.testing.memory_stream_pair,
-    ) -> None:
-        self._send, self._receive = trio.open_memory_channel[trio.abc.Stream](0)
-        self._pair = pair
-        self.closed = False
-
-    async def connect(self) -> trio.abc.HalfCloseableStream:
-        client, server = self._pair()
-        await self._send.send(server)
-        return client
-
-    async def accept(self) -> trio.abc.Stream:
-        return await self._receive.receive()
-
-    async def aclose(self) -> None:
-        self.closed = True
-        await self._receive.aclose()
-        await trio.lowlevel.checkpoint()
 
 
 @pytest.fixture
@@ -135,4 +129,4 @@ async def trickle_until_answered(
         answered_after = trio.current_time() - start
         rest = await read_until_closed(client)
         nursery.cancel_scope.cancel()
-    return answered_after, first + rest
+    return answered_after, bytes(first) + rest

@@ -19,9 +19,17 @@ import trio.testing
 import trustme
 
 from hijack import Request, Response, Server
+from hijack.testing import MemoryListener
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
-from .conftest import MemoryListener, StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import (
+    capture_log,
+    exchange,
+    read_head,
+    read_until_closed,
+    start_upstream,
+)
 
 CURL = "/usr/bin/curl"
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
@@ -38,14 +46,6 @@ def basic(user: str, password: str) -> str:
     return f"Proxy-Authorization: Basic {token}"
 
 
-async def read_head(stream: trio.abc.ReceiveStream) -> tuple[bytes, bytes]:
-    """The response head (with its blank line) and whatever came after it."""
-    data = await read_until(stream, b"\r\n\r\n")
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    assert sep, f"no complete response head in {data!r}"
-    return head + sep, rest
-
-
 def status_of(head: bytes) -> int:
     return int(head.split(b" ", 2)[1])
 
@@ -58,28 +58,8 @@ def loopback_policy(port: int) -> ConnectPolicy:
     return ConnectPolicy(allowed_ports={port}, allow=["127.0.0.1"])
 
 
-async def start_upstream(
-    nursery: trio.Nursery, handler: Callable[[trio.SocketStream], Awaitable[None]]
-) -> int:
-    """A raw TCP server on 127.0.0.1 (closed when the test's nursery ends)."""
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-    )
-    port: int = listeners[0].socket.getsockname()[1]
-    return port
-
-
 async def hello(request: Request) -> Response:
     return Response(200, {"content-type": "text/plain"}, b"hello through the tunnel\n")
-
-
-async def wait_for(predicate: Callable[[], bool]) -> None:
-    """Wait for something another task finishes on real sockets (bounded)."""
-    for _ in range(500):
-        if predicate():
-            return
-        await trio.sleep(0.01)
-    raise AssertionError("condition not reached in 5 s")
 
 
 def tunnel_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -119,10 +99,11 @@ async def test_curl_through_the_tunnel(
     _, upstream_port = await start_server(hello)
     proxy = ConnectProxy(loopback_policy(upstream_port))
     _, proxy_port = await start_server(proxy)
-    result = await curl_through(proxy_port, upstream_port)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == b"hello through the tunnel\n"
-    await wait_for(lambda: bool(tunnel_records(caplog)))
+    with capture_log("hijack.connect") as log:
+        result = await curl_through(proxy_port, upstream_port)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == b"hello through the tunnel\n"
+        await log.logged.wait()  # the tunnel's line comes as it ends
     (record,) = tunnel_records(caplog)
     assert record.levelno == logging.INFO
     assert record.outcome == "ok"  # type: ignore[attr-defined]
@@ -253,14 +234,6 @@ async def test_half_close_each_way(
 
 
 # -- raw sockets: every refusal ---------------------------------------------------
-
-
-async def exchange(port: int, request: bytes) -> bytes:
-    """Send ``request``, return everything until the server closes."""
-    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
-        await client.send_all(request)
-        with trio.fail_after(10):
-            return await read_until_closed(client)
 
 
 @pytest.mark.parametrize(

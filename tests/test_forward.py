@@ -23,21 +23,12 @@ from hijack.upgrades.forward import (
 )
 from hijack.upgrades.tcp import TCPUpgrade
 
-from .conftest import StartServer, read_exactly, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_exactly, read_until, read_until_closed, start_upstream
 
 ROOT = Path(__file__).resolve().parents[1]
-UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
 AUTH = ("alice", "s3cret:with colon")
 AUTH_HEADER = "Basic " + base64.b64encode(b"alice:s3cret:with colon").decode()
-
-
-async def start_tcp(nursery: trio.Nursery, handler: UpstreamHandler) -> int:
-    """A trio TCP server on 127.0.0.1, port 0; stopped with the test's nursery."""
-    listeners = await nursery.start(
-        functools.partial(trio.serve_tcp, handler, 0, host="127.0.0.1")
-    )
-    port: int = listeners[0].socket.getsockname()[1]
-    return port
 
 
 async def echo(stream: trio.SocketStream) -> None:
@@ -85,7 +76,7 @@ async def fake_server(nursery: trio.Nursery, answer: bytes) -> tuple[int, list[b
             while data := await stream.receive_some():
                 await stream.send_all(data)
 
-    return await start_tcp(nursery, handle), heads
+    return await start_upstream(nursery, handle), heads
 
 
 # -- open_tunnel ----------------------------------------------------------------
@@ -149,7 +140,7 @@ async def test_connect_target_ipv6_is_bracketed(nursery: trio.Nursery) -> None:
 async def test_open_tunnel_upgrade_through_tcp_upgrade(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(tunnel_handler(upstream))
     async with await open_tunnel(("127.0.0.1", port), None, "upgrade") as tunnel:
         for message in (b"one", b"\x00two\r\n\r\n", b"z" * 300_000):
@@ -162,7 +153,7 @@ async def test_open_tunnel_upgrade_through_tcp_upgrade(
 async def test_open_tunnel_connect_with_proxy_auth(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_tcp(nursery, echo)
+    upstream = await start_upstream(nursery, echo)
     _, port = await start_server(tunnel_handler(0, auth=AUTH_HEADER))
     via, target = ("127.0.0.1", port), ("127.0.0.1", upstream)
 
@@ -209,7 +200,7 @@ async def test_answers_that_are_not_a_tunnel(
             await read_until(stream, b"\r\n\r\n")
             await stream.send_all(answer)
 
-    port = await start_tcp(nursery, handle)
+    port = await start_upstream(nursery, handle)
     with pytest.raises(TunnelError) as failed:
         await open_tunnel(("127.0.0.1", port), None, "upgrade")
     assert failed.value.status == status
@@ -328,15 +319,16 @@ async def test_forward_stdio_client_eof_first(
             received = await read_until_closed(stream)  # until the child's EOF
             await stream.send_all(b"got " + received)
 
-    _, port = await start_server(tunnel_handler(await start_tcp(nursery, upstream)))
-    with trio.fail_after(30):  # a safety bound, not timing logic
-        child = await start_child(nursery, port)
-        assert child.stdin is not None and child.stdout is not None
-        assert await read_exactly(child.stdout, 6) == b"HELLO\n"
-        await child.stdin.send_all(b"ping")
-        await child.stdin.aclose()  # stdin EOF -> tunnel send_eof -> upstream EOF
-        assert await read_until_closed(child.stdout) == b"got ping"
-        assert await child.wait() == 0
+    _, port = await start_server(
+        tunnel_handler(await start_upstream(nursery, upstream))
+    )
+    child = await start_child(nursery, port)
+    assert child.stdin is not None and child.stdout is not None
+    assert await read_exactly(child.stdout, 6) == b"HELLO\n"
+    await child.stdin.send_all(b"ping")
+    await child.stdin.aclose()  # stdin EOF -> tunnel send_eof -> upstream EOF
+    assert await read_until_closed(child.stdout) == b"got ping"
+    assert await child.wait() == 0
 
 
 async def test_forward_stdio_upstream_eof_first(
@@ -348,18 +340,19 @@ async def test_forward_stdio_upstream_eof_first(
             assert await read_exactly(stream, 4) == b"ping"
             await stream.send_all(b"bye")
 
-    _, port = await start_server(tunnel_handler(await start_tcp(nursery, upstream)))
-    with trio.fail_after(30):  # a safety bound, not timing logic
-        child = await start_child(nursery, port)
-        assert child.stdin is not None and child.stdout is not None
-        assert await read_exactly(child.stdout, 6) == b"HELLO\n"
-        await child.stdin.send_all(b"ping")
-        # Upstream closed: the child's stdout ends while its stdin is still
-        # open (ssh waits for this EOF before it closes our stdin).
-        assert await read_until_closed(child.stdout) == b"bye"
-        assert child.poll() is None
-        await child.stdin.aclose()
-        assert await child.wait() == 0
+    _, port = await start_server(
+        tunnel_handler(await start_upstream(nursery, upstream))
+    )
+    child = await start_child(nursery, port)
+    assert child.stdin is not None and child.stdout is not None
+    assert await read_exactly(child.stdout, 6) == b"HELLO\n"
+    await child.stdin.send_all(b"ping")
+    # Upstream closed: the child's stdout ends while its stdin is still
+    # open (ssh waits for this EOF before it closes our stdin).
+    assert await read_until_closed(child.stdout) == b"bye"
+    assert child.poll() is None
+    await child.stdin.aclose()
+    assert await child.wait() == 0
 
 
 async def test_forward_stdio_refused_fails(start_server: StartServer) -> None:

@@ -8,7 +8,6 @@ the next client.
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import re
 
@@ -19,8 +18,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hijack import Limits, Request, Response, Server
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, read_until_closed
+from .helpers import read_until_closed, splits
 
 STATUS_LINE = re.compile(rb"HTTP/1\.1 [1-5][0-9][0-9] [^\r\n]*\r\n")
 GOOD = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -83,11 +83,6 @@ def check_answer(data: bytes) -> None:
         assert data.count(b"HTTP/1.1 ") == len(STATUS_LINE.findall(data)), data
 
 
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if a != b]
-
-
 async def talk(listener: MemoryListener, pieces: list[bytes]) -> bytes:
     client = await listener.connect()
     async with client:
@@ -111,14 +106,13 @@ async def test_any_bytes_any_split(
     caplog.clear()
     server = Server(handler, limits=LIMITS)
     listener = MemoryListener()
-    with trio.fail_after(30):  # a safety net: EOF ends every exchange
-        async with trio.open_nursery() as nursery:
-            await nursery.start(server.serve_listeners, [listener])
-            check_answer(await talk(listener, splits(data, cuts)))
-            await trio.testing.wait_all_tasks_blocked()
-            assert server.connections == []
-            answer = await talk(listener, [GOOD])
-            assert answer.startswith(b"HTTP/1.1 200 "), answer
-            await server.shutdown(grace=0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+        check_answer(await talk(listener, splits(data, cuts)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.connections == []
+        answer = await talk(listener, [GOOD])
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        await server.shutdown(grace=0)
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert failures == [], [r.getMessage() for r in failures]

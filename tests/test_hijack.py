@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import itertools
 import logging
+from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
@@ -11,9 +11,19 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hijack import Connection, Hijacked, HijackError, Limits, Request, Response
+from hijack import (
+    Connection,
+    Hijacked,
+    HijackError,
+    Limits,
+    ReplayStream,
+    Request,
+    Response,
+)
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import read_until, read_until_closed, splits
 
 UPGRADE = (
     b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n"
@@ -24,11 +34,6 @@ PLAIN = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 
 def post_head(length: int) -> bytes:
     return b"POST /up HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % length
-
-
-def splits(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in itertools.pairwise(points) if a != b]
 
 
 @settings(
@@ -68,8 +73,8 @@ async def test_buffered_plus_stream_is_exactly_what_followed(
             response = Response(200)
         hijacked = await request.hijack(response)
         rest = b""
-        while chunk := await hijacked.stream.receive_some():
-            rest += chunk
+        while data := await hijacked.stream.receive_some():
+            rest += data
         result["body"] = body
         result["buffered"] = hijacked.buffered
         result["rest"] = rest
@@ -92,20 +97,69 @@ async def test_buffered_plus_stream_is_exactly_what_followed(
     assert head + result["body"] + result["buffered"] + result["rest"] == sent
 
 
-async def check_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
-    left, right = trio.testing.memory_stream_pair()
-    return Hijacked(left, b"", Connection(1, left)), right
+StreamPair = tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]
 
 
-async def clogged_stream_pair() -> tuple[Hijacked, trio.abc.HalfCloseableStream]:
-    left, right = trio.testing.lockstep_stream_pair()
-    return Hijacked(left, b"", Connection(1, left)), right
+async def tcp_pair() -> StreamPair:
+    """Two ends of a real loopback TCP connection."""
+    (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    async with listener:
+        left = await trio.testing.open_stream_to_socket_listener(listener)
+        right = await listener.accept()
+    return left, right
 
 
-async def test_hijacked_is_a_half_closeable_stream() -> None:
-    await trio.testing.check_half_closeable_stream(
-        check_stream_pair, clogged_stream_pair
-    )
+async def unix_pair() -> StreamPair:
+    left, right = trio.socket.socketpair()
+    return trio.SocketStream(left), trio.SocketStream(right)
+
+
+async def memory_pair() -> StreamPair:
+    return trio.testing.memory_stream_pair()
+
+
+async def fill(stream: trio.abc.SendStream) -> None:
+    """Send until the kernel's buffers are full and a send blocks (trio's
+    own recipe for a clogged socket stream)."""
+    async with trio.open_nursery() as nursery:
+
+        async def sender() -> None:
+            while True:
+                await stream.send_all(b"x" * 10000)
+
+        nursery.start_soon(sender)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+
+
+def wrap(kind: str, stream: trio.abc.HalfCloseableStream) -> ReplayStream:
+    if kind == "hijacked":
+        return Hijacked(stream, b"", Connection(1, stream))
+    return ReplayStream(stream)
+
+
+@pytest.mark.parametrize("kind", ["hijacked", "replay"])
+@pytest.mark.parametrize("pair", [memory_pair, tcp_pair, unix_pair])
+async def test_replaying_stream_is_a_half_closeable_stream(
+    kind: str, pair: Callable[[], Awaitable[StreamPair]]
+) -> None:
+    """trio's conformance check, over memory streams and over real sockets,
+    where ReplayStream drives the socket directly (its fast path)."""
+
+    async def stream_pair() -> tuple[ReplayStream, trio.abc.HalfCloseableStream]:
+        left, right = await pair()
+        return wrap(kind, left), right
+
+    async def clogged_pair() -> tuple[ReplayStream, trio.abc.HalfCloseableStream]:
+        if pair is memory_pair:
+            lockstep = trio.testing.lockstep_stream_pair()
+            return wrap(kind, lockstep[0]), lockstep[1]
+        wrapped, right = await stream_pair()
+        await fill(wrapped)
+        await fill(right)
+        return wrapped, right
+
+    await trio.testing.check_half_closeable_stream(stream_pair, clogged_pair)
 
 
 async def test_hijacked_replays_buffered_first() -> None:
@@ -144,8 +198,7 @@ async def test_upgrade_head_and_early_data_over_tcp(start_server: StartServer) -
         assert await read_until(stream, b"later") == b"later"
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
-    with trio.fail_after(5):
-        await connection.wait_closed()
+    await connection.wait_closed()
     assert server.open_hijacked_connections == 0
 
 
@@ -244,8 +297,7 @@ async def test_handler_return_closes_unless_detached(start_server: StartServer) 
         assert await read_until_closed(stream) == b""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(b"GET /detach HTTP/1.1\r\nHost: x\r\n\r\n")
-        with trio.fail_after(5):
-            await handed_over.wait()
+        await handed_over.wait()
         assert server.open_hijacked_connections == 1
         await holder[0].send_all(b"still mine")
         assert await stream.receive_some() == b"still mine"
@@ -262,7 +314,7 @@ async def test_server_timeouts_stop_after_hijack(
 
     async def handler(request: Request) -> None:
         async with await request.hijack() as hijacked:
-            got.append(await hijacked.receive_some())
+            got.append(bytes(await hijacked.receive_some()))
 
     limits = Limits(head_timeout=1, idle_timeout=1, body_timeout=1, write_timeout=1)
     _, listener = await memory_server(handler, limits=limits)  # type: ignore[operator]

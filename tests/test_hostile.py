@@ -23,19 +23,21 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 
 import pytest
 import trio
 import trio.testing
 
 from hijack import Limits, Request, Response, Server
+from hijack.testing import MemoryListener, TestResponse
 
-from .conftest import (
-    MemoryListener,
-    StartServer,
+from .conftest import StartServer, trickle_until_answered
+from .helpers import (
+    all_closed,
+    exchange,
+    parse_responses,
+    read_responses,
     read_until_closed,
-    trickle_until_answered,
 )
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
@@ -53,105 +55,41 @@ async def echo(request: Request) -> Response:
     return Response(200, {"content-type": "text/plain"}, text + b"\n\n" + body)
 
 
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-
-def parse_replies(data: bytes) -> tuple[list[Reply], bytes]:
-    """Complete responses at the start of ``data`` (1xx included), and the
-    bytes left after them. Every response this server writes here has a
-    Content-Length (or is a 1xx)."""
-    replies = []
-    while b"\r\n\r\n" in data:
-        head, rest = data.split(b"\r\n\r\n", 1)
-        lines = head.split(b"\r\n")
-        match = STATUS_LINE.fullmatch(lines[0])
-        assert match, f"bad status line {lines[0]!r}"
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(b":")
-            headers[name.decode().lower()] = value.strip().decode("latin-1")
-        status = int(match[1])
-        length = 0 if status < 200 else int(headers["content-length"])
-        if len(rest) < length:
-            break
-        replies.append(Reply(status, headers, rest[:length]))
-        data = rest[length:]
-    return replies, data
-
-
-async def read_replies(stream: trio.abc.ReceiveStream, count: int) -> list[Reply]:
-    """Read until ``count`` final (non-1xx) responses are in; fail on EOF."""
-    data = b""
-    with trio.fail_after(10):  # a safety net, not a timing check
-        while True:
-            replies, _ = parse_replies(data)
-            if sum(r.status >= 200 for r in replies) >= count:
-                return replies
-            chunk = await stream.receive_some()
-            assert chunk, f"closed after {data!r}"
-            data += chunk
-
-
-async def send_and_read_all(port: int, raw: bytes, half_close: bool = False) -> bytes:
-    """Send ``raw`` and read until the server closes. The client does not
-    close its side unless ``half_close``."""
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(raw)
-        if half_close:
-            await stream.send_eof()
-        with trio.fail_after(10):
-            return await read_until_closed(stream)
-
-
-async def settled(server: Server) -> None:
-    """Wait (bounded) until the server has forgotten every connection."""
-    for _ in range(200):
-        await trio.testing.wait_all_tasks_blocked()
-        if not server.connections:
-            return
-        await trio.sleep(0.01)
-    raise AssertionError(f"connections left open: {server.connections}")
-
-
 async def assert_serves(server: Server, port: int) -> None:
     """A good request on a fresh connection gets 200; then all is closed."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(GOOD)
-        [reply] = await read_replies(stream, 1)
+        [reply] = await read_responses(stream, 1)
         assert reply.status == 200
-    await settled(server)
+    await all_closed(server)
 
 
 async def rejected(
     server: Server, port: int, raw: bytes, status: int, half_close: bool = False
-) -> Reply:
+) -> TestResponse:
     """``raw`` gets exactly one ``status`` response with Connection: close,
     then the server closes; then it still serves."""
-    data = await send_and_read_all(port, raw, half_close)
-    replies, rest = parse_replies(data)
+    data = await exchange(port, raw, half_close=half_close)
+    replies, rest = parse_responses(data)
     assert [r.status for r in replies] == [status], data
     assert rest == b""
-    assert replies[0].headers["connection"].lower() == "close"
-    await settled(server)
+    assert replies[0].headers.get("connection", "").lower() == "close"
+    await all_closed(server)
     await assert_serves(server, port)
     return replies[0]
 
 
-async def kept(server: Server, port: int, raw: bytes) -> Reply:
+async def kept(server: Server, port: int, raw: bytes) -> TestResponse:
     """``raw`` gets a 200 and the connection stays open for a second request."""
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(raw)
-        [first] = await read_replies(stream, 1)
+        [first] = await read_responses(stream, 1)
         assert first.status == 200, first
         assert "connection" not in first.headers
         await stream.send_all(GOOD)
-        [second] = await read_replies(stream, 1)
+        [second] = await read_responses(stream, 1)
         assert second.status == 200
-    await settled(server)
+    await all_closed(server)
     return first
 
 
@@ -269,15 +207,15 @@ async def test_content_length_and_chunked_answer_then_close(
     server, port = await start_server(echo)
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
     raw = post(b"Content-Length: 40\r\n" + CHUNKED, b"3\r\nabc\r\n0\r\n\r\n" + smuggled)
-    data = await send_and_read_all(port, raw)
-    replies, rest = parse_replies(data)
+    data = await exchange(port, raw)
+    replies, rest = parse_responses(data)
     assert rest == b""
     [reply] = replies
     assert reply.status == 200
-    assert reply.headers["connection"] == "close"
+    assert reply.headers.get("connection", "") == "close"
     assert reply.body.endswith(b"\n\nabc")  # chunked wins (RFC 9112 6.3)
     assert b"/smuggled" not in data
-    await settled(server)
+    await all_closed(server)
     await assert_serves(server, port)
 
 
@@ -293,10 +231,10 @@ async def test_http10_with_transfer_encoding_is_answered_then_closed(
         + b"\r\n3\r\nabc\r\n0\r\n\r\n"
         + GOOD
     )
-    replies, rest = parse_replies(await send_and_read_all(port, raw))
+    replies, rest = parse_responses(await exchange(port, raw))
     assert [r.status for r in replies] == [200]
     assert rest == b""
-    assert replies[0].headers["connection"].lower() == "close"
+    assert replies[0].headers.get("connection", "").lower() == "close"
     await assert_serves(server, port)
 
 
@@ -437,7 +375,7 @@ async def answer_on_memory(
             await trio.testing.wait_all_tasks_blocked()
     data = await read_until_closed(client)
     await client.aclose()
-    await settled(server)
+    await all_closed(server)
     return data
 
 
@@ -469,11 +407,11 @@ async def test_expect_100_continue_over_the_limit_is_413_without_100(
 
     server, port = await start_server(handler, limits=Limits(max_body_size=100))
     raw = post(b"Content-Length: 101\r\nExpect: 100-continue\r\n")
-    data = await send_and_read_all(port, raw)
+    data = await exchange(port, raw)
     assert data.startswith(b"HTTP/1.1 413 ")
     assert b"100 Continue" not in data and not data.startswith(b"HTTP/1.1 100")
     assert called == []
-    await settled(server)
+    await all_closed(server)
 
 
 # -- slowness (in-memory, virtual time) --------------------------------------------
@@ -487,12 +425,12 @@ async def test_head_trickled_one_byte_a_second_gets_408_at_head_timeout(
     server, listener = await memory_server(echo, limits=SLOW)
     client = await listener.connect()
     answered_after, data = await trickle_until_answered(client, GOOD)
-    replies, rest = parse_replies(data)
+    replies, rest = parse_responses(data)
     assert [r.status for r in replies] == [408]
     assert rest == b""
     assert answered_after == 5
     await client.aclose()
-    await settled(server)
+    await all_closed(server)
 
 
 async def test_slow_body_gets_408_at_body_timeout(
@@ -506,13 +444,13 @@ async def test_slow_body_gets_408_at_body_timeout(
         for _ in range(100):
             await client.send_all(b"x")
             await trio.sleep(1)
-    replies, rest = parse_replies(await read_until_closed(client))
+    replies, rest = parse_responses(await read_until_closed(client))
     assert [r.status for r in replies] == [408]
     assert rest == b""
-    assert replies[0].headers["connection"] == "close"
+    assert replies[0].headers.get("connection", "") == "close"
     assert 10 <= trio.current_time() - start <= 11
     await client.aclose()
-    await settled(server)
+    await all_closed(server)
 
 
 async def test_pipelining_client_that_never_reads_is_not_read_either(

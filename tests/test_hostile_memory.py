@@ -51,8 +51,8 @@ HOSTILE = {
     "half-head": b"GET / HTTP/1.1\r\nHo",
     "half-body": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf",
 }
-WARM_UP = 1500  # pools, caches and arenas reach their size (measured: ~2000)
-BATCH = 1000
+WARM_UP = 1200  # pools, caches and arenas reach their size
+BATCH = 600
 BATCHES = 5
 CONCURRENCY = 16
 MAX_BYTES_PER_CONNECTION = 48  # the mypyc leak: ~223

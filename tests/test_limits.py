@@ -16,16 +16,15 @@ from hijack.upgrades.limits import TooManyTunnels, TunnelLimits
 from hijack.upgrades.tcp import TCPUpgrade
 from hijack.upgrades.users import PasswordHash, User, Users, hash_password
 
-from .conftest import StartServer, read_exactly, read_until_closed
-from .test_connect import (
-    basic,
-    connect_head,
+from .conftest import StartServer
+from .helpers import (
     exchange,
-    loopback_policy,
+    read_exactly,
     read_head,
+    read_until_closed,
     start_upstream,
-    status_of,
 )
+from .test_connect import basic, connect_head, loopback_policy, status_of
 
 RATE = 100_000  # bytes per second
 BURST = 25_000  # a quarter second of RATE

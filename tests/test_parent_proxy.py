@@ -4,11 +4,10 @@ parent is dialled; parents that fail, stall or answer garbage."""
 
 from __future__ import annotations
 
-import logging
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,18 +18,37 @@ from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
 from hijack.upgrades.forward import open_tunnel
 from hijack.upgrades.parent_proxy import ParentProxy, ParentProxyError, Routes
 
-from .conftest import StartServer, read_until_closed
+from .conftest import StartServer
+from .helpers import (
+    LogCapture,
+    capture_log,
+    exchange,
+    read_until_closed,
+    start_upstream,
+)
 from .test_connect import (
     connect_head,
     curl_through,
-    exchange,
     hello,
     loopback_policy,
-    start_upstream,
     status_of,
-    tunnel_records,
-    wait_for,
 )
+
+
+@pytest.fixture
+def tunnel_log() -> Iterator[LogCapture]:
+    """The ``hijack.connect`` records of the test."""
+    with capture_log("hijack.connect") as log:
+        yield log
+
+
+async def tunnel_line(log: LogCapture) -> str:
+    """The one tunnel log line (it comes as the tunnel ends)."""
+    with trio.fail_after(10):
+        await log.logged.wait()
+    [record] = log.records
+    return record.getMessage()
+
 
 Pproxy = Callable[[str], Awaitable[tuple[int, Path]]]
 
@@ -98,10 +116,9 @@ def routes(url: str, *direct: str) -> Routes:
 async def test_curl_through_hijack_and_a_pproxy_parent(
     start_server: StartServer,
     pproxy: Pproxy,
-    caplog: pytest.LogCaptureFixture,
+    tunnel_log: LogCapture,
     scheme: str,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     _, upstream_port = await start_server(hello)
     name, _, auth = scheme.partition("#")
     parent_port, parent_log = await pproxy("socks5" if name == "socks5h" else scheme)
@@ -114,8 +131,7 @@ async def test_curl_through_hijack_and_a_pproxy_parent(
 
     assert result.returncode == 0, result.stderr
     assert result.stdout == b"hello through the tunnel\n"
-    await wait_for(lambda: bool(tunnel_records(caplog)))
-    [line] = [r.getMessage() for r in tunnel_records(caplog)]
+    line = await tunnel_line(tunnel_log)
     assert f"via {name}://" in line and " ok " in line, line
     assert "pw" not in line  # the parent's password stays out of the log
     await wait_for_text(parent_log, f"127.0.0.1:{upstream_port}")
@@ -130,9 +146,8 @@ async def wait_for_text(path: Path, text: str) -> None:
 
 
 async def test_socks5h_parent_gets_the_name(
-    start_server: StartServer, pproxy: Pproxy, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, pproxy: Pproxy, tunnel_log: LogCapture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     _, upstream_port = await start_server(hello)
     parent_port, parent_log = await pproxy("socks5")
     policy = ConnectPolicy(allowed_ports={upstream_port}, allow=["localhost"])
@@ -150,16 +165,14 @@ async def test_socks5h_parent_gets_the_name(
         env={},
     )  # fmt: skip
     assert result.stdout == b"hello through the tunnel\n", result.stderr
-    await wait_for(lambda: bool(tunnel_records(caplog)))
-    [line] = [r.getMessage() for r in tunnel_records(caplog)]
+    line = await tunnel_line(tunnel_log)
     assert "(localhost) via socks5h://" in line and " ok " in line, line
     await wait_for_text(parent_log, f"localhost:{upstream_port}")
 
 
 async def test_direct_rule_bypasses_the_parent(
-    start_server: StartServer, pproxy: Pproxy, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, pproxy: Pproxy, tunnel_log: LogCapture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     _, upstream_port = await start_server(hello)
     parent_port, parent_log = await pproxy("http")
     table = routes(f"http://127.0.0.1:{parent_port}", "127.0.0.0/8")
@@ -167,8 +180,7 @@ async def test_direct_rule_bypasses_the_parent(
     _, proxy_port = await start_server(proxy)
     result = await curl_through(proxy_port, upstream_port)
     assert result.stdout == b"hello through the tunnel\n", result.stderr
-    await wait_for(lambda: bool(tunnel_records(caplog)))
-    [line] = [r.getMessage() for r in tunnel_records(caplog)]
+    line = await tunnel_line(tunnel_log)
     assert "(127.0.0.1) direct ok" in line, line
     assert f"127.0.0.1:{upstream_port}" not in parent_log.read_text()
 
@@ -278,26 +290,23 @@ GARBAGE = [
 async def test_parent_answering_garbage_gets_502(
     nursery: trio.Nursery,
     start_server: StartServer,
-    caplog: pytest.LogCaptureFixture,
+    tunnel_log: LogCapture,
     scheme: str,
     answer: bytes,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     parent_port = await start_upstream(nursery, FakeParent(answer))
     url = f"{scheme}://127.0.0.1:{parent_port}"
     proxy = ConnectProxy(ConnectPolicy(), routes=routes(url))
     _, port = await start_server(proxy)
     response = await exchange(port, connect_head("8.8.8.8:443"))
     assert status_of(response) == 502
-    await wait_for(lambda: bool(tunnel_records(caplog)))
-    [line] = [r.getMessage() for r in tunnel_records(caplog)]
+    line = await tunnel_line(tunnel_log)
     assert " 502 [" in line and f"parent proxy {url}" in line, line
 
 
 async def test_unreachable_parent_gets_502(
-    start_server: StartServer, caplog: pytest.LogCaptureFixture
+    start_server: StartServer, tunnel_log: LogCapture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))  # bound, not listening: refused
         url = f"socks5://127.0.0.1:{sock.getsockname()[1]}"
@@ -305,8 +314,7 @@ async def test_unreachable_parent_gets_502(
         _, port = await start_server(proxy)
         response = await exchange(port, connect_head("8.8.8.8:443"))
     assert status_of(response) == 502
-    await wait_for(lambda: bool(tunnel_records(caplog)))
-    [line] = [r.getMessage() for r in tunnel_records(caplog)]
+    line = await tunnel_line(tunnel_log)
     assert "Could not connect to proxy" in line, line
 
 
@@ -315,10 +323,9 @@ async def test_silent_parent_gets_504(
     autojump_clock: trio.testing.MockClock,
     nursery: trio.Nursery,
     start_server: StartServer,
-    caplog: pytest.LogCaptureFixture,
+    tunnel_log: LogCapture,
     scheme: str,
 ) -> None:
-    caplog.set_level(logging.INFO, logger="hijack.connect")
     parent_port = await start_upstream(nursery, FakeParent(None))
     url = f"{scheme}://127.0.0.1:{parent_port}"
     proxy = ConnectProxy(ConnectPolicy(), routes=routes(url), connect_timeout=7)

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import ssl
-import struct
 from collections.abc import Iterator
 from functools import partial
 
@@ -20,7 +18,7 @@ import trustme
 from hijack import Connection, Hijacked, RelayStats, ReplayStream, relay
 from hijack._splice import Pipe, PipePool, available
 
-from .conftest import read_exactly, read_until_closed
+from .helpers import read_exactly, read_until_closed, reset
 
 MiB = 1 << 20
 
@@ -208,14 +206,6 @@ async def test_idle_timeout_real_sockets(
     await tunnel.aclose()
     assert stats == RelayStats(a_to_b=1005, b_to_a=0, timed_out=True)
     assert pool.in_use == 0
-
-
-def reset(stream: trio.SocketStream) -> None:
-    """Close with SO_LINGER 0: the peer gets a TCP RST, not a FIN."""
-    stream.socket.setsockopt(
-        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
-    )
-    stream.socket.close()
 
 
 async def test_peer_reset_closes_both_and_leaks_nothing(splice: bool) -> None:

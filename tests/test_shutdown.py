@@ -8,8 +8,9 @@ import trio
 import trio.testing
 
 from hijack import Limits, Request, Response, Server
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 

@@ -18,7 +18,7 @@ from hijack import Limits, Request, Response, Server
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 from hijack.upgrades.websocket import make_echo_handler
 
-from .conftest import read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 
 GRACE = 30.0
 

@@ -10,8 +10,9 @@ import trio
 import trio.testing
 
 from hijack import Connection, ConnState, Request, Response, Server
+from hijack.testing import MemoryListener
 
-from .conftest import MemoryListener, read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 
 N, A, IDLE, H, C = (
     ConnState.NEW,

@@ -19,8 +19,8 @@ import trio
 from hijack._cli import _byte_rate, build_parser
 from hijack.upgrades.users import PasswordHash, hash_password
 
-from .conftest import read_exactly
-from .test_connect import connect_head, read_head, start_upstream, status_of
+from .helpers import read_exactly, read_head, start_upstream
+from .test_connect import connect_head, status_of
 
 HIJACK = [sys.executable, "-m", "hijack"]
 

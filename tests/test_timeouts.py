@@ -9,13 +9,10 @@ import trio
 import trio.testing
 
 from hijack import Limits, Request, Response, Server
+from hijack.testing import MemoryListener
 
-from .conftest import (
-    MemoryListener,
-    read_until,
-    read_until_closed,
-    trickle_until_answered,
-)
+from .conftest import trickle_until_answered
+from .helpers import read_until, read_until_closed
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 LIMITS = Limits(head_timeout=5, idle_timeout=30, body_timeout=10, write_timeout=7)

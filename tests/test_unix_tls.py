@@ -15,7 +15,7 @@ import trustme
 
 from hijack import Request, Response, Server, open_unix_listener
 
-from .conftest import read_until, read_until_closed
+from .helpers import read_until, read_until_closed
 
 
 async def who(request: Request) -> Response:
@@ -156,8 +156,7 @@ async def test_tls_handshake_timeout(
     ca: trustme.CA, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     from hijack import Limits
-
-    from .conftest import MemoryListener
+    from hijack.testing import MemoryListener
 
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("localhost").configure_cert(server_ctx)

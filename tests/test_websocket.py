@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.exceptions import InvalidStatus
 from websockets.protocol import OPEN
@@ -36,13 +35,20 @@ from wsproto.events import (
 
 from hijack import Connection, ConnState, Request, Response
 from hijack.upgrades.websocket import (
+    ClientProtocol,
     ConnectionClosed,
     WebSocket,
     make_echo_handler,
     websocket_handler,
 )
 
-from .conftest import StartServer, read_until, read_until_closed
+from .conftest import StartServer
+from .helpers import (
+    ask,
+    parse_responses,
+    read_response,
+    read_until_closed,
+)
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3 sample
 KEY_ACCEPT = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
@@ -103,23 +109,6 @@ def upgrade_request(
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
 
-def parse_head(data: bytes) -> tuple[int, dict[str, str], bytes]:
-    head, _, rest = data.partition(b"\r\n\r\n")
-    status_line, *lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    return int(status_line.split()[1]), headers, rest
-
-
-async def exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``request`` on a raw socket; the response head and what follows."""
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(request)
-        return parse_head(await read_until(stream, b"\r\n\r\n"))
-
-
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
     """A client frame built by hand (for frames wsproto refuses to make)."""
     mask = b"\x01\x02\x03\x04"
@@ -140,8 +129,7 @@ async def read_events(
     for _ in range(1000):
         if any(isinstance(e, until) for e in events):
             return events
-        with trio.fail_after(10):  # a safety net, not a timing test
-            data = await stream.receive_some()
+        data = await stream.receive_some()
         if not data:
             break
         client.receive_data(bytes(data))
@@ -192,11 +180,14 @@ async def test_many_messages_both_ways(start_server: StartServer) -> None:
 
 async def test_handshake_response(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    status, headers, rest = await exchange(port, upgrade_request())
-    assert status == 101
-    assert headers["upgrade"].lower() == "websocket"
-    assert headers["connection"].lower() == "upgrade"
-    assert headers["sec-websocket-accept"] == KEY_ACCEPT
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(upgrade_request())
+        response, rest = await read_response(stream)
+    headers = response.headers
+    assert response.status == 101
+    assert headers.get("upgrade", "").lower() == "websocket"
+    assert headers.get("connection", "").lower() == "upgrade"
+    assert headers.get("sec-websocket-accept") == KEY_ACCEPT
     # No compression is negotiated, and no subprotocol was asked for.
     assert "sec-websocket-extensions" not in headers
     assert "sec-websocket-protocol" not in headers
@@ -206,11 +197,11 @@ async def test_handshake_response(start_server: StartServer) -> None:
 async def test_handshake_accept_token_for_random_key(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
     key = base64.b64encode(bytes(range(16))).decode()
-    _, headers, _ = await exchange(port, upgrade_request(key=key))
+    headers = (await ask(port, upgrade_request(key=key))).headers
     expected = hashlib.sha1(
         (key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()
     ).digest()
-    assert headers["sec-websocket-accept"] == base64.b64encode(expected).decode()
+    assert headers.get("sec-websocket-accept") == base64.b64encode(expected).decode()
 
 
 async def test_subprotocol_is_the_clients_first_supported(
@@ -219,6 +210,7 @@ async def test_subprotocol_is_the_clients_first_supported(
     chosen: list[str | None] = []
 
     async def app(ws: WebSocket) -> None:
+        assert ws.connection is not None
         assert ws.connection.state is ConnState.HIJACKED
         chosen.append(ws.subprotocol)
         await ws.send(ws.path + "?" + ws.query)
@@ -248,15 +240,14 @@ async def test_early_frames_in_the_handshake_packet(start_server: StartServer) -
     )
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request() + frames)  # one packet
-        status, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
-        assert status == 101
+        response, rest = await read_response(stream)
+        assert response.status == 101
         client.receive_data(rest)
         events = list(client.events())
         for _ in range(100):
             if len([e for e in events if isinstance(e, Message)]) >= 2:
                 break
-            with trio.fail_after(10):  # a safety net, not a timing test
-                client.receive_data(bytes(await stream.receive_some()))
+            client.receive_data(bytes(await stream.receive_some()))
             events.extend(client.events())
         messages = [e.data for e in events if isinstance(e, Message)]
         assert messages == ["early", b"bird"]
@@ -273,9 +264,9 @@ async def test_wrong_version_is_426_with_supported_version(
     start_server: StartServer,
 ) -> None:
     _, port = await start_server(make_echo_handler())
-    status, headers, _ = await exchange(port, upgrade_request(version="8"))
-    assert status == 426
-    assert headers["sec-websocket-version"] == "13"
+    response = await ask(port, upgrade_request(version="8"))
+    assert response.status == 426
+    assert response.headers.get("sec-websocket-version") == "13"
 
 
 @pytest.mark.parametrize(
@@ -311,8 +302,7 @@ async def test_bad_handshake_is_400(
     start_server: StartServer, request_bytes: bytes
 ) -> None:
     _, port = await start_server(make_echo_handler())
-    status, _, _ = await exchange(port, request_bytes)
-    assert status == 400
+    assert (await ask(port, request_bytes)).status == 400
 
 
 async def test_missing_upgrade_header_is_not_a_websocket(
@@ -321,11 +311,9 @@ async def test_missing_upgrade_header_is_not_a_websocket(
     """Without ``Upgrade: websocket`` the echo handler serves its page, and
     a handler that insists on a WebSocket answers 400."""
     _, port = await start_server(make_echo_handler())
-    status, _, _ = await exchange(port, upgrade_request(upgrade=None))
-    assert status == 200
+    assert (await ask(port, upgrade_request(upgrade=None))).status == 200
     _, port = await start_server(websocket_handler(echo))
-    status, _, _ = await exchange(port, upgrade_request(upgrade=None))
-    assert status == 400
+    assert (await ask(port, upgrade_request(upgrade=None))).status == 400
 
 
 async def test_origin_allow_list(start_server: StartServer) -> None:
@@ -333,10 +321,10 @@ async def test_origin_allow_list(start_server: StartServer) -> None:
         make_echo_handler(allowed_origins=["https://good.example"])
     )
     bad = upgrade_request(extra=("Origin: https://evil.example",))
-    assert (await exchange(port, bad))[0] == 403
-    assert (await exchange(port, upgrade_request()))[0] == 403  # no Origin
+    assert (await ask(port, bad)).status == 403
+    assert (await ask(port, upgrade_request())).status == 403  # no Origin
     good = upgrade_request(extra=("Origin: https://GOOD.example",))
-    assert (await exchange(port, good))[0] == 101
+    assert (await ask(port, good)).status == 101
 
     def refused() -> int:
         try:
@@ -357,7 +345,7 @@ async def test_origin_none_admits_clients_without_origin(
     _, port = await start_server(
         make_echo_handler(allowed_origins=["https://good.example", None])
     )
-    assert (await exchange(port, upgrade_request()))[0] == 101
+    assert (await ask(port, upgrade_request())).status == 101
 
 
 # -- end to end: limits, protocol errors, app errors, shutdown ---------------
@@ -431,8 +419,8 @@ async def test_protocol_violation_closes_1002(
     client = WSProto(ConnectionType.CLIENT)
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request())
-        status, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
-        assert status == 101
+        response, rest = await read_response(stream)
+        assert response.status == 101
         await stream.send_all(frame)
         client.receive_data(rest)
         events = await read_events(stream, client, CloseConnection)
@@ -448,7 +436,7 @@ async def test_invalid_utf8_raw_frame_closes_1007(start_server: StartServer) -> 
     client = WSProto(ConnectionType.CLIENT)
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request() + masked_frame(0x1, b"\xc3\x28"))
-        _, _, rest = parse_head(await read_until(stream, b"\r\n\r\n"))
+        _, rest = await read_response(stream)
         client.receive_data(rest)
         events = await read_events(stream, client, CloseConnection)
         assert [e.code for e in events if isinstance(e, CloseConnection)] == [1007]
@@ -510,9 +498,10 @@ async def test_page_at_root_opens_a_websocket(start_server: StartServer) -> None
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         data = await read_until_closed(stream)
-    status, headers, body = parse_head(data)
-    assert status == 200
-    assert headers["content-type"].startswith("text/html")
+    [response], _ = parse_responses(data)
+    body = response.body
+    assert response.status == 200
+    assert response.headers.get("content-type", "").startswith("text/html")
     assert b"<script>" in body
     assert b"new WebSocket(" in body
     assert b'location.host + "/"' in body
@@ -520,9 +509,9 @@ async def test_page_at_root_opens_a_websocket(start_server: StartServer) -> None
 
 async def test_other_paths_are_404(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    assert (await exchange(port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))[0] == 404
+    assert (await ask(port, b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n")).status == 404
     ws_elsewhere = upgrade_request().replace(b"GET / ", b"GET /chat ")
-    assert (await exchange(port, ws_elsewhere))[0] == 404
+    assert (await ask(port, ws_elsewhere)).status == 404
 
 
 async def test_example_serves_page_and_echo(start_server: StartServer) -> None:
@@ -532,15 +521,14 @@ async def test_example_serves_page_and_echo(start_server: StartServer) -> None:
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
     _, port = await start_server(example.handler)
-    status, _, _ = await exchange(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-    assert status == 200
+    assert (await ask(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")).status == 200
 
     def body(ws: ClientConnection) -> Any:
         ws.send("via example")
         return ws.recv(timeout=10)
 
     assert await in_client(port, body) == "via example"
-    assert (await exchange(port, upgrade_request(version="7")))[0] == 426
+    assert (await ask(port, upgrade_request(version="7"))).status == 426
 
 
 # -- unit: WebSocket over memory streams ------------------------------------
@@ -803,8 +791,7 @@ async def test_unit_reader_is_not_stuck_behind_a_blocked_sender() -> None:
         nursery.start_soon(sender)
         await trio.testing.wait_all_tasks_blocked()
         nursery.start_soon(peer_sends)
-        with trio.fail_after(10):  # safety net: a deadlock here is the bug
-            got.append(await ws.receive())  # the sender still holds the lock
+        got.append(await ws.receive())  # the sender still holds the lock
         events = await peer.until(Pong)
     assert got == ["while you send"]
     assert [type(e) for e in events] == [BytesMessage, Pong]
@@ -834,7 +821,8 @@ async def test_unit_client_side_websocket_shares_the_api() -> None:
     protocol = ClientProtocol(WS_URI, state=OPEN)
     client = WebSocket(client_stream, protocol=protocol, close_timeout=5)
     server = WebSocket(server_stream, Connection(1, server_stream), close_timeout=5)
-    assert client.connection is None
+    with pytest.raises(RuntimeError):
+        client.connection  # noqa: B018
     async with trio.open_nursery() as nursery:
         nursery.start_soon(echo, server)
         await client.send("text")
@@ -847,3 +835,18 @@ async def test_unit_client_side_websocket_shares_the_api() -> None:
     assert server.close_code == 1000
     with pytest.raises(ConnectionClosed):
         await client.send("late")
+
+
+async def test_unit_close_between_fragments_is_honoured() -> None:
+    """RFC 6455 5.4 lets control frames, close included, come between the
+    fragments of a message (Autobahn 7.1.5): the close is answered with its
+    own code, not failed with 1002; the unfinished message is dropped."""
+    ws, peer, _ = pair()
+    await peer.send(TextMessage(data="fragment1", message_finished=False))
+    await peer.stream.send_all(masked_frame(0x8, (1000).to_bytes(2, "big")))
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.receive()
+    assert info.value.code == 1000
+    events = await peer.until(CloseConnection)
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
+    assert await read_until_closed(peer.stream) == b""

@@ -22,6 +22,8 @@ from typing import Any, Protocol
 
 import trio
 
+from .. import split_host_port
+
 __all__ = [
     "BadConnectTarget",
     "ConnectError",
@@ -118,38 +120,23 @@ def parse_connect_target(target: str) -> tuple[str, int]:
     """
     if not target or len(target) > 1024:
         raise BadConnectTarget("empty or oversized CONNECT target")
+    if "@" in target:
+        raise BadConnectTarget(f"userinfo is not allowed: {target!r}")
+    try:
+        host, port = split_host_port(target)
+    except ValueError as exc:
+        raise BadConnectTarget(str(exc)) from None
+    host = host.lower()
     if target.startswith("["):
-        end = target.find("]")
-        if end < 0:
-            raise BadConnectTarget(f"unclosed '[' in {target!r}")
-        host, rest = target[1:end].lower(), target[end + 1 :]
         if "%" in host:
             raise BadConnectTarget(f"IPv6 zone ids are not accepted: {target!r}")
         try:
             ipaddress.IPv6Address(host)
         except ValueError:
             raise BadConnectTarget(f"bad IPv6 address in {target!r}") from None
-        if not rest.startswith(":"):
-            raise BadConnectTarget(f"missing port in {target!r}")
-        port_text = rest[1:]
-    else:
-        if "@" in target:
-            raise BadConnectTarget(f"userinfo is not allowed: {target!r}")
-        host, sep, port_text = target.rpartition(":")
-        if not sep:
-            raise BadConnectTarget(f"missing port in {target!r}")
-        if not host:
-            raise BadConnectTarget(f"empty host in {target!r}")
-        if ":" in host:
-            raise BadConnectTarget(f"IPv6 addresses need brackets: {target!r}")
-        if literal_address(host) is None:
-            host = _check_name(host)
-            literal_address(host)  # "127.0.0.1." is still an address
-    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5:
-        raise BadConnectTarget(f"bad port in {target!r}")
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        raise BadConnectTarget(f"port out of range in {target!r}")
+    elif literal_address(host) is None:
+        host = _check_name(host)
+        literal_address(host)  # "127.0.0.1." is still an address
     return host, port
 
 

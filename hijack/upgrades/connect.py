@@ -22,11 +22,19 @@ import hashlib
 import hmac
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, Throttle, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    Throttle,
+    format_address,
+    relay,
+)
 from ._dial import Dialer, dial_tcp, open_checked
 from ._policy import (
     BadConnectTarget,
@@ -74,13 +82,6 @@ class _Tunnel:
     user: str = ""
     route: str = ""
     stats: RelayStats = field(default_factory=RelayStats)
-
-
-def _format_address(address: Any) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
-    return str(address) if address else "-"
 
 
 class ConnectProxy:
@@ -164,13 +165,10 @@ class ConnectProxy:
         if request.method != "CONNECT":
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                405,
-                [("allow", "CONNECT"), ("content-type", "text/plain; charset=utf-8")],
-                b"405 Method Not Allowed\nthis is a CONNECT proxy\n",
-            )
+            refusal = HTTPError(405, "this is a CONNECT proxy", {"allow": "CONNECT"})
+            return refusal.response()
         tunnel = _Tunnel(
-            client=_format_address(request.connection.remote_address),
+            client=format_address(request.connection.remote_address),
             target=request.target,
             started=trio.current_time(),
         )
@@ -283,15 +281,9 @@ class ConnectProxy:
         return hmac.compare_digest(hashlib.sha256(given).digest(), self._credentials)
 
     def _challenge(self) -> Response:
-        # HTTPError carries no headers, hence a Response.
-        return Response(
-            407,
-            [
-                ("proxy-authenticate", f'Basic realm="{self.realm}"'),
-                ("content-type", "text/plain; charset=utf-8"),
-            ],
-            b"407 Proxy Authentication Required\n",
-        )
+        # Returned, not raised: the client retries on this connection.
+        challenge = {"proxy-authenticate": f'Basic realm="{self.realm}"'}
+        return HTTPError(407, headers=challenge).response()
 
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import h11
 import trio
 
-from .. import ReplayStream, relay
+from .. import ReplayStream, join_host_port, relay
 
 if TYPE_CHECKING:
     from .parent_proxy import ParentProxy
@@ -51,10 +51,6 @@ class TunnelError(Exception):
         )
 
 
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _request(
     via: tuple[str, int],
     target: tuple[str, int] | None,
@@ -65,7 +61,7 @@ def _request(
     if mode == "connect":
         if target is None:
             raise ValueError("connect mode needs a target (host, port)")
-        authority = _authority(*target)
+        authority = join_host_port(*target)
         method, request_target = "CONNECT", authority
         headers = [("Host", authority)]
         auth_header = "Proxy-Authorization"
@@ -74,7 +70,7 @@ def _request(
             raise ValueError("upgrade mode takes no target: the server picks it")
         method, request_target = "GET", path
         headers = [
-            ("Host", _authority(*via)),
+            ("Host", join_host_port(*via)),
             ("Connection", "Upgrade"),
             ("Upgrade", "tcp"),
         ]

@@ -13,7 +13,17 @@ import logging
 
 import trio
 
-from .. import Handler, HTTPError, RelayStats, Request, Response, Throttle, relay
+from .. import (
+    Handler,
+    HTTPError,
+    RelayStats,
+    Request,
+    Response,
+    Throttle,
+    format_address,
+    join_host_port,
+    relay,
+)
 from ._dial import open_checked
 from ._policy import ConnectError, ConnectPolicy
 from .limits import TunnelLease, TunnelLimits
@@ -40,14 +50,6 @@ def is_tcp_upgrade(request: Request) -> bool:
     return "upgrade" in headers.tokens("connection") and "tcp" in headers.tokens(
         "upgrade"
     )
-
-
-def _peer(request: Request) -> str:
-    address = request.connection.remote_address
-    if isinstance(address, tuple):
-        host, port = address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address or "unix")
 
 
 class TCPUpgrade:
@@ -95,17 +97,14 @@ class TCPUpgrade:
 
     def __repr__(self) -> str:
         host, port = self.upstream
-        return f"<TCPUpgrade upstream={host}:{port}>"
+        return f"<TCPUpgrade upstream={join_host_port(host, port)}>"
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_tcp_upgrade(request):
             if self.fallback is not None:
                 return await self.fallback(request)
-            return Response(
-                426,
-                headers=UPGRADE_HEADERS,
-                body=b"this endpoint needs Connection: Upgrade, Upgrade: tcp\n",
-            )
+            needs = "this endpoint needs Connection: Upgrade, Upgrade: tcp"
+            return HTTPError(426, needs, UPGRADE_HEADERS).response()
         if request.has_body:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         user = None
@@ -140,7 +139,7 @@ class TCPUpgrade:
                 logger.info(
                     "connection %d %s%s -> %s:%d %s: %d bytes up, %d down, %.3fs",
                     request.connection.id,
-                    _peer(request),
+                    format_address(request.connection.remote_address),
                     f" user={user.name}" if user is not None else "",
                     *self.upstream,
                     outcome,
@@ -182,7 +181,7 @@ class TCPUpgrade:
         logger.warning(
             "connection %d %s -> %s:%d dial failed (%s): answered %d",
             request.connection.id,
-            _peer(request),
+            format_address(request.connection.remote_address),
             host,
             port,
             why,
@@ -204,7 +203,7 @@ def _acquire(limits: TunnelLimits, request: Request, user: User | None) -> Tunne
         logger.warning(
             "connection %d %s refused: %s",
             request.connection.id,
-            _peer(request),
+            format_address(request.connection.remote_address),
             exc.reason,
         )
         raise HTTPError(exc.status, "too many tunnels") from None

@@ -15,7 +15,8 @@ that returns without closing lets the server close the stream abruptly
 
 Modules, one concern each: ``_handshake`` (the opening handshake and
 extension negotiation), ``_websocket`` (the message API and the reading
-model), ``_keepalive`` (pings and the dead-peer rule), ``_handlers`` (app
+model), ``_keepalive`` (pings and the dead-peer rule), ``_protocol`` (the
+`websockets` protocol objects, one RFC rule put back), ``_handlers`` (app
 runner and echo server), ``_errors``.
 """
 
@@ -24,6 +25,7 @@ from .._echo_page import ECHO_PAGE
 from ._errors import ConnectionClosed, WebSocketHandshakeError
 from ._handlers import App, make_echo_handler, websocket_handler
 from ._handshake import Compression, accept_websocket, is_websocket_request
+from ._protocol import ClientProtocol, ServerProtocol
 from ._websocket import PING_INTERVAL, PING_TIMEOUT, WebSocket
 
 __all__ = [
@@ -31,9 +33,11 @@ __all__ = [
     "PING_INTERVAL",
     "PING_TIMEOUT",
     "App",
+    "ClientProtocol",
     "Compression",
     "ConnectionClosed",
     "Handler",
+    "ServerProtocol",
     "WebSocket",
     "WebSocketHandshakeError",
     "accept_websocket",

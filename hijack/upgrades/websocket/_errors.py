@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import http
 from collections.abc import Iterable
 
-from ... import HTTPError, Response
+from ... import HTTPError
 
 
 class ConnectionClosed(Exception):
@@ -31,8 +30,3 @@ class WebSocketHandshakeError(HTTPError):
         self, status: int, detail: str, headers: Iterable[tuple[str, str]] = ()
     ) -> None:
         super().__init__(status, detail, list(headers))
-
-    def response(self) -> Response:
-        body = f"{self.status} {http.HTTPStatus(self.status).phrase}\n{self.detail}\n"
-        headers = [(b"content-type", b"text/plain; charset=utf-8"), *self.headers]
-        return Response(self.status, headers, body.encode())

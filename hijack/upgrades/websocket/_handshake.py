@@ -21,10 +21,10 @@ from websockets.exceptions import InvalidHandshake
 from websockets.extensions import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.protocol import OPEN
-from websockets.server import ServerProtocol
 
 from ... import Request, Response
 from ._errors import WebSocketHandshakeError
+from ._protocol import ServerProtocol
 from ._websocket import PING_INTERVAL, PING_TIMEOUT, MiB, WebSocket, protocol_logger
 
 ACCEPT_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455, 1.3

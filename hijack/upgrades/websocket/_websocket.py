@@ -32,11 +32,11 @@ from typing import cast
 import trio
 from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
-from websockets.server import ServerProtocol
 
-from ... import Connection, Headers
+from ... import Connection, Headers, ReplayStream
 from ._errors import ConnectionClosed
 from ._keepalive import keep_alive
+from ._protocol import ServerProtocol
 
 MiB = 1024 * 1024
 RECEIVE_SIZE = 65536
@@ -78,16 +78,16 @@ class WebSocket:
     ``await ws.close()``. One task may send while another receives. Every
     call on a closed WebSocket raises :class:`ConnectionClosed`.
 
-    Attributes: ``connection`` (the :class:`hijack.Connection`, None for a
-    client-side WebSocket), ``subprotocol``, ``extensions`` (the negotiated
+    Attributes: ``connection`` (the :class:`hijack.Connection`; a
+    client-side WebSocket has none), ``subprotocol``, ``extensions`` (the negotiated
     ones, e.g. ``["permessage-deflate"]``) and ``path``, ``query``,
     ``headers`` of the handshake request. Usually made by
     :func:`accept_websocket`; build one by hand over any stream whose
     handshake is done, passing the protocol object in the OPEN state: a
-    ``websockets.server.ServerProtocol`` (the default) or a
-    ``websockets.client.ClientProtocol`` for the client side of a
-    connection (same API; the client masks its frames and lets the server
-    close TCP first).
+    ``ServerProtocol`` (the default) or a ``ClientProtocol`` (both from this
+    package: `websockets`' own, honouring a close between fragments) for
+    the client side of a connection (same API; the client masks its frames
+    and lets the server close TCP first).
 
     ``ping_interval`` / ``ping_timeout`` (seconds, None to disable): inside
     ``async with ws``, a ping every ``ping_interval``; a pong missing after
@@ -111,7 +111,7 @@ class WebSocket:
     ) -> None:
         if max_message_size < 1:
             raise ValueError("max_message_size must be >= 1")
-        self.connection = connection
+        self._connection = connection
         self.subprotocol = subprotocol
         self.path = path
         self.query = query
@@ -154,8 +154,18 @@ class WebSocket:
     def __repr__(self) -> str:
         state = "open" if self._close is None else f"closed {self._close[0]}"
         where = "client" if self._protocol.side is Side.CLIENT else "server"
-        ident = "" if self.connection is None else f" connection={self.connection.id}"
+        connection = self._connection
+        ident = "" if connection is None else f" connection={connection.id}"
         return f"<WebSocket {where}{ident} {state}>"
+
+    @property
+    def connection(self) -> Connection:
+        """The :class:`hijack.Connection` this WebSocket was accepted on.
+        A client-side WebSocket has none: RuntimeError (typed as always
+        there, since every server handler has one)."""
+        if self._connection is None:
+            raise RuntimeError("a client-side WebSocket has no hijack Connection")
+        return self._connection
 
     @property
     def closed(self) -> bool:
@@ -164,10 +174,12 @@ class WebSocket:
 
     @property
     def close_code(self) -> int | None:
+        """The close code once closing started (ours or the peer's), else None."""
         return None if self._close is None else self._close[0]
 
     @property
     def close_reason(self) -> str | None:
+        """The close reason once closing started, else None."""
         return None if self._close is None else self._close[1]
 
     # -- receiving -------------------------------------------------------------
@@ -411,12 +423,15 @@ class WebSocket:
                 await self._write(data)
             else:
                 owed.popleft()
-                if isinstance(self._stream, trio.abc.HalfCloseableStream):
+                stream = self._stream
+                if isinstance(stream, trio.abc.HalfCloseableStream) and (
+                    not isinstance(stream, ReplayStream) or stream.can_send_eof
+                ):
                     # TLS cannot half-close: close() cuts after draining.
                     with contextlib.suppress(
                         trio.BrokenResourceError, trio.ClosedResourceError
                     ):
-                        await self._stream.send_eof()
+                        await stream.send_eof()
         if self._handshake_over():
             await self._close_transport()
 

@@ -1,0 +1,186 @@
+"""hijack.testing: the test kit drives the real server over memory streams."""
+
+from __future__ import annotations
+
+import ssl
+import sys
+
+import pytest
+import trio
+import trustme
+
+from hijack import (
+    Connection,
+    ConnState,
+    Limits,
+    PeerCredentials,
+    Request,
+    Response,
+    Server,
+    TLSInfo,
+)
+from hijack.testing import Peer, UpgradeRefusedError, open_test_client
+from hijack.upgrades.websocket import ConnectionClosed, make_echo_handler
+
+pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+async def app(request: Request) -> Response | None:
+    if request.path == "/echo" and "upgrade" in request.headers.tokens("connection"):
+        stream = await request.hijack(
+            Response(101, {"connection": "upgrade", "upgrade": "echo"})
+        )
+        async with stream:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+        return None
+    if request.method == "CONNECT":
+        if request.target != "allowed:443":
+            return Response(403, body=b"no\n")
+        stream = await request.hijack(Response(200))
+        async with stream:
+            await stream.send_all(b"tunnel to " + request.target.encode())
+        return None
+    if request.path == "/who":
+        conn = request.connection
+        tls = conn.tls
+        return Response(
+            200,
+            body=repr(
+                (conn.remote_address, conn.peer_credentials, tls and tls.version)
+            ).encode(),
+        )
+    body = await request.read()
+    return Response(200, {"x-method": request.method}, body or b"hi")
+
+
+async def test_request_response() -> None:
+    async with open_test_client(app) as client:
+        response = await client.request("POST", "/x", body=b"data")
+        assert (response.status, response.body) == (200, b"data")
+        assert response.headers.get("x-method") == "POST"
+        assert response.headers.get("content-length") == "4"
+
+
+async def test_keep_alive_states_and_context() -> None:
+    seen: list[ConnState] = []
+
+    def on_connect(connection: Connection) -> None:
+        connection.context["user"] = "alice"
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=request.connection.context["user"].encode())
+
+    server = Server(
+        handler, on_state=lambda c, s: seen.append(s), on_connect=on_connect
+    )
+    async with open_test_client(server) as client, client.connection() as conn:
+        first = await conn.request("GET", "/")
+        second = await conn.request("GET", "/", headers={"connection": "close"})
+        assert first.body == second.body == b"alice"
+        await conn.connection.wait_closed()
+    N, A, I, C = ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE, ConnState.CLOSED  # noqa: E741
+    assert seen == [N, A, I, A, C]
+
+
+async def test_upgrade_replays_bytes_that_came_with_the_101() -> None:
+    async with open_test_client(app) as client:
+        head, stream = await client.upgrade("/echo", "echo")
+        async with stream:
+            assert head.status == 101
+            assert head.headers.get("upgrade") == "echo"
+            await stream.send_all(b"ping")
+            assert await stream.receive_some() == b"ping"
+            assert client.server.open_hijacked_connections == 1
+            await stream.send_eof()
+            assert await stream.receive_some() == b""
+
+
+async def test_connect_and_refused_connect() -> None:
+    async with open_test_client(app) as client:
+        head, stream = await client.connect("allowed:443")
+        async with stream:
+            assert head.status == 200
+            assert await stream.receive_some() == b"tunnel to allowed:443"
+        with pytest.raises(UpgradeRefusedError) as refused:
+            await client.connect("elsewhere:443")
+        assert (refused.value.response.status, refused.value.response.body) == (
+            403,
+            b"no\n",
+        )
+
+
+async def test_fake_peer_identity() -> None:
+    creds = PeerCredentials(pid=1, uid=1000, gid=1000)
+    tls = TLSInfo("TLSv1.3", "TLS_AES_128_GCM_SHA256", "http/1.1", "example.com", None)
+    peer = Peer(remote_address=("203.0.113.9", 4242), peer_credentials=creds, tls=tls)
+    async with open_test_client(app, peer=peer) as client:
+        response = await client.request("GET", "/who")
+        assert response.text() == repr((("203.0.113.9", 4242), creds, "TLSv1.3"))
+        anonymous = await client.request("GET", "/who", peer=Peer())
+        assert anonymous.text() == repr((None, None, None))
+
+
+async def test_real_tls_handshake_over_memory() -> None:
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("testserver").configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    async with open_test_client(
+        app, ssl_context=server_context, client_ssl_context=client_context
+    ) as client:
+        response = await client.request("GET", "/who")
+        assert response.status == 200
+        assert "TLSv1.3" in response.text()
+
+
+async def test_limits_and_timeouts_run_on_the_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limits = Limits(head_timeout=3600)
+    async with (
+        open_test_client(app, limits=limits) as client,
+        client.connection() as conn,
+    ):
+        start = trio.current_time()
+        await conn.send_raw(b"GET / HTTP/1.1\r\n")
+        response = await conn.read_response()
+        assert response.status == 408
+        assert trio.current_time() - start == pytest.approx(3600)
+
+
+async def test_websocket_echo_and_close_code() -> None:
+    async with (
+        open_test_client(make_echo_handler()) as client,
+        client.websocket("/") as ws,
+    ):
+        assert ws.response.status == 101
+        await ws.send("hello")
+        assert await ws.receive() == "hello"
+        await ws.send(b"\x00\x01")
+        assert await ws.receive() == b"\x00\x01"
+        await ws.close(1000)
+        assert ws.close_code == 1000
+        with pytest.raises(ConnectionClosed):
+            await ws.receive()
+
+
+async def test_websocket_refused_handshake() -> None:
+    async with open_test_client(app) as client:
+        with pytest.raises(UpgradeRefusedError) as refused:
+            async with client.websocket("/plain"):
+                pass  # pragma: no cover - the handshake fails
+        assert refused.value.response.status == 200
+
+
+async def test_pytest_plugin_imports_nothing_until_used() -> None:
+    # pytest loads entry-point plugins in every project where hijack is
+    # installed: loading ours must not import hijack, trio or h11.
+    code = (
+        "import sys, pytest_hijack; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "('hijack', 'trio', 'h11', 'websockets')))"
+    )
+    done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
+    assert done.stdout.strip() == b"[]"
