@@ -4,6 +4,7 @@ client address and per user (429)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
@@ -80,12 +81,8 @@ async def test_relay_holds_the_rate_both_ways(
 ) -> None:
     """1 MB each way at 100 kB/s: (1 MB - burst) / rate = 9.75 s, on the copy
     loop (memory streams) and on the splice path (loopback sockets)."""
-    if splice:
-        client, a = await socket_pair()
-        b, server = await socket_pair()
-    else:
-        client, a = trio.testing.memory_stream_pair()
-        b, server = trio.testing.memory_stream_pair()
+    pairs = [await socket_pair() if splice else memory_pair() for _ in range(2)]
+    (client, a), (b, server) = pairs
     up, down = Throttle(TokenBucket(RATE)), Throttle(TokenBucket(RATE))
     stats = RelayStats()
     async with trio.open_nursery() as nursery:
@@ -101,7 +98,13 @@ async def test_relay_holds_the_rate_both_ways(
         await stream.aclose()
 
 
-async def socket_pair() -> tuple[trio.SocketStream, trio.SocketStream]:
+def memory_pair() -> tuple[trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream]:
+    return trio.testing.memory_stream_pair()
+
+
+async def socket_pair() -> tuple[
+    trio.abc.HalfCloseableStream, trio.abc.HalfCloseableStream
+]:
     """Two connected loopback TCP streams (plain sockets: splice applies)."""
     listener = trio.socket.socket()
     await listener.bind(("127.0.0.1", 0))
@@ -140,9 +143,7 @@ async def test_user_bandwidth_is_shared_by_their_tunnels(
         for lease in leases:
             client, a = trio.testing.memory_stream_pair()
             b, server = trio.testing.memory_stream_pair()
-            nursery.start_soon(
-                lambda a=a, b=b, t=lease.throttle: relay(a, b, throttle=t)
-            )
+            nursery.start_soon(functools.partial(relay, a, b, throttle=lease.throttle))
 
             async def one(
                 client: trio.abc.Stream = client, server: trio.abc.Stream = server
