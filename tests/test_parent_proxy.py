@@ -17,6 +17,7 @@ import trio.testing
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
 from hijack.upgrades.forward import open_tunnel
 from hijack.upgrades.parent_proxy import ParentProxy, ParentProxyError, Routes
+from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
 from .helpers import (
@@ -397,3 +398,21 @@ async def test_parent_error_is_an_upstream_error() -> None:
         parent = ParentProxy.parse(f"http://127.0.0.1:{sock.getsockname()[1]}")
         with pytest.raises(ParentProxyError, match="parent proxy http://"):
             await parent.connect("example.com", 443)
+
+
+async def test_tcp_upgrade_reaches_its_upstream_through_a_parent(
+    nursery: trio.Nursery, start_server: StartServer, pproxy: Pproxy
+) -> None:
+    async def upstream(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"db banner")
+
+    upstream_port = await start_upstream(nursery, upstream)
+    parent_port, parent_log = await pproxy("http")
+    table = routes(f"http://127.0.0.1:{parent_port}")
+    _, port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port), routes=table))
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+        await client.send_all(head)
+        answer = await read_until_closed(client)
+    assert answer.startswith(b"HTTP/1.1 101 ") and answer.endswith(b"\r\n\r\ndb banner")
+    await wait_for_text(parent_log, f"127.0.0.1:{upstream_port}")

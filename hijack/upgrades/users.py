@@ -307,7 +307,7 @@ class Users:
     without a file (tests, embedding).
 
     ``verify_limiter`` bounds the password checks running at once (each holds
-    a thread and ``128 * r * n`` bytes).
+    a thread and ``128 * r * n`` bytes); default: half the cores, at least 1.
     """
 
     def __init__(
@@ -323,7 +323,10 @@ class Users:
         loaded = load_users(self.path) if self.path is not None else dict(users or {})
         self._table = self._make_table(loaded)
         self._key = secrets.token_bytes(32)
-        self._limiter = verify_limiter or trio.CapacityLimiter(2)
+        # Half the cores: a flood of wrong passwords must leave CPU for the
+        # event loop (scrypt releases the GIL, so threads do run in parallel).
+        threads = max(1, (os.cpu_count() or 2) // 2)
+        self._limiter = verify_limiter or trio.CapacityLimiter(threads)
 
     @classmethod
     def from_mapping(cls, users: Iterable[User]) -> Users:
