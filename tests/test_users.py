@@ -385,7 +385,9 @@ async def test_tcp_upgrade_with_users(
     assert b'\r\nwww-authenticate: Basic realm="hijack"\r\n' in missing
     wrong = await exchange(port, upgrade_head("Authorization: " + header("alice", "x")))
     assert status_of(wrong) == 401
-    denied = await exchange(
-        port, upgrade_head("Authorization: " + header("bob", "b-pw"))
-    )
+    with capture_log("hijack.tcp") as log:
+        denied = await exchange(
+            port, upgrade_head("Authorization: " + header("bob", "b-pw"))
+        )
     assert status_of(denied) == 403
+    assert "user=bob -> 127.0.0.1" in log.records[-1].getMessage()

@@ -179,9 +179,10 @@ class TCPUpgrade:
             failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
             why = str(exc)
         logger.warning(
-            "connection %d %s -> %s:%d dial failed (%s): answered %d",
+            "connection %d %s%s -> %s:%d dial failed (%s): answered %d",
             request.connection.id,
             format_address(request.connection.remote_address),
+            f" user={user.name}" if user is not None else "",
             host,
             port,
             why,
