@@ -36,8 +36,7 @@ async def help_page(request: hijack.Request) -> hijack.Response:
 
 
 def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
+    return hijack.split_host_port(text)  # "host:port" or "[v6]:port"
 
 
 async def main(upstream: tuple[str, int], port: int) -> None:

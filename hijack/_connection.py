@@ -279,6 +279,13 @@ class Connection:
         self._hijacked = owner
         self._set_state(ConnState.HIJACKED)
 
+    def _set_hijacked_owner(self, owner: trio.abc.AsyncResource) -> None:
+        """Someone else took the hijacked stream over (the relay hub, say):
+        the server closes ``owner`` at the end of the shutdown grace, and
+        ``owner`` reports the close with :meth:`_mark_hijacked_closed`."""
+        if self._hijacked is not None:
+            self._hijacked = owner
+
     def _mark_hijacked_closed(self) -> None:
         """The hijacked stream was closed: its owner is done."""
         self._hijacked = None

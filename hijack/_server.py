@@ -266,7 +266,16 @@ class Server:
     ) -> None:
         if ssl_context is not None:
             stream = wrap_server_side(stream, ssl_context)
-        connection = Connection(
+        await self._drive(self._new_connection(stream, local_path))
+
+    def _new_connection(
+        self, stream: trio.abc.Stream, local_path: str | None = None
+    ) -> Connection:
+        """A Connection of this server for ``stream``: its id, hooks, the
+        one shutdown event, and the registry's close callback. Its identity
+        (addresses, credentials) comes from the socket, if any; a caller may
+        set it before :meth:`_drive`."""
+        return Connection(
             next(self._ids),
             stream,
             self._state_hooks,
@@ -274,11 +283,12 @@ class Server:
             self._forget,
             self._shutdown_started,
         )
-        await self._drive(connection)
 
     async def _drive(self, connection: Connection) -> None:
         """Serve ``connection`` (registered here) until the HTTP layer is
-        done with it: closed, or hijacked and now its owner's."""
+        done with it: closed, or hijacked and now its owner's. The caller
+        holds one unit of ``_capacity``; it is released when the connection
+        closes (``_forget``)."""
         self._connections[connection.id] = connection
         stream = connection.stream
         try:

@@ -337,7 +337,10 @@ class TestConnection:
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
-                conn.receive_data(bytes(await self.stream.receive_some(RECEIVE_SIZE)))
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data and head is None:
+                    raise trio.BrokenResourceError("the server closed before answering")
+                conn.receive_data(bytes(data))  # b"": EOF, h11 judges the body
                 continue
             if isinstance(event, h11.InformationalResponse):
                 if event.status_code == 101:
@@ -352,8 +355,11 @@ class TestConnection:
                 body += event.data
             elif isinstance(event, h11.EndOfMessage):
                 break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise trio.BrokenResourceError("the server closed before answering")
+            elif event is h11.PAUSED or isinstance(  # pragma: no cover - h11 rules
+                event, h11.ConnectionClosed
+            ):
+                # h11 ends a body at EOF (EndOfMessage or an error) first.
+                raise trio.BrokenResourceError("the server closed mid-response")
         assert head is not None  # h11 gives a head before a body or its end
         return TestResponse(
             status=head.status_code,
@@ -362,6 +368,17 @@ class TestConnection:
             body=bytes(body),
             http_version=head.http_version.decode("ascii"),
         )
+
+
+@asynccontextmanager
+async def _closed_on_error(conn: TestConnection) -> AsyncIterator[None]:
+    """The connection of a one-shot upgrade belongs to the stream returned;
+    if there is none (refused, cancelled), close it here."""
+    try:
+        yield
+    except BaseException:
+        await trio.aclose_forcefully(conn.stream)
+        raise
 
 
 class TestClient:
@@ -441,11 +458,8 @@ class TestClient:
         """:meth:`TestConnection.upgrade` on a new connection; closing the
         returned stream closes the connection."""
         conn = await self.open_connection(peer)
-        try:
+        async with _closed_on_error(conn):
             return await conn.upgrade(target, protocol, headers=headers, method=method)
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
-            raise
 
     async def connect(
         self,
@@ -457,11 +471,8 @@ class TestClient:
         """:meth:`TestConnection.connect` on a new connection; closing the
         returned stream closes the connection."""
         conn = await self.open_connection(peer)
-        try:
+        async with _closed_on_error(conn):
             return await conn.connect(authority, headers=headers)
-        except BaseException:
-            await trio.aclose_forcefully(conn.stream)
-            raise
 
     @asynccontextmanager
     async def websocket(

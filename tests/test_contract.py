@@ -12,7 +12,7 @@ import pytest
 import trio
 import trustme
 
-from hijack import HijackError, Request, Response, Server
+from hijack import Connection, HijackError, Request, Response, Server
 
 from .conftest import StartServer
 from .helpers import read_until, read_until_closed
@@ -251,3 +251,82 @@ async def test_a_peers_close_notify_is_told_apart_from_a_cut(
             await trio.aclose_forcefully(stream)
     await done.wait()
     assert endings == {"/clean": "eof", "/cut": "cut"}
+
+
+async def test_websocket_over_tls_closes_cleanly(
+    tls: TLS, start_tls_server: StartTLS, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A WebSocket closing over TLS, where the hijacked stream cannot
+    half-close: the close frame, then close_notify, and nothing logged."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from hijack.upgrades.websocket import WebSocket, websocket_handler
+
+    async def one_echo(ws: WebSocket) -> None:
+        await ws.send(await ws.receive())  # then `async with ws` closes: 1000
+
+    port = await start_tls_server(websocket_handler(one_echo))
+
+    def client() -> tuple[str | bytes, int | None]:
+        url = f"wss://localhost:{port}/"
+        with connect(url, ssl=tls.client_context, proxy=None, open_timeout=10) as ws:
+            ws.send("hi")
+            echoed = ws.recv(timeout=10)
+            try:
+                ws.recv(timeout=10)
+            except ConnectionClosed as exc:
+                return echoed, exc.rcvd.code if exc.rcvd else None
+        raise AssertionError("the server did not close")  # pragma: no cover
+
+    with caplog.at_level("WARNING"):
+        assert await trio.to_thread.run_sync(client) == ("hi", 1000)
+    assert not [r for r in caplog.records if r.name.startswith("hijack")]
+
+
+# -- the registry and the one shutdown signal -----------------------------------
+
+
+async def test_counters_add_up_and_every_connection_shares_one_shutdown_event(
+    start_server: StartServer,
+) -> None:
+    hijacked_connections: list[Connection] = []
+    taken = trio.Event()
+    release = trio.Event()
+
+    async def handler(request: Request) -> Response | None:
+        if request.path == "/hijack":
+            hijacked = await request.hijack()
+            hijacked_connections.append(request.connection)
+            taken.set()
+            async with hijacked:
+                await release.wait()
+            return None
+        return Response(200, body=b"ok")
+
+    server, port = await start_server(handler)
+    idle = await trio.open_tcp_stream("127.0.0.1", port)
+    await idle.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await read_until(idle, b"ok")
+    tunnel = await trio.open_tcp_stream("127.0.0.1", port)
+    await tunnel.send_all(b"GET /hijack HTTP/1.1\r\nHost: x\r\n\r\n")
+    await taken.wait()
+    assert server.open_http_connections == 1
+    assert server.open_hijacked_connections == 1
+    assert len(server.connections) == 2
+    first, second = server.connections
+    assert first.shutdown_requested is second.shutdown_requested
+    assert not first.shutdown_requested.is_set()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(server.shutdown, 10)
+        await hijacked_connections[0].shutdown_requested.wait()
+        # The idle connection is closed at once; the hijacked one is its
+        # owner's until it closes.
+        assert await read_until_closed(idle) == b""
+        await trio.testing.wait_all_tasks_blocked()
+        assert server.open_http_connections == 0
+        assert server.open_hijacked_connections == 1
+        release.set()
+    assert server.connections == []
+    await idle.aclose()
+    await tunnel.aclose()

@@ -8,6 +8,7 @@ import sys
 import pytest
 import trio
 import trustme
+from websockets.exceptions import InvalidHandshake
 
 from hijack import (
     Connection,
@@ -20,9 +21,17 @@ from hijack import (
     TLSInfo,
 )
 from hijack.testing import Peer, UpgradeRefusedError, open_test_client
-from hijack.upgrades.websocket import ConnectionClosed, make_echo_handler
+from hijack.upgrades.websocket import (
+    ConnectionClosed,
+    WebSocket,
+    make_echo_handler,
+    websocket_handler,
+)
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
+
+
+UPGRADE = {"connection": "upgrade", "upgrade": "echo"}
 
 
 async def app(request: Request) -> Response | None:
@@ -184,3 +193,92 @@ async def test_pytest_plugin_imports_nothing_until_used() -> None:
     )
     done = await trio.run_process([sys.executable, "-c", code], capture_stdout=True)
     assert done.stdout.strip() == b"[]"
+
+
+async def test_100_continue_is_skipped_and_headers_as_pairs() -> None:
+    async with open_test_client(app) as client:
+        response = await client.request(
+            "PUT",
+            "/",
+            headers=[("Host", "example.org"), ("Expect", "100-continue")],
+            body=b"payload",
+        )
+    assert (response.status, response.body) == (200, b"payload")
+
+
+async def test_server_closing_without_an_answer_is_an_error() -> None:
+    async def handler(request: Request) -> None:
+        stream = await request.hijack()
+        await stream.aclose()  # no answer at all
+
+    async with open_test_client(handler) as client:
+        with pytest.raises(trio.BrokenResourceError, match="closed before answering"):
+            await client.request("GET", "/")
+
+
+async def test_client_after_shutdown_cannot_connect() -> None:
+    async with open_test_client(app) as client:
+        await client.server.shutdown()
+        with pytest.raises(trio.BrokenResourceError, match="not accepting"):
+            await client.request("GET", "/")
+
+
+async def test_option_mistakes_are_type_errors() -> None:
+    with pytest.raises(TypeError, match="Server"):
+        async with open_test_client(Server(app), limits=Limits()):
+            pass  # pragma: no cover - refused before
+    with pytest.raises(TypeError, match="client_ssl_context"):
+        async with open_test_client(app, ssl_context=ssl.create_default_context()):
+            pass  # pragma: no cover - refused before
+
+
+async def test_hijacked_memory_stream_is_a_full_stream() -> None:
+    async def handler(request: Request) -> None:
+        async with await request.hijack(Response(101, UPGRADE)) as stream:
+            await stream.wait_send_all_might_not_block()
+            await stream.send_all(b"ready")
+            assert await stream.receive_some() == b""
+
+    async with open_test_client(handler) as client:
+        _, stream = await client.upgrade("/", "echo")
+        async with stream:
+            assert await stream.receive_some() == b"ready"
+            await stream.send_eof()
+            assert await stream.receive_some() == b""
+
+
+async def test_websocket_subprotocol_headers_and_raw_frames() -> None:
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def chat(ws: WebSocket) -> None:
+        seen.append((ws.subprotocol, ws.headers.get("x-token")))
+        async for message in ws:
+            await ws.send(message)
+
+    handler = websocket_handler(chat, subprotocols=["v2", "v1"])
+    async with (
+        open_test_client(handler) as client,
+        client.websocket(
+            "/chat", subprotocols=["v1"], headers={"X-Token": "t", "Host": "h"}
+        ) as ws,
+    ):
+        assert ws.subprotocol == "v1"
+        # An unmasked text frame: a client must mask, so the server fails
+        # the connection with 1002.
+        await ws.send_raw(b"\x81\x02hi")
+        with pytest.raises(ConnectionClosed):
+            await ws.receive()
+        assert ws.close_code == 1002
+    assert seen == [("v1", "t")]
+
+
+async def test_websocket_101_with_a_wrong_accept_is_refused() -> None:
+    async def handler(request: Request) -> None:
+        headers = {**UPGRADE, "upgrade": "websocket", "sec-websocket-accept": "no"}
+        async with await request.hijack(Response(101, headers)):
+            pass
+
+    async with open_test_client(handler) as client:
+        with pytest.raises(InvalidHandshake):
+            async with client.websocket("/"):
+                pass  # pragma: no cover - the handshake fails

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import trio
 
+from .. import join_host_port
 from ._policy import ConnectPolicy, IPAddress, Resolver, UpstreamError
 from .parent_proxy import ParentProxyError, Routes
 
@@ -84,7 +85,8 @@ async def open_checked(
             continue
         return Dialed(stream, str(address), route)
     error = ParentProxyError if parent is not None else UpstreamError
-    raise error(f"cannot connect to {host}:{port} {route}: " + "; ".join(errors))
+    where = join_host_port(host, port)
+    raise error(f"cannot connect to {where} {route}: " + "; ".join(errors))
 
 
 def _why(exc: Exception) -> str:

@@ -33,6 +33,7 @@ from .. import (
     Response,
     Throttle,
     format_address,
+    join_host_port,
     relay,
 )
 from ._dial import Dialer, dial_tcp, open_checked
@@ -262,7 +263,8 @@ class ConnectProxy:
                 return dialed.stream
         except trio.TooSlowError:
             raise _Timeout(
-                f"no connection to {host}:{port} within {self.connect_timeout}s"
+                f"no connection to {join_host_port(host, port)} within "
+                f"{self.connect_timeout}s"
             ) from None
 
     def _authorized(self, request: Request) -> bool:

@@ -217,7 +217,7 @@ async def serve_forward(
                 via, target, mode, auth=auth, upstream_proxy=upstream_proxy
             )
         except (OSError, TunnelError, ParentProxyError) as exc:
-            logger.warning("cannot open a tunnel via %s:%d: %s", *via, exc)
+            logger.warning("cannot open a tunnel via %s: %s", join_host_port(*via), exc)
             await trio.aclose_forcefully(local)
             return
         await relay(local, tunnel)

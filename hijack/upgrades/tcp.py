@@ -137,11 +137,11 @@ class TCPUpgrade:
                 # Logged from ``finally`` so a cancelled stream (shutdown) still
                 # gets its line, with the counts it reached.
                 logger.info(
-                    "connection %d %s%s -> %s:%d %s: %d bytes up, %d down, %.3fs",
+                    "connection %d %s%s -> %s %s: %d bytes up, %d down, %.3fs",
                     request.connection.id,
                     format_address(request.connection.remote_address),
                     f" user={user.name}" if user is not None else "",
-                    *self.upstream,
+                    join_host_port(*self.upstream),
                     outcome,
                     stats.a_to_b,
                     stats.b_to_a,
@@ -154,6 +154,7 @@ class TCPUpgrade:
 
     async def _dial(self, request: Request, user: User | None) -> trio.abc.Stream:
         host, port = self.upstream
+        where = join_host_port(host, port)
         try:
             with trio.fail_after(self.connect_timeout):
                 if user is None and self.routes is None:
@@ -168,23 +169,22 @@ class TCPUpgrade:
                 exc.status,
                 "upstream not allowed"
                 if exc.status == 403
-                else f"cannot connect to upstream {host}:{port}",
+                else f"cannot connect to upstream {where}",
             )
             why = exc.reason
         except trio.TooSlowError:
-            failure = HTTPError(504, f"upstream {host}:{port} did not answer in time")
+            failure = HTTPError(504, f"upstream {where} did not answer in time")
             why = f"timed out after {self.connect_timeout}s"
         except OSError as exc:
             # The client gets no OS detail; the log does.
-            failure = HTTPError(502, f"cannot connect to upstream {host}:{port}")
+            failure = HTTPError(502, f"cannot connect to upstream {where}")
             why = str(exc)
         logger.warning(
-            "connection %d %s%s -> %s:%d dial failed (%s): answered %d",
+            "connection %d %s%s -> %s dial failed (%s): answered %d",
             request.connection.id,
             format_address(request.connection.remote_address),
             f" user={user.name}" if user is not None else "",
-            host,
-            port,
+            where,
             why,
             failure.status,
         )
