@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 # Debian packages the end-to-end tests drive (curl is the CONNECT client).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
+	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+
+# Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
+NODE_CLIENTS := tests/node/node_modules/.package-lock.json
+$(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json | sysdeps
+	cd tests/node && npm ci --no-audit --no-fund
 
 demo: $(STAMP)
 	$(VENV)/bin/hijack demo
@@ -24,7 +31,7 @@ check: $(STAMP)
 	$(VENV)/bin/mypy --strict hijack examples bench tests pytest_hijack.py
 
 # Branch coverage is measured on every run (gate: fail_under in pyproject.toml).
-test: $(STAMP) sysdeps check
+test: $(STAMP) sysdeps $(NODE_CLIENTS) check
 	$(PY) -m pytest -q --cov --cov-report=term
 
 # Peers go into their own virtualenv, never into the project's.

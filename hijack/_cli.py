@@ -40,6 +40,13 @@ def _listen_address(text: str) -> tuple[str, int]:
     return parse_host_port(text, allow_zero=True)
 
 
+def _via(text: str) -> tuple[str, int] | str:
+    """``HOST:PORT``, or a ``ws://`` / ``wss://`` URL (websocket mode)."""
+    if text.startswith(("ws://", "wss://")):
+        return text
+    return parse_host_port(text)
+
+
 def _user_pass(text: str) -> tuple[str, str]:
     user, sep, password = text.partition(":")
     if not sep or not user:
@@ -137,6 +144,38 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
 
     return TCPUpgrade(
         args.upstream, idle_timeout=args.idle_timeout, **_team_options(args)
+    )
+
+
+def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.connect import ConnectPolicy
+    from .upgrades.wsbridge import TargetFile, WebSocketBridge
+
+    origins = args.allow_origin or None
+    if args.targets is None:
+        if args.allow_port or args.allow or args.deny or args.allow_private:
+            raise SystemExit(
+                "hijack wsbridge: --allow-port, --allow, --deny and --allow-private "
+                "check --targets; the --upstream you name is trusted"
+            )
+        return WebSocketBridge(
+            args.upstream, idle_timeout=args.idle_timeout, allowed_origins=origins
+        )
+    try:
+        targets = TargetFile(args.targets)
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"hijack wsbridge: --targets: {exc}") from None
+    policy = ConnectPolicy(
+        allowed_ports=frozenset(args.allow_port or [443]),
+        allow_private=args.allow_private,
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+    )
+    return WebSocketBridge(
+        targets=targets,
+        policy=policy,
+        idle_timeout=args.idle_timeout,
+        allowed_origins=origins,
     )
 
 
@@ -245,8 +284,8 @@ async def _forward(args: argparse.Namespace) -> None:
     from .upgrades.forward import serve_forward
 
     target = args.target
-    if args.mode == "upgrade":
-        target = None  # the server picks the upstream of an Upgrade: tcp
+    if args.mode in ("upgrade", "websocket"):
+        target = None  # the server picks the upstream
     parent = args.upstream_proxy
     if args.listen == "-":
         await forward_stdio(
@@ -483,6 +522,65 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tcp.set_defaults(run=_tcp_handler)
 
+    wsbridge = commands.add_parser(
+        "wsbridge",
+        parents=[listen, idle],
+        help="TCP over WebSocket: relay each WebSocket to a TCP upstream "
+        "(websockify-compatible)",
+        description="Accept WebSockets (subprotocol 'binary', as websockify "
+        "clients such as noVNC use) and relay each one to a new TCP connection: "
+        "binary messages carry the bytes. Plain HTTP requests get 426.",
+    )
+    bridge_to = wsbridge.add_mutually_exclusive_group(required=True)
+    bridge_to.add_argument(
+        "--upstream",
+        type=parse_host_port,
+        metavar="HOST:PORT",
+        help="the TCP address every WebSocket is relayed to",
+    )
+    bridge_to.add_argument(
+        "--targets",
+        metavar="FILE",
+        help="websockify token file ('token: host:port' lines); the client picks "
+        "one with ?token=NAME; targets are checked by the CONNECT policy "
+        "(--allow-port, --allow, --deny, --allow-private); re-read when it changes",
+    )
+    wsbridge.add_argument(
+        "--allow-port",
+        type=int,
+        action="append",
+        metavar="N",
+        help="with --targets: allow targets on port N (repeatable; default: 443)",
+    )
+    wsbridge.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="with --targets: always allow this host name or network (repeatable)",
+    )
+    wsbridge.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="with --targets: always refuse this host name or network (repeatable)",
+    )
+    wsbridge.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="with --targets: allow loopback, private and other non-global targets",
+    )
+    wsbridge.add_argument(
+        "--allow-origin",
+        action="append",
+        metavar="ORIGIN",
+        help="accept browsers only from this Origin (https://host[:port]; "
+        "repeatable; default: any). Clients that send no Origin (not browsers) "
+        "are then refused too",
+    )
+    wsbridge.set_defaults(run=_wsbridge_handler)
+
     forward = commands.add_parser(
         "forward",
         parents=[chaining],
@@ -501,10 +599,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--via",
-        type=parse_host_port,
+        type=_via,
         required=True,
-        metavar="HOST:PORT",
-        help="the hijack server to tunnel through",
+        metavar="HOST:PORT|URL",
+        help="the hijack server to tunnel through; websocket mode: its "
+        "ws://HOST:PORT/PATH or wss:// URL",
     )
     forward.add_argument(
         "--target",
@@ -514,10 +613,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--mode",
-        choices=["connect", "upgrade"],
+        choices=["connect", "upgrade", "websocket"],
         default="connect",
         help="connect: CONNECT TARGET; upgrade: Upgrade: tcp (the server picks "
-        "the upstream) (default: connect)",
+        "the upstream); websocket: binary messages over a WebSocket to a "
+        "'hijack wsbridge' or websockify at --via URL (default: connect)",
     )
     forward.add_argument(
         "--auth",
@@ -579,6 +679,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
+        if args.mode == "websocket" and args.upstream_proxy is not None:
+            parser.error("forward: --upstream-proxy works with connect and upgrade")
+        if (args.mode == "websocket") != isinstance(args.via, str):
+            parser.error(
+                "forward: --via is a ws:// or wss:// URL in websocket mode, "
+                "HOST:PORT otherwise"
+            )
         try:
             trio.run(_forward, args)
         except (TunnelError, OSError) as exc:

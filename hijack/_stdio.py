@@ -49,7 +49,7 @@ class _Stdout(trio.abc.SendStream):
 
 
 async def forward_stdio(
-    via: tuple[str, int],
+    via: tuple[str, int] | str,
     target: tuple[str, int] | None,
     mode: Mode,
     *,

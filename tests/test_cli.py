@@ -62,6 +62,10 @@ def test_parse_host_port_rejects(text: str) -> None:
             ],
         ),
         ("tcp", ["--listen", "--unix", "--upstream"]),
+        (
+            "wsbridge",
+            ["--listen", "--unix", "--upstream", "--targets", "--allow-origin"],
+        ),
         ("forward", ["--listen", "--via", "--target", "--mode"]),
         ("demo", ["--listen", "--unix"]),
     ],

@@ -1,8 +1,10 @@
 """The client side of a tunnel through a hijack server.
 
 :func:`open_tunnel` asks a server for a raw stream, either with
-``CONNECT host:port`` (a proxy) or with ``Upgrade: tcp`` (a
-:class:`~hijack.upgrades.tcp.TCPUpgrade` endpoint), and returns that stream.
+``CONNECT host:port`` (a proxy), with ``Upgrade: tcp`` (a
+:class:`~hijack.upgrades.tcp.TCPUpgrade` endpoint) or as a WebSocket to a
+``ws://`` or ``wss://`` URL (a :class:`~hijack.upgrades.wsbridge.WebSocketBridge`,
+or websockify), and returns that stream.
 :func:`serve_forward` does it for every connection to a local port. (For
 stdin/stdout, ssh's ``ProxyCommand``, use the command: ``hijack forward
 --listen -``; it changes process-wide state, so it is not a library call.)
@@ -26,7 +28,7 @@ __all__ = ["Mode", "TunnelError", "open_tunnel", "serve_forward"]
 
 logger = logging.getLogger("hijack.forward")
 
-Mode = Literal["connect", "upgrade"]
+Mode = Literal["connect", "upgrade", "websocket"]
 
 # An error answer's body is kept (this much of it) for the exception message.
 MAX_ERROR_BODY = 1024
@@ -145,14 +147,14 @@ async def _handshake(
 
 
 async def open_tunnel(
-    via: tuple[str, int],
+    via: tuple[str, int] | str,
     target: tuple[str, int] | None,
     mode: Mode,
     *,
     auth: tuple[str, str] | None = None,
     path: str = "/",
     upstream_proxy: ParentProxy | None = None,
-) -> ReplayStream:
+) -> trio.abc.HalfCloseableStream:
     """Connect to the hijack server at ``via`` and open a raw stream through it.
 
     ``mode="connect"``: ``CONNECT target`` (``target`` required), accepted on
@@ -168,10 +170,23 @@ async def open_tunnel(
     the bytes that came right behind the answer first; the caller owns it and
     must close it. On error or cancel, the connection is closed.
 
-    ``upstream_proxy``: reach ``via`` through this parent proxy (a company
-    proxy between the client and the hijack server); its failures raise
+    ``mode="websocket"``: ``via`` is a ``ws://`` or ``wss://`` URL (``target``
+    must be None: the bridge picks the upstream); the bytes travel as binary
+    messages with websockify's ``binary`` subprotocol offered, ``auth`` is
+    sent as ``Authorization: Basic``. The stream's ``send_eof`` closes the
+    WebSocket, which has no half-close (see :mod:`hijack.upgrades.wsbridge`).
+
+    ``upstream_proxy`` (connect and upgrade modes): reach ``via`` through
+    this parent proxy (a company proxy between the client and the hijack
+    server); its failures raise
     :class:`~hijack.upgrades.parent_proxy.ParentProxyError`.
     """
+    if mode == "websocket" and upstream_proxy is not None:
+        raise ValueError("websocket mode cannot go through an upstream proxy yet")
+    if mode == "websocket":
+        return await _open_websocket_tunnel(via, target, auth)
+    if isinstance(via, str):
+        raise ValueError(f"{mode} mode takes via as (host, port), not a URL")
     request = _request(via, target, mode, auth, path)
     stream: trio.abc.Stream
     if upstream_proxy is not None:
@@ -186,9 +201,35 @@ async def open_tunnel(
     return ReplayStream(stream, prefix)
 
 
+async def _open_websocket_tunnel(
+    via: tuple[str, int] | str,
+    target: tuple[str, int] | None,
+    auth: tuple[str, str] | None,
+) -> trio.abc.HalfCloseableStream:
+    from .wsbridge import SUBPROTOCOL, WebSocketStream
+    from .wsclient import WebSocketRefused, connect_websocket
+
+    _check_websocket_arguments(via, target)
+    assert isinstance(via, str)
+    try:
+        websocket = await connect_websocket(via, subprotocols=[SUBPROTOCOL], auth=auth)
+    except WebSocketRefused as exc:
+        raise TunnelError(exc.status, exc.reason, exc.body) from None
+    return WebSocketStream(websocket)
+
+
+def _check_websocket_arguments(
+    via: tuple[str, int] | str, target: tuple[str, int] | None
+) -> None:
+    if not isinstance(via, str) or not via.startswith(("ws://", "wss://")):
+        raise ValueError(f"websocket mode needs via as a ws:// or wss:// URL: {via!r}")
+    if target is not None:
+        raise ValueError("websocket mode takes no target: the bridge picks it")
+
+
 async def serve_forward(
     listen: tuple[str, int] | int,
-    via: tuple[str, int],
+    via: tuple[str, int] | str,
     target: tuple[str, int] | None,
     mode: Mode,
     *,
@@ -205,7 +246,13 @@ async def serve_forward(
     cannot be opened is logged on ``hijack.forward`` and its local connection
     closed; the other connections are not affected.
     """
-    _request(via, target, mode, auth, "/")  # a bad argument fails here, once
+    # A bad argument fails here, once.
+    if mode == "websocket":
+        _check_websocket_arguments(via, target)
+    elif isinstance(via, str):
+        raise ValueError(f"{mode} mode takes via as (host, port), not a URL")
+    else:
+        _request(via, target, mode, auth, "/")
     host, port = ("127.0.0.1", listen) if isinstance(listen, int) else listen
     listeners = await trio.open_tcp_listeners(port, host=host)
 
@@ -217,7 +264,8 @@ async def serve_forward(
                 via, target, mode, auth=auth, upstream_proxy=upstream_proxy
             )
         except (OSError, TunnelError, ParentProxyError) as exc:
-            logger.warning("cannot open a tunnel via %s: %s", join_host_port(*via), exc)
+            where = via if isinstance(via, str) else join_host_port(*via)
+            logger.warning("cannot open a tunnel via %s: %s", where, exc)
             await trio.aclose_forcefully(local)
             return
         await relay(local, tunnel)

@@ -140,6 +140,7 @@ class ParentProxy:
             )
         except TunnelError as exc:
             raise ParentProxyError(f"parent proxy {self}: {exc}") from None
+        assert isinstance(tunnel, ReplayStream)  # connect mode
         # Nothing read ahead: the plain socket, so the relay can splice it.
         early = tunnel.take_buffered()
         if not early and isinstance(tunnel.stream, trio.SocketStream):

@@ -24,7 +24,12 @@ from ... import Handler
 from .._echo_page import ECHO_PAGE
 from ._errors import ConnectionClosed, WebSocketHandshakeError
 from ._handlers import App, make_echo_handler, websocket_handler
-from ._handshake import Compression, accept_websocket, is_websocket_request
+from ._handshake import (
+    Compression,
+    accept_websocket,
+    check_websocket_request,
+    is_websocket_request,
+)
 from ._protocol import ClientProtocol, ServerProtocol
 from ._websocket import PING_INTERVAL, PING_TIMEOUT, WebSocket
 
@@ -41,6 +46,7 @@ __all__ = [
     "WebSocket",
     "WebSocketHandshakeError",
     "accept_websocket",
+    "check_websocket_request",
     "is_websocket_request",
     "make_echo_handler",
     "websocket_handler",

@@ -39,6 +39,15 @@ def is_websocket_request(request: Request) -> bool:
     return "websocket" in request.headers.tokens("upgrade")
 
 
+def check_websocket_request(
+    request: Request, *, allowed_origins: Collection[str | None] | None = None
+) -> None:
+    """Raise :class:`WebSocketHandshakeError` if :func:`accept_websocket`
+    would refuse ``request``: for a handler with work to do between the
+    check and the ``101`` (a bridge dials its upstream there)."""
+    _check_handshake(request, allowed_origins)
+
+
 def _check_handshake(
     request: Request, allowed_origins: Collection[str | None] | None
 ) -> str:
