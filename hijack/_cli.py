@@ -17,6 +17,7 @@ from typing import Any
 
 import trio
 
+from . import _team_cli as _team
 from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._exchange import Handler
@@ -54,58 +55,6 @@ def _user_pass(text: str) -> tuple[str, str]:
     return user, password
 
 
-def _byte_rate(text: str) -> int:
-    """``500000``, ``500k``, ``2M``, ``1G``: bytes per second (SI units)."""
-    scale = {"k": 10**3, "m": 10**6, "g": 10**9}.get(text[-1:].lower(), 1)
-    number = text[:-1] if scale > 1 else text
-    try:
-        value = int(float(number) * scale)
-    except (ValueError, OverflowError):
-        raise argparse.ArgumentTypeError(
-            f"expected bytes/s like 500k, got {text!r}"
-        ) from None
-    if value < 1:
-        raise argparse.ArgumentTypeError("a bandwidth limit is at least 1 byte/s")
-    return value
-
-
-def _parent_proxy(text: str) -> Any:
-    from .upgrades.parent_proxy import ParentProxy
-
-    try:
-        return ParentProxy.parse(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _team_options(args: argparse.Namespace) -> dict[str, Any]:
-    """users, routes and limits for the proxy and tcp handlers (issue: a
-    proxy for a team); the Users object is also kept for SIGHUP reloads."""
-    from .upgrades.limits import TunnelLimits
-    from .upgrades.parent_proxy import Routes
-    from .upgrades.users import Users, UsersFileError
-
-    options: dict[str, Any] = {}
-    if args.users:
-        try:
-            options["users"] = Users(args.users)
-        except UsersFileError as exc:
-            raise SystemExit(f"hijack {args.command}: {exc}") from None
-        args.reloadable_users = options["users"]
-    if args.upstream_proxy or args.direct:
-        options["routes"] = Routes(args.upstream_proxy, direct=args.direct)
-        logging.getLogger("hijack.parent").info("routes: %r", options["routes"])
-    limits = {
-        "per_client": args.max_tunnels_per_client,
-        "per_user": args.max_tunnels_per_user,
-        "tunnel_bandwidth": args.tunnel_bandwidth,
-        "user_bandwidth": args.user_bandwidth,
-    }
-    if any(v is not None for v in limits.values()) or args.users:
-        options["limits"] = TunnelLimits(**limits)
-    return options
-
-
 # -- building the handler of each subcommand ----------------------------------
 
 
@@ -124,7 +73,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
-        **_team_options(args),
+        **_team.handler_options(args),
     )
 
 
@@ -143,7 +92,7 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.tcp import TCPUpgrade
 
     return TCPUpgrade(
-        args.upstream, idle_timeout=args.idle_timeout, **_team_options(args)
+        args.upstream, idle_timeout=args.idle_timeout, **_team.handler_options(args)
     )
 
 
@@ -234,7 +183,7 @@ async def _serve(
         reload_scope = trio.CancelScope()
         users = getattr(args, "reloadable_users", None)
         if users is not None:
-            await nursery.start(_reload_on_sighup, users, reload_scope)
+            await nursery.start(_team.reload_on_sighup, users, reload_scope)
         print(f"hijack {args.command} listening on {where}", flush=True)
         if args.command == "demo":
             print(
@@ -245,20 +194,6 @@ async def _serve(
             )
         await _wait_for_signal_then_shutdown(server, nursery)
         reload_scope.cancel()
-
-
-async def _reload_on_sighup(
-    users: Any,
-    scope: trio.CancelScope,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """SIGHUP: read the users file again. Open tunnels are not touched; a
-    broken file keeps the old users (``Users.reload`` logs why). Started
-    before the "listening" line, so a SIGHUP after it is never fatal."""
-    with scope, trio.open_signal_receiver(signal.SIGHUP) as signals:
-        task_status.started()
-        async for _ in signals:
-            users.reload()
 
 
 async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
@@ -360,59 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="close a tunnel with no byte either way for this long (default: 300)",
     )
 
-    chaining = argparse.ArgumentParser(add_help=False)
-    chaining.add_argument(
-        "--upstream-proxy",
-        type=_parent_proxy,
-        metavar="URL",
-        help="reach destinations through this parent proxy: http://[user:pass@]"
-        "host:port (CONNECT), socks5://host:port (hijack resolves and checks "
-        "every address) or socks5h://host:port (the parent resolves names; "
-        "only the name can be checked)",
-    )
-    team = argparse.ArgumentParser(add_help=False)
-    team.add_argument(
-        "--direct",
-        action="append",
-        default=[],
-        metavar="HOST_OR_NET",
-        help="with --upstream-proxy: go direct to this host name (.example.com: "
-        "and subdomains) or network (for targets written as addresses); "
-        "everything else goes through the parent (repeatable)",
-    )
-    team.add_argument(
-        "--users",
-        metavar="FILE",
-        help="TOML users file: per-user password hashes (hijack hash-password) "
-        "and rules; reloaded on SIGHUP",
-    )
-    team.add_argument(
-        "--max-tunnels-per-client",
-        type=int,
-        metavar="N",
-        help="tunnels one client address may have open (429 beyond)",
-    )
-    team.add_argument(
-        "--max-tunnels-per-user",
-        type=int,
-        metavar="N",
-        help="tunnels one user may have open (429 beyond; max_tunnels in the "
-        "users file overrides it per user)",
-    )
-    team.add_argument(
-        "--tunnel-bandwidth",
-        type=_byte_rate,
-        metavar="BYTES_PER_S",
-        help="bandwidth limit of every tunnel, each direction (500k, 2M...)",
-    )
-    team.add_argument(
-        "--user-bandwidth",
-        type=_byte_rate,
-        metavar="BYTES_PER_S",
-        help="bandwidth shared by all the tunnels of one user, each direction "
-        "(bandwidth in the users file overrides it per user)",
-    )
-
+    chaining, team = _team.chaining_parser(), _team.team_parser()
     proxy = commands.add_parser(
         "proxy",
         parents=[listen, idle, chaining, team],
@@ -635,35 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
         "they work with nothing else running.",
     )
     demo.set_defaults(run=_demo_handler)
+    _team.add_hash_password(commands)
 
-    hash_password = commands.add_parser(
-        "hash-password",
-        help="print a password hash for a users file",
-        description="Read a password (prompted twice on a terminal, else the "
-        "first line of stdin) and print its salted scrypt hash, for the "
-        "'password' key of a users file.",
-    )
-    hash_password.set_defaults(run=None)
     return parser
-
-
-def _hash_password() -> int:
-    import getpass
-
-    from .upgrades.users import hash_password
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            print("hijack hash-password: the passwords differ", file=sys.stderr)
-            return 1
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        print("hijack hash-password: empty password", file=sys.stderr)
-        return 1
-    print(hash_password(password))
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -673,7 +530,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     if args.command == "hash-password":
-        return _hash_password()
+        return _team.hash_password_command()
     if args.command == "forward":
         from .upgrades.forward import TunnelError
 

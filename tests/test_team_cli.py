@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from hijack._cli import _byte_rate, build_parser
+from hijack._cli import build_parser
+from hijack._team_cli import byte_rate
 from hijack.upgrades.users import PasswordHash, hash_password
 
 from .helpers import read_exactly, read_head, start_upstream
@@ -52,13 +53,13 @@ def test_hash_password_prints_a_usable_hash() -> None:
     ],
 )
 def test_byte_rates(text: str, value: int) -> None:
-    assert _byte_rate(text) == value
+    assert byte_rate(text) == value
 
 
 @pytest.mark.parametrize("text", ["", "k", "fast", "0", "-5", "inf"])
 def test_bad_byte_rates(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
-        _byte_rate(text)
+        byte_rate(text)
 
 
 @pytest.mark.parametrize("command", ["proxy", "tcp", "forward"])
