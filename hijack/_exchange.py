@@ -41,19 +41,27 @@ DRAIN_LIMIT = 256 * 1024
 
 
 class Exchange:
-    """One request: its :class:`~hijack.Request`, the response's progress,
-    the body's progress, and whether the connection must close after it."""
+    """One request: its head, the response's progress, the body's progress,
+    and whether the connection must close after it.
+
+    The :class:`~hijack.Request` handed to the handler points here; nothing
+    here points back at it (a reference cycle per request would leave every
+    request to the cyclic garbage collector: measurable CPU on keep-alive)."""
 
     __slots__ = (
         "_body_bytes",
         "_body_deadline",
         "_body_done",
+        "_connection",
         "_driver",
+        "_headers",
         "_live",
+        "_method",
         "_response_started",
+        "_target",
+        "_version",
         "hijacked",
         "must_close",
-        "request",
     )
 
     def __init__(
@@ -73,21 +81,25 @@ class Exchange:
         self._body_deadline = body_deadline
         self.must_close = must_close
         self.hijacked: Hijacked | None = None
-        self.request = Request(
-            self,
-            connection,
-            event.method.decode("ascii"),
-            event.target.decode("latin-1"),
-            event.http_version.decode("ascii"),
-            Headers(list(event.headers)),
-        )
+        self._connection = connection
+        self._method = event.method.decode("ascii")
+        self._target = event.target.decode("latin-1")
+        self._version = event.http_version.decode("ascii")
+        self._headers = Headers(list(event.headers))
 
     # -- run by the connection loop -----------------------------------------
 
     async def run(self, handler: Handler) -> None:
         """Run ``handler`` and send what it answered (or the error it
         raised). Raises ``ClientDisconnected`` if the client is gone."""
-        request = self.request
+        request = Request(
+            self,
+            self._connection,
+            self._method,
+            self._target,
+            self._version,
+            self._headers,
+        )
         try:
             response = await handler(request)
             if self.hijacked is not None and response is not None:
@@ -166,7 +178,7 @@ class Exchange:
 
     async def _send_response(self, response: Response) -> None:
         driver = self._driver
-        head_only = self.request.method == "HEAD"
+        head_only = self._method == "HEAD"
         body = response.body
         head = self._begin_response(response, add_length=True)
         if isinstance(body, bytes | bytearray | memoryview):
@@ -198,7 +210,7 @@ class Exchange:
             raise UsageError("a response was already started for this request")
         if response.status < 200:
             raise UsageError("use hijack() to send a 1xx response")
-        if self.request.method == "CONNECT" and response.status < 300:
+        if self._method == "CONNECT" and response.status < 300:
             # A 2xx to CONNECT switches protocols: only hijack() can send it.
             raise UsageError(
                 "a 2xx answer to CONNECT opens a tunnel: use request.hijack(response)"
@@ -299,11 +311,10 @@ class Exchange:
     def _check_upgrade_requested(self) -> None:
         """RFC 9110 7.8 / 15.2.2: a server sends 101 only to a request that
         asked to upgrade, and ignores Upgrade in an HTTP/1.0 request."""
-        request = self.request
-        if not request.headers.tokens("upgrade"):
+        if not self._headers.tokens("upgrade"):
             raise HijackError(
                 "a 101 answers a request that asks to upgrade; this one has no "
                 "Upgrade header (answer it normally, or hijack() bare)"
             )
-        if request.http_version == "1.0":
+        if self._version == "1.0":
             raise HijackError("an HTTP/1.0 request cannot be upgraded (RFC 9110 7.8)")

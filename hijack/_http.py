@@ -55,11 +55,20 @@ class HTTPConnection:
     both away for good (the parser is freed: an idle tunnel should not pay
     for it)."""
 
-    __slots__ = ("_h11", "_idle_scope", "broken", "connection", "linger", "server")
+    __slots__ = (
+        "_h11",
+        "_idle_scope",
+        "broken",
+        "connection",
+        "linger",
+        "server",
+        "stream",
+    )
 
     def __init__(self, server: ServerSide, connection: Connection) -> None:
         self.server = server
         self.connection = connection
+        self.stream = connection.stream
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
@@ -68,10 +77,6 @@ class HTTPConnection:
         self.linger = False
         #: A write or read failed: the client is gone.
         self.broken = False
-
-    @property
-    def stream(self) -> trio.abc.Stream:
-        return self.connection.stream
 
     @property
     def parser(self) -> h11.Connection:

@@ -26,7 +26,8 @@ Resource handling: :func:`open_test_client` runs the server in its own
 nursery and shuts it down (grace 0 unless already shut down) on exit, which
 closes every connection the test left open. Streams returned by
 :meth:`TestClient.upgrade` and :meth:`TestClient.connect` belong to the test:
-close them (``async with stream:``), or the shutdown at exit does.
+close them (``async with stream:``); the server's ends are closed at exit
+either way.
 """
 
 from __future__ import annotations

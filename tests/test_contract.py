@@ -12,10 +12,10 @@ import pytest
 import trio
 import trustme
 
-from hijack import Connection, HijackError, Request, Response, Server
+from hijack import Connection, HijackError, Request, Response, Server, relay
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed
+from .helpers import read_until, read_until_closed, start_upstream
 
 UPGRADE = Response(101, {"connection": "upgrade", "upgrade": "echo"})
 Handler = Callable[[Request], Awaitable[Response | None]]
@@ -215,6 +215,51 @@ async def test_closing_a_hijacked_tls_stream_sends_close_notify(
             # A truncation raises BrokenResourceError here instead.
             received = await read_until_closed(stream)
         assert received.endswith(b"\r\n\r\nbye"), path
+
+
+async def test_the_relay_ends_a_tls_side_with_close_notify(
+    tls: TLS, start_tls_server: StartTLS, nursery: trio.Nursery
+) -> None:
+    """The upstream says goodbye and closes: the relay closes the TLS side
+    (it cannot half-close), and the client must see a clean end."""
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        async with stream:
+            await stream.send_all(b"bye")
+
+    upstream_port = await start_upstream(nursery, upstream)
+
+    async def handler(request: Request) -> Response | None:
+        hijacked = await request.hijack(UPGRADE)
+        await relay(hijacked, await trio.open_tcp_stream("127.0.0.1", upstream_port))
+        return None
+
+    port = await start_tls_server(handler)
+    stream = await tls.connect(port)
+    async with stream:
+        await stream.send_all(
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
+        )
+        # A truncation raises BrokenResourceError here instead.
+        received = await read_until_closed(stream)
+    assert received.endswith(b"\r\n\r\nbye")
+
+
+async def test_a_user_sni_callback_set_after_start_is_chained_too(
+    tls: TLS, start_tls_server: StartTLS
+) -> None:
+    seen: list[str | None] = []
+
+    def users_callback(
+        ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
+    ) -> None:
+        seen.append(server_name)
+
+    port = await start_tls_server(echo_server_name)
+    assert await server_name_of(tls, port, "localhost") == b"'localhost'"
+    tls.server_context.sni_callback = users_callback  # replaces the server's
+    assert await server_name_of(tls, port, "sni.example") == b"'sni.example'"
+    assert seen == ["sni.example"]
 
 
 async def test_a_peers_close_notify_is_told_apart_from_a_cut(

@@ -4,9 +4,7 @@ and every error answer is built by HTTPError.response()."""
 
 from __future__ import annotations
 
-import socket
 import ssl
-import struct
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -30,15 +28,9 @@ from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed
+from .helpers import read_until, read_until_closed, reset
 
 Attempt = Callable[[Request], Awaitable[object]]
-
-
-def reset_on_close(stream: trio.SocketStream) -> None:
-    """SO_LINGER 0: closing sends a TCP RST, so the server's next read or
-    write fails instead of seeing a clean EOF."""
-    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 # -- ClientDisconnected -----------------------------------------------------------
@@ -68,8 +60,7 @@ async def test_read_raises_client_disconnected_when_the_client_resets(
         b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab"
     )
     await reading.wait()
-    reset_on_close(stream)
-    await stream.aclose()
+    reset(stream)
     await done.wait()
     assert len(caught) == 1
     assert type(caught[0]) is ClientDisconnected
@@ -100,8 +91,7 @@ async def test_send_data_raises_client_disconnected_when_the_client_resets(
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await read_until(stream, b"\r\n\r\n")
-    reset_on_close(stream)
-    await stream.aclose()
+    reset(stream)
     client_gone.set()
     await done.wait()
     assert [type(exc) for exc in caught] == [ClientDisconnected]

@@ -13,7 +13,8 @@ from types import ModuleType
 
 import trio
 
-from hijack import Server
+from hijack import PeerCredentials, Server
+from hijack.testing import Peer, open_test_client
 
 from .conftest import StartServer
 from .helpers import read_until, read_until_closed
@@ -52,6 +53,19 @@ async def test_unix_peercred_allows_and_refuses(
     assert data.startswith(b"HTTP/1.1 403 ")
     await allowed.shutdown()
     await refused.shutdown()
+
+
+async def test_unix_peercred_with_faked_credentials() -> None:
+    """The same handler without a socket: hijack.testing shows it the
+    credentials a test chooses (another user, or none at all)."""
+    example = load_example("unix_peercred")
+    alice = Peer(peer_credentials=PeerCredentials(pid=42, uid=1000, gid=100))
+    bob = Peer(peer_credentials=PeerCredentials(pid=43, uid=1001, gid=100))
+    async with open_test_client(example.make_handler({1000})) as client:
+        response = await client.request("GET", "/", peer=alice)
+        assert (response.status, response.body) == (200, b"uid=1000 gid=100 pid=42\n")
+        assert (await client.request("GET", "/", peer=bob)).status == 403
+        assert (await client.request("GET", "/")).status == 403  # no credentials
 
 
 async def test_readme_quick_start_handler(start_server: StartServer) -> None:

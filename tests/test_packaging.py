@@ -1,4 +1,5 @@
-"""The built wheel ships what users need: py.typed, the upgrades, the CLI."""
+"""The built wheel ships what users need: py.typed, the upgrades, the CLI,
+the pytest plugin."""
 
 from __future__ import annotations
 
@@ -27,3 +28,6 @@ def test_wheel_contains_py_typed_and_every_module(tmp_path: Path) -> None:
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "hijack = hijack._cli:main" in text
+    # The pytest plugin: its module and its pytest11 entry point.
+    assert "pytest_hijack.py" in names
+    assert "[pytest11]\nhijack = pytest_hijack" in text
