@@ -333,7 +333,9 @@ async def test_wrong_or_missing_credentials_get_407(
     )
     _, port = await start_server(ConnectProxy(users=users, realm="team"))
     headers = [basic(*credentials)] if credentials else []
-    response = await exchange(port, connect_head("127.0.0.1:443", *headers))
+    # The 407 keeps the connection open for a retry: half-close to end it.
+    raw = connect_head("127.0.0.1:443", *headers)
+    response = await exchange(port, raw, half_close=True)
     assert status_of(response) == 407
     assert b'\r\nproxy-authenticate: Basic realm="team"\r\n' in response
 
@@ -380,10 +382,12 @@ async def test_tcp_upgrade_with_users(
         assert status_of(head) == 101
         assert rest + await read_until_closed(client) == b"db says hi"
 
-    missing = await exchange(port, upgrade_head())
+    missing = await exchange(port, upgrade_head(), half_close=True)
     assert status_of(missing) == 401
     assert b'\r\nwww-authenticate: Basic realm="hijack"\r\n' in missing
-    wrong = await exchange(port, upgrade_head("Authorization: " + header("alice", "x")))
+    wrong = await exchange(
+        port, upgrade_head("Authorization: " + header("alice", "x")), half_close=True
+    )
     assert status_of(wrong) == 401
     with capture_log("hijack.tcp") as log:
         denied = await exchange(
@@ -391,3 +395,31 @@ async def test_tcp_upgrade_with_users(
         )
     assert status_of(denied) == 403
     assert "user=bob -> 127.0.0.1" in log.records[-1].getMessage()
+
+
+async def test_407_then_retry_as_a_user_on_the_same_connection(
+    nursery: trio.Nursery, start_server: StartServer
+) -> None:
+    async def upstream(stream: trio.SocketStream) -> None:
+        await stream.send_all(b"welcome")
+
+    upstream_port = await start_upstream(nursery, upstream)
+    alice = User(
+        "alice",
+        PasswordHash.parse(cheap_hash("a-pw")),
+        allow=("127.0.0.1",),
+        ports=frozenset({upstream_port}),
+    )
+    _, port = await start_server(ConnectProxy(users=Users.from_mapping([alice])))
+    target = f"127.0.0.1:{upstream_port}"
+    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+        await client.send_all(connect_head(target, basic("alice", "nope")))
+        head, rest = await read_head(client)
+        assert status_of(head) == 407
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        while len(rest) < length:
+            rest += await client.receive_some()
+        await client.send_all(connect_head(target, basic("alice", "a-pw")))
+        head, rest = await read_head(client)
+        assert status_of(head) == 200
+        assert rest + await read_until_closed(client) == b"welcome"

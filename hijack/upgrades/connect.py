@@ -195,10 +195,12 @@ class ConnectProxy:
                 user = await authenticate(
                     request, self.users, proxy=True, realm=self.realm
                 )
-            except HTTPError:
+            except HTTPError as challenge:
                 tunnel.outcome = "407"
                 tunnel.reason = "proxy authentication required"
-                raise
+                # Returned, not raised: the client may retry on this
+                # connection with credentials.
+                return challenge.response()
             tunnel.user = user.name
             policy = self.users.policy_for(user, policy)
         elif not self._authorized(request):

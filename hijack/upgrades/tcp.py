@@ -109,7 +109,10 @@ class TCPUpgrade:
             raise HTTPError(400, "an Upgrade: tcp request carries no body")
         user = None
         if self.users is not None:
-            user = await authenticate(request, self.users, proxy=False)
+            try:
+                user = await authenticate(request, self.users, proxy=False)
+            except HTTPError as challenge:
+                return challenge.response()  # the connection stays usable
         lease = None if self.limits is None else _acquire(self.limits, request, user)
         try:
             upstream = await self._dial(request, user)

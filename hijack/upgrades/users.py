@@ -404,6 +404,8 @@ async def authenticate(
     upgrade or a WebSocket bridge, an origin server for its client):
     ``Authorization``, else 401 with ``WWW-Authenticate`` (RFC 9110 11.6).
     Missing, repeated, malformed or wrong credentials all get the same answer.
+    Return ``exc.response()`` from the handler rather than letting the error
+    propagate, and the client can retry on the same connection.
     """
     header = "proxy-authorization" if proxy else "authorization"
     values = request.headers.get_all(header)
