@@ -101,8 +101,8 @@ class PasswordHash:
     n: int
     r: int
     p: int
-    salt: bytes
-    key: bytes
+    salt: bytes = field(repr=False)
+    key: bytes = field(repr=False)
 
     @classmethod
     def parse(cls, text: str) -> PasswordHash:
@@ -117,10 +117,9 @@ class PasswordHash:
             parsed = cls(n, r, p, _unb64(salt), _unb64(key))
         except (ValueError, binascii.Error) as exc:
             raise ValueError(f"not a hijack password hash: {exc}") from None
-        if n < 2 or n & (n - 1) or not (n <= MAX_N and 1 <= r <= MAX_R):
-            raise ValueError(f"scrypt n must be a power of 2 <= {MAX_N}, r <= {MAX_R}")
-        if not 1 <= p <= MAX_P or len(parsed.salt) < 8 or len(parsed.key) < 16:
-            raise ValueError("scrypt p out of range, or salt or hash too short")
+        _check_cost(n, r, p)
+        if len(parsed.salt) < 8 or len(parsed.key) < 16:
+            raise ValueError("scrypt salt or hash too short")
         return parsed
 
     def __str__(self) -> str:
@@ -151,9 +150,17 @@ def hash_password(
     password: str, *, n: int = DEFAULT_N, r: int = DEFAULT_R, p: int = DEFAULT_P
 ) -> str:
     """A salted scrypt hash of ``password`` for the users file."""
+    _check_cost(n, r, p)
     salt = secrets.token_bytes(SALT_BYTES)
-    blank = PasswordHash.parse(str(PasswordHash(n, r, p, salt, bytes(KEY_BYTES))))
-    return str(PasswordHash(n, r, p, salt, blank.derive(password.encode())))
+    unkeyed = PasswordHash(n, r, p, salt, bytes(KEY_BYTES))
+    return str(PasswordHash(n, r, p, salt, unkeyed.derive(password.encode())))
+
+
+def _check_cost(n: int, r: int, p: int) -> None:
+    if n < 2 or n & (n - 1) or n > MAX_N:
+        raise ValueError(f"scrypt n must be a power of 2 <= {MAX_N}")
+    if not (1 <= r <= MAX_R and 1 <= p <= MAX_P):
+        raise ValueError(f"scrypt r must be 1-{MAX_R} and p 1-{MAX_P}")
 
 
 @dataclass(frozen=True, slots=True)
