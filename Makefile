@@ -8,14 +8,19 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,metrics]'
 	touch $(STAMP)
 
-# Debian packages the end-to-end tests drive (curl is the CONNECT client).
+# Debian packages the end-to-end tests drive (curl is the CONNECT client,
+# haproxy and nginx's stream module the balancers in front of and behind
+# hijack for PROXY protocol).
 sysdeps:
 	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
+	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -y -q haproxy; }
 	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
+	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || { apt-get update -q && apt-get install -y -q libnginx-mod-stream; }
 	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
+	@command -v systemd-socket-activate >/dev/null || { apt-get update -q && apt-get install -y -q systemd; }
 
 # Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
 NODE_CLIENTS := tests/node/node_modules/.package-lock.json
@@ -28,7 +33,7 @@ demo: $(STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check hijack tests examples bench autobahn pytest_hijack.py
 	$(VENV)/bin/ruff format --check hijack tests examples bench autobahn pytest_hijack.py
-	$(VENV)/bin/mypy --strict hijack examples bench tests pytest_hijack.py
+	$(VENV)/bin/mypy --strict hijack examples bench tests autobahn pytest_hijack.py
 
 # Branch coverage is measured on every run (gate: fail_under in pyproject.toml).
 test: $(STAMP) sysdeps $(NODE_CLIENTS) check
@@ -64,7 +69,7 @@ $(AUTOBAHN_VENV)/.installed: autobahn/requirements.txt
 	touch $@
 
 autobahn: $(STAMP) $(AUTOBAHN_VENV)/.installed
-	$(AUTOBAHN_VENV)/bin/python autobahn/run.py --hijack $(VENV)/bin/hijack
+	$(AUTOBAHN_VENV)/bin/python autobahn/run_cases.py --hijack $(VENV)/bin/hijack
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -61,8 +61,24 @@ def main() -> None:
         handler = hello_handler
     limits = hijack.Limits(max_connections=50_000)
     server = hijack.Server(handler, limits=limits)
+    inherited = os.environ.get("HIJACK_WORKER_FDS")
     with contextlib.suppress(KeyboardInterrupt):
-        trio.run(server.serve_tcp, args.port)
+        if inherited:  # a worker of bench/workers.py's supervisor
+            fds = [int(fd) for fd in inherited.split(",")]
+            trio.run(serve_as_worker, server, hijack.listeners_from_fds(fds))
+        else:
+            trio.run(server.serve_tcp, args.port)
+
+
+async def serve_as_worker(server: Any, listeners: list[Any]) -> None:
+    """Serve the supervisor's socket; say so on its ready pipe."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, listeners)
+        ready_fd = int(os.environ["HIJACK_WORKER_READY_FD"])
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
 
 
 HELLO = b"Hello, world!"

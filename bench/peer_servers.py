@@ -5,11 +5,8 @@
 * ``tornado-echo``: Tornado ``RequestHandler.detach()`` (its way to take the
   connection), answer ``101`` by hand, then a raw echo loop: the same job as
   hijack's ``echo``.
-* ``websockets-echo``: the ``websockets`` asyncio server, echo.
-* ``trio-websocket-echo``: trio-websocket's ``serve_websocket``, echo.
 
-Every WebSocket server gets the same settings as hijack's: a 4 MiB message
-limit, no compression (the client offers none), no keepalive pings.
+The WebSocket peers are in ``websocket_echo.py``.
 """
 
 from __future__ import annotations
@@ -50,61 +47,12 @@ def tornado_echo(port: int) -> None:
     asyncio.run(run())
 
 
-def websockets_echo(port: int) -> None:
-    from websockets.asyncio.server import ServerConnection, serve
-    from websockets.exceptions import ConnectionClosed
-
-    async def echo(ws: ServerConnection) -> None:
-        try:
-            async for message in ws:
-                await ws.send(message)
-        except ConnectionClosed:
-            pass
-
-    async def run() -> None:
-        async with serve(
-            echo,
-            "127.0.0.1",
-            port,
-            max_size=MAX_MESSAGE,
-            compression=None,
-            ping_interval=None,
-            backlog=4096,
-        ) as server:
-            await server.serve_forever()
-
-    asyncio.run(run())
-
-
-def trio_websocket_echo(port: int) -> None:
-    import trio
-    from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
-
-    async def echo(request: WebSocketRequest) -> None:
-        ws = await request.accept()
-        try:
-            while True:
-                message = await ws.get_message()
-                await ws.send_message(message)
-        except ConnectionClosed:
-            pass
-
-    async def run() -> None:
-        await serve_websocket(
-            echo, "127.0.0.1", port, ssl_context=None, max_message_size=MAX_MESSAGE
-        )
-
-    trio.run(run)
-
-
 def main() -> None:
     kind, port = sys.argv[1], int(sys.argv[2])
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     servers = {
         "tornado-echo": tornado_echo,
-        "websockets-echo": websockets_echo,
-        "trio-websocket-echo": trio_websocket_echo,
     }
     with contextlib.suppress(KeyboardInterrupt):
         servers[kind](port)

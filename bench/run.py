@@ -5,7 +5,7 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale), ``--profile`` (sample the
+throughput, setup, echo, ws, http, idle, scale, workers), ``--profile`` (sample the
 hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
@@ -36,6 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import loadgen
+import websocket_echo
 from loadgen import TunnelHolder, Window
 from procs import (
     BENCH,
@@ -45,6 +46,7 @@ from procs import (
     free_port,
 )
 from profile_summary import summarize
+from workers import row_workers
 
 VENV_BIN = BENCH / ".venv" / "bin"
 HIJACK = "hijack"
@@ -122,8 +124,10 @@ TARGETS = [
     Target("tunnel throughput", "direct (no proxy)", 0.5),
     Target("tunnel setup", "pproxy", 1.3),
     Target("hijacked echo", "tornado detach()", 1.5),
-    Target("WebSocket echo", "trio-websocket", 1.2),
-    Target("WebSocket echo", "websockets", 1.2),
+    *(
+        Target(r, peer, ratio, workload=w)
+        for r, peer, ratio, w in websocket_echo.TARGETS
+    ),
     Target("plain HTTP", "hypercorn -k trio", 3.0),
     Target("plain HTTP", "uvicorn --http h11", 1.0),
     Target("idle tunnels", None, bound=10.0, lower_is_better=True),
@@ -352,27 +356,6 @@ def row_echo(b: Bench) -> None:
                   "round trips/s", note, cpu=_per(cpu, rate, window))  # fmt: skip
 
 
-def row_ws(b: Bench) -> None:
-    row = "WebSocket echo"
-    port = free_port()
-    subjects = [
-        (HIJACK, hijack_server("ws", port)),
-        ("websockets", peer_server("websockets-echo", port)),
-        ("trio-websocket", peer_server("trio-websocket-echo", port)),
-    ]
-    for name, argv in b.cfg.rounds * subjects:
-        with b.guard(row, name), b.server(row, name, argv, port) as proc:
-            for size, label in ((64, "64 B"), (MIB, "1 MiB")):
-                window = b.cfg.window()
-                job = _background(loadgen.echo_rate, port, "ws", 32, 4, size, window)
-                cpu = b.observe(proc, f"{row} {label}", window)
-                rate, failures = job()
-                proc.wait_profile()
-                note = f"{failures} failed workers" if failures else ""
-                b.add(row, f"{label} messages, 32 connections", name, rate,
-                      "round trips/s", note, cpu=_per(cpu, rate, window))  # fmt: skip
-
-
 def run_wrk(port: int, seconds: int) -> tuple[float, str]:
     out = subprocess.run(
         ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"],
@@ -481,10 +464,11 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "throughput": row_throughput,
     "setup": row_setup,
     "echo": row_echo,
-    "ws": row_ws,
+    "ws": lambda b: websocket_echo.row_ws(b, _background),  # bench/websocket_echo.py
     "http": row_http,
     "idle": row_idle,
     "scale": row_scale,
+    "workers": row_workers,
 }
 
 
@@ -502,6 +486,8 @@ def verdicts(b: Bench) -> list[str]:
     lines = []
     for t in TARGETS:
         for workload in dict.fromkeys(r.workload for r in b.results if r.row == t.row):
+            if t.workload is not None and workload != t.workload:
+                continue
             mine = hijack_figure(b, t.row, workload)
             if mine is None:
                 continue
@@ -603,8 +589,9 @@ def write_results(b: Bench, started: float, path: Path) -> None:
         "",
         "Peers: direct loopback (no proxy: the ceiling), pproxy, proxy.py "
         "(`--num-acceptors 1 --num-workers 1`), Tornado `detach()` (bench/"
-        "peer_servers.py), `websockets` and trio-websocket (no compression, no "
-        "pings, 4 MiB message limit, like hijack's), hypercorn `-k trio` and "
+        "peer_servers.py), the WebSocket servers of bench/websocket_echo.py "
+        "(`websockets` asyncio and Trio, trio-websocket; its docstring says "
+        "how each is set up), hypercorn `-k trio` and "
         "uvicorn `--http h11 --loop asyncio` on the same ASGI hello world "
         "(bench/asgi_hello.py). hijack runs on plain h11 (the default "
         "dependency, like uvicorn --http h11); 'hijack + h11-mypyc' is the "

@@ -9,7 +9,9 @@ stops at once).
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -20,9 +22,14 @@ import trio
 from . import _team_cli as _team
 from ._address import join_host_port, split_host_port
 from ._config import Limits
+from ._config_file import with_config_file
 from ._exchange import Handler
 from ._message import Request, Response
+from ._process import add_serving_options, run_supervisor, setup_access_log
+from ._proxyproto import ProxyProtocol
+from ._relay import TunnelHook
 from ._server import Server
+from ._supervisor import WORKER_FDS_ENV
 
 __all__ = ["main"]
 
@@ -55,6 +62,17 @@ def _user_pass(text: str) -> tuple[str, str]:
     return user, password
 
 
+def _trusted_sender(text: str) -> str:
+    if text != "unix":
+        try:
+            ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a network (10.0.0.0/8, ::1) or 'unix', got {text!r}"
+            ) from None
+    return text
+
+
 # -- building the handler of each subcommand ----------------------------------
 
 
@@ -73,6 +91,8 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
+        send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=args.on_tunnel,
         **_team.handler_options(args),
     )
 
@@ -85,6 +105,7 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
         compression=None if args.no_compression else "deflate",
         ping_interval=args.ping_interval or None,  # 0 turns keepalive off
         ping_timeout=args.ping_timeout,
+        on_close=args.on_websocket_close,
     )
 
 
@@ -92,7 +113,11 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from .upgrades.tcp import TCPUpgrade
 
     return TCPUpgrade(
-        args.upstream, idle_timeout=args.idle_timeout, **_team.handler_options(args)
+        args.upstream,
+        idle_timeout=args.idle_timeout,
+        send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=args.on_tunnel,
+        **_team.handler_options(args),
     )
 
 
@@ -108,7 +133,10 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
                 "check --targets; the --upstream you name is trusted"
             )
         return WebSocketBridge(
-            args.upstream, idle_timeout=args.idle_timeout, allowed_origins=origins
+            args.upstream,
+            idle_timeout=args.idle_timeout,
+            allowed_origins=origins,
+            send_proxy_protocol=args.send_proxy_protocol,
         )
     try:
         targets = TargetFile(args.targets)
@@ -125,10 +153,15 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         policy=policy,
         idle_timeout=args.idle_timeout,
         allowed_origins=origins,
+        send_proxy_protocol=args.send_proxy_protocol,
     )
 
 
-def demo_handler(port: int) -> Handler:
+def demo_handler(
+    port: int,
+    on_tunnel: TunnelHook | None = None,
+    on_websocket_close: Callable[[Any], None] | None = None,
+) -> Handler:
     """Everything on one port. The CONNECT proxy and the TCP upgrade both
     reach this very server (127.0.0.1:port), so a tunnel works out of the
     box with nothing else running."""
@@ -136,10 +169,11 @@ def demo_handler(port: int) -> Handler:
     from .upgrades.tcp import TCPUpgrade, is_tcp_upgrade
     from .upgrades.websocket import make_echo_handler
 
-    echo = make_echo_handler()
-    tcp = TCPUpgrade(("127.0.0.1", port))
+    echo = make_echo_handler(on_close=on_websocket_close)
+    tcp = TCPUpgrade(("127.0.0.1", port), on_tunnel=on_tunnel)
     proxy = ConnectProxy(
-        ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",))
+        ConnectPolicy(allowed_ports=frozenset({port}), allow=("127.0.0.1",)),
+        on_tunnel=on_tunnel,
     )
 
     async def demo(request: Request) -> Response | None:
@@ -158,7 +192,7 @@ def demo_handler(port: int) -> Handler:
 def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
     if port is None:
         raise SystemExit("hijack demo: needs --listen (it tunnels to itself)")
-    return demo_handler(port)
+    return demo_handler(port, args.on_tunnel, args.on_websocket_close)
 
 
 # -- running ------------------------------------------------------------------
@@ -167,51 +201,78 @@ def _demo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 async def _serve(
     args: argparse.Namespace,
     make_handler: Callable[[argparse.Namespace, int | None], Handler],
+    reparse: Callable[[], argparse.Namespace],
 ) -> None:
-    async with trio.open_nursery() as nursery:
-        if args.unix:
-            server = Server(make_handler(args, None), limits=Limits())
-            await nursery.start(server.serve_unix, args.unix)
-            where = f"unix:{args.unix}"
-        else:
-            host, port = args.listen
-            listeners = await trio.open_tcp_listeners(port, host=host)
-            bound = listeners[0].socket.getsockname()
-            server = Server(make_handler(args, bound[1]))
-            await nursery.start(server.serve_listeners, listeners)
-            where = f"http://{join_host_port(*bound[:2])}"
-        reload_scope = trio.CancelScope()
-        users = getattr(args, "reloadable_users", None)
-        if users is not None:
-            await nursery.start(_team.reload_on_sighup, users, reload_scope)
-        print(f"hijack {args.command} listening on {where}", flush=True)
-        if args.command == "demo":
-            print(
-                f"try: curl {where}/hello\n"
-                f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
-                f"     open {where}/ in a browser (WebSocket echo)",
-                flush=True,
+    from . import _process
+    from ._metrics import Health, Metrics, count_proxy_protocol_rejection
+
+    worker = WORKER_FDS_ENV in os.environ
+    proxy = (
+        ProxyProtocol(args.proxy_protocol, on_reject=count_proxy_protocol_rejection)
+        if args.proxy_protocol
+        else None
+    )
+    ssl_context = _process.tls_context(args)
+    health = Health()
+    metrics = Metrics().install() if args.metrics is not None else None
+    if metrics is not None:
+        args.on_tunnel = metrics.on_tunnel
+        args.on_websocket_close = metrics.on_websocket_close
+    with _process.open_signals() as signals:
+        async with trio.open_nursery() as nursery:
+            fds = _process.inherited_fds()
+            opened = await _process.open_listeners(
+                args, fds, tls=ssl_context is not None
             )
-        await _wait_for_signal_then_shutdown(server, nursery)
-        reload_scope.cancel()
+            server = Server(
+                make_handler(args, opened.port),
+                limits=Limits(shutdown_grace=args.shutdown_grace),
+                on_state=() if metrics is None else metrics.on_state,
+                on_request=() if metrics is None else metrics.on_request,
+            )
+            await nursery.start(
+                _call(
+                    server.serve_listeners,
+                    opened.listeners,
+                    ssl_context=ssl_context,
+                    proxy_protocol=proxy,
+                )
+            )
+            metrics_server = None
+            if worker:
+                nursery.start_soon(_process.watch_lifeline)
+            if metrics is not None:
+                nursery.start_soon(metrics.sample_forever, server)
+                if not worker:
+                    metrics_server = await _process.serve_metrics(
+                        nursery, args.metrics, health, metrics
+                    )
 
+            def reload() -> None:
+                new = reparse()
+                new.on_tunnel = args.on_tunnel
+                new.on_websocket_close = args.on_websocket_close
+                server.handler = make_handler(new, opened.port)
+                if ssl_context is not None and new.tls_cert and new.tls_key:
+                    ssl_context.load_cert_chain(new.tls_cert, new.tls_key)
 
-async def _wait_for_signal_then_shutdown(server: Server, nursery: trio.Nursery) -> None:
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            break
-        print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
-        async with trio.open_nursery() as inner:
-
-            async def second_signal() -> None:
-                async for _ in signals:
-                    nursery.cancel_scope.cancel()
-                    inner.cancel_scope.cancel()
-                    return
-
-            inner.start_soon(second_signal)
-            await server.shutdown()
-            inner.cancel_scope.cancel()
+            where = opened.where
+            _process.ready(health)
+            if not worker:
+                print(f"hijack {args.command} listening on {where}", flush=True)
+            if args.command == "demo" and not worker:
+                print(
+                    f"try: curl {where}/hello\n"
+                    f"     curl -p -x {where} {where}/hello   (CONNECT tunnel)\n"
+                    f"     open {where}/ in a browser (WebSocket echo)",
+                    flush=True,
+                )
+            await _process.serve_signals(
+                signals, server, nursery, health=health, reload=reload
+            )
+            if metrics_server is not None:
+                await metrics_server.shutdown(grace=0)
+            nursery.cancel_scope.cancel()  # the metrics sampler
 
 
 async def _forward(args: argparse.Namespace) -> None:
@@ -286,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="listen on a UNIX socket at PATH instead (mode 0660)",
     )
+    listen.add_argument(
+        "--proxy-protocol",
+        type=_trusted_sender,
+        action="append",
+        default=[],
+        metavar="NET",
+        help="connections from NET (a balancer: 10.0.0.0/8, ::1, or 'unix' for "
+        "every UNIX socket peer) must begin with a PROXY protocol v1/v2 header "
+        "naming the client; others are served as they are (repeatable)",
+    )
+    add_serving_options(listen)
     idle = argparse.ArgumentParser(add_help=False)
     idle.add_argument(
         "--idle-timeout",
@@ -293,6 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=300.0,
         metavar="SECONDS",
         help="close a tunnel with no byte either way for this long (default: 300)",
+    )
+    idle.add_argument(
+        "--send-proxy-protocol",
+        type=int,
+        choices=[1, 2],
+        metavar="1|2",
+        help="begin every upstream connection with a PROXY protocol header of "
+        "this version naming the client (for HAProxy accept-proxy, nginx "
+        "proxy_protocol)",
     )
 
     chaining, team = _team.chaining_parser(), _team.team_parser()
@@ -525,7 +606,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+
+    def reparse() -> argparse.Namespace:
+        return parser.parse_args(with_config_file(parser, argv))
+
+    args = reparse()
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
@@ -549,5 +635,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
             return 1
         return 0
-    trio.run(_serve, args, args.run)
+    setup_access_log(args.access_log_format)
+    if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
+        run_supervisor(args, argv)
+        return 0
+    trio.run(_serve, args, args.run, reparse)
     return 0

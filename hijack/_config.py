@@ -26,6 +26,13 @@ class Limits:
       server stops accepting while at the limit (the kernel backlog queues).
     shutdown_grace: how long a graceful shutdown lets in-flight requests and
       hijacked connections finish before cancelling them.
+    tcp_keepalive_idle / tcp_keepalive_interval / tcp_keepalive_count: TCP
+      keepalive on accepted sockets (and on those the shipped upgrades dial
+      for them): first probe after ``idle`` seconds without traffic, then
+      every ``interval`` seconds; the connection is dropped after ``count``
+      unanswered probes. ``idle=None`` leaves keepalive off. The default
+      notices a vanished peer within 60 s and keeps NAT state warm (see
+      ``hijack/_keepalive.py``).
     """
 
     head_timeout: float | None = 10.0
@@ -38,3 +45,6 @@ class Limits:
     max_body_size: int = 16 * 1024 * 1024
     max_connections: int = 10_000
     shutdown_grace: float = 10.0
+    tcp_keepalive_idle: float | None = 30.0
+    tcp_keepalive_interval: float = 10.0
+    tcp_keepalive_count: int = 3

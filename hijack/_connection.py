@@ -22,9 +22,12 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
+
+if TYPE_CHECKING:  # _proxyproto uses find_socket from here
+    from ._proxyproto import ProxyHeader
 
 logger = logging.getLogger("hijack")
 
@@ -119,7 +122,11 @@ class Connection:
         sockets ``local_address`` is the listening socket's path and
         ``remote_address`` the address the peer bound, which for a client
         socket is almost always unnamed: ``""`` (identify UNIX peers by
-        ``peer_credentials`` instead).
+        ``peer_credentials`` instead). Behind a PROXY protocol header,
+        ``remote_address`` is the client the balancer saw.
+      peer_address: the socket's own peer (the balancer, behind one).
+      proxy_header: the :class:`ProxyHeader` the connection began with, or
+        None (see :class:`ProxyProtocol`).
       peer_credentials: pid/uid/gid of the peer on UNIX sockets, else None.
       socket: the underlying socket (for getsockopt), None for memory streams.
       context: a dict for per-connection data (Go's ConnContext), filled by the
@@ -140,7 +147,9 @@ class Connection:
         "context",
         "id",
         "local_address",
+        "peer_address",
         "peer_credentials",
+        "proxy_header",
         "remote_address",
         "socket",
         "stream",
@@ -154,23 +163,31 @@ class Connection:
         local_path: str | None = None,
         on_close: Callable[[Connection], None] | None = None,
         shutdown_requested: trio.Event | None = None,
+        proxy_header: ProxyHeader | None = None,
     ) -> None:
         self.id = id
         self.stream = stream
         self.socket = find_socket(stream)
         self.context: dict[str, Any] = {}
         self.local_address: Any = local_path
-        self.remote_address: Any = None
+        self.peer_address: Any = None
+        self.proxy_header = proxy_header
         self.peer_credentials: PeerCredentials | None = None
         sock = self.socket
         if sock is not None:
             try:
-                self.remote_address = sock.getpeername()
+                self.peer_address = sock.getpeername()
                 if local_path is None:
                     self.local_address = sock.getsockname()
             except OSError:
                 pass
             self.peer_credentials = read_peer_credentials(sock)
+        # Set before the NEW hook runs: hooks judge the balancer's client.
+        self.remote_address: Any = (
+            proxy_header.source
+            if proxy_header is not None and proxy_header.source is not None
+            else self.peer_address
+        )
         self._fake_tls: TLSInfo | None = None
         # hijack.testing's in-memory streams carry the identity a test gives
         # the connection (no socket to read it from): testing._Identity.

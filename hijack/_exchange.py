@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import h11
 
+from ._access_log import make_record
 from ._connection import Connection
 from ._errors import ClientDisconnected, HijackError, UsageError
 from ._hijack import Hijacked
@@ -58,6 +59,8 @@ class Exchange:
         "_live",
         "_method",
         "_response_started",
+        "_sent_body",
+        "_status",
         "_target",
         "_version",
         "hijacked",
@@ -79,6 +82,8 @@ class Exchange:
         self._body_done = False
         self._body_bytes = 0
         self._body_deadline = body_deadline
+        self._status: int | None = None
+        self._sent_body = 0
         self.must_close = must_close
         self.hijacked: Hijacked | None = None
         self._connection = connection
@@ -186,6 +191,7 @@ class Exchange:
             parts = [head]
             if body and not head_only:
                 parts.append(driver.encode(h11.Data(data=body)))
+                self._sent_body = len(body)
             parts.append(driver.encode(h11.EndOfMessage()))
             await driver.write(b"".join(parts))
             return
@@ -196,6 +202,7 @@ class Exchange:
             async for chunk in body:
                 if chunk and not head_only:
                     await driver.send(h11.Data(data=chunk))
+                    self._sent_body += len(chunk)
         finally:
             aclose = getattr(body, "aclose", None)
             if aclose is not None:
@@ -229,6 +236,7 @@ class Exchange:
             raise UsageError(f"cannot send {response!r}: {exc}") from None
         head = self._driver.encode(event)
         self._response_started = True
+        self._status = response.status
         return head
 
     # -- called through the Request: the public API's boundary -------------
@@ -255,6 +263,7 @@ class Exchange:
             raise UsageError("call start_response() before send_data()")
         if data:
             await self._driver.send(h11.Data(data=data))
+            self._sent_body += len(data)
 
     async def read_body_chunk(self) -> bytes:
         self._check_live("read the request body")
@@ -305,8 +314,26 @@ class Exchange:
             if response.status == 101:
                 self._check_upgrade_requested()
             await self._driver.write(hijack_head(response))
+            self._status = response.status
         self.hijacked = self._driver.hand_over()
+        if self._driver.server.reporting:
+            self.report()
         return self.hijacked
+
+    def report(self) -> None:
+        """The exchange is over (answered, or handed over): give its record
+        to the access log and the server's ``on_request`` hooks."""
+        driver = self._driver
+        head = (self._method, self._target, self._version, self._headers)
+        driver.server.report(
+            make_record(
+                self._connection,
+                head,
+                self._status,
+                self._sent_body,
+                driver.head_started,
+            )
+        )
 
     def _check_upgrade_requested(self) -> None:
         """RFC 9110 7.8 / 15.2.2: a server sends 101 only to a request that

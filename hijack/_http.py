@@ -13,11 +13,13 @@ a client that sends without reading cannot grow our buffers (backpressure).
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 import h11
 import trio
 
+from ._access_log import AccessRecord, make_record
 from ._closing import aclose_gracefully
 from ._config import Limits
 from ._connection import Connection, ConnState
@@ -31,6 +33,10 @@ from ._response_head import response_headers
 __all__ = ["HTTPConnection", "Handler"]
 
 RECEIVE_SIZE = 65536
+# At shutdown, how long a connection accepted but silent may take to send
+# its first request (Go waits 5 s for StateNew; a balancer's connection
+# sends at once, so 1 s is plenty and keeps shutdown quick).
+NEW_CONNECTION_SHUTDOWN_WAIT = 1.0
 # Lingering close after an error answer: at most this long, this many bytes.
 LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
@@ -47,6 +53,11 @@ class ServerSide(Protocol):
     @property
     def shutting_down(self) -> bool: ...
 
+    @property
+    def reporting(self) -> bool: ...
+
+    def report(self, record: AccessRecord) -> None: ...
+
 
 class HTTPConnection:
     """Serves HTTP on one stream until it closes or is hijacked.
@@ -57,9 +68,11 @@ class HTTPConnection:
 
     __slots__ = (
         "_h11",
+        "_idle_is_new",
         "_idle_scope",
         "broken",
         "connection",
+        "head_started",
         "linger",
         "server",
         "stream",
@@ -73,6 +86,9 @@ class HTTPConnection:
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
         self._idle_scope: trio.CancelScope | None = None
+        self._idle_is_new = False
+        #: (trio clock, wall clock) at the first byte of the current head.
+        self.head_started = (0.0, 0.0)
         #: Half-close and drain before closing (after an early error answer).
         self.linger = False
         #: A write or read failed: the client is gone.
@@ -92,8 +108,14 @@ class HTTPConnection:
     def request_shutdown(self) -> None:
         """Graceful shutdown: end the keep-alive wait now; a request in
         flight finishes (its response says ``Connection: close``)."""
-        if self._idle_scope is not None:
-            self._idle_scope.cancel()
+        scope = self._idle_scope
+        if scope is not None:
+            if self._idle_is_new:
+                scope.deadline = min(
+                    scope.deadline, trio.current_time() + NEW_CONNECTION_SHUTDOWN_WAIT
+                )
+            else:
+                scope.cancel()
 
     # -- the connection loop -------------------------------------------------
 
@@ -110,7 +132,11 @@ class HTTPConnection:
                 if exchange is None:
                     return
                 first = False
-                await exchange.run(self.server.handler)
+                try:
+                    await exchange.run(self.server.handler)
+                finally:
+                    if exchange.hijacked is None and self.server.reporting:
+                        exchange.report()
                 if exchange.hijacked is not None:
                     return
                 if not await exchange.keep_alive():
@@ -156,12 +182,18 @@ class HTTPConnection:
         # keep-alive requests it starts at the first byte of the next one.
         deadline = now + _or_inf(limits.head_timeout) if first else None
         if not conn.trailing_data[0]:
-            # Idle: between requests, or a new connection. Shutdown ends it.
-            if self.server.shutting_down:
+            # Idle between requests: shutdown ends it. A new connection gets
+            # a moment to send its first request (Go's StateNew rule): it
+            # was accepted from the queue a moment ago, and closing it
+            # unanswered would refuse a client during a rolling restart.
+            if self.server.shutting_down and not first:
                 return None
             wait_until = deadline or now + _or_inf(limits.idle_timeout)
+            if first and self.server.shutting_down:
+                wait_until = min(wait_until, now + NEW_CONNECTION_SHUTDOWN_WAIT)
             with trio.CancelScope(deadline=wait_until) as scope:
                 self._idle_scope = scope
+                self._idle_is_new = first
                 try:
                     await self._receive()
                 finally:
@@ -169,6 +201,7 @@ class HTTPConnection:
             if scope.cancelled_caught or not conn.trailing_data[0]:
                 return None
         self.connection._set_state(ConnState.ACTIVE)
+        self.head_started = (trio.current_time(), time.time())
         if deadline is None:
             deadline = trio.current_time() + _or_inf(limits.head_timeout)
         try:
@@ -217,6 +250,17 @@ class HTTPConnection:
             await self.write(data + self.encode(h11.EndOfMessage()))
         except (ClientDisconnected, UsageError):
             return
+        finally:
+            if self.server.reporting:
+                self.server.report(
+                    make_record(
+                        self.connection,
+                        None,
+                        status,
+                        len(response.body),
+                        self.head_started,
+                    )
+                )
         self.linger = True
 
     def start_next_cycle(self) -> bool:

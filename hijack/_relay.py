@@ -22,7 +22,7 @@ from ._closing import aclose_gracefully
 from ._replay import ReplayStream
 from ._throttle import Throttle
 
-__all__ = ["RelayStats", "relay"]
+__all__ = ["RelayStats", "TunnelHook", "relay"]
 
 #: Large reads: per-chunk overhead (a trip through the scheduler, a bytes
 #: object) dominates a copy loop, so read as much as the kernel has.
@@ -36,6 +36,11 @@ class RelayStats:
     a_to_b: int = 0
     b_to_a: int = 0
     timed_out: bool = False
+
+
+#: ``on_tunnel(outcome, destination_port, stats)``: called by the upgrades
+#: that relay (CONNECT, Upgrade: tcp) once per tunnel, when it ends.
+TunnelHook = Callable[[str, int | None, RelayStats], None]
 
 
 async def relay(

@@ -25,11 +25,16 @@ from typing import Any
 
 import trio
 
+from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._exchange import Handler
 from ._http import HTTPConnection
+from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
+from ._metrics import count_accept_error
+from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
+from ._reuse_port import open_tcp_listeners_reuse_port
 from ._tls import handshake, wrap_server_side
 
 __all__ = ["Server"]
@@ -53,7 +58,10 @@ class Server:
     transition, in order (Go's ``Server.ConnState``). ``on_connect(connection)``
     runs when a connection opens, before any byte is read, to fill
     ``connection.context`` (Go's ``ConnContext``); if it raises, the
-    connection is closed.
+    connection is closed. ``on_request(record)`` hooks get an
+    :class:`~hijack.AccessRecord` when each HTTP exchange ends (the same
+    record the ``hijack.access`` logger writes; ``access_log=False`` keeps
+    this server off that logger, e.g. for a health-check listener).
 
     Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
     given. With an ``ssl_context``, the server installs its own
@@ -68,6 +76,8 @@ class Server:
         limits: Limits | None = None,
         on_state: StateHook | Sequence[StateHook] = (),
         on_connect: ConnectHook | None = None,
+        on_request: RequestHook | Sequence[RequestHook] = (),
+        access_log: bool = True,
     ) -> None:
         self.handler = handler
         self.limits = limits or Limits()
@@ -75,6 +85,10 @@ class Server:
             (on_state,) if callable(on_state) else tuple(on_state)
         )
         self._on_connect = on_connect
+        self._request_hooks: tuple[RequestHook, ...] = (
+            (on_request,) if callable(on_request) else tuple(on_request)
+        )
+        self._access_log = access_log
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
         self._capacity = trio.Semaphore(self.limits.max_connections)
@@ -114,6 +128,22 @@ class Server:
         (detached ones included)."""
         return sum(1 for c in self._connections.values() if c.hijacked_open)
 
+    @property
+    def reporting(self) -> bool:
+        """Whether anyone wants exchange records (so none is built in vain)."""
+        return bool(self._request_hooks) or (
+            self._access_log and access_logger.isEnabledFor(logging.INFO)
+        )
+
+    def report(self, record: AccessRecord) -> None:
+        if self._access_log:
+            log_access(record)
+        for hook in self._request_hooks:
+            try:
+                hook(record)
+            except Exception:
+                logger.exception("on_request hook %r failed", hook)
+
     # -- serving -------------------------------------------------------------
 
     async def serve_tcp(
@@ -123,16 +153,30 @@ class Server:
         *,
         ssl_context: ssl.SSLContext | None = None,
         backlog: int = 4096,
+        proxy_protocol: ProxyProtocol | None = None,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[
             list[trio.SocketListener]
         ] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on TCP (``host=None`` or ``""``: every interface, IPv4 and
         IPv6). ``task_status.started()`` gets the listeners: read the bound
-        port from ``listeners[0].socket.getsockname()``."""
-        listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
+        port from ``listeners[0].socket.getsockname()``. ``proxy_protocol``:
+        see :meth:`serve_listeners`.
+
+        ``reuse_port``: set ``SO_REUSEPORT`` so several processes (each with
+        its own Server) serve one fixed port; the kernel spreads connections.
+        Inherited sockets (systemd, a supervisor) go to
+        :meth:`serve_listeners` through :func:`hijack.listeners_from_fds`."""
+        if reuse_port:
+            listeners = await open_tcp_listeners_reuse_port(port, host, backlog=backlog)
+        else:
+            listeners = await trio.open_tcp_listeners(port, host=host, backlog=backlog)
         await self.serve_listeners(
-            listeners, ssl_context=ssl_context, task_status=task_status
+            listeners,
+            ssl_context=ssl_context,
+            proxy_protocol=proxy_protocol,
+            task_status=task_status,
         )
 
     async def serve_unix(
@@ -141,6 +185,7 @@ class Server:
         *,
         mode: int = 0o660,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_protocol: ProxyProtocol | None = None,
         task_status: trio.TaskStatus[
             list[UnixSocketListener]
         ] = trio.TASK_STATUS_IGNORED,
@@ -149,7 +194,10 @@ class Server:
         :func:`open_unix_listener`); the file is removed at shutdown."""
         listener = await open_unix_listener(path, mode=mode)
         await self.serve_listeners(
-            [listener], ssl_context=ssl_context, task_status=task_status
+            [listener],
+            ssl_context=ssl_context,
+            proxy_protocol=proxy_protocol,
+            task_status=task_status,
         )
 
     async def serve_listeners(
@@ -157,9 +205,14 @@ class Server:
         listeners: Iterable[trio.abc.Listener[Any]],
         *,
         ssl_context: ssl.SSLContext | None = None,
+        proxy_protocol: ProxyProtocol | None = None,
         task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Serve on any trio Listeners until :meth:`shutdown` finishes.
+
+        ``proxy_protocol``: a :class:`ProxyProtocol` naming the trusted
+        balancers; their connections must begin with a PROXY protocol header
+        (read at accept, before TLS), which sets ``remote_address``.
 
         Resource handling: the listeners are closed on return, and every
         connection stream too (hijacked ones when their owner closes them, or
@@ -174,7 +227,11 @@ class Server:
                 async with trio.open_nursery() as accept_nursery:
                     for listener in listeners:
                         accept_nursery.start_soon(
-                            self._accept_loop, listener, connection_nursery, ssl_context
+                            self._accept_loop,
+                            listener,
+                            connection_nursery,
+                            ssl_context,
+                            proxy_protocol,
                         )
                     task_status.started(listeners)
                     await self._shutdown_started.wait()
@@ -199,9 +256,10 @@ class Server:
 
     async def shutdown(self, grace: float | None = None) -> None:
         """Graceful shutdown, Go's ``Server.Shutdown`` plus hijacked
-        connections: stop accepting and close the listeners; close idle and
-        brand-new connections now; let in-flight requests finish (their
-        response says ``Connection: close``); set ``shutdown_requested``, the
+        connections: stop accepting and close the listeners; close idle
+        connections now (one accepted but still silent gets 1 s to send its
+        first request, Go's ``StateNew`` rule); let in-flight requests finish
+        (their response says ``Connection: close``); set ``shutdown_requested``, the
         one event every connection shares, so owners of hijacked streams can
         say goodbye in their protocol; after ``grace`` seconds (default
         ``limits.shutdown_grace``) cancel the handlers still running and
@@ -230,6 +288,7 @@ class Server:
         listener: trio.abc.Listener[Any],
         nursery: trio.Nursery,
         ssl_context: ssl.SSLContext | None,
+        proxy_protocol: ProxyProtocol | None,
     ) -> None:
         local_path = listener.path if isinstance(listener, UnixSocketListener) else None
         failing = False  # log a capacity episode once, not every 0.1 s
@@ -239,6 +298,7 @@ class Server:
                 stream = await listener.accept()
             except OSError as exc:
                 self._capacity.release()
+                count_accept_error()
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     logger.log(
                         logging.DEBUG if failing else logging.ERROR,
@@ -256,20 +316,38 @@ class Server:
             if failing:
                 logger.warning("accept works again")
                 failing = False
-            nursery.start_soon(self._serve_connection, stream, local_path, ssl_context)
+            nursery.start_soon(
+                self._serve_connection, stream, local_path, ssl_context, proxy_protocol
+            )
 
     async def _serve_connection(
         self,
         stream: trio.abc.Stream,
         local_path: str | None,
         ssl_context: ssl.SSLContext | None,
+        proxy_protocol: ProxyProtocol | None = None,
     ) -> None:
+        set_tcp_keepalive(stream, self.limits)
+        proxy_header = None
+        if proxy_protocol is not None:
+            # Before the Connection exists: its hooks must see the client.
+            try:
+                proxy_header = await proxy_protocol.read_header(stream)
+            except BaseException as exc:  # refused, or cancelled at shutdown
+                self._capacity.release()
+                await trio.aclose_forcefully(stream)
+                if isinstance(exc, ProxyProtocolError):
+                    return
+                raise
         if ssl_context is not None:
             stream = wrap_server_side(stream, ssl_context)
-        await self._drive(self._new_connection(stream, local_path))
+        await self._drive(self._new_connection(stream, local_path, proxy_header))
 
     def _new_connection(
-        self, stream: trio.abc.Stream, local_path: str | None = None
+        self,
+        stream: trio.abc.Stream,
+        local_path: str | None = None,
+        proxy_header: ProxyHeader | None = None,
     ) -> Connection:
         """A Connection of this server for ``stream``: its id, hooks, the
         one shutdown event, and the registry's close callback. Its identity
@@ -282,6 +360,7 @@ class Server:
             local_path,
             self._forget,
             self._shutdown_started,
+            proxy_header=proxy_header,
         )
 
     async def _drive(self, connection: Connection) -> None:

@@ -1,18 +1,16 @@
 """The ``hijack`` command's options for a proxy shared by a team: users,
 parent proxies and limits (``--users``, ``--upstream-proxy``, ``--direct``,
-``--max-tunnels-per-*``, ``--*-bandwidth``), the SIGHUP reload of the users
-file and ``hijack hash-password``. Kept apart from ``_cli`` so the command's
+``--max-tunnels-per-*``, ``--*-bandwidth``), how they survive a SIGHUP reload,
+and ``hijack hash-password``. Kept apart from ``_cli`` so the command's
 core stays readable; ``_cli`` adds these parsers as parents."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
+from pathlib import Path
 from typing import Any
-
-import trio
 
 __all__ = [
     "add_hash_password",
@@ -21,7 +19,6 @@ __all__ = [
     "handler_options",
     "hash_password_command",
     "parent_proxy",
-    "reload_on_sighup",
     "team_parser",
 ]
 
@@ -50,46 +47,54 @@ def parent_proxy(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+#: One Users and one TunnelLimits per process, kept across SIGHUP reloads:
+#: the command rebuilds its handler from the re-read options, and the open
+#: tunnels must stay counted (and their user's buckets shared) by the limits
+#: the new handler uses.
+_LIVE: dict[str, Any] = {}
+
+
 def handler_options(args: argparse.Namespace) -> dict[str, Any]:
-    """users, routes and limits for the proxy and tcp handlers (issue: a
-    proxy for a team); the Users object is also kept for SIGHUP reloads."""
+    """users, routes and limits for the proxy and tcp handlers. Called again
+    on every reload (SIGHUP): the users file is re-read into the same
+    ``Users`` (a broken file fails the reload, the running rules stay, and
+    the reason is logged), the limits object is kept and takes the new
+    bounds."""
     from .upgrades.limits import TunnelLimits
     from .upgrades.parent_proxy import Routes
     from .upgrades.users import Users, UsersFileError
 
     options: dict[str, Any] = {}
     if args.users:
-        try:
-            options["users"] = Users(args.users)
-        except UsersFileError as exc:
-            raise SystemExit(f"hijack {args.command}: {exc}") from None
-        args.reloadable_users = options["users"]
+        path = Path(args.users).resolve()
+        users = _LIVE.get("users")
+        if users is None or users.path != path:
+            try:
+                users = Users(path)
+            except UsersFileError as exc:
+                raise SystemExit(f"hijack {args.command}: {exc}") from None
+        elif not users.reload():
+            raise SystemExit(f"hijack {args.command}: users file {path} not reloaded")
+        options["users"] = _LIVE["users"] = users
     if args.upstream_proxy or args.direct:
         options["routes"] = Routes(args.upstream_proxy, direct=args.direct)
         logging.getLogger("hijack.parent").info("routes: %r", options["routes"])
-    limits = {
+    bounds = {
         "per_client": args.max_tunnels_per_client,
         "per_user": args.max_tunnels_per_user,
         "tunnel_bandwidth": args.tunnel_bandwidth,
         "user_bandwidth": args.user_bandwidth,
     }
-    if any(v is not None for v in limits.values()) or args.users:
-        options["limits"] = TunnelLimits(**limits)
+    if any(v is not None for v in bounds.values()) or args.users:
+        limits = _LIVE.get("limits")
+        if limits is None:
+            limits = _LIVE["limits"] = TunnelLimits(**bounds)
+        else:
+            TunnelLimits(**bounds)  # the new values are checked first
+            for name, value in bounds.items():
+                setattr(limits, name, value)
+        options["limits"] = limits
     return options
-
-
-async def reload_on_sighup(
-    users: Any,
-    scope: trio.CancelScope,
-    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """SIGHUP: read the users file again. Open tunnels are not touched; a
-    broken file keeps the old users (``Users.reload`` logs why). Started
-    before the "listening" line, so a SIGHUP after it is never fatal."""
-    with scope, trio.open_signal_receiver(signal.SIGHUP) as signals:
-        task_status.started()
-        async for _ in signals:
-            users.reload()
 
 
 def chaining_parser() -> argparse.ArgumentParser:

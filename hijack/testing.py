@@ -96,6 +96,7 @@ class _Identity:
 
     def apply(self, connection: Connection) -> None:
         connection.remote_address = self.peer.remote_address
+        connection.peer_address = self.peer.remote_address  # no balancer here
         connection.local_address = self.peer.local_address
         connection.peer_credentials = self.peer.peer_credentials
         connection._fake_tls = self.peer.tls
@@ -608,15 +609,32 @@ async def _websocket_handshake(
         request.headers[name] = value
     protocol.send_request(request)
     await conn.stream.send_all(b"".join(protocol.data_to_send()))
-    answer: WSResponse | None = None
-    while answer is None:
+    buffer = b""
+    while (end := buffer.find(b"\r\n\r\n")) < 0:
         data = await conn.stream.receive_some(RECEIVE_SIZE)
         if not data:
             raise trio.BrokenResourceError("the server closed during the handshake")
-        protocol.receive_data(bytes(data))
-        for event in protocol.events_received():
-            if isinstance(event, WSResponse):
-                answer = event
+        buffer += data
+    # The head goes in alone: frames that came in the same read as a 101 must
+    # not be drained with the handshake's events; fed after it, they are the
+    # WebSocket's first events.
+    head, rest = buffer[: end + 4], buffer[end + 4 :]
+    protocol.receive_data(head)
+    events = protocol.events_received()
+    while not events:  # a refusal: its body follows the head
+        if rest:
+            protocol.receive_data(rest)
+            rest = b""
+        elif data := await conn.stream.receive_some(RECEIVE_SIZE):
+            protocol.receive_data(bytes(data))
+        else:
+            protocol.receive_eof()
+            if not (events := protocol.events_received()):
+                raise trio.BrokenResourceError("the server closed mid-answer")
+            break
+        events = protocol.events_received()
+    answer = events[0]
+    assert isinstance(answer, WSResponse)
     response = TestResponse(
         status=answer.status_code,
         reason=answer.reason_phrase,
@@ -632,4 +650,5 @@ async def _websocket_handshake(
         raise UpgradeRefusedError(response)
     if protocol.handshake_exc is not None:
         raise protocol.handshake_exc
+    protocol.receive_data(rest)
     return TestWebSocket(conn, protocol, response, max_size)

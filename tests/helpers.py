@@ -24,6 +24,7 @@ __all__ = [
     "all_closed",
     "ask",
     "capture_log",
+    "connect_from",
     "exchange",
     "parse_responses",
     "read_exactly",
@@ -212,6 +213,20 @@ def reset(stream: trio.SocketStream) -> None:
         socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
     )
     stream.socket.close()
+
+
+async def connect_from(source_host: str, host: str, port: int) -> trio.SocketStream:
+    """A TCP stream to ``host:port`` from ``source_host`` (any 127.0.0.0/8
+    address works on Linux loopback): tells a client apart from a proxy."""
+    family = trio.socket.AF_INET6 if ":" in host else trio.socket.AF_INET
+    sock = trio.socket.socket(family)
+    try:
+        await sock.bind((source_host, 0))
+        await sock.connect((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return trio.SocketStream(sock)
 
 
 async def start_upstream(nursery: trio.Nursery, handler: UpstreamHandler) -> int:

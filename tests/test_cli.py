@@ -48,6 +48,8 @@ def test_parse_host_port_rejects(text: str) -> None:
                 "--deny",
                 "--allow-private",
                 "--auth",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
             ],
         ),
         (
@@ -59,15 +61,33 @@ def test_parse_host_port_rejects(text: str) -> None:
                 "--no-compression",
                 "--ping-interval",
                 "--ping-timeout",
+                "--proxy-protocol",
             ],
         ),
-        ("tcp", ["--listen", "--unix", "--upstream"]),
+        (
+            "tcp",
+            [
+                "--listen",
+                "--unix",
+                "--upstream",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
+            ],
+        ),
         (
             "wsbridge",
-            ["--listen", "--unix", "--upstream", "--targets", "--allow-origin"],
+            [
+                "--listen",
+                "--unix",
+                "--upstream",
+                "--targets",
+                "--allow-origin",
+                "--proxy-protocol",
+                "--send-proxy-protocol",
+            ],
         ),
         ("forward", ["--listen", "--via", "--target", "--mode"]),
-        ("demo", ["--listen", "--unix"]),
+        ("demo", ["--listen", "--unix", "--proxy-protocol"]),
     ],
 )
 def test_help_explains_every_flag(command: str, flags: list[str]) -> None:

@@ -8,6 +8,7 @@ import trio
 import trio.testing
 
 from hijack import Limits, Request, Response, Server
+from hijack._http import NEW_CONNECTION_SHUTDOWN_WAIT
 from hijack.testing import MemoryListener
 
 from .helpers import read_until, read_until_closed
@@ -46,8 +47,11 @@ async def test_shutdown_closes_idle_and_finishes_in_flight(
     nursery.start_soon(shut)
     await trio.testing.wait_all_tasks_blocked()
     assert listener.closed
-    assert await read_until_closed(fresh) == b""
     assert await read_until_closed(idle) == b""
+    # A new connection that never sent a byte gets NEW_CONNECTION_SHUTDOWN_WAIT.
+    assert await read_until_closed(fresh) == b""
+    assert trio.current_time() == NEW_CONNECTION_SHUTDOWN_WAIT
+    await trio.testing.wait_all_tasks_blocked()
     assert server.open_http_connections == 1
     await trio.sleep(5)
     release.set()
@@ -56,7 +60,7 @@ async def test_shutdown_closes_idle_and_finishes_in_flight(
     assert b"connection: close" in data
     assert data.endswith(b"done")
     await trio.testing.wait_all_tasks_blocked()
-    assert stopped_at == [5.0]
+    assert stopped_at == [NEW_CONNECTION_SHUTDOWN_WAIT + 5.0]
     for stream in (fresh, idle, busy):
         await stream.aclose()
 
@@ -122,3 +126,28 @@ async def test_detached_hijacked_stream_is_closed_after_grace(
     assert server.open_hijacked_connections == 0
     assert await read_until_closed(client) == b""
     await client.aclose()
+
+
+async def test_a_new_connection_may_send_its_request_after_shutdown_started(
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A rolling restart retires a worker that has just accepted a
+    connection: the client's request, sent a moment later, is answered."""
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=b"done")
+
+    server = Server(handler, limits=Limits(shutdown_grace=60))
+    listener = MemoryListener()
+    nursery.start_soon(server.serve_listeners, [listener])
+    await trio.testing.wait_all_tasks_blocked()
+    fresh = await listener.connect()
+    await trio.testing.wait_all_tasks_blocked()
+    nursery.start_soon(server.shutdown)
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(NEW_CONNECTION_SHUTDOWN_WAIT / 2)
+    await fresh.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await read_until_closed(fresh)
+    assert data.startswith(b"HTTP/1.1 200 ")
+    assert b"connection: close" in data
+    await fresh.aclose()

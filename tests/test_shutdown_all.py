@@ -10,15 +10,13 @@ from pathlib import Path
 
 import trio
 import trio.testing
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection
-from wsproto.events import Request as WSRequest
 
 from hijack import Limits, Request, Response, Server
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 from hijack.upgrades.websocket import make_echo_handler
 
 from .helpers import read_until, read_until_closed
+from .wsclient import Client, CloseConnection, upgrade_request
 
 GRACE = 30.0
 
@@ -65,10 +63,10 @@ async def test_shutdown_with_everything_open(
     assert (await read_until(tunnel, b"ping")).startswith(b"HTTP/1.1 200 ")
 
     websocket = await trio.open_unix_socket(path)
-    client = WSConnection(ConnectionType.CLIENT)
-    await websocket.send_all(client.send(WSRequest(host="x", target="/")))
-    client.receive_data(await websocket.receive_some())
-    assert isinstance(next(client.events()), AcceptConnection)
+    client = Client()
+    await websocket.send_all(upgrade_request(host="x"))
+    head = await read_until(websocket, b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ") and head.endswith(b"\r\n\r\n")
 
     await trio.testing.wait_all_tasks_blocked()
     assert server.open_http_connections == 2

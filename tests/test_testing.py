@@ -9,6 +9,7 @@ import pytest
 import trio
 import trustme
 from websockets.exceptions import InvalidHandshake
+from websockets.utils import accept_key
 
 from hijack import (
     Connection,
@@ -282,3 +283,25 @@ async def test_websocket_101_with_a_wrong_accept_is_refused() -> None:
         with pytest.raises(InvalidHandshake):
             async with client.websocket("/"):
                 pass  # pragma: no cover - the handshake fails
+
+
+async def test_websocket_frame_in_the_same_read_as_the_101() -> None:
+    """A server that speaks first may send its first frame in the same packet
+    as the 101: the handshake must leave that frame for the WebSocket."""
+
+    async def raw_server(request: Request) -> None:
+        accept = accept_key(request.headers.get("sec-websocket-key", ""))
+        stream = await request.hijack()
+        async with stream:
+            await stream.send_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n\r\n"
+                b"\x81\x07welcome" % accept.encode()  # one write, one read
+            )
+            await stream.receive_some()
+
+    async with (
+        open_test_client(raw_server) as client,
+        client.websocket("/") as ws,
+    ):
+        assert await ws.receive() == "welcome"

@@ -21,17 +21,6 @@ from websockets.protocol import OPEN
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin, Subprotocol
 from websockets.uri import parse_uri
-from wsproto import ConnectionType
-from wsproto.connection import Connection as WSProto
-from wsproto.events import (
-    BytesMessage,
-    CloseConnection,
-    Event,
-    Message,
-    Ping,
-    Pong,
-    TextMessage,
-)
 
 from hijack import Connection, ConnState, Request, Response
 from hijack.upgrades.websocket import (
@@ -41,6 +30,7 @@ from hijack.upgrades.websocket import (
     make_echo_handler,
     websocket_handler,
 )
+from hijack.upgrades.websocket._websocket import MAX_OWED
 
 from .conftest import StartServer
 from .helpers import (
@@ -48,6 +38,16 @@ from .helpers import (
     parse_responses,
     read_response,
     read_until_closed,
+)
+from .wsclient import (
+    BytesMessage,
+    Client,
+    CloseConnection,
+    Event,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
 )
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="  # RFC 6455 1.3 sample
@@ -110,7 +110,7 @@ def upgrade_request(
 
 
 def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
-    """A client frame built by hand (for frames wsproto refuses to make)."""
+    """A client frame built by hand (for frames a client refuses to make)."""
     mask = b"\x01\x02\x03\x04"
     first = (0x80 if fin else 0) | opcode
     if len(payload) < 126:
@@ -122,9 +122,9 @@ def masked_frame(opcode: int, payload: bytes, *, fin: bool = True) -> bytes:
 
 
 async def read_events(
-    stream: trio.abc.ReceiveStream, client: WSProto, until: type[Event]
+    stream: trio.abc.ReceiveStream, client: Client, until: type[Event]
 ) -> list[Event]:
-    """Feed what arrives to the wsproto client until an ``until`` event."""
+    """Feed what arrives to the test client until an ``until`` event."""
     events: list[Event] = []
     for _ in range(1000):
         if any(isinstance(e, until) for e in events):
@@ -234,7 +234,7 @@ async def test_subprotocol_is_the_clients_first_supported(
 
 async def test_early_frames_in_the_handshake_packet(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     frames = client.send(TextMessage(data="early")) + client.send(
         BytesMessage(data=b"bird")
     )
@@ -416,7 +416,7 @@ async def test_protocol_violation_closes_1002(
     start_server: StartServer, frame: bytes
 ) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request())
         response, rest = await read_response(stream)
@@ -433,7 +433,7 @@ async def test_protocol_violation_closes_1002(
 
 async def test_invalid_utf8_raw_frame_closes_1007(start_server: StartServer) -> None:
     _, port = await start_server(make_echo_handler())
-    client = WSProto(ConnectionType.CLIENT)
+    client = Client()
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(upgrade_request() + masked_frame(0x1, b"\xc3\x28"))
         _, rest = await read_response(stream)
@@ -535,11 +535,11 @@ async def test_example_serves_page_and_echo(start_server: StartServer) -> None:
 
 
 class Peer:
-    """The client side of a memory-stream WebSocket, driven by wsproto."""
+    """The client side of a memory-stream WebSocket, driven frame by frame."""
 
     def __init__(self, stream: trio.StapledStream[Any, Any]) -> None:
         self.stream = stream
-        self.proto = WSProto(ConnectionType.CLIENT)
+        self.proto = Client()
 
     async def send(self, event: Event) -> None:
         await self.stream.send_all(self.proto.send(event))
@@ -850,3 +850,59 @@ async def test_unit_close_between_fragments_is_honoured() -> None:
     events = await peer.until(CloseConnection)
     assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
     assert await read_until_closed(peer.stream) == b""
+
+
+async def test_unit_pongs_owed_to_a_peer_that_does_not_read_stay_bounded() -> None:
+    """A peer floods pings and never reads: while a send is blocked on it,
+    the pongs wait unsent; past ``MAX_OWED`` bytes of them the server stops
+    reading (the peer's sends block: backpressure) instead of queueing
+    without bound. Once the peer reads, every ping gets its pong."""
+    client_stream, server_stream = trio.testing.lockstep_stream_pair()
+    ws = WebSocket(server_stream, Connection(1, server_stream))
+    peer = Peer(client_stream)
+    pings = 2 * MAX_OWED // 127  # a pong with a 125-byte payload: 127 bytes
+    sent = 0
+
+    async def flood() -> None:
+        nonlocal sent
+        for _ in range(pings):
+            await peer.send(Ping(payload=b"p" * 125))
+            sent += 1
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.send, b"big" * 1000)
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.start_soon(ws.receive)
+        nursery.start_soon(flood)
+        await trio.testing.wait_all_tasks_blocked()
+        assert sent * 127 <= MAX_OWED + 2 * 127, sent  # stopped at the bound
+        pongs = 0
+        while pongs < pings:
+            events = await peer.until(Pong)
+            pongs += sum(isinstance(e, Pong) for e in events)
+        assert pongs == pings
+        await trio.testing.wait_all_tasks_blocked()  # receive() idle, reading
+        nursery.cancel_scope.cancel()  # it got no message: cancel it
+    await shut(ws, peer)
+
+
+async def test_unit_ping_raises_when_the_peer_closes_first() -> None:
+    """A ping waiting for its pong learns of the peer's close (its code),
+    and a ping on a closed WebSocket raises at once."""
+    ws, peer, _ = pair()
+    raised: list[ConnectionClosed] = []
+
+    async def pinger() -> None:
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.ping(b"unanswered")
+        raised.append(info.value)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pinger)
+        await peer.until(Ping)
+        await peer.send(CloseConnection(code=4001, reason="no pong for you"))
+    assert (raised[0].code, raised[0].reason) == (4001, "no pong for you")
+    events = await peer.until(CloseConnection)
+    assert [e.code for e in events if isinstance(e, CloseConnection)] == [4001]
+    with pytest.raises(ConnectionClosed):
+        await ws.ping()

@@ -6,6 +6,7 @@ Sans-I/O protocol and answers pings only when told to."""
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 import trio
@@ -19,6 +20,7 @@ from hijack.upgrades.websocket import WebSocket, websocket_handler
 
 from .helpers import read_response
 from .test_websocket import upgrade_request
+from .test_websocket_compression import echo_process  # noqa: F401 (fixture)
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
@@ -124,3 +126,23 @@ async def test_ping_interval_none_sends_no_ping(
         frame = await next_frame(stream, protocol)
         raise AssertionError(f"got {frame}")
     await stream.aclose()
+
+
+async def test_hijack_echo_ping_flags(echo_process: Any) -> None:  # noqa: F811
+    """``hijack echo --ping-interval 0.2 --ping-timeout 0.2``, real process,
+    real clock: a client that never answers gets a ping, then close 1011,
+    then EOF (with the 20 s default it would run into the test time limit)."""
+    port, _ = await echo_process("--ping-interval", "0.2", "--ping-timeout", "0.2")
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(upgrade_request())
+        response, rest = await read_response(stream)
+        assert response.status == 101
+        protocol = Protocol(Side.CLIENT)
+        if rest:
+            protocol.receive_data(rest)
+        ping = await _next_frame(stream, protocol)
+        assert ping is not None and ping.opcode is PING
+        close = await _next_frame(stream, protocol)
+        assert close is not None and close.opcode is CLOSE
+        assert Close.parse(close.data).code == 1011
+        assert await _next_frame(stream, protocol) is None

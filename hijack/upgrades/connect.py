@@ -32,6 +32,7 @@ from .. import (
     Request,
     Response,
     Throttle,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
@@ -47,6 +48,7 @@ from ._policy import (
     is_non_global,
     parse_connect_target,
 )
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from .limits import TunnelLimits
 from .parent_proxy import Routes
 from .users import Users, authenticate
@@ -82,6 +84,7 @@ class _Tunnel:
     address: str = ""
     user: str = ""
     route: str = ""
+    port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
 
 
@@ -95,7 +98,11 @@ class ConnectProxy:
     ``max_tunnels`` bounds the tunnels open at once, counted from the policy
     check to the end of the relay (``open_tunnels``). ``resolver`` (called
     like ``trio.socket.getaddrinfo``) and ``dial`` are there to be replaced in
-    tests.
+    tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
+    PROXY protocol header of that version naming the client
+    (``connection.remote_address``) for an upstream that accepts one.
+    ``on_tunnel(outcome, port, stats)`` is called when each CONNECT
+    ends (metrics use it), with the outcome of its log line.
 
     ``users`` (:class:`~hijack.upgrades.users.Users`) replaces ``auth``: each
     user has a password and rules on top of ``policy`` (407, then 403).
@@ -127,6 +134,8 @@ class ConnectProxy:
         users: Users | None = None,
         routes: Routes | None = None,
         limits: TunnelLimits | None = None,
+        send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -147,6 +156,8 @@ class ConnectProxy:
         self.users = users
         self.routes = routes
         self.limits = limits
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
+        self.on_tunnel = on_tunnel
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -186,6 +197,7 @@ class ConnectProxy:
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
+        tunnel.port = port
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         policy = self.policy
@@ -218,6 +230,10 @@ class ConnectProxy:
         try:
             upstream = await self._open_upstream(host, port, policy, tunnel)
             try:
+                try:
+                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    raise UpstreamError(f"upstream {tunnel.address}: {exc}") from None
                 hijacked = await request.hijack(
                     Response(200, reason="Connection established")
                 )
@@ -292,6 +308,8 @@ class ConnectProxy:
     def _log(self, tunnel: _Tunnel) -> None:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
+        if self.on_tunnel is not None:
+            self.on_tunnel(tunnel.outcome, tunnel.port, stats)
         logger.info(
             "CONNECT %s%s -> %s%s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import h11
 import trio
 
-from .. import ReplayStream, join_host_port, relay
+from .. import ReplayStream, join_host_port, relay, set_tcp_keepalive
 
 if TYPE_CHECKING:
     from .parent_proxy import ParentProxy
@@ -168,7 +168,8 @@ async def open_tunnel(
     own: a server that never answers keeps it waiting, so wrap it in
     ``trio.fail_after`` where that matters. The returned stream yields
     the bytes that came right behind the answer first; the caller owns it and
-    must close it. On error or cancel, the connection is closed.
+    must close it. On error or cancel, the connection is closed. TCP
+    keepalive is on with the ``Limits()`` defaults (30 s idle).
 
     ``mode="websocket"``: ``via`` is a ``ws://`` or ``wss://`` URL (``target``
     must be None: the bridge picks the upstream); the bytes travel as binary
@@ -193,6 +194,8 @@ async def open_tunnel(
         stream = await upstream_proxy.connect(*via)
     else:
         stream = await trio.open_tcp_stream(*via)
+    # A client behind a NAT is who loses an idle tunnel: keep the flow warm.
+    set_tcp_keepalive(stream)
     try:
         prefix = await _handshake(stream, request, mode)
     except BaseException:

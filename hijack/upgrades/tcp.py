@@ -20,12 +20,14 @@ from .. import (
     Request,
     Response,
     Throttle,
+    TunnelHook,
     format_address,
     join_host_port,
     relay,
 )
 from ._dial import open_checked
 from ._policy import ConnectError, ConnectPolicy
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from .limits import TunnelLease, TunnelLimits
 from .parent_proxy import Routes
 from .users import User, Users, authenticate
@@ -61,6 +63,8 @@ class TCPUpgrade:
     sent right behind its request are replayed to the upstream first. A relay
     with no byte either way for ``idle_timeout`` seconds (``None``: never) is
     closed. Requests without the upgrade go to ``fallback``, or get ``426``.
+    ``send_proxy_protocol=1`` or ``2`` begins every stream with a PROXY
+    protocol header of that version naming the client.
     A request body is refused with ``400``: it would otherwise leak into the
     stream.
 
@@ -86,14 +90,18 @@ class TCPUpgrade:
         users: Users | None = None,
         routes: Routes | None = None,
         limits: TunnelLimits | None = None,
+        send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         self.upstream = upstream
         self.users = users
         self.routes = routes
         self.limits = limits
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
         self.fallback = fallback
+        self.on_tunnel = on_tunnel
 
     def __repr__(self) -> str:
         host, port = self.upstream
@@ -117,6 +125,12 @@ class TCPUpgrade:
         try:
             upstream = await self._dial(request, user)
             try:
+                try:
+                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    where = join_host_port(*self.upstream)
+                    logger.warning("upstream %s failed: %s", where, exc)
+                    raise HTTPError(502, f"upstream {where} failed") from None
                 hijacked = await request.hijack(Response(101, headers=UPGRADE_HEADERS))
             except BaseException:
                 await trio.aclose_forcefully(upstream)
@@ -139,6 +153,8 @@ class TCPUpgrade:
             finally:
                 # Logged from ``finally`` so a cancelled stream (shutdown) still
                 # gets its line, with the counts it reached.
+                if self.on_tunnel is not None:
+                    self.on_tunnel(outcome, self.upstream[1], stats)
                 logger.info(
                     "connection %d %s%s -> %s %s: %d bytes up, %d down, %.3fs",
                     request.connection.id,

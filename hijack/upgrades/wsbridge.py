@@ -43,6 +43,7 @@ from .. import (
     relay,
 )
 from ._policy import ConnectError, ConnectPolicy, parse_connect_target
+from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from .websocket import (
     PING_INTERVAL,
     PING_TIMEOUT,
@@ -245,6 +246,8 @@ class WebSocketBridge:
     cancel (the server's shutdown grace). After the WebSocket closed, the
     upstream has EOF and ``close_timeout`` seconds to close its side before
     it is cut. One INFO line per connection on ``hijack.wsbridge``.
+    ``send_proxy_protocol=1`` or ``2`` begins every upstream connection with
+    a PROXY protocol header of that version naming the client.
     """
 
     def __init__(
@@ -261,6 +264,7 @@ class WebSocketBridge:
         ping_interval: float | None = PING_INTERVAL,
         ping_timeout: float | None = PING_TIMEOUT,
         dial: Dial = trio.open_tcp_stream,
+        send_proxy_protocol: ProxyVersion | None = None,
     ) -> None:
         if (upstream is None) == (targets is None):
             raise ValueError("give either upstream or targets, not both or neither")
@@ -277,6 +281,7 @@ class WebSocketBridge:
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self._dial = dial
+        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
 
     def __repr__(self) -> str:
         if self.upstream is not None:
@@ -308,6 +313,11 @@ class WebSocketBridge:
             tunnel.target = join_host_port(*target)
             upstream = await self._open_upstream(target, addresses)
             try:
+                try:
+                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
+                except (trio.BrokenResourceError, OSError) as exc:
+                    logger.warning("upstream %s failed: %s", tunnel.target, exc)
+                    raise HTTPError(502, f"upstream {tunnel.target} failed") from None
                 websocket = await accept_websocket(
                     request,
                     subprotocols=[SUBPROTOCOL],

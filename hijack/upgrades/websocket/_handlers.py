@@ -18,14 +18,20 @@ logger = logging.getLogger("hijack.websocket")
 App = Callable[[WebSocket], Awaitable[None]]
 
 
-def websocket_handler(app: App, **accept_options: Any) -> Handler:
+def websocket_handler(
+    app: App,
+    *,
+    on_close: Callable[[WebSocket], None] | None = None,
+    **accept_options: Any,
+) -> Handler:
     """Make a server handler from ``async def app(ws: WebSocket) -> None``.
 
     A bad handshake gets its error response (426 with
     ``Sec-WebSocket-Version``, 400, 403). Otherwise the app runs inside
     ``async with ws``: the socket is closed afterwards with 1000, or 1011
-    (and the error logged) if the app raised. ``accept_options`` go to
-    :func:`accept_websocket`.
+    (and the error logged) if the app raised. ``on_close(ws)`` is called
+    after that (metrics read ``ws.messages_received`` / ``messages_sent``).
+    ``accept_options`` go to :func:`accept_websocket`.
     """
 
     async def handler(request: Request) -> Response | None:
@@ -38,6 +44,9 @@ def websocket_handler(app: App, **accept_options: Any) -> Handler:
                 await app(ws)
         except Exception:
             logger.exception("WebSocket app %r failed on %r", app, request)
+        finally:
+            if on_close is not None:
+                on_close(ws)
         return None
 
     return handler
@@ -48,11 +57,13 @@ async def _echo(ws: WebSocket) -> None:
         await ws.send(message)
 
 
-def make_echo_handler(**accept_options: Any) -> Handler:
+def make_echo_handler(
+    *, on_close: Callable[[WebSocket], None] | None = None, **accept_options: Any
+) -> Handler:
     """An echo server: at ``/`` a page that talks to itself over a WebSocket
     (plain GET), and the echo WebSocket (GET with ``Upgrade: websocket``).
     Other paths: 404. ``accept_options`` go to :func:`accept_websocket`."""
-    echo = websocket_handler(_echo, **accept_options)
+    echo = websocket_handler(_echo, on_close=on_close, **accept_options)
     page = ECHO_PAGE.encode("utf-8")
 
     async def handler(request: Request) -> Response | None:

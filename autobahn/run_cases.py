@@ -5,7 +5,7 @@ case files (the Python 2 ``autobahntestsuite`` ones, machine-translated
 where Python 3 differs) from a Rust fuzzing client; the verdicts are
 Autobahn's: OK, NON-STRICT, INFORMATIONAL pass, anything else fails.
 
-Usage: ``python autobahn/run.py --hijack .venv/bin/hijack`` (run with the
+Usage: ``python autobahn/run_cases.py --hijack .venv/bin/hijack`` (run with the
 interpreter of ``autobahn/.venv``, where kosoku is installed). Starts
 ``hijack echo --max-message-size 16777216`` on a loopback port, runs the
 cases, writes ``autobahn/RESULTS.md`` and one JSON line per case to
@@ -136,11 +136,12 @@ def write_results(results: list[CaseResult], seconds: float, parallel: int) -> s
 
 
 async def run(url: str, parallel: int) -> list[CaseResult]:
+    results: list[CaseResult]
     try:
-        return await run_fuzzingclient(url, CASES, concurrency=parallel)
+        results = await run_fuzzingclient(url, CASES, concurrency=parallel)
     except FailureError as exc:
-        results: list[CaseResult] = exc.results
-        return results
+        results = exc.results
+    return results
 
 
 def main() -> None:

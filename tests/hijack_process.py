@@ -1,0 +1,113 @@
+"""Run the ``hijack`` command as a real process and read what it prints."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+
+import trio
+
+from .helpers import ask
+
+#: Real time: one process start on a loaded 2-core box, bounded.
+START_TIMEOUT = 30
+
+
+class HijackProcess:
+    """``hijack ARGS...``: stdout and stderr collected as they come."""
+
+    def __init__(self, process: trio.Process) -> None:
+        self.process = process
+        self.stdout = ""
+        self.stderr = ""
+        self._changed = trio.Event()
+        #: Set when stdout and stderr both reached EOF: every process that
+        #: held them (the command, its workers) has exited.
+        self.output_closed = trio.Event()
+        self._open_outputs = 2
+
+    async def _pump(self, stream: trio.abc.ReceiveStream, name: str) -> None:
+        async for chunk in stream:
+            setattr(self, name, getattr(self, name) + chunk.decode(errors="replace"))
+            self._changed.set()
+            self._changed = trio.Event()
+        self._open_outputs -= 1
+        if not self._open_outputs:
+            self.output_closed.set()
+        await self.process.wait()  # EOF: wake wait_for() to see the exit
+        self._changed.set()
+
+    async def wait_for(self, pattern: str, *, stream: str = "stdout") -> re.Match[str]:
+        """The first match of ``pattern`` in the output, waiting for it."""
+        with trio.fail_after(START_TIMEOUT):
+            while True:
+                match = re.search(pattern, getattr(self, stream))
+                if match:
+                    return match
+                if self.process.returncode is not None:
+                    raise AssertionError(
+                        f"exited ({self.process.returncode}) before {pattern!r}:\n"
+                        f"{self.stdout}\n{self.stderr}"
+                    )
+                await self._changed.wait()
+
+    async def port(self) -> int:
+        return int((await self.wait_for(r"listening on https?://[^ ]+:(\d+)"))[1])
+
+    async def metrics_port(self) -> int:
+        return int((await self.wait_for(r"metrics on http://[^ ]+:(\d+)"))[1])
+
+    async def pids(self) -> list[int]:
+        match = await self.wait_for(r"workers: ([\d ]+)\)")
+        return [int(pid) for pid in match[1].split()]
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = START_TIMEOUT) -> int:
+        with trio.fail_after(timeout):
+            return await self.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def run_hijack(
+    args: Sequence[str], *, env: dict[str, str] | None = None
+) -> AsyncIterator[HijackProcess]:
+    """Start ``python -m hijack ARGS``; on exit, SIGKILL it (and its whole
+    session: workers) if it is still running."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "hijack", *args],
+        stdout=-1,
+        stderr=-1,
+        env=dict(os.environ, **(env or {})),
+        start_new_session=True,
+    )
+    runner = HijackProcess(process)
+    try:
+        async with trio.open_nursery() as nursery:
+            assert process.stdout is not None and process.stderr is not None
+            nursery.start_soon(runner._pump, process.stdout, "stdout")
+            nursery.start_soon(runner._pump, process.stderr, "stderr")
+            try:
+                yield runner
+            finally:
+                if process.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                with trio.CancelScope(shield=True):
+                    await process.wait()
+    finally:
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                await pipe.aclose()
+
+
+async def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
+    """One GET on a fresh connection to 127.0.0.1: (status, body)."""
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    response = await ask(port, request.encode())
+    return response.status, response.body
