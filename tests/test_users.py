@@ -423,3 +423,27 @@ async def test_407_then_retry_as_a_user_on_the_same_connection(
         head, rest = await read_head(client)
         assert status_of(head) == 200
         assert rest + await read_until_closed(client) == b"welcome"
+
+
+async def test_the_access_log_names_the_user(
+    start_server: StartServer, tmp_path: Path
+) -> None:
+    _, upstream_port = await start_server(hello)
+    alice = User(
+        "alice",
+        PasswordHash.parse(cheap_hash("a-pw")),
+        allow=("127.0.0.1",),
+        ports=frozenset({upstream_port}),
+    )
+    _, proxy_port = await start_server(ConnectProxy(users=Users.from_mapping([alice])))
+    with capture_log("hijack.access") as log:
+        ok = await curl_through(proxy_port, upstream_port, "--proxy-user", "alice:a-pw")
+        assert ok.returncode == 0, ok.stderr
+        refused = await curl_through(proxy_port, upstream_port, "--proxy-user", "x:y")
+        assert refused.returncode != 0
+    lines = [r.getMessage() for r in log.records if "CONNECT" in r.getMessage()]
+    assert len(lines) == 2, lines
+    assert lines[0].startswith("127.0.0.1 - alice [") and '" 200 ' in lines[0]
+    assert lines[1].startswith("127.0.0.1 - - [") and '" 407 ' in lines[1]
+    fields = [r.__dict__["access"] for r in log.records if "CONNECT" in r.getMessage()]
+    assert [f["user"] for f in fields] == ["alice", "-"]

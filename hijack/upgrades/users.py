@@ -411,12 +411,15 @@ async def authenticate(
     upgrade or a WebSocket bridge, an origin server for its client):
     ``Authorization``, else 401 with ``WWW-Authenticate`` (RFC 9110 11.6).
     Missing, repeated, malformed or wrong credentials all get the same answer.
-    Return ``exc.response()`` from the handler rather than letting the error
+    The user's name goes into ``connection.context["hijack.user"]`` (the access log
+    shows it). Return ``exc.response()`` from the handler rather than letting the error
     propagate, and the client can retry on the same connection.
     """
     header = "proxy-authorization" if proxy else "authorization"
     values = request.headers.get_all(header)
     user = await users.check_basic(values[0]) if len(values) == 1 else None
+    # For the access log (CLF's user field): this request's user, or none.
+    request.connection.context["hijack.user"] = None if user is None else user.name
     if user is not None:
         return user
     status, challenge = (
