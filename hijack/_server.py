@@ -248,8 +248,12 @@ class Server:
                         await trio.aclose_forcefully(connection._hijacked)
                 connection_nursery.cancel_scope.cancel()
         finally:
-            for listener in listeners:
-                await trio.aclose_forcefully(listener)
+            # Shielded: when this task is cancelled from outside, an unshielded
+            # close raises Cancelled and the bookkeeping below never runs, so a
+            # shutdown() waiting on _stopped would wait forever.
+            with trio.CancelScope(shield=True):
+                for listener in listeners:
+                    await trio.aclose_forcefully(listener)
             self._serving -= 1
             if self._serving == 0:
                 self._stopped.set()

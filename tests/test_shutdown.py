@@ -151,3 +151,23 @@ async def test_a_new_connection_may_send_its_request_after_shutdown_started(
     assert data.startswith(b"HTTP/1.1 200 ")
     assert b"connection: close" in data
     await fresh.aclose()
+
+
+async def test_shutdown_returns_when_the_serving_task_was_cancelled(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """serve_listeners cancelled from outside (its nursery torn down by an
+    error or a timeout) still counts as stopped: shutdown() returns instead of
+    waiting forever, and the listener is closed."""
+
+    async def handler(request: Request) -> Response:
+        return Response(200)
+
+    server = Server(handler)
+    listener = MemoryListener()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve_listeners, [listener])
+        nursery.cancel_scope.cancel()
+    with trio.fail_after(60):  # all tasks blocked: autojump reaches it at once
+        await server.shutdown()
+    assert listener.closed
