@@ -15,12 +15,17 @@ $(STAMP): pyproject.toml
 # haproxy and nginx's stream module the balancers in front of and behind
 # hijack for PROXY protocol).
 sysdeps:
-	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
-	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -y -q haproxy; }
-	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
-	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || { apt-get update -q && apt-get install -y -q libnginx-mod-stream; }
-	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
-	@command -v systemd-socket-activate >/dev/null || { apt-get update -q && apt-get install -y -q systemd; }
+	@missing=""; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 # Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
 NODE_CLIENTS := tests/node/node_modules/.package-lock.json
@@ -50,9 +55,15 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
 bench-venv: $(BENCH_VENV)/.installed
 
 # Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
-bench: $(STAMP) bench-venv
+bench: $(STAMP) bench-venv bench/goproxy/goproxy
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
+	@command -v redis-benchmark >/dev/null || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
 	$(PY) bench/run.py
+
+# The Go net/http peer (bench/goproxy): Debian's golang-go, standard library only.
+bench/goproxy/goproxy: bench/goproxy/main.go
+	@command -v go >/dev/null || { apt-get update -q && apt-get install -y -q golang-go; }
+	cd bench/goproxy && go build -o goproxy main.go
 
 # Mixed load for a bounded time, RSS and fds over time, then RSS growth per
 # input kind. `make soak SECONDS=600` is the long mode.

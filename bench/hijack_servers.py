@@ -4,7 +4,10 @@
 
 * ``connect``: ``ConnectProxy`` (CONNECT tunnels to the ``--allow-port``
   ports on 127.0.0.1), limits raised so the idle and scale rows are bounded
-  by file descriptors, not by the proxy's default caps.
+  by file descriptors, not by the proxy's default caps. Tunnels go to the
+  relay hub (``--task-relay``: each awaits ``relay()`` in its handler, as
+  before the hub). ``GET /objects`` answers the live Python objects by type
+  (``bench/hub_rows.py`` counts what a tunnel leaves behind).
 * ``echo``: ``request.hijack(Response(101))`` then a raw echo loop.
 * ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
 * ``hello``: keep-alive hello world.
@@ -33,6 +36,9 @@ def main() -> None:
     parser.add_argument("kind", choices=["connect", "echo", "ws", "hello"])
     parser.add_argument("port", type=int)
     parser.add_argument("--allow-port", type=int, action="append", default=[])
+    parser.add_argument(
+        "--task-relay", action="store_true", help="no hub: a relay() per tunnel"
+    )
     args = parser.parse_args()
     raise_fd_limit()
     # Warnings and errors (a failed tunnel, an fd shortage) go to the log.
@@ -50,7 +56,12 @@ def main() -> None:
         from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 
         policy = ConnectPolicy(allowed_ports=set(args.allow_port), allow_private=True)
-        handler = ConnectProxy(policy, max_tunnels=50_000)
+        handler = ConnectProxy(
+            policy,
+            max_tunnels=50_000,
+            hand_over=not args.task_relay,
+            fallback=objects_handler,
+        )
     elif args.kind == "echo":
         handler = echo_handler
     elif args.kind == "ws":
@@ -82,6 +93,20 @@ async def serve_as_worker(server: Any, listeners: list[Any]) -> None:
 
 
 HELLO = b"Hello, world!"
+
+
+async def objects_handler(request: Any) -> Any:
+    """Live gc-tracked objects by type, as JSON (after a full collection)."""
+    import collections
+    import gc
+    import json
+
+    from hijack import Response
+
+    gc.collect()
+    counts = collections.Counter(type(o).__name__ for o in gc.get_objects())
+    body = json.dumps({"total": sum(counts.values()), "types": counts}).encode()
+    return Response(200, [("content-type", "application/json")], body)
 
 
 def make_simple_handlers() -> tuple[Any, Any]:

@@ -31,10 +31,12 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import hub_rows
 import loadgen
 import websocket_echo
 from loadgen import TunnelHolder, Window
@@ -62,7 +64,7 @@ class Config:
     warmup: float = 1.0
     duration: float = 4.0
     wrk_seconds: int = 5
-    idle_tunnels: int = 5000
+    idle_tunnels: int = 9000
     scale_target: int = 9000
     #: Rounds of each rate (servers restarted each round, peers interleaved);
     #: the best round is reported, all of them in the note.
@@ -130,8 +132,9 @@ TARGETS = [
     ),
     Target("plain HTTP", "hypercorn -k trio", 3.0),
     Target("plain HTTP", "uvicorn --http h11", 1.0),
-    Target("idle tunnels", None, bound=10.0, lower_is_better=True),
+    Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
+    Target("interactive tunnel", "pproxy", 1.3),
 ]
 
 
@@ -238,6 +241,7 @@ def proxies(port: int, allowed: list[int]) -> list[tuple[str, list[str]]]:
             "--num-acceptors", "1", "--num-workers", "1", "--backlog", "4096",
             "--log-level", "WARNING",
         ]),
+        *hub_rows.go_peer(port),
     ]  # fmt: skip
 
 
@@ -252,6 +256,7 @@ def row_throughput(b: Bench) -> None:
         port = free_port()
         subjects: list[tuple[str, list[str] | None]] = [("direct (no proxy)", None)]
         subjects += proxies(port, [sink_port])
+        subjects.insert(2, task_relay_proxy(port, sink_port))
         for name, argv in b.cfg.throughput_rounds * subjects:
             with b.guard(row, name), _maybe_server(b, row, name, argv, port) as proc:
                 proxy_port = None if proc is None else port
@@ -296,7 +301,9 @@ def row_setup(b: Bench) -> None:
     echo_port = free_port()
     with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
         port = free_port()
-        for name, argv in b.cfg.rounds * proxies(port, [echo_port]):
+        subjects = proxies(port, [echo_port])
+        subjects.insert(1, task_relay_proxy(port, echo_port))
+        for name, argv in b.cfg.rounds * subjects:
             with b.guard(row, name), b.server(row, name, argv, port) as proc:
                 window = b.cfg.window()
                 job = _background(loadgen.tunnel_setup, port, echo_port, 32, 4, window)
@@ -344,6 +351,7 @@ def row_echo(b: Bench) -> None:
         (HIJACK, hijack_server("echo", port)),
         ("tornado detach()", peer_server("tornado-echo", port)),
         ("ceiling: bare selectors echo", upstream("echo-upgrade", port)),
+        *hub_rows.go_peer(port),
     ]
     for name, argv in b.cfg.rounds * subjects:
         with b.guard(row, name), b.server(row, name, argv, port) as proc:
@@ -405,32 +413,19 @@ def row_http(b: Bench) -> None:
                   "requests/s", problems, cpu=cpu, cpu_unit="request")  # fmt: skip
 
 
+def task_relay_proxy(port: int, echo_port: int) -> tuple[str, list[str]]:
+    """hijack without the hub: each tunnel awaits relay() in its handler."""
+    allow = ["--allow-port", str(echo_port), "--task-relay"]
+    return f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)
+
+
 def row_idle(b: Bench) -> None:
-    row = "idle tunnels"
-    count = b.cfg.idle_tunnels
-    echo_port = free_port()
-    with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
-        port = free_port()
-        for name, argv in proxies(port, [echo_port])[:2]:  # hijack, pproxy
-            with b.guard(row, name), b.server(row, name, argv, port) as proc:
-                warm = TunnelHolder(port, echo_port)
-                warm.open(100, time.monotonic() + 30)
-                warm.close()
-                time.sleep(0.5)
-                before = proc.rss_kib()
-                holder = TunnelHolder(port, echo_port)
-                try:
-                    opened = holder.open(count, time.monotonic() + 120)
-                    time.sleep(1.0)
-                    after = proc.rss_kib()
-                finally:
-                    holder.close()
-                note = f"RSS {before:,} -> {after:,} KiB"
-                if opened < count:
-                    note += f"; only {opened} opened ({holder.error})"
-                per = (after - before) / max(opened, 1)
-                b.add(row, f"{count:,} idle tunnels: server RSS per tunnel", name,
-                      per, "KiB/tunnel", note, lower_is_better=True)  # fmt: skip
+    def subjects(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
+        hub, pproxy = proxies(port, [echo_port])[:2]
+        return [hub, task_relay_proxy(port, echo_port), pproxy,
+                *hub_rows.go_peer(port)]  # fmt: skip
+
+    hub_rows.idle_tunnels(b, partial(upstream, "echo"), subjects, free_port)
 
 
 def row_scale(b: Bench) -> None:
@@ -460,6 +455,11 @@ def row_scale(b: Bench) -> None:
                   alive, "tunnels", note)  # fmt: skip
 
 
+def row_interactive(b: Bench) -> None:
+    cli = [str(BENCH_PY), "-m", "hijack"]
+    hub_rows.interactive(b, cli, str(VENV_BIN / "pproxy"), free_port)
+
+
 ROWS: dict[str, Callable[[Bench], None]] = {
     "throughput": row_throughput,
     "setup": row_setup,
@@ -468,6 +468,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "http": row_http,
     "idle": row_idle,
     "scale": row_scale,
+    "interactive": row_interactive,
     "workers": row_workers,
 }
 
@@ -483,7 +484,7 @@ def hijack_figure(b: Bench, row: str, workload: str) -> float | None:
 
 
 def verdicts(b: Bench) -> list[str]:
-    lines = []
+    lines = hub_rows.cpu_verdicts(b)
     for t in TARGETS:
         for workload in dict.fromkeys(r.workload for r in b.results if r.row == t.row):
             if t.workload is not None and workload != t.workload:

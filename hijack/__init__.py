@@ -18,6 +18,9 @@ from ._errors import HijackError as HijackError
 from ._errors import UsageError as UsageError
 from ._exchange import Handler as Handler
 from ._hijack import Hijacked as Hijacked
+from ._hub import Hub as Hub
+from ._hub import HubTunnel as HubTunnel
+from ._hub import Limiter as Limiter
 from ._keepalive import copy_tcp_keepalive as copy_tcp_keepalive
 from ._keepalive import set_tcp_keepalive as set_tcp_keepalive
 from ._listeners import UnixSocketListener as UnixSocketListener
@@ -53,7 +56,10 @@ __all__ = [
     "Headers",
     "HijackError",
     "Hijacked",
+    "Hub",
+    "HubTunnel",
     "JSONAccessFormatter",
+    "Limiter",
     "Limits",
     "PeerCredentials",
     "ProxyHeader",

@@ -22,10 +22,12 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._closing import aclose_gracefully
+from ._relay import RelayStats
 from ._replay import ReplayStream
 
 if TYPE_CHECKING:
     from ._connection import Connection
+    from ._hub import Hub, HubTunnel, TunnelCallback
 
 __all__ = ["Hijacked"]
 
@@ -41,9 +43,10 @@ class Hijacked(ReplayStream):
         not consume, in order (early frames of the new protocol, a TLS
         ClientHello after CONNECT, pipelined requests, unread body bytes).
       connection: the :class:`~hijack.Connection` it came from.
+      hub: the server's relay :class:`~hijack.Hub` (Linux), or None.
     """
 
-    __slots__ = ("_detached", "buffered", "connection")
+    __slots__ = ("_detached", "buffered", "connection", "hub")
 
     def __init__(
         self, stream: trio.abc.Stream, buffered: bytes, connection: Connection
@@ -51,6 +54,7 @@ class Hijacked(ReplayStream):
         super().__init__(stream, buffered)
         self.buffered = buffered
         self.connection = connection
+        self.hub: Hub | None = None  # set by the server's HTTP layer
         self._detached = False
 
     def __repr__(self) -> str:
@@ -63,6 +67,49 @@ class Hijacked(ReplayStream):
         """Hand ownership on: the server will not close this stream when the
         handler returns. The new owner must close it."""
         self._detached = True
+
+    def can_hand_to_hub(self, upstream: trio.abc.Stream) -> bool:
+        """True if :meth:`hand_to_hub` would take this stream and
+        ``upstream``: the server runs a hub (Linux) and both are plain
+        sockets (not TLS, not memory streams)."""
+        return self.hub is not None and self.hub.can_take(self, upstream)
+
+    def hand_to_hub(
+        self,
+        upstream: trio.abc.Stream,
+        *,
+        idle_timeout: float | None = None,
+        stats: RelayStats | None = None,
+        on_close: TunnelCallback | None = None,
+    ) -> HubTunnel:
+        """Relay this stream and ``upstream`` in the server's hub, and
+        return at once: the handler may return and its task end.
+
+        The same tunnel as ``await relay(self, upstream, ...)`` (buffered
+        bytes first, half-close each way, ``idle_timeout``, ``stats``), at a
+        fraction of the memory and set-up cost. From here on the hub owns
+        both streams and closes them when the tunnel ends (EOF both ways, an
+        error, the idle timeout, :meth:`HubTunnel.close`, or the end of the
+        server's shutdown grace); the connection stays counted as an open
+        hijacked connection until then. ``on_close(tunnel)`` is called once
+        at the end (``tunnel.stats``, ``tunnel.reason``); it must not block.
+        No task may be reading or writing either stream at hand-over.
+
+        Raises ``ValueError`` and changes nothing when
+        :meth:`can_hand_to_hub` is False: the caller still owns both streams
+        (``await relay(...)`` works everywhere).
+        """
+        if self.hub is None:
+            raise ValueError("no relay hub here (not Linux, or not from a Server)")
+        tunnel = self.hub.add(
+            self, upstream, idle_timeout=idle_timeout, stats=stats, on_close=on_close
+        )
+        self._detached = True
+        # The tunnel owns the connection now: the server's registry holds it
+        # (and closes it at the end of a shutdown grace); closing this
+        # stream, the hub reports the connection closed.
+        self.connection._hijack(tunnel)
+        return tunnel
 
     async def aclose(self) -> None:
         """Close the stream (a TLS transport sends close_notify first) and

@@ -26,6 +26,7 @@ from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected, UsageError
 from ._exchange import Exchange, Handler
 from ._hijack import Hijacked
+from ._hub import Hub
 from ._message import HTTPError
 from ._request_head import ambiguous_framing, protocol_error_status, refusal_status
 from ._response_head import response_headers
@@ -52,6 +53,9 @@ class ServerSide(Protocol):
 
     @property
     def shutting_down(self) -> bool: ...
+
+    @property
+    def hub(self) -> Hub | None: ...
 
     @property
     def reporting(self) -> bool: ...
@@ -354,6 +358,7 @@ class HTTPConnection:
         # exactly what the client sent after the consumed part.
         buffered, _closed = self.parser.trailing_data
         hijacked = Hijacked(self.stream, bytes(buffered), self.connection)
+        hijacked.hub = self.server.hub
         # Free h11's state now rather than keep it as long as the tunnel.
         self._h11 = None
         self.connection._hijack(hijacked)

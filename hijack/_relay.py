@@ -19,7 +19,7 @@ import trio
 
 from . import _splice
 from ._closing import aclose_gracefully
-from ._replay import ReplayStream
+from ._replay import ReplayStream, close_socket_now
 from ._throttle import Throttle
 
 __all__ = ["RelayStats", "TunnelHook", "relay"]
@@ -117,18 +117,9 @@ async def relay(
         stats.timed_out = scope.cancelled_caught
     finally:
         # Plain sockets close at once; anything else (TLS) says goodbye.
-        for stream in [s for s in (a, b) if not _close_socket_now(s)]:
+        for stream in [s for s in (a, b) if not close_socket_now(s)]:
             await aclose_gracefully(stream)
     return stats
-
-
-def _close_socket_now(stream: trio.abc.Stream) -> bool:
-    if isinstance(stream, ReplayStream):
-        return stream.close_socket_now()
-    if isinstance(stream, trio.SocketStream):
-        stream.socket.close()
-        return True
-    return False
 
 
 class _Relay:

@@ -10,7 +10,7 @@ import trio
 
 from ._errors import UsageError
 
-__all__ = ["ReplayStream"]
+__all__ = ["ReplayStream", "close_socket_now"]
 
 
 class ReplayStream(trio.abc.HalfCloseableStream):
@@ -143,6 +143,18 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         self._pending = memoryview(b"")
         self.stream.socket.close()
         return True
+
+
+def close_socket_now(stream: trio.abc.Stream) -> bool:
+    """Close ``stream`` at once if it is a plain socket (or a ReplayStream
+    over one): no I/O, no checkpoint. False (nothing done) for anything
+    else, such as TLS, which must say goodbye with ``aclose``."""
+    if isinstance(stream, ReplayStream):
+        return stream.close_socket_now()
+    if isinstance(stream, trio.SocketStream):
+        stream.socket.close()
+        return True
+    return False
 
 
 # Driving a trio socket directly does what trio.SocketStream does (send

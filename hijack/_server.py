@@ -30,6 +30,8 @@ from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._exchange import Handler
 from ._http import HTTPConnection
+from ._hub import Hub
+from ._hub import available as hub_available
 from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
 from ._metrics import count_accept_error
@@ -99,6 +101,9 @@ class Server:
         self._stopped = trio.Event()
         self._stopped.set()
         self._closed_one = trio.Event()
+        # The relay hub tunnels are handed to (Linux): run by the first
+        # serve_* call, closed by it.
+        self._hub: Hub | None = None
 
     # -- what the server knows ---------------------------------------------
 
@@ -127,6 +132,12 @@ class Server:
         """Hijacked connections whose owner has not closed the stream yet
         (detached ones included)."""
         return sum(1 for c in self._connections.values() if c.hijacked_open)
+
+    @property
+    def hub(self) -> Hub | None:
+        """The relay hub this server runs while serving (Linux), where
+        :meth:`Hijacked.hand_to_hub` sends tunnels; None elsewhere."""
+        return self._hub
 
     @property
     def reporting(self) -> bool:
@@ -222,8 +233,12 @@ class Server:
         if self._serving == 0:
             self._stopped = trio.Event()
         self._serving += 1
+        hub = None
         try:
             async with trio.open_nursery() as connection_nursery:
+                if self._hub is None and hub_available():
+                    hub = self._hub = Hub()
+                    await connection_nursery.start(hub.serve)
                 async with trio.open_nursery() as accept_nursery:
                     for listener in listeners:
                         accept_nursery.start_soon(
@@ -242,12 +257,15 @@ class Server:
                     while self._connections:
                         await self._closed_one.wait()
                 # Grace is over: close hijacked streams whose owners are still
-                # at it, and cancel handlers still running.
+                # at it (a hub tunnel is the owner of a handed-over one), and
+                # cancel handlers still running.
                 for connection in list(self._connections.values()):
                     if connection._hijacked is not None:
                         await trio.aclose_forcefully(connection._hijacked)
                 connection_nursery.cancel_scope.cancel()
         finally:
+            if hub is not None:
+                self._hub = None
             # Shielded: when this task is cancelled from outside, an unshielded
             # close raises Cancelled and the bookkeeping below never runs, so a
             # shutdown() waiting on _stopped would wait forever.

@@ -42,7 +42,7 @@ __all__ = [
 #: maximum (/proc/sys/fs/pipe-max-size). Fewer, larger splices: fewer trips.
 PIPE_SIZE = 1 << 20
 
-_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 
 
 def available() -> bool:
@@ -152,7 +152,7 @@ def _splice(fd_in: int, fd_out: int, count: int) -> int:
     EAGAIN is a return value, not an exception, so that no exception (and
     its traceback, ~1 KiB) stays alive while an idle tunnel waits."""
     try:
-        return os.splice(fd_in, fd_out, count, flags=_FLAGS)
+        return os.splice(fd_in, fd_out, count, flags=FLAGS)
     except BlockingIOError:
         return -1
     except OSError as exc:

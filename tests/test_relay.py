@@ -1,5 +1,6 @@
 """relay(): both directions, half-close, idle timeout, errors, cancel, and the
-splice fast path (its pipe pool) against the copy loop: same tests, both paths.
+splice fast path (its pipe pool) against the copy loop, and the relay hub
+(``Hub.relay``: one task for every tunnel): same tests, every engine.
 """
 
 from __future__ import annotations
@@ -7,15 +8,17 @@ from __future__ import annotations
 import errno
 import os
 import ssl
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
 import trustme
 
-from hijack import Connection, Hijacked, RelayStats, ReplayStream, relay
+from hijack import Connection, Hijacked, RelayStats, ReplayStream, _hub, relay
 from hijack._splice import Pipe, PipePool, available
 
 from .helpers import read_exactly, read_until_closed, reset
@@ -23,18 +26,46 @@ from .helpers import read_exactly, read_until_closed, reset
 MiB = 1 << 20
 
 
-@pytest.fixture(
-    params=[
-        pytest.param(
-            True,
-            id="splice",
-            marks=pytest.mark.skipif(not available(), reason="no os.splice"),
-        ),
-        pytest.param(False, id="copy"),
-    ]
-)
-def splice(request: pytest.FixtureRequest) -> bool:
-    return bool(request.param)
+@dataclass
+class Engine:
+    """How a test's tunnel is relayed: ``relay(splice=...)`` or a hub."""
+
+    name: str
+    hub: _hub.Hub | None = None
+
+    @property
+    def splices(self) -> bool:
+        return self.name != "copy"
+
+    async def relay(
+        self, a: trio.abc.Stream, b: trio.abc.Stream, **kwargs: Any
+    ) -> RelayStats:
+        if self.hub is not None:
+            return await self.hub.relay(a, b, **kwargs)
+        return await relay(a, b, splice=self.splices, **kwargs)
+
+
+def engine_params(*names: str) -> list[Any]:
+    skip = {
+        "splice": pytest.mark.skipif(not available(), reason="no os.splice"),
+        "hub": pytest.mark.skipif(not _hub.available(), reason="no epoll/splice"),
+    }
+    return [pytest.param(n, id=n, marks=skip.get(n, ())) for n in names]
+
+
+async def make_engine(request: pytest.FixtureRequest) -> AsyncIterator[Engine]:
+    if request.param != "hub":
+        yield Engine(request.param)
+        return
+    hub = _hub.Hub()
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.serve)
+        yield Engine("hub", hub)
+        nursery.cancel_scope.cancel()
+
+
+engine = pytest.fixture(params=engine_params("splice", "copy", "hub"))(make_engine)
+splicing_engine = pytest.fixture(params=engine_params("splice", "hub"))(make_engine)
 
 
 @pytest.fixture
@@ -94,7 +125,9 @@ async def send_then_eof(stream: trio.abc.HalfCloseableStream, data: bytes) -> No
     await stream.send_eof()
 
 
-async def test_transfer_both_ways_buffered_first(splice: bool, pool: PipePool) -> None:
+async def test_transfer_both_ways_buffered_first(
+    engine: Engine, pool: PipePool
+) -> None:
     up, down = os.urandom(5 * MiB + 7), os.urandom(3 * MiB + 3)
     tunnel = await Tunnel.open(a_buffered=b"client-early|", b_buffered=b"up-early|")
     got: dict[str, bytes] = {}
@@ -107,7 +140,7 @@ async def test_transfer_both_ways_buffered_first(splice: bool, pool: PipePool) -
         nursery.start_soon(send_then_eof, tunnel.upstream, down)
         nursery.start_soon(receive, "upstream", tunnel.upstream)
         nursery.start_soon(receive, "client", tunnel.client)
-        stats = await relay(tunnel.a, tunnel.b, splice=splice, pipe_pool=pool)
+        stats = await engine.relay(tunnel.a, tunnel.b, pipe_pool=pool)
     await tunnel.aclose()
 
     assert got["upstream"] == b"client-early|" + up
@@ -119,12 +152,12 @@ async def test_transfer_both_ways_buffered_first(splice: bool, pool: PipePool) -
     )
     assert pool.in_use == 0
     # The splice path really spliced (it borrowed pipes); the copy path did not.
-    assert (pool.idle > 0) is splice
+    assert (pool.idle > 0) is engine.splices
 
 
 @pytest.mark.parametrize("first", ["client", "upstream"])
 async def test_half_close_other_direction_continues(
-    splice: bool, pool: PipePool, first: str
+    engine: Engine, pool: PipePool, first: str
 ) -> None:
     tunnel = await Tunnel.open()
     ender, other = (
@@ -136,9 +169,7 @@ async def test_half_close_other_direction_continues(
         result: list[RelayStats] = []
 
         async def run_relay() -> None:
-            result.append(
-                await relay(tunnel.a, tunnel.b, splice=splice, pipe_pool=pool)
-            )
+            result.append(await engine.relay(tunnel.a, tunnel.b, pipe_pool=pool))
 
         nursery.start_soon(run_relay)
         # One side says everything and half-closes...
@@ -181,20 +212,15 @@ async def test_idle_timeout_memory_streams(
 
 
 async def test_idle_timeout_real_sockets(
-    splice: bool, pool: PipePool, autojump_clock: trio.testing.MockClock
+    engine: Engine, pool: PipePool, autojump_clock: trio.testing.MockClock
 ) -> None:
     tunnel = await Tunnel.open(a_buffered=b"early")
     stats = RelayStats()
     async with trio.open_nursery() as nursery:
 
         async def run_relay() -> None:
-            await relay(
-                tunnel.a,
-                tunnel.b,
-                idle_timeout=30,
-                stats=stats,
-                splice=splice,
-                pipe_pool=pool,
+            await engine.relay(
+                tunnel.a, tunnel.b, idle_timeout=30, stats=stats, pipe_pool=pool
             )
 
         nursery.start_soon(run_relay)
@@ -208,7 +234,7 @@ async def test_idle_timeout_real_sockets(
     assert pool.in_use == 0
 
 
-async def test_peer_reset_closes_both_and_leaks_nothing(splice: bool) -> None:
+async def test_peer_reset_closes_both_and_leaks_nothing(engine: Engine) -> None:
     pool = PipePool()
     before = open_fds()
     tunnel = await Tunnel.open(a_buffered=b"")
@@ -216,9 +242,7 @@ async def test_peer_reset_closes_both_and_leaks_nothing(splice: bool) -> None:
         result: list[RelayStats] = []
 
         async def run_relay() -> None:
-            result.append(
-                await relay(tunnel.a, tunnel.b, splice=splice, pipe_pool=pool)
-            )
+            result.append(await engine.relay(tunnel.a, tunnel.b, pipe_pool=pool))
 
         nursery.start_soon(run_relay)
         await tunnel.client.send_all(b"hello")
@@ -236,7 +260,7 @@ async def test_peer_reset_closes_both_and_leaks_nothing(splice: bool) -> None:
     assert open_fds() == before
 
 
-async def test_cancel_mid_transfer_leaks_nothing(splice: bool) -> None:
+async def test_cancel_mid_transfer_leaks_nothing(engine: Engine) -> None:
     pool = PipePool()
     before = open_fds()
     tunnel = await Tunnel.open()
@@ -255,14 +279,14 @@ async def test_cancel_mid_transfer_leaks_nothing(splice: bool) -> None:
 
             async def stop_when_stuck() -> None:
                 await trio.testing.wait_all_tasks_blocked(cushion=0.05)
-                if splice:
+                if engine.splices:
                     # One direction holds a pipe with bytes in it.
                     assert pool.in_use == 1
                 idle_when_stuck.append(pool.idle)
                 scope.cancel()
 
             nursery.start_soon(stop_when_stuck)
-            await relay(tunnel.a, tunnel.b, stats=stats, splice=splice, pipe_pool=pool)
+            await engine.relay(tunnel.a, tunnel.b, stats=stats, pipe_pool=pool)
         assert scope.cancelled_caught
     assert 0 < stats.a_to_b < 64 * MiB
     assert pool.in_use == 0
@@ -273,14 +297,15 @@ async def test_cancel_mid_transfer_leaks_nothing(splice: bool) -> None:
     assert open_fds() == before
 
 
-@pytest.mark.skipif(not available(), reason="no os.splice")
-async def test_idle_tunnel_holds_no_pipe_and_pool_is_bounded() -> None:
+async def test_idle_tunnel_holds_no_pipe_and_pool_is_bounded(
+    splicing_engine: Engine,
+) -> None:
     pool = PipePool(max_idle=1)
     before = open_fds()
     tunnels = [await Tunnel.open(), await Tunnel.open()]
     async with trio.open_nursery() as nursery:
         for tunnel in tunnels:
-            run = partial(relay, tunnel.a, tunnel.b, splice=True, pipe_pool=pool)
+            run = partial(splicing_engine.relay, tunnel.a, tunnel.b, pipe_pool=pool)
             nursery.start_soon(run)
         for tunnel in tunnels:
             nursery.start_soon(tunnel.client.send_all, os.urandom(MiB))
@@ -303,11 +328,13 @@ async def test_idle_tunnel_holds_no_pipe_and_pool_is_bounded() -> None:
     assert open_fds() == before
 
 
-async def test_splice_true_refuses_what_it_cannot_splice() -> None:
+async def test_splice_true_refuses_what_it_cannot_splice(
+    splicing_engine: Engine,
+) -> None:
     a, client = trio.testing.memory_stream_pair()
     b, upstream = trio.testing.memory_stream_pair()
-    with pytest.raises(ValueError, match="splice=True"):
-        await relay(a, b, splice=True)
+    with pytest.raises(ValueError, match=r"splice=True|plain trio\.SocketStream"):
+        await splicing_engine.relay(a, b)
     # Closed all the same: the relay owns both ends once called.
     assert await client.receive_some() == b""
     assert await upstream.receive_some() == b""
@@ -351,12 +378,12 @@ class NoPipes(PipePool):
         raise OSError(errno.EMFILE, "Too many open files")
 
 
-async def test_no_pipe_falls_back_to_copying() -> None:
+async def test_no_pipe_falls_back_to_copying(splicing_engine: Engine) -> None:
     """Out of fds for a pipe: the tunnel keeps working by copying."""
     tunnel = await Tunnel.open()
     data = os.urandom(MiB)
     async with trio.open_nursery() as nursery:
-        run = partial(relay, tunnel.a, tunnel.b, splice=True, pipe_pool=NoPipes())
+        run = partial(splicing_engine.relay, tunnel.a, tunnel.b, pipe_pool=NoPipes())
         nursery.start_soon(run)
         nursery.start_soon(tunnel.client.send_all, data)
         assert await read_exactly(tunnel.upstream, MiB) == data

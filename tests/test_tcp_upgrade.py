@@ -98,8 +98,9 @@ async def test_early_data_in_the_same_send_reaches_upstream_exactly(
     assert recorder.received == early
 
 
+@pytest.mark.parametrize("hand_over", [True, False], ids=["hub", "task-relay"])
 async def test_half_close_both_ways(
-    nursery: trio.Nursery, start_server: StartServer
+    nursery: trio.Nursery, start_server: StartServer, hand_over: bool
 ) -> None:
     upstream_saw_eof = trio.Event()
     client_got_first = trio.Event()
@@ -118,7 +119,8 @@ async def test_half_close_both_ways(
         # Leaving the block closes: the client must see EOF.
 
     upstream_port = await start_upstream(nursery, upstream)
-    _, port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port)))
+    upgrade = TCPUpgrade(("127.0.0.1", upstream_port), hand_over=hand_over)
+    _, port = await start_server(upgrade)
 
     async with await trio.open_tcp_stream("127.0.0.1", port) as client:
         await client.send_all(UPGRADE)
@@ -207,13 +209,15 @@ async def test_upgrade_request_with_a_body_is_refused(
     assert response.status == 400
 
 
+@pytest.mark.parametrize("hand_over", [True, False], ids=["hub", "task-relay"])
 async def test_one_log_line_per_stream(
-    nursery: trio.Nursery, start_server: StartServer
+    nursery: trio.Nursery, start_server: StartServer, hand_over: bool
 ) -> None:
     with capture_log("hijack.tcp") as log:
         recorder = Recorder()
         upstream_port = await start_upstream(nursery, recorder)
-        server, port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port)))
+        upgrade = TCPUpgrade(("127.0.0.1", upstream_port), hand_over=hand_over)
+        server, port = await start_server(upgrade)
 
         async with await trio.open_tcp_stream("127.0.0.1", port) as client:
             await client.send_all(UPGRADE + b"12345")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import logging
@@ -28,6 +29,7 @@ import trio
 from .. import (
     Handler,
     HTTPError,
+    HubTunnel,
     RelayStats,
     Request,
     Response,
@@ -49,7 +51,7 @@ from ._policy import (
     parse_connect_target,
 )
 from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
-from .limits import TunnelLimits
+from .limits import TunnelLease, TunnelLimits
 from .parent_proxy import Routes
 from .users import Users, authenticate
 
@@ -86,6 +88,8 @@ class _Tunnel:
     route: str = ""
     port: int | None = None
     stats: RelayStats = field(default_factory=RelayStats)
+    #: Handed to the server's relay hub: its end is logged from on_close.
+    handed: bool = False
 
 
 class ConnectProxy:
@@ -116,7 +120,11 @@ class ConnectProxy:
     owns both streams until it returns; :func:`~hijack.relay` closes both
     when both directions reached EOF, on ``idle_timeout`` (no byte either
     way), on error, or on a cancel (e.g. the server's shutdown grace running
-    out). One INFO line per CONNECT on the ``hijack.connect`` logger.
+    out). With ``hand_over`` (the default) a tunnel between plain sockets is
+    handed to the server's relay hub instead (Linux): the handler returns
+    at once, the hub closes both streams on the same events and the end is
+    logged from there. One INFO line per CONNECT on the ``hijack.connect``
+    logger.
     """
 
     def __init__(
@@ -136,6 +144,7 @@ class ConnectProxy:
         limits: TunnelLimits | None = None,
         send_proxy_protocol: ProxyVersion | None = None,
         on_tunnel: TunnelHook | None = None,
+        hand_over: bool = True,
     ) -> None:
         if any(c in realm for c in '"\\\r\n\x00'):
             raise ValueError(
@@ -149,6 +158,7 @@ class ConnectProxy:
         self.idle_timeout = idle_timeout
         self.max_tunnels = max_tunnels
         self.fallback = fallback
+        self.hand_over = hand_over
         self._resolver = resolver
         self._dial = dial
         if users is not None and auth is not None:
@@ -193,7 +203,8 @@ class ConnectProxy:
             detail = "destination not allowed" if exc.status == 403 else exc.reason
             raise HTTPError(exc.status, detail) from None
         finally:
-            self._log(tunnel)
+            if not tunnel.handed:
+                self._log(tunnel)
 
     async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
         host, port = parse_connect_target(request.target)
@@ -240,6 +251,22 @@ class ConnectProxy:
             except BaseException:
                 await trio.aclose_forcefully(upstream)
                 raise
+            throttle = NO_THROTTLE if lease is None else lease.throttle
+            # A throttled tunnel keeps the task relay: the hub's limiter seam
+            # is one limiter per tunnel, the limits here are per direction.
+            if (
+                self.hand_over
+                and throttle == NO_THROTTLE
+                and hijacked.can_hand_to_hub(upstream)
+            ):
+                hijacked.hand_to_hub(
+                    upstream,
+                    idle_timeout=self.idle_timeout,
+                    stats=tunnel.stats,
+                    on_close=functools.partial(self._tunnel_ended, tunnel, lease),
+                )
+                tunnel.handed = True
+                return None
             # Inline, not in a helper coroutine: a frame more would live as
             # long as the tunnel (~0.4 KiB per idle tunnel, measured).
             await relay(
@@ -247,14 +274,26 @@ class ConnectProxy:
                 upstream,
                 idle_timeout=self.idle_timeout,
                 stats=tunnel.stats,
-                throttle=NO_THROTTLE if lease is None else lease.throttle,
+                throttle=throttle,
             )
             tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
             return None
         finally:
-            self._open -= 1
-            if lease is not None:
-                lease.release()
+            if not tunnel.handed:
+                self._open -= 1
+                if lease is not None:
+                    lease.release()
+
+    def _tunnel_ended(
+        self, tunnel: _Tunnel, lease: TunnelLease | None, ended: HubTunnel
+    ) -> None:
+        """The hub closed a handed-over tunnel: count and log it as a relay
+        that returned (or, at the end of a shutdown grace, was cancelled)."""
+        self._open -= 1
+        if lease is not None:
+            lease.release()
+        tunnel.outcome = _HUB_OUTCOMES.get(ended.reason, "ok")
+        self._log(tunnel)
 
     async def _open_upstream(
         self, host: str, port: int, policy: ConnectPolicy, tunnel: _Tunnel
@@ -342,6 +381,10 @@ def _client_host(request: Request) -> str:
     if isinstance(address, tuple) and address:
         return str(address[0])
     return str(address or "-")
+
+
+# A hub tunnel's end reason -> the outcome a relay() would have logged.
+_HUB_OUTCOMES = {"idle-timeout": "idle-timeout", "closed": "error"}
 
 
 class _Busy(ConnectError):

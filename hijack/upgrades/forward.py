@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Literal
 import h11
 import trio
 
-from .. import ReplayStream, join_host_port, relay, set_tcp_keepalive
+from .. import Hub, ReplayStream, join_host_port, relay, set_tcp_keepalive
 
 if TYPE_CHECKING:
     from .parent_proxy import ParentProxy
@@ -247,7 +247,10 @@ async def serve_forward(
     ``task_status.started()`` gets the listeners. Runs until cancelled; a
     cancel closes the listeners and every forwarded connection. A tunnel that
     cannot be opened is logged on ``hijack.forward`` and its local connection
-    closed; the other connections are not affected.
+    closed; the other connections are not affected. On Linux the bytes move
+    in a relay hub (one task for every forwarded connection, see
+    :class:`~hijack.Hub`): each small message costs no scheduler pass of its
+    own; elsewhere each connection awaits :func:`~hijack.relay`.
     """
     # A bad argument fails here, once.
     if mode == "websocket":
@@ -258,6 +261,8 @@ async def serve_forward(
         _request(via, target, mode, auth, "/")
     host, port = ("127.0.0.1", listen) if isinstance(listen, int) else listen
     listeners = await trio.open_tcp_listeners(port, host=host)
+
+    hub: Hub | None = None
 
     async def forward(local: trio.SocketStream) -> None:
         from .parent_proxy import ParentProxyError
@@ -271,6 +276,16 @@ async def serve_forward(
             logger.warning("cannot open a tunnel via %s: %s", where, exc)
             await trio.aclose_forcefully(local)
             return
-        await relay(local, tunnel)
+        if hub is not None and hub.can_take(local, tunnel):
+            await hub.relay(local, tunnel)
+        else:
+            await relay(local, tunnel)
 
-    await trio.serve_listeners(forward, listeners, task_status=task_status)
+    async with trio.open_nursery() as nursery:
+        try:
+            hub = Hub()
+        except RuntimeError:  # not Linux: every connection awaits relay()
+            pass
+        else:
+            await nursery.start(hub.serve)
+        await trio.serve_listeners(forward, listeners, task_status=task_status)

@@ -9,13 +9,16 @@ The client side (``open_tunnel``, a local forwarder) is in
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 
 import trio
 
 from .. import (
     Handler,
     HTTPError,
+    HubTunnel,
     RelayStats,
     Request,
     Response,
@@ -54,6 +57,15 @@ def is_tcp_upgrade(request: Request) -> bool:
     )
 
 
+# A hub tunnel's end reason -> what the task relay's log line would say.
+_HUB_OUTCOMES = {
+    "eof": "closed",
+    "error": "closed",
+    "idle-timeout": "idle timeout",
+    "closed": "cancelled",
+}
+
+
 class TCPUpgrade:
     """A hijack handler relaying ``Upgrade: tcp`` requests to ``upstream``.
 
@@ -70,8 +82,10 @@ class TCPUpgrade:
 
     Resource handling: the handler owns both streams and the relay closes both
     when it returns (EOF both ways, an error, the idle timeout, or a cancel,
-    e.g. the server's shutdown grace running out). One log line per stream on
-    the ``hijack.tcp`` logger.
+    e.g. the server's shutdown grace running out). With ``hand_over`` (the
+    default) a stream between plain sockets goes to the server's relay hub
+    instead (Linux): the handler returns at once and the hub closes both on
+    the same events. One log line per stream on the ``hijack.tcp`` logger.
 
     ``users``: require ``Authorization: Basic`` (401 with
     ``WWW-Authenticate``: this endpoint is an origin server to its client),
@@ -92,11 +106,13 @@ class TCPUpgrade:
         limits: TunnelLimits | None = None,
         send_proxy_protocol: ProxyVersion | None = None,
         on_tunnel: TunnelHook | None = None,
+        hand_over: bool = True,
     ) -> None:
         self.upstream = upstream
         self.users = users
         self.routes = routes
         self.limits = limits
+        self.hand_over = hand_over
         self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
         self.connect_timeout = connect_timeout
         self.idle_timeout = idle_timeout
@@ -122,6 +138,7 @@ class TCPUpgrade:
             except HTTPError as challenge:
                 return challenge.response()  # the connection stays usable
         lease = None if self.limits is None else _acquire(self.limits, request, user)
+        handed = False
         try:
             upstream = await self._dial(request, user)
             try:
@@ -136,7 +153,29 @@ class TCPUpgrade:
                 await trio.aclose_forcefully(upstream)
                 raise
             stats = RelayStats()
-            started = trio.current_time()
+            log_end = functools.partial(
+                self._log_end,
+                request.connection.id,
+                format_address(request.connection.remote_address),
+                "" if user is None else f" user={user.name}",
+                trio.current_time(),
+            )
+            throttle = NO_THROTTLE if lease is None else lease.throttle
+            # A throttled stream keeps the task relay: the hub's limiter seam
+            # is one limiter per tunnel, the limits here are per direction.
+            if (
+                self.hand_over
+                and throttle == NO_THROTTLE
+                and hijacked.can_hand_to_hub(upstream)
+            ):
+                hijacked.hand_to_hub(
+                    upstream,
+                    idle_timeout=self.idle_timeout,
+                    stats=stats,
+                    on_close=functools.partial(_hub_ended, log_end, lease),
+                )
+                handed = True
+                return None
             outcome = "error"
             try:
                 await relay(
@@ -144,7 +183,7 @@ class TCPUpgrade:
                     upstream,
                     idle_timeout=self.idle_timeout,
                     stats=stats,
-                    throttle=NO_THROTTLE if lease is None else lease.throttle,
+                    throttle=throttle,
                 )
                 outcome = "idle timeout" if stats.timed_out else "closed"
             except trio.Cancelled:
@@ -153,23 +192,34 @@ class TCPUpgrade:
             finally:
                 # Logged from ``finally`` so a cancelled stream (shutdown) still
                 # gets its line, with the counts it reached.
-                if self.on_tunnel is not None:
-                    self.on_tunnel(outcome, self.upstream[1], stats)
-                logger.info(
-                    "connection %d %s%s -> %s %s: %d bytes up, %d down, %.3fs",
-                    request.connection.id,
-                    format_address(request.connection.remote_address),
-                    f" user={user.name}" if user is not None else "",
-                    join_host_port(*self.upstream),
-                    outcome,
-                    stats.a_to_b,
-                    stats.b_to_a,
-                    trio.current_time() - started,
-                )
+                log_end(outcome, stats)
             return None
         finally:
-            if lease is not None:
+            if lease is not None and not handed:
                 lease.release()
+
+    def _log_end(
+        self,
+        connection_id: int,
+        peer: str,
+        user: str,
+        started: float,
+        outcome: str,
+        stats: RelayStats,
+    ) -> None:
+        if self.on_tunnel is not None:
+            self.on_tunnel(outcome, self.upstream[1], stats)
+        logger.info(
+            "connection %d %s%s -> %s %s: %d bytes up, %d down, %.3fs",
+            connection_id,
+            peer,
+            user,
+            join_host_port(*self.upstream),
+            outcome,
+            stats.a_to_b,
+            stats.b_to_a,
+            trio.current_time() - started,
+        )
 
     async def _dial(self, request: Request, user: User | None) -> trio.abc.Stream:
         host, port = self.upstream
@@ -227,3 +277,14 @@ def _acquire(limits: TunnelLimits, request: Request, user: User | None) -> Tunne
             exc.reason,
         )
         raise HTTPError(exc.status, "too many tunnels") from None
+
+
+def _hub_ended(
+    log_end: Callable[[str, RelayStats], None],
+    lease: TunnelLease | None,
+    tunnel: HubTunnel,
+) -> None:
+    """The hub closed a handed-over stream: uncount it, log its end."""
+    if lease is not None:
+        lease.release()
+    log_end(_HUB_OUTCOMES[tunnel.reason], tunnel.stats)
