@@ -286,3 +286,32 @@ async def test_tcp_upgrade_per_client_limit_gets_429(
         assert status_of(await exchange(port, head)) == 429
         assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
     await wait_for_zero(lambda: limits.by_client.total())
+
+
+async def test_tcp_upgrade_bandwidth(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    start_server: StartServer,
+) -> None:
+    """A throttled Upgrade: tcp stream keeps the task relay and its rate."""
+    payload = b"y" * 300_000
+
+    async def upstream(stream: trio.SocketStream) -> None:
+        await stream.send_all(payload)
+        await stream.aclose()
+
+    upstream_port = await start_upstream(nursery, upstream)
+    limits = TunnelLimits(tunnel_bandwidth=RATE)
+    _, port = await start_server(
+        TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)
+    )
+    head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+        await client.send_all(head)
+        answer, rest = await read_head(client)
+        started = trio.current_time()
+        body = rest + await read_until_closed(client)
+        elapsed = trio.current_time() - started
+    assert status_of(answer) == 101 and body == payload
+    assert elapsed == pytest.approx((300_000 - BURST) / RATE, abs=0.3)
+    await wait_for_zero(lambda: limits.by_client.total())

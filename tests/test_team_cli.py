@@ -187,3 +187,44 @@ async def test_proxy_users_reload_on_sighup(
         await process.wait()
     assert process.returncode == 0
     assert re.search(rb"CONNECT 127\.0\.0\.1:\d+ user=alice -> ", errors), bytes(errors)
+
+
+def test_reloads_keep_one_users_and_one_limits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a SIGHUP does to the team options: the same Users re-reads its
+    file, the same TunnelLimits takes the new bounds (open tunnels stay
+    counted), a broken users file fails the reload."""
+    from hijack import _team_cli
+
+    monkeypatch.setattr(_team_cli, "_LIVE", {})
+    path = tmp_path / "users.toml"
+    users_file(path, 443, "alice")
+    parser = build_parser()
+    first = _team_cli.handler_options(
+        parser.parse_args(
+            ["proxy", "--users", str(path), "--max-tunnels-per-client", "2"]
+        )
+    )
+    users_file(path, 443, "bob")
+    args = [
+        "proxy",
+        "--users",
+        str(path),
+        "--max-tunnels-per-client",
+        "5",
+        "--direct",
+        "x.example",
+    ]
+    second = _team_cli.handler_options(parser.parse_args(args))
+    assert second["users"] is first["users"] and second["users"].names == ["bob"]
+    assert second["limits"] is first["limits"] and second["limits"].per_client == 5
+    assert second["routes"].parent is None  # --direct alone: everything direct
+    path.write_text("[users.bob\n")
+    with pytest.raises(SystemExit, match="not reloaded"):
+        _team_cli.handler_options(parser.parse_args(args))
+    assert first["users"].names == ["bob"]  # the running rules stay
+    with pytest.raises(SystemExit, match=r"users\.toml\.new"):
+        _team_cli.handler_options(
+            parser.parse_args(["proxy", "--users", str(tmp_path / "users.toml.new")])
+        )
