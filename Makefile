@@ -15,12 +15,17 @@ $(STAMP): pyproject.toml
 # haproxy and nginx's stream module the balancers in front of and behind
 # hijack for PROXY protocol).
 sysdeps:
-	@command -v curl >/dev/null || { apt-get update -q && apt-get install -y -q curl; }
-	@test -x /usr/sbin/haproxy || { apt-get update -q && apt-get install -y -q haproxy; }
-	@command -v nginx >/dev/null || { apt-get update -q && apt-get install -y -q nginx; }
-	@test -e /usr/lib/nginx/modules/ngx_stream_module.so || { apt-get update -q && apt-get install -y -q libnginx-mod-stream; }
-	@command -v npm >/dev/null || { apt-get update -q && apt-get install -y -q nodejs npm; }
-	@command -v systemd-socket-activate >/dev/null || { apt-get update -q && apt-get install -y -q systemd; }
+	@missing=""; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
+	test -x /usr/sbin/haproxy || missing="$$missing haproxy"; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
 
 # Node clients (the `ws` package) for the WebSocket tests, in tests/node only.
 NODE_CLIENTS := tests/node/node_modules/.package-lock.json

@@ -35,10 +35,6 @@ async def help_page(request: hijack.Request) -> hijack.Response:
     )
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    return hijack.split_host_port(text)  # "host:port" or "[v6]:port"
-
-
 async def main(upstream: tuple[str, int], port: int) -> None:
     # Dial within 5 s (else 504), close a stream idle for 10 minutes.
     proxy = TCPUpgrade(
@@ -56,4 +52,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     listen_port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: just stop
-        trio.run(main, parse_address(sys.argv[1]), listen_port)
+        trio.run(main, hijack.split_host_port(sys.argv[1]), listen_port)

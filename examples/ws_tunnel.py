@@ -44,11 +44,6 @@ def make_handler(upstream: tuple[str, int]) -> hijack.Handler:
     return site
 
 
-def parse_address(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 async def main(upstream: tuple[str, int], port: int) -> None:
     server = hijack.Server(make_handler(upstream))
     print(f"ws://127.0.0.1:{port}/tunnel -> {upstream}", file=sys.stderr)
@@ -62,4 +57,4 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     listen_port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: just stop
-        trio.run(main, parse_address(sys.argv[1]), listen_port)
+        trio.run(main, hijack.split_host_port(sys.argv[1]), listen_port)

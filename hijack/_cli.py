@@ -15,10 +15,11 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import _team_cli as _team
 from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._config_file import with_config_file
@@ -29,6 +30,9 @@ from ._proxyproto import ProxyProtocol
 from ._relay import TunnelHook
 from ._server import Server
 from ._supervisor import WORKER_FDS_ENV
+
+if TYPE_CHECKING:  # imported where used: each subcommand loads only its own
+    from .upgrades.connect import ConnectPolicy
 
 __all__ = ["main"]
 
@@ -75,15 +79,23 @@ def _trusted_sender(text: str) -> str:
 # -- building the handler of each subcommand ----------------------------------
 
 
-def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.connect import ConnectPolicy, ConnectProxy
+def _connect_policy(args: argparse.Namespace) -> ConnectPolicy:
+    """The destination policy of ``proxy`` and ``wsbridge --targets``, from
+    their shared --allow-port/--allow/--deny/--allow-private flags."""
+    from .upgrades.connect import ConnectPolicy
 
-    policy = ConnectPolicy(
+    return ConnectPolicy(
         allowed_ports=frozenset(args.allow_port or [443]),
         allow_private=args.allow_private,
         allow=tuple(args.allow),
         deny=tuple(args.deny),
     )
+
+
+def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    from .upgrades.connect import ConnectProxy
+
+    policy = _connect_policy(args)
     return ConnectProxy(
         policy,
         auth=args.auth,
@@ -92,6 +104,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         max_tunnels=args.max_tunnels,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
+        **_team.handler_options(args),
     )
 
 
@@ -115,11 +128,11 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
         idle_timeout=args.idle_timeout,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
+        **_team.handler_options(args),
     )
 
 
 def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.connect import ConnectPolicy
     from .upgrades.wsbridge import TargetFile, WebSocketBridge
 
     origins = args.allow_origin or None
@@ -139,12 +152,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         targets = TargetFile(args.targets)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"hijack wsbridge: --targets: {exc}") from None
-    policy = ConnectPolicy(
-        allowed_ports=frozenset(args.allow_port or [443]),
-        allow_private=args.allow_private,
-        allow=tuple(args.allow),
-        deny=tuple(args.deny),
-    )
+    policy = _connect_policy(args)
     return WebSocketBridge(
         targets=targets,
         policy=policy,
@@ -279,13 +287,22 @@ async def _forward(args: argparse.Namespace) -> None:
     target = args.target
     if args.mode in ("upgrade", "websocket"):
         target = None  # the server picks the upstream
+    parent = args.upstream_proxy
     if args.listen == "-":
-        await forward_stdio(args.via, target, args.mode, auth=args.auth)
+        await forward_stdio(
+            args.via, target, args.mode, auth=args.auth, upstream_proxy=parent
+        )
         return
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             _call(
-                serve_forward, args.listen, args.via, target, args.mode, auth=args.auth
+                serve_forward,
+                args.listen,
+                args.via,
+                target,
+                args.mode,
+                auth=args.auth,
+                upstream_proxy=parent,
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
@@ -364,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy_protocol)",
     )
 
+    chaining, team = _team.chaining_parser(), _team.team_parser()
     proxy = commands.add_parser(
         "proxy",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="CONNECT tunnel (forward proxy) with a safe policy",
         description="A CONNECT forward proxy. By default it tunnels to port 443 "
         "only, and refuses loopback, private, link-local and other non-global "
@@ -459,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tcp = commands.add_parser(
         "tcp",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="raw TCP proxy: Upgrade: tcp, then relay to an upstream",
         description="Answer 'Connection: Upgrade' + 'Upgrade: tcp' with 101 and "
         "relay the raw stream to the upstream.",
@@ -534,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forward = commands.add_parser(
         "forward",
+        parents=[chaining],
         help="client side: tunnel local TCP connections through a hijack server",
         description="Listen locally and open, for each connection, a tunnel "
         "through a hijack server (CONNECT or Upgrade: tcp), so any TCP client "
@@ -585,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
         "they work with nothing else running.",
     )
     demo.set_defaults(run=_demo_handler)
+    _team.add_hash_password(commands)
+
     return parser
 
 
@@ -599,11 +620,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if args.command == "hash-password":
+        return _team.hash_password_command()
     if args.command == "forward":
         from .upgrades.forward import TunnelError
 
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
+        if args.mode == "websocket" and args.upstream_proxy is not None:
+            parser.error("forward: --upstream-proxy works with connect and upgrade")
         if (args.mode == "websocket") != isinstance(args.via, str):
             parser.error(
                 "forward: --via is a ws:// or wss:// URL in websocket mode, "

@@ -13,9 +13,10 @@ import pytest
 import trio
 import trio.testing
 
-from hijack import Request, Response, Server
+from hijack import ProxyProtocol, Request, Response, Server
 from hijack.testing import MemoryListener
 
+from .daemons import Daemons
 from .helpers import read_until_closed
 from .leakcheck import leak_fixture
 
@@ -79,18 +80,35 @@ async def start_server(
     nursery: trio.Nursery, no_leaks: None
 ) -> AsyncIterator[StartServer]:
     """``server, port = await start_server(handler, **Server kwargs)``: a
-    server on 127.0.0.1, port 0, shut down (grace 0) at the end of the test."""
+    server on 127.0.0.1, port 0 (``proxy_protocol``: its listener's policy),
+    shut down (grace 0) at the end of the test."""
     servers: list[Server] = []
 
-    async def start(handler: Handler, **kwargs: Any) -> tuple[Server, int]:
+    async def start(
+        handler: Handler,
+        *,
+        proxy_protocol: ProxyProtocol | None = None,
+        **kwargs: Any,
+    ) -> tuple[Server, int]:
         server = Server(handler, **kwargs)
-        listeners = await nursery.start(server.serve_tcp, 0)
+        listeners = await nursery.start(
+            functools.partial(server.serve_tcp, 0, proxy_protocol=proxy_protocol)
+        )
         servers.append(server)
         return server, listeners[0].socket.getsockname()[1]
 
     yield start
     for server in servers:
         await server.shutdown(grace=0)
+
+
+@pytest.fixture
+async def daemons(nursery: trio.Nursery, no_leaks: None) -> AsyncIterator[Daemons]:
+    """``await daemons.start(command, listening=[(host, port)])``: real
+    daemons (HAProxy, nginx), stopped at the end of the test."""
+    running = Daemons(nursery)
+    yield running
+    await running.stop()
 
 
 @pytest.fixture

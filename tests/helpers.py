@@ -9,11 +9,13 @@ import functools
 import itertools
 import logging
 import socket
+import ssl
 import struct
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 
 import h11
 import trio
+import trustme
 
 from hijack import Headers, Server
 from hijack.testing import TestResponse
@@ -22,6 +24,7 @@ __all__ = [
     "LogCapture",
     "UpstreamHandler",
     "all_closed",
+    "answer_once",
     "ask",
     "capture_log",
     "connect_from",
@@ -36,6 +39,7 @@ __all__ = [
     "reset",
     "splits",
     "start_upstream",
+    "tls_contexts",
 ]
 
 UpstreamHandler = Callable[[trio.SocketStream], Awaitable[None]]
@@ -206,6 +210,17 @@ def splits(data: bytes, cuts: list[int]) -> list[bytes]:
 # -- sockets and servers -------------------------------------------------------------
 
 
+def tls_contexts(*names: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context with a certificate for ``names`` from a new test CA,
+    and a client context that trusts that CA (and nothing else)."""
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(server_context)
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    return server_context, client_context
+
+
 def reset(stream: trio.SocketStream) -> None:
     """Close ``stream`` so that the peer gets a TCP RST, not a FIN
     (SO_LINGER 0)."""
@@ -237,6 +252,18 @@ async def start_upstream(nursery: trio.Nursery, handler: UpstreamHandler) -> int
     )
     port: int = listeners[0].socket.getsockname()[1]
     return port
+
+
+def answer_once(answer: bytes) -> UpstreamHandler:
+    """An upstream that reads one request head, sends ``answer`` and
+    closes: a client's view of a server that says no (or says nonsense)."""
+
+    async def handle(stream: trio.SocketStream) -> None:
+        async with stream:
+            await read_until(stream, b"\r\n\r\n")
+            await stream.send_all(answer)
+
+    return handle
 
 
 async def all_closed(server: Server) -> None:

@@ -15,6 +15,8 @@ from .helpers import ask
 
 #: Real time: one process start on a loaded 2-core box, bounded.
 START_TIMEOUT = 30
+#: Real time: a graceful stop (``stop_signal``) before SIGKILL.
+STOP_TIMEOUT = 10
 
 
 class HijackProcess:
@@ -55,6 +57,11 @@ class HijackProcess:
                     )
                 await self._changed.wait()
 
+    async def address(self) -> str:
+        """Where it said it listens (``http://127.0.0.1:PORT``,
+        ``http://unix:PATH``, ``127.0.0.1:PORT`` for ``forward``)."""
+        return (await self.wait_for(r"listening on (\S+)"))[1]
+
     async def port(self) -> int:
         return int((await self.wait_for(r"listening on https?://[^ ]+:(\d+)"))[1])
 
@@ -75,10 +82,15 @@ class HijackProcess:
 
 @contextlib.asynccontextmanager
 async def run_hijack(
-    args: Sequence[str], *, env: dict[str, str] | None = None
+    args: Sequence[str],
+    *,
+    env: dict[str, str] | None = None,
+    stop_signal: int | None = None,
 ) -> AsyncIterator[HijackProcess]:
     """Start ``python -m hijack ARGS``; on exit, SIGKILL it (and its whole
-    session: workers) if it is still running."""
+    session: workers) if it is still running. With ``stop_signal`` it is
+    first asked to stop with that signal (bounded by STOP_TIMEOUT): a
+    graceful exit also writes the child's coverage data."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "hijack", *args],
         stdout=-1,
@@ -95,6 +107,10 @@ async def run_hijack(
             try:
                 yield runner
             finally:
+                if stop_signal is not None and process.returncode is None:
+                    process.send_signal(stop_signal)
+                    with trio.move_on_after(STOP_TIMEOUT):
+                        await process.wait()
                 if process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import re
 import signal
-import subprocess
-import sys
 
 import pytest
 import trio
 
 from hijack._cli import build_parser, parse_host_port
+
+from .hijack_process import run_hijack
 
 
 @pytest.mark.parametrize(
@@ -100,22 +99,8 @@ def test_help_explains_every_flag(command: str, flags: list[str]) -> None:
 
 
 async def test_demo_tunnels_to_itself_and_exits_on_ctrl_c() -> None:
-    async with trio.open_nursery() as nursery:
-        command = [sys.executable, "-m", "hijack", "demo", "--listen", "127.0.0.1:0"]
-        process = await nursery.start(
-            functools.partial(
-                trio.run_process, command, stdout=subprocess.PIPE, check=False
-            )
-        )
-        assert process.stdout is not None
-        out = b""
-        while b"listening on" not in out:
-            chunk = await process.stdout.receive_some()
-            assert chunk, "the demo exited early"
-            out += chunk
-        match = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", out)
-        assert match, out
-        base = f"http://127.0.0.1:{int(match[1])}"
+    async with run_hijack(["demo", "--listen", "127.0.0.1:0"]) as demo:
+        base = f"http://127.0.0.1:{await demo.port()}"
         direct = await trio.run_process(
             ["curl", "-sS", f"{base}/hello"], capture_stdout=True
         )
@@ -124,6 +109,5 @@ async def test_demo_tunnels_to_itself_and_exits_on_ctrl_c() -> None:
             ["curl", "-sS", "-p", "-x", base, f"{base}/hello"], capture_stdout=True
         )
         assert tunnel.stdout.startswith(b"hello from hijack")
-        process.send_signal(signal.SIGINT)
-        await process.wait()
-        assert process.returncode == 0
+        demo.signal(signal.SIGINT)
+        assert await demo.wait() == 0

@@ -10,24 +10,23 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 import trio
-import trustme
 
 from hijack import Connection, HijackError, Request, Response, Server, relay
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed, start_upstream
+from .helpers import read_until, read_until_closed, start_upstream, tls_contexts
 
 UPGRADE = Response(101, {"connection": "upgrade", "upgrade": "echo"})
 Handler = Callable[[Request], Awaitable[Response | None]]
+SNICallback = Callable[[ssl.SSLObject, str | None, ssl.SSLContext], None]
 
 
 # -- a 101 to a request without Upgrade ---------------------------------------
 
 
-async def test_101_without_upgrade_is_refused_and_the_exchange_stays_usable(
-    start_server: StartServer,
-) -> None:
-    refusals: list[str] = []
+def upgrade_or_plain_answer(refusals: list[str]) -> Handler:
+    """A handler that tries to answer 101; when hijack refuses (the test
+    expects it to), it records why and answers 200 "plain answer"."""
 
     async def handler(request: Request) -> Response | None:
         try:
@@ -37,7 +36,14 @@ async def test_101_without_upgrade_is_refused_and_the_exchange_stays_usable(
             return Response(200, body=b"plain answer")
         return None  # pragma: no cover - the bug: hijacked, 101 sent
 
-    _, port = await start_server(handler)
+    return handler
+
+
+async def test_101_without_upgrade_is_refused_and_the_exchange_stays_usable(
+    start_server: StartServer,
+) -> None:
+    refusals: list[str] = []
+    _, port = await start_server(upgrade_or_plain_answer(refusals))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         # Two requests on one connection: the refusal leaves it keep-alive.
         request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -54,16 +60,7 @@ async def test_101_without_upgrade_is_refused_and_the_exchange_stays_usable(
 async def test_101_to_http10_is_refused(start_server: StartServer) -> None:
     """RFC 9110 7.8: a server ignores Upgrade in an HTTP/1.0 request."""
     refusals: list[str] = []
-
-    async def handler(request: Request) -> Response | None:
-        try:
-            await request.hijack(UPGRADE)
-        except HijackError as exc:
-            refusals.append(str(exc))
-            return Response(200, body=b"plain answer")
-        return None  # pragma: no cover - the bug
-
-    _, port = await start_server(handler)
+    _, port = await start_server(upgrade_or_plain_answer(refusals))
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(
             b"GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n"
@@ -82,12 +79,9 @@ class TLS:
     standard (not https-compatible) client that trusts it."""
 
     def __init__(self) -> None:
-        self.ca = trustme.CA()
-        self.server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        cert = self.ca.issue_cert("localhost", "sni.example", "127.0.0.1")
-        cert.configure_cert(self.server_context)
-        self.client_context = ssl.create_default_context()
-        self.ca.configure_trust(self.client_context)
+        self.server_context, self.client_context = tls_contexts(
+            "localhost", "sni.example", "127.0.0.1"
+        )
 
     async def connect(
         self, port: int, server_hostname: str = "localhost"
@@ -152,16 +146,22 @@ async def test_tls_info_has_the_clients_sni(
     assert await server_name_of(tls, port, "127.0.0.1") == b"None"
 
 
-async def test_sni_callback_of_the_user_still_runs(
-    tls: TLS, start_tls_server: StartTLS
-) -> None:
-    seen: list[str | None] = []
+def recording_sni_callback(seen: list[str | None]) -> SNICallback:
+    """A user's own SNI callback: it records the names it is called with."""
 
     def users_callback(
         ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
     ) -> None:
         seen.append(server_name)
 
+    return users_callback
+
+
+async def test_sni_callback_of_the_user_still_runs(
+    tls: TLS, start_tls_server: StartTLS
+) -> None:
+    seen: list[str | None] = []
+    users_callback = recording_sni_callback(seen)
     tls.server_context.sni_callback = users_callback
     port = await start_tls_server(echo_server_name)
     assert await server_name_of(tls, port, "sni.example") == b"'sni.example'"
@@ -249,12 +249,7 @@ async def test_a_user_sni_callback_set_after_start_is_chained_too(
     tls: TLS, start_tls_server: StartTLS
 ) -> None:
     seen: list[str | None] = []
-
-    def users_callback(
-        ssl_object: ssl.SSLObject, server_name: str | None, ctx: ssl.SSLContext
-    ) -> None:
-        seen.append(server_name)
-
+    users_callback = recording_sni_callback(seen)
     port = await start_tls_server(echo_server_name)
     assert await server_name_of(tls, port, "localhost") == b"'localhost'"
     tls.server_context.sni_callback = users_callback  # replaces the server's

@@ -6,7 +6,6 @@ import functools
 import importlib.util
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -17,6 +16,7 @@ from hijack import PeerCredentials, Server
 from hijack.testing import Peer, open_test_client
 
 from .conftest import StartServer
+from .daemons import free_port
 from .helpers import read_until, read_until_closed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -86,13 +86,6 @@ async def test_readme_quick_start_handler(start_server: StartServer) -> None:
         assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 async def run_example(

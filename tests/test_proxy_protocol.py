@@ -8,7 +8,6 @@ import functools
 import json
 import logging
 import socket
-import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,6 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
-import trustme
 
 from hijack import (
     Connection,
@@ -40,6 +38,7 @@ from .helpers import (
     read_until,
     read_until_closed,
     start_upstream,
+    tls_contexts,
 )
 
 # Every test here, fixtures or not, must leave no fd and no task behind.
@@ -188,11 +187,7 @@ async def test_hooks_see_the_client(proxied: Start) -> None:
 
 
 async def test_tls_handshake_comes_after_the_header(proxied: Start) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts("localhost")
     _, port = await proxied(["127.0.0.1"], ssl_context=server_ctx)
     raw = await trio.open_tcp_stream("127.0.0.1", port)
     await raw.send_all(V1)

@@ -17,7 +17,9 @@ MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
 
 async def test_shutdown_closes_idle_and_finishes_in_flight(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery,
+    memory_server: MemoryServer,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     release = trio.Event()
 
@@ -26,10 +28,7 @@ async def test_shutdown_closes_idle_and_finishes_in_flight(
             await release.wait()
         return Response(200, body=b"done")
 
-    server = Server(handler, limits=Limits(shutdown_grace=60))
-    listener = MemoryListener()
-    nursery.start_soon(server.serve_listeners, [listener])
-    await trio.testing.wait_all_tasks_blocked()
+    server, listener = await memory_server(handler, limits=Limits(shutdown_grace=60))
     fresh = await listener.connect()
     idle = await listener.connect()
     await idle.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -66,7 +65,7 @@ async def test_shutdown_closes_idle_and_finishes_in_flight(
 
 
 async def test_hijacked_owners_are_told_and_drained(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     async def polite(request: Request) -> None:
         hijacked = await request.hijack()
@@ -82,10 +81,7 @@ async def test_hijacked_owners_are_told_and_drained(
     async def handler(request: Request) -> None:
         await (polite if request.path == "/polite" else stubborn)(request)
 
-    server = Server(handler, limits=Limits(shutdown_grace=30))
-    listener = MemoryListener()
-    nursery.start_soon(server.serve_listeners, [listener])
-    await trio.testing.wait_all_tasks_blocked()
+    server, listener = await memory_server(handler, limits=Limits(shutdown_grace=30))
     a = await listener.connect()
     await a.send_all(b"GET /polite HTTP/1.1\r\nHost: x\r\n\r\n")
     b = await listener.connect()
@@ -109,15 +105,12 @@ async def test_hijacked_owners_are_told_and_drained(
 
 
 async def test_detached_hijacked_stream_is_closed_after_grace(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
     async def handler(request: Request) -> None:
         (await request.hijack()).detach()  # handed on, and then forgotten
 
-    server = Server(handler, limits=Limits(shutdown_grace=10))
-    listener = MemoryListener()
-    nursery.start_soon(server.serve_listeners, [listener])
-    await trio.testing.wait_all_tasks_blocked()
+    server, listener = await memory_server(handler, limits=Limits(shutdown_grace=10))
     client = await listener.connect()
     await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await trio.testing.wait_all_tasks_blocked()
@@ -129,7 +122,9 @@ async def test_detached_hijacked_stream_is_closed_after_grace(
 
 
 async def test_a_new_connection_may_send_its_request_after_shutdown_started(
-    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery,
+    memory_server: MemoryServer,
+    autojump_clock: trio.testing.MockClock,
 ) -> None:
     """A rolling restart retires a worker that has just accepted a
     connection: the client's request, sent a moment later, is answered."""
@@ -137,10 +132,7 @@ async def test_a_new_connection_may_send_its_request_after_shutdown_started(
     async def handler(request: Request) -> Response:
         return Response(200, body=b"done")
 
-    server = Server(handler, limits=Limits(shutdown_grace=60))
-    listener = MemoryListener()
-    nursery.start_soon(server.serve_listeners, [listener])
-    await trio.testing.wait_all_tasks_blocked()
+    server, listener = await memory_server(handler, limits=Limits(shutdown_grace=60))
     fresh = await listener.connect()
     await trio.testing.wait_all_tasks_blocked()
     nursery.start_soon(server.shutdown)

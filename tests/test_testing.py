@@ -7,7 +7,6 @@ import sys
 
 import pytest
 import trio
-import trustme
 from websockets.exceptions import InvalidHandshake
 from websockets.utils import accept_key
 
@@ -28,6 +27,8 @@ from hijack.upgrades.websocket import (
     make_echo_handler,
     websocket_handler,
 )
+
+from .helpers import tls_contexts
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -132,11 +133,7 @@ async def test_fake_peer_identity() -> None:
 
 
 async def test_real_tls_handshake_over_memory() -> None:
-    ca = trustme.CA()
-    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("testserver").configure_cert(server_context)
-    client_context = ssl.create_default_context()
-    ca.configure_trust(client_context)
+    server_context, client_context = tls_contexts("testserver")
     async with open_test_client(
         app, ssl_context=server_context, client_ssl_context=client_context
     ) as client:

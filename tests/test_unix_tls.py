@@ -5,17 +5,15 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import ssl
 import stat
 from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from hijack import Request, Response, Server, open_unix_listener
 
-from .helpers import read_until, read_until_closed
+from .helpers import read_until, read_until_closed, tls_contexts
 
 
 async def who(request: Request) -> Response:
@@ -104,16 +102,8 @@ async def test_tcp_connection_has_no_peer_credentials(
     await server.shutdown()
 
 
-@pytest.fixture
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-async def test_tls_request_and_hijack(ca: trustme.CA, nursery: trio.Nursery) -> None:
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost", "127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+async def test_tls_request_and_hijack(nursery: trio.Nursery) -> None:
+    server_ctx, client_ctx = tls_contexts("localhost", "127.0.0.1")
     tls_seen: list[str | None] = []
 
     async def handler(request: Request) -> Response | None:
@@ -153,13 +143,12 @@ async def test_tls_request_and_hijack(ca: trustme.CA, nursery: trio.Nursery) -> 
 
 
 async def test_tls_handshake_timeout(
-    ca: trustme.CA, nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
+    nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
     from hijack import Limits
     from hijack.testing import MemoryListener
 
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx, _ = tls_contexts("localhost")
     server = Server(who, limits=Limits(tls_handshake_timeout=3))
     listener = MemoryListener()
     await nursery.start(

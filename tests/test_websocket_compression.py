@@ -4,14 +4,9 @@ from /proc."""
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import signal
-import subprocess
-import sys
 import zlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,6 +20,7 @@ from hijack.upgrades.websocket import make_echo_handler
 
 from .conftest import StartServer
 from .helpers import read_response
+from .hijack_process import run_hijack
 from .test_websocket import in_client, upgrade_request
 
 MiB = 1024 * 1024
@@ -129,40 +125,7 @@ async def test_compressed_round_trip_with_a_real_client(
 # -- a real bomb against a `hijack echo` process --------------------------------
 
 
-@pytest.fixture
-async def echo_process(
-    nursery: trio.Nursery,
-) -> AsyncIterator[Any]:
-    """``port, pid = await start(*flags)``: `hijack echo` in its own process."""
-    processes: list[trio.Process] = []
-
-    async def start(*flags: str) -> tuple[int, int]:
-        command = [sys.executable, "-m", "hijack", "echo", "--listen", "127.0.0.1:0"]
-        process: trio.Process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                [*command, *flags],
-                stdout=subprocess.PIPE,
-                check=False,
-            )
-        )
-        processes.append(process)
-        assert process.stdout is not None
-        out = b""
-        with trio.fail_after(30):
-            while b"listening on" not in out:
-                chunk = await process.stdout.receive_some()
-                assert chunk, "hijack echo exited early"
-                out += chunk
-        match = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", out)
-        assert match, out
-        return int(match[1]), process.pid
-
-    yield start
-    for process in processes:
-        process.send_signal(signal.SIGINT)
-        with trio.fail_after(30):
-            await process.wait()
+ECHO = ["echo", "--listen", "127.0.0.1:0"]
 
 
 def peak_rss(pid: int) -> int:
@@ -216,9 +179,7 @@ def close_code(data: bytes) -> int:
     raise AssertionError(f"no close frame in {data[:40]!r}")
 
 
-async def test_a_64_mib_bomb_closes_1009_without_holding_64_mib(
-    echo_process: Any,
-) -> None:
+async def test_a_64_mib_bomb_closes_1009_without_holding_64_mib() -> None:
     """A 64 KiB frame that inflates to 64 MiB: the server (1 MiB limit)
     stops inflating at the limit and closes 1009; its peak memory grows by
     far less than the bomb (measured: 2 MiB). The control run (a limit above
@@ -227,23 +188,33 @@ async def test_a_64_mib_bomb_closes_1009_without_holding_64_mib(
     frame = bomb_frame(64 * MiB)
     assert len(frame) < 70 * 1024  # "a 64 KiB frame"
 
-    port, pid = await echo_process("--max-message-size", str(MiB))
-    before = peak_rss(pid)
-    assert close_code(await send_bomb(port, frame, until_closed=True)) == 1009
-    limited_growth = peak_rss(pid) - before
+    async with run_hijack(
+        [*ECHO, "--max-message-size", str(MiB)], stop_signal=signal.SIGINT
+    ) as limited:
+        port, pid = await limited.port(), limited.process.pid
+        before = peak_rss(pid)
+        assert close_code(await send_bomb(port, frame, until_closed=True)) == 1009
+        limited_growth = peak_rss(pid) - before
 
-    port, pid = await echo_process("--max-message-size", str(128 * MiB))
-    before = peak_rss(pid)
-    answer = await send_bomb(port, frame, until_closed=False)
-    assert answer[0] & 0x0F == 0x2  # the echo: it was inflated in full
-    unlimited_growth = peak_rss(pid) - before
+    async with run_hijack(
+        [*ECHO, "--max-message-size", str(128 * MiB)], stop_signal=signal.SIGINT
+    ) as control:
+        port, pid = await control.port(), control.process.pid
+        before = peak_rss(pid)
+        answer = await send_bomb(port, frame, until_closed=False)
+        assert answer[0] & 0x0F == 0x2  # the echo: it was inflated in full
+        unlimited_growth = peak_rss(pid) - before
 
     assert unlimited_growth >= 64 * MiB, unlimited_growth
     assert limited_growth < 8 * MiB, limited_growth
 
 
-async def test_no_compression_flag(echo_process: Any) -> None:
-    port, _ = await echo_process("--no-compression")
-    status, headers = await handshake_answer(port, "permessage-deflate")
+async def test_no_compression_flag() -> None:
+    async with run_hijack(
+        [*ECHO, "--no-compression"], stop_signal=signal.SIGINT
+    ) as echo:
+        status, headers = await handshake_answer(
+            await echo.port(), "permessage-deflate"
+        )
     assert status == 101
     assert "sec-websocket-extensions" not in headers

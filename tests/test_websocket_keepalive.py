@@ -5,8 +5,8 @@ Sans-I/O protocol and answers pings only when told to."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 import trio
@@ -19,21 +19,28 @@ from hijack.testing import MemoryListener
 from hijack.upgrades.websocket import WebSocket, websocket_handler
 
 from .helpers import read_response
+from .hijack_process import run_hijack
 from .test_websocket import upgrade_request
-from .test_websocket_compression import echo_process  # noqa: F401 (fixture)
+from .test_websocket_compression import ECHO
 
 MemoryServer = Callable[..., Awaitable[tuple[Server, MemoryListener]]]
 
 
 async def open_client(listener: MemoryListener) -> tuple[trio.abc.Stream, Protocol]:
     stream = await listener.connect()
+    return stream, await handshake(stream)
+
+
+async def handshake(stream: trio.abc.Stream) -> Protocol:
+    """Upgrade ``stream``; the client's Sans-I/O protocol, fed any frame
+    bytes that came behind the 101."""
     await stream.send_all(upgrade_request())
     response, rest = await read_response(stream)
     assert response.status == 101
     protocol = Protocol(Side.CLIENT)
     if rest:
         protocol.receive_data(rest)
-    return stream, protocol
+    return protocol
 
 
 async def next_frame(stream: trio.abc.Stream, protocol: Protocol) -> Frame | None:
@@ -128,18 +135,16 @@ async def test_ping_interval_none_sends_no_ping(
     await stream.aclose()
 
 
-async def test_hijack_echo_ping_flags(echo_process: Any) -> None:  # noqa: F811
+async def test_hijack_echo_ping_flags() -> None:
     """``hijack echo --ping-interval 0.2 --ping-timeout 0.2``, real process,
     real clock: a client that never answers gets a ping, then close 1011,
     then EOF (with the 20 s default it would run into the test time limit)."""
-    port, _ = await echo_process("--ping-interval", "0.2", "--ping-timeout", "0.2")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(upgrade_request())
-        response, rest = await read_response(stream)
-        assert response.status == 101
-        protocol = Protocol(Side.CLIENT)
-        if rest:
-            protocol.receive_data(rest)
+    flags = ["--ping-interval", "0.2", "--ping-timeout", "0.2"]
+    async with (
+        run_hijack([*ECHO, *flags], stop_signal=signal.SIGINT) as echo,
+        await trio.open_tcp_stream("127.0.0.1", await echo.port()) as stream,
+    ):
+        protocol = await handshake(stream)
         ping = await _next_frame(stream, protocol)
         assert ping is not None and ping.opcode is PING
         close = await _next_frame(stream, protocol)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -106,6 +107,22 @@ async def test_upstream_eof_closes_the_websocket_after_its_bytes(
         assert closed.value.code == 1000
 
 
+async def bridge_over_memory(
+    memory_server: MemoryServer, **bridge_kwargs: Any
+) -> tuple[Server, WSClient, trio.abc.Stream]:
+    """A WebSocketBridge whose upstream is one end of a memory stream pair:
+    the server, a WSClient connected to it, and the upstream's end."""
+    upstream_end, bridge_end = trio.testing.memory_stream_pair()
+
+    async def dial(host: str, port: int) -> trio.abc.Stream:
+        return bridge_end
+
+    server, listener = await memory_server(
+        WebSocketBridge(("upstream", 1), dial=dial, **bridge_kwargs)
+    )
+    return server, await WSClient.connect(await listener.connect()), upstream_end
+
+
 async def test_client_close_gives_the_upstream_every_byte_then_eof(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
@@ -135,15 +152,7 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
     autojump_clock: trio.testing.MockClock,
     upstream_talks: bool,
 ) -> None:
-    client_end, upstream_end = trio.testing.memory_stream_pair()
-
-    async def dial(host: str, port: int) -> trio.abc.Stream:
-        return upstream_end
-
-    _, listener = await memory_server(
-        WebSocketBridge(("upstream", 1), dial=dial, close_timeout=7)
-    )
-    client = await WSClient.connect(await listener.connect())
+    _, client, client_end = await bridge_over_memory(memory_server, close_timeout=7)
     await client.send(b"bye")
     with capture_log("hijack.wsbridge") as bridge_log:
         assert await client.close() == 1000
@@ -166,16 +175,9 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
 async def test_an_idle_tunnel_is_cut_after_idle_timeout(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    client_end, upstream_end = trio.testing.memory_stream_pair()
-
-    async def dial(host: str, port: int) -> trio.abc.Stream:
-        return upstream_end
-
-    bridge = WebSocketBridge(
-        ("upstream", 1), dial=dial, idle_timeout=60, ping_interval=None
+    _, client, client_end = await bridge_over_memory(
+        memory_server, idle_timeout=60, ping_interval=None
     )
-    _, listener = await memory_server(bridge)
-    client = await WSClient.connect(await listener.connect())
     await client.send(b"x")
     with capture_log("hijack.wsbridge") as log:
         assert await read_exactly(client_end, 1) == b"x"
@@ -196,13 +198,7 @@ async def test_an_idle_tunnel_is_cut_after_idle_timeout(
 async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    client_end, upstream_end = trio.testing.memory_stream_pair()
-
-    async def dial(host: str, port: int) -> trio.abc.Stream:
-        return upstream_end
-
-    server, listener = await memory_server(WebSocketBridge(("upstream", 1), dial=dial))
-    client = await WSClient.connect(await listener.connect())
+    server, client, client_end = await bridge_over_memory(memory_server)
     await client.send(b"last words")
     assert await read_exactly(client_end, 10) == b"last words"
     async with trio.open_nursery() as nursery:
@@ -219,15 +215,9 @@ async def test_graceful_shutdown_closes_1001_and_ends_the_upstream(
 async def test_a_silent_client_is_dropped_by_keepalive_and_the_upstream_ends(
     memory_server: MemoryServer, autojump_clock: trio.testing.MockClock
 ) -> None:
-    client_end, upstream_end = trio.testing.memory_stream_pair()
-
-    async def dial(host: str, port: int) -> trio.abc.Stream:
-        return upstream_end
-
-    _, listener = await memory_server(
-        WebSocketBridge(("upstream", 1), dial=dial, ping_interval=20, ping_timeout=10)
+    _, client, client_end = await bridge_over_memory(
+        memory_server, ping_interval=20, ping_timeout=10
     )
-    client = await WSClient.connect(await listener.connect())
     start = trio.current_time()
     # The client never reads again, so it never answers the ping: after
     # 20 + 10 s the bridge gives up on it, and the upstream gets its EOF.

@@ -8,16 +8,12 @@ tests/node); a test skips only if one of them is really not there."""
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +21,9 @@ import trio
 import trustme
 
 from . import test_forward
+from .daemons import Daemons, nginx_http_temp_paths, nginx_main_config
 from .helpers import start_upstream
+from .hijack_process import HijackProcess, run_hijack
 from .test_forward import echo
 from .ws_test_client import WSClient
 
@@ -49,19 +47,10 @@ needs_node_ws = pytest.mark.skipif(
 )
 
 NGINX_CONF = """\
-daemon off;
-worker_processes 1;
-pid {tmp}/nginx.pid;
-error_log {tmp}/error.log info;
-{user}
 events {{ worker_connections 128; }}
 http {{
     access_log {tmp}/access.log;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+{temp_paths}
     # The usual WebSocket pass-through (nginx docs, "WebSocket proxying").
     map $http_upgrade $connection_upgrade {{
         default upgrade;
@@ -82,26 +71,18 @@ http {{
 """
 
 
-@contextlib.asynccontextmanager
-async def run_nginx(
-    tmp: Path, backend: str, tls: trustme.LeafCert | None = None
-) -> AsyncIterator[int]:
+async def start_nginx(
+    daemons: Daemons, tmp: Path, backend: str, tls: trustme.LeafCert | None = None
+) -> int:
     """nginx on a loopback port, proxying ``/tunnel`` to ``backend``
-    (``127.0.0.1:PORT`` or ``unix:PATH``); yields
-    its port. No file outside ``tmp`` is touched (``-p``, ``-c``, ``-e``).
-    With ``tls`` it serves HTTPS (wss://) with that certificate.
+    (``127.0.0.1:PORT`` or ``unix:PATH``); returns its port. No file
+    outside ``tmp`` is touched (``-p``, ``-c``, ``-e``). With ``tls`` it
+    serves HTTPS (wss://) with that certificate.
 
     The listening socket is made here and inherited by nginx (its ``NGINX``
     environment variable, the one its binary upgrade uses): the port is
     known and accepting before nginx even starts, with no race for it."""
     assert NGINX is not None
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(128)
-    port = listener.getsockname()[1]
-    # A master running as root hands the work to an unprivileged user that
-    # could not enter this test's private tmp dir.
-    user = "user root;" if os.geteuid() == 0 else ""
     certificate = ""
     if tls is not None:
         tls.cert_chain_pems[0].write_to_path(str(tmp / "cert.pem"))
@@ -109,84 +90,34 @@ async def run_nginx(
         certificate = (
             f"ssl_certificate {tmp}/cert.pem; ssl_certificate_key {tmp}/key.pem;"
         )
-    conf = tmp / "nginx.conf"
-    conf.write_text(
-        NGINX_CONF.format(
-            tmp=tmp,
-            port=port,
-            backend=backend,
-            user=user,
-            ssl=" ssl" if tls else "",
-            certificate=certificate,
-        )
-    )
-    command = [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")]
-    env = {**os.environ, "NGINX": f"{listener.fileno()};"}
-    try:
-        async with trio.open_nursery() as nursery:
-            process: trio.Process = await nursery.start(
-                functools.partial(
-                    trio.run_process,
-                    command,
-                    env=env,
-                    pass_fds=(listener.fileno(),),
-                    check=False,
-                )
-            )
-            try:
-                yield port
-            finally:
-                process.send_signal(signal.SIGQUIT)  # graceful stop
-                with trio.move_on_after(10) as waited:
-                    await process.wait()
-                if waited.cancelled_caught:
-                    process.kill()
-                nursery.cancel_scope.cancel()
-    finally:
-        listener.close()
-
-
-@contextlib.asynccontextmanager
-async def run_hijack(
-    *args: str, env: dict[str, str] | None = None
-) -> AsyncIterator[tuple[trio.Process, str]]:
-    """``python -m hijack ARGS``; yields the process and the address from
-    its "listening on" line. Stopped with SIGTERM (graceful shutdown)."""
-    async with trio.open_nursery() as nursery:
-        process: trio.Process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                [sys.executable, "-m", "hijack", *args],
-                stdout=subprocess.PIPE,
-                check=False,
-                cwd=ROOT,
-                env={**os.environ, **(env or {})},
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(128)
+        port: int = listener.getsockname()[1]
+        conf = tmp / "nginx.conf"
+        conf.write_text(
+            nginx_main_config(tmp)
+            + NGINX_CONF.format(
+                tmp=tmp,
+                temp_paths=nginx_http_temp_paths(tmp),
+                port=port,
+                backend=backend,
+                ssl=" ssl" if tls else "",
+                certificate=certificate,
             )
         )
-        assert process.stdout is not None
-        out = b""
-        try:
-            with trio.fail_after(30):  # a safety bound, not timing logic
-                while b"\n" not in out:
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, f"hijack {args[0]} exited: {out!r}"
-                    out += chunk
-            line = out.split(b"\n")[0].decode()
-            assert " listening on " in line, line
-            yield process, line.rsplit(" ", 1)[1]
-        finally:
-            if process.returncode is None:
-                process.send_signal(signal.SIGTERM)
-            with trio.move_on_after(10) as waited:
-                await process.wait()
-            if waited.cancelled_caught:
-                process.kill()
-            nursery.cancel_scope.cancel()
+        await daemons.start(
+            [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+            env={**os.environ, "NGINX": f"{listener.fileno()};"},
+            pass_fds=(listener.fileno(),),
+            stop_signal=signal.SIGQUIT,  # graceful stop
+        )
+    return port
 
 
-def backend_of(address: str) -> str:
-    """nginx's name for where hijack said it listens."""
-    return address.removeprefix("http://")
+async def backend_of(bridge: HijackProcess) -> str:
+    """nginx's name for where the bridge said it listens."""
+    return (await bridge.address()).removeprefix("http://")
 
 
 @pytest.fixture
@@ -200,7 +131,7 @@ def nginx_tmp(tmp_path: Path) -> Iterator[Path]:
 @needs_nginx
 @pytest.mark.parametrize("bridge_on", ["tcp", "unix"])
 async def test_python_client_through_nginx_to_the_bridge(
-    nursery: trio.Nursery, nginx_tmp: Path, bridge_on: str
+    nursery: trio.Nursery, daemons: Daemons, nginx_tmp: Path, bridge_on: str
 ) -> None:
     upstream = await start_upstream(nursery, echo)
     where = (
@@ -208,13 +139,9 @@ async def test_python_client_through_nginx_to_the_bridge(
         if bridge_on == "tcp"
         else ["--unix", str(nginx_tmp / "bridge.sock")]
     )
-    async with (
-        run_hijack("wsbridge", *where, "--upstream", f"127.0.0.1:{upstream}") as (
-            _,
-            bridge,
-        ),
-        run_nginx(nginx_tmp, backend_of(bridge)) as front,
-    ):
+    args = ["wsbridge", *where, "--upstream", f"127.0.0.1:{upstream}"]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
+        front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         stream = await trio.open_tcp_stream("127.0.0.1", front)
         async with stream:
             client = await WSClient.connect(stream, "/tunnel")
@@ -235,7 +162,7 @@ async def test_python_client_through_nginx_to_the_bridge(
 @needs_node_ws
 @pytest.mark.parametrize("route", ["upstream", "token"])
 async def test_node_ws_binary_subprotocol_through_nginx(
-    nursery: trio.Nursery, nginx_tmp: Path, route: str
+    nursery: trio.Nursery, daemons: Daemons, nginx_tmp: Path, route: str
 ) -> None:
     """noVNC's way in: ``ws`` with the ``binary`` subprotocol, through nginx,
     to a fixed upstream or to a websockify token target (``?token=``)."""
@@ -249,10 +176,9 @@ async def test_node_ws_binary_subprotocol_through_nginx(
         bridge_to = ["--targets", str(tokens), "--allow-port", str(upstream)]
         bridge_to += ["--allow", "127.0.0.1"]
         query = "?token=vnc1"
-    async with (
-        run_hijack("wsbridge", "--listen", "127.0.0.1:0", *bridge_to) as (_, bridge),
-        run_nginx(nginx_tmp, backend_of(bridge)) as front,
-    ):
+    args = ["wsbridge", "--listen", "127.0.0.1:0", *bridge_to]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
+        front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         with trio.fail_after(60):  # a safety bound, not timing logic
             result = await trio.run_process(
                 [
@@ -279,15 +205,18 @@ async def test_node_ws_binary_subprotocol_through_nginx(
 
 @needs_nginx
 async def test_plain_get_through_nginx_is_426(
-    nursery: trio.Nursery, nginx_tmp: Path
+    nursery: trio.Nursery, daemons: Daemons, nginx_tmp: Path
 ) -> None:
     upstream = await start_upstream(nursery, echo)
-    async with (
-        run_hijack(
-            "wsbridge", "--listen", "127.0.0.1:0", "--upstream", f"127.0.0.1:{upstream}"
-        ) as (_, bridge),
-        run_nginx(nginx_tmp, backend_of(bridge)) as front,
-    ):
+    args = [
+        "wsbridge",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        f"127.0.0.1:{upstream}",
+    ]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as bridge:
+        front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge))
         assert CURL is not None
         result = await trio.run_process(
             [
@@ -302,7 +231,7 @@ async def test_plain_get_through_nginx_is_426(
 @needs_nginx
 @pytest.mark.parametrize("scheme", ["ws", "wss"])
 async def test_curl_through_forward_nginx_and_bridge_to_http_server(
-    nginx_tmp: Path, http_upstream: int, scheme: str
+    daemons: Daemons, nginx_tmp: Path, http_upstream: int, scheme: str
 ) -> None:
     """curl -> hijack forward --mode websocket -> nginx (TLS for wss) ->
     hijack wsbridge -> http.server: four processes nobody here wrote but
@@ -314,27 +243,23 @@ async def test_curl_through_forward_nginx_and_bridge_to_http_server(
         ca.cert_pem.write_to_path(str(nginx_tmp / "ca.pem"))
         env["SSL_CERT_FILE"] = str(nginx_tmp / "ca.pem")  # the forwarder trusts it
     upstream = f"127.0.0.1:{http_upstream}"
-    async with (
-        run_hijack("wsbridge", "--listen", "127.0.0.1:0", "--upstream", upstream) as (
-            _,
-            bridge,
-        ),
-        run_nginx(
-            nginx_tmp,
-            backend_of(bridge),
-            ca.issue_cert("127.0.0.1") if scheme == "wss" else None,
-        ) as front,
-        run_hijack(
+    bridge_args = ["wsbridge", "--listen", "127.0.0.1:0", "--upstream", upstream]
+    async with run_hijack(bridge_args, stop_signal=signal.SIGTERM) as bridge:
+        tls = ca.issue_cert("127.0.0.1") if scheme == "wss" else None
+        front = await start_nginx(daemons, nginx_tmp, await backend_of(bridge), tls)
+        forward_args = [
             *("forward", "--mode", "websocket", "--listen", "127.0.0.1:0"),
             *("--via", f"{scheme}://127.0.0.1:{front}/tunnel"),
-            env=env,
-        ) as (_, local),
-    ):
-        result = await trio.run_process(
-            [
-                *(CURL, "-sS", "--noproxy", "*", "--max-time", "20"),
-                *(f"http://{local}/first", f"http://{local}/second"),
-            ],
-            capture_stdout=True,
-        )
+        ]
+        async with run_hijack(
+            forward_args, env=env, stop_signal=signal.SIGTERM
+        ) as forward:
+            local = await forward.address()
+            result = await trio.run_process(
+                [
+                    *(CURL, "-sS", "--noproxy", "*", "--max-time", "20"),
+                    *(f"http://{local}/first", f"http://{local}/second"),
+                ],
+                capture_stdout=True,
+            )
     assert result.stdout == b"hello from /first\nhello from /second\n"

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 import trio
-import trustme
 
 from hijack import Request, Response, Server
 from hijack.upgrades.forward import TunnelError, open_tunnel, serve_forward
@@ -24,7 +23,14 @@ from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
 from . import test_forward
 from .conftest import StartServer
-from .helpers import read_exactly, read_until, read_until_closed, start_upstream
+from .helpers import (
+    answer_once,
+    read_exactly,
+    read_until,
+    read_until_closed,
+    start_upstream,
+    tls_contexts,
+)
 from .test_examples import load_example
 from .test_forward import closed_port, echo
 
@@ -110,12 +116,7 @@ async def test_a_frame_in_the_same_packet_as_the_101_is_kept(
 async def test_answers_that_are_not_a_websocket(
     nursery: trio.Nursery, answer: bytes, status: int, words: str
 ) -> None:
-    async def handle(stream: trio.SocketStream) -> None:
-        async with stream:
-            await read_until(stream, b"\r\n\r\n")
-            await stream.send_all(answer)
-
-    port = await start_upstream(nursery, handle)
+    port = await start_upstream(nursery, answer_once(answer))
     with pytest.raises(WebSocketRefused) as refused:
         await connect_websocket(f"ws://127.0.0.1:{port}/")
     assert refused.value.status == status
@@ -128,11 +129,7 @@ async def test_connect_websocket_rejects_other_urls() -> None:
 
 
 async def test_wss_with_a_trusted_certificate(nursery: trio.Nursery) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts("127.0.0.1")
     server = Server(WebSocketBridge(("127.0.0.1", await start_upstream(nursery, echo))))
     listeners = await nursery.start(
         functools.partial(server.serve_tcp, 0, ssl_context=server_ctx)

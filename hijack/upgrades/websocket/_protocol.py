@@ -11,26 +11,27 @@ from __future__ import annotations
 
 from websockets.client import ClientProtocol as _ClientProtocol
 from websockets.frames import CLOSE, Frame
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol as _ServerProtocol
 
 __all__ = ["ClientProtocol", "ServerProtocol"]
 
 
-class ServerProtocol(_ServerProtocol):
+class _ClosesBetweenFragments(Protocol):
+    """The one override both sides need: a close frame ends an unfinished
+    fragmented message instead of failing the connection."""
+
+    def recv_frame(self, frame: Frame) -> None:
+        if frame.opcode is CLOSE:
+            self.current_size = None  # the unfinished message is dropped
+        super().recv_frame(frame)
+
+
+class ServerProtocol(_ClosesBetweenFragments, _ServerProtocol):
     """``websockets.server.ServerProtocol`` that honours a close frame
     between the fragments of a message."""
 
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is CLOSE:
-            self.current_size = None  # the unfinished message is dropped
-        super().recv_frame(frame)
 
-
-class ClientProtocol(_ClientProtocol):
+class ClientProtocol(_ClosesBetweenFragments, _ClientProtocol):
     """``websockets.client.ClientProtocol`` that honours a close frame
     between the fragments of a message."""
-
-    def recv_frame(self, frame: Frame) -> None:
-        if frame.opcode is CLOSE:
-            self.current_size = None  # the unfinished message is dropped
-        super().recv_frame(frame)
