@@ -23,7 +23,7 @@ from ._access_log import make_record
 from ._connection import Connection
 from ._errors import ClientDisconnected, HijackError, UsageError
 from ._hijack import Hijacked
-from ._message import Headers, HTTPError, Request, Response
+from ._message import BYTES_LIKE, Headers, HTTPError, Request, Response
 from ._request_head import protocol_error_status
 from ._response_head import hijack_head, response_headers
 
@@ -187,7 +187,7 @@ class Exchange:
         head_only = self._method == "HEAD"
         body = response.body
         head = self._begin_response(response, add_length=True)
-        if isinstance(body, bytes | bytearray | memoryview):
+        if isinstance(body, BYTES_LIKE):
             # One write for head, body and end: a syscall, not three.
             parts = [head]
             if body and not head_only:

@@ -14,6 +14,8 @@ __all__ = ["Body", "HTTPError", "Headers", "Request", "Response"]
 
 HeaderInput = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 Body = bytes | AsyncIterable[bytes]
+# For isinstance on the hot path: a tuple, not a union built per call.
+BYTES_LIKE = (bytes, bytearray, memoryview)
 
 
 class HTTPError(Exception):
@@ -47,14 +49,11 @@ class HTTPError(Exception):
 
 def phrase(status: int) -> str:
     """The standard reason phrase of ``status`` ("" if it has none)."""
-    try:
-        return http.HTTPStatus(status).phrase
-    except ValueError:
-        return ""
+    return _PHRASES.get(status, "")
 
 
-def _to_bytes(value: str | bytes) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("latin-1")
+# Looked up per Response: HTTPStatus(status) is an enum call (~0.5 us).
+_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def encode_headers(headers: HeaderInput | None) -> list[tuple[bytes, bytes]]:
@@ -62,8 +61,16 @@ def encode_headers(headers: HeaderInput | None) -> list[tuple[bytes, bytes]]:
     (``str`` is encoded as latin-1)."""
     if headers is None:
         return []
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    return [(_to_bytes(name), _to_bytes(value)) for name, value in items]
+    # A list is the common case: skip the (slower) ABC check for Mapping.
+    if type(headers) is not list and isinstance(headers, Mapping):
+        headers = headers.items()
+    return [
+        (
+            name if isinstance(name, bytes) else name.encode("latin-1"),
+            value if isinstance(value, bytes) else value.encode("latin-1"),
+        )
+        for name, value in headers
+    ]
 
 
 class Headers:

@@ -7,7 +7,7 @@ import time
 from email.utils import formatdate
 
 from ._errors import HijackError
-from ._message import Response
+from ._message import BYTES_LIKE, Response
 
 __all__ = ["date_and_server", "hijack_head", "response_headers"]
 
@@ -52,7 +52,7 @@ def response_headers(
     body = response.body
     if (
         add_length
-        and isinstance(body, bytes | bytearray | memoryview)
+        and isinstance(body, BYTES_LIKE)
         and b"content-length" not in names
         and b"transfer-encoding" not in names
         and response.status not in (204, 304)
