@@ -79,6 +79,18 @@ class Daemons:
             await wait_listening(port, host)
         return process
 
+    async def start_nginx(
+        self, nginx: str, tmp: Path, config: str, **kwargs: Any
+    ) -> trio.Process:
+        """nginx (the binary ``nginx``) in the foreground from ``config``
+        (its ``events``/``stream``/``http`` blocks, after
+        ``nginx_main_config``), every file it writes in ``tmp``, errors in
+        ``tmp/error.log``; ``kwargs`` as for :meth:`start`."""
+        conf = tmp / "nginx.conf"
+        conf.write_text(nginx_main_config(tmp) + config)
+        command = [nginx, "-p", str(tmp), "-c", str(conf)]
+        return await self.start([*command, "-e", str(tmp / "error.log")], **kwargs)
+
     async def stop(self) -> None:
         for process, stop_signal in self._running:
             if process.returncode is None:
