@@ -43,6 +43,8 @@ from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
 from ._systemd import listeners_from_fds as listeners_from_fds
 from ._systemd import systemd_listen_fds as systemd_listen_fds
+from ._throttle import Throttle as Throttle
+from ._throttle import TokenBucket as TokenBucket
 
 __all__ = [
     "AccessRecord",
@@ -70,6 +72,8 @@ __all__ = [
     "Response",
     "Server",
     "TLSInfo",
+    "Throttle",
+    "TokenBucket",
     "TunnelHook",
     "UnixSocketListener",
     "UsageError",

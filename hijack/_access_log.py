@@ -62,10 +62,18 @@ class AccessRecord:
             return str(address[0])
         return "-"  # a UNIX socket peer has no address
 
+    @property
+    def user(self) -> str:
+        """The authenticated user (CLF's ``%u``): what the handler put in
+        ``connection.context["hijack.user"]`` (the CONNECT proxy and the TCP
+        upgrade with a users file do), ``-`` if none."""
+        return str(self.connection.context.get("hijack.user") or "-")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "time": _iso_time(self.started),
             "client": self.client,
+            "user": self.user,
             "connection": self.connection.id,
             "method": self.method,
             "target": self.target,
@@ -124,7 +132,8 @@ def format_clf(record: AccessRecord) -> str:
     line = line.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     status = "-" if record.status is None else str(record.status)
     size = str(record.body_bytes) if record.body_bytes else "-"
-    return f'{record.client} - - [{when}] "{line}" {status} {size}'
+    user = record.user.encode("unicode_escape").decode("ascii").replace(" ", "_")
+    return f'{record.client} - {user} [{when}] "{line}" {status} {size}'
 
 
 def log_access(record: AccessRecord) -> None:

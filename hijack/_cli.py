@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from . import _team_cli as _team
 from ._address import join_host_port, split_host_port
 from ._config import Limits
 from ._config_file import with_config_file
@@ -103,6 +104,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         max_tunnels=args.max_tunnels,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
+        **_team.handler_options(args),
     )
 
 
@@ -126,6 +128,7 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
         idle_timeout=args.idle_timeout,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
+        **_team.handler_options(args),
     )
 
 
@@ -284,13 +287,22 @@ async def _forward(args: argparse.Namespace) -> None:
     target = args.target
     if args.mode in ("upgrade", "websocket"):
         target = None  # the server picks the upstream
+    parent = args.upstream_proxy
     if args.listen == "-":
-        await forward_stdio(args.via, target, args.mode, auth=args.auth)
+        await forward_stdio(
+            args.via, target, args.mode, auth=args.auth, upstream_proxy=parent
+        )
         return
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(
             _call(
-                serve_forward, args.listen, args.via, target, args.mode, auth=args.auth
+                serve_forward,
+                args.listen,
+                args.via,
+                target,
+                args.mode,
+                auth=args.auth,
+                upstream_proxy=parent,
             )
         )
         host, port = listeners[0].socket.getsockname()[:2]
@@ -369,9 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy_protocol)",
     )
 
+    chaining, team = _team.chaining_parser(), _team.team_parser()
     proxy = commands.add_parser(
         "proxy",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="CONNECT tunnel (forward proxy) with a safe policy",
         description="A CONNECT forward proxy. By default it tunnels to port 443 "
         "only, and refuses loopback, private, link-local and other non-global "
@@ -464,7 +477,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tcp = commands.add_parser(
         "tcp",
-        parents=[listen, idle],
+        parents=[listen, idle, chaining, team],
         help="raw TCP proxy: Upgrade: tcp, then relay to an upstream",
         description="Answer 'Connection: Upgrade' + 'Upgrade: tcp' with 101 and "
         "relay the raw stream to the upstream.",
@@ -539,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     forward = commands.add_parser(
         "forward",
+        parents=[chaining],
         help="client side: tunnel local TCP connections through a hijack server",
         description="Listen locally and open, for each connection, a tunnel "
         "through a hijack server (CONNECT or Upgrade: tcp), so any TCP client "
@@ -590,6 +604,8 @@ def build_parser() -> argparse.ArgumentParser:
         "they work with nothing else running.",
     )
     demo.set_defaults(run=_demo_handler)
+    _team.add_hash_password(commands)
+
     return parser
 
 
@@ -604,11 +620,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
+    if args.command == "hash-password":
+        return _team.hash_password_command()
     if args.command == "forward":
         from .upgrades.forward import TunnelError
 
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")
+        if args.mode == "websocket" and args.upstream_proxy is not None:
+            parser.error("forward: --upstream-proxy works with connect and upgrade")
         if (args.mode == "websocket") != isinstance(args.via, str):
             parser.error(
                 "forward: --via is a ws:// or wss:// URL in websocket mode, "

@@ -20,6 +20,7 @@ import trio
 from . import _splice
 from ._closing import aclose_gracefully
 from ._replay import ReplayStream, close_socket_now
+from ._throttle import Throttle
 
 __all__ = ["RelayStats", "TunnelHook", "relay"]
 
@@ -50,6 +51,7 @@ async def relay(
     stats: RelayStats | None = None,
     splice: bool | None = None,
     pipe_pool: _splice.PipePool | None = None,
+    throttle: tuple[Throttle | None, Throttle | None] | None = None,
 ) -> RelayStats:
     """Copy ``a -> b`` and ``b -> a`` until both directions reach EOF.
 
@@ -75,6 +77,10 @@ async def relay(
     bounded pool) lends the pipes; a tunnel holds one per direction only
     while bytes are in flight.
 
+    ``throttle``: bandwidth limits ``(a -> b, b -> a)``, either None for
+    no limit (see :class:`~hijack.Throttle`); they hold on the splice path
+    too. Without them the relay runs exactly as before.
+
     Resource handling: both streams are closed when the relay returns, on
     success, error, timeout, ``ValueError`` or cancellation (a cancel is
     re-raised after closing). ``stats`` (if given) is updated as bytes move,
@@ -95,12 +101,15 @@ async def relay(
         use_splice = can_splice if splice is None else splice
         with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
             state = _Relay(scope, timeout, stats, pool if use_splice else None)
+            forward, backward = throttle or (None, None)
             try:
                 async with trio.open_nursery() as nursery:
                     # One direction in a new task, the other in this one: a
                     # task less per tunnel (memory per idle tunnel counts).
-                    nursery.start_soon(state.pump, b, a, sock_b, sock_a, False)
-                    await state.pump(a, b, sock_a, sock_b, True)
+                    nursery.start_soon(
+                        state.pump, b, a, sock_b, sock_a, False, backward
+                    )
+                    await state.pump(a, b, sock_a, sock_b, True, forward)
             except* (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 # The peer went away (or a stream we closed on EOF was still
                 # being read): the relay is over, both get closed below.
@@ -147,20 +156,25 @@ class _Relay:
         src_sock: trio.SocketStream | None,
         dst_sock: trio.SocketStream | None,
         forward: bool,
+        throttle: Throttle | None,
     ) -> None:
         moved = self.moved_forward if forward else self.moved_backward
         if self.pool is not None and src_sock is not None and dst_sock is not None:
             # Splicing reads the raw socket, so send what the HTTP layer had
             # read ahead first, in order.
             if isinstance(src, ReplayStream) and (early := src.take_buffered()):
+                # Read-ahead bytes are not throttled: they are already here,
+                # and at most a request head's worth.
                 await dst_sock.send_all(early)
                 moved(len(early))
             try:
-                await _splice.splice_stream(src_sock, dst_sock, self.pool, moved)
+                await _splice.splice_stream(
+                    src_sock, dst_sock, self.pool, moved, throttle
+                )
             except _splice.PipeUnavailable:
                 # No fd (or pipe memory) for a pipe right now, and no byte in
                 # flight: go on copying rather than cut a working tunnel.
-                await _copy(src, dst, moved)
+                await _copy(src, dst, moved, throttle)
             else:
                 # A plain socket half-closes without I/O: no checkpoint.
                 try:
@@ -169,14 +183,23 @@ class _Relay:
                     raise trio.BrokenResourceError(f"shutdown: {exc}") from exc
                 return
         else:
-            await _copy(src, dst, moved)
+            await _copy(src, dst, moved, throttle)
         await _send_eof_or_close(dst)
 
 
 async def _copy(
-    src: trio.abc.Stream, dst: trio.abc.Stream, moved: Callable[[int], None]
+    src: trio.abc.Stream,
+    dst: trio.abc.Stream,
+    moved: Callable[[int], None],
+    throttle: Throttle | None = None,
 ) -> None:
-    while data := await src.receive_some(CHUNK):
+    if throttle is None:
+        while data := await src.receive_some(CHUNK):
+            await dst.send_all(data)
+            moved(len(data))
+        return
+    while data := await src.receive_some(min(CHUNK, await throttle.wait())):
+        throttle.consume(len(data))
         await dst.send_all(data)
         moved(len(data))
 

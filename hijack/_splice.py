@@ -27,6 +27,7 @@ from collections.abc import Callable
 import trio
 
 from ._replay import ReplayStream
+from ._throttle import Throttle
 
 __all__ = [
     "DEFAULT_PIPE_POOL",
@@ -169,12 +170,16 @@ async def splice_stream(
     dst: trio.SocketStream,
     pool: PipePool,
     on_moved: Callable[[int], None],
+    throttle: Throttle | None = None,
 ) -> None:
     """Move bytes ``src -> dst`` until EOF on ``src``; ``on_moved(n)`` after
     each ``n`` bytes written to ``dst``.
 
     Returns at EOF with every byte delivered; it neither sends EOF nor closes
-    anything (the caller owns both sockets). Errors raise
+    anything (the caller owns both sockets). ``throttle`` caps what each
+    splice from ``src`` may take; while it allows nothing, no pipe is held
+    and no byte is read (the kernel's buffers push back on the sender).
+    Errors raise
     ``trio.BrokenResourceError`` (peer reset, EPIPE) or
     ``trio.ClosedResourceError`` (a socket closed under us). On cancel or
     error a pipe still holding bytes is closed, not pooled.
@@ -188,8 +193,17 @@ async def splice_stream(
                     pipe = pool.acquire()
                 except OSError as exc:  # EMFILE, ENFILE, ENOMEM
                     raise PipeUnavailable(f"no pipe for splice: {exc}") from exc
+            count = pipe.size
+            if throttle is not None:
+                now = trio.current_time()
+                count = min(count, throttle.allowance(now))
+                if not count:
+                    pool.release(pipe)
+                    pipe = None
+                    await trio.sleep(throttle.delay(now))
+                    continue
             # The pipe is empty here: EAGAIN can only mean "src has no data".
-            pending = _splice(_fd(src), pipe.write_fd, pipe.size)
+            pending = _splice(_fd(src), pipe.write_fd, count)
             if pending < 0:
                 pending = 0
                 # Give the empty pipe back before waiting: idle holds no pipe.
@@ -199,6 +213,8 @@ async def splice_stream(
                 continue
             if pending == 0:
                 return  # EOF from src, and the pipe is empty
+            if throttle is not None:
+                throttle.consume(pending)
             # Drain completely before reading more: bytes keep their order and
             # a partially written pipe is never mixed with new data.
             while pending:

@@ -15,6 +15,7 @@ import trio
 
 from ._relay import relay
 from .upgrades.forward import Mode, open_tunnel
+from .upgrades.parent_proxy import ParentProxy
 
 __all__ = ["forward_stdio"]
 
@@ -53,6 +54,7 @@ async def forward_stdio(
     mode: Mode,
     *,
     auth: tuple[str, str] | None = None,
+    upstream_proxy: ParentProxy | None = None,
 ) -> None:
     """Open one tunnel and relay it to stdin/stdout, until both directions
     reach EOF.
@@ -65,7 +67,9 @@ async def forward_stdio(
     opened; a cancel closes the tunnel.
     """
     was_blocking = os.get_blocking(0), os.get_blocking(1)
-    tunnel = await open_tunnel(via, target, mode, auth=auth)
+    tunnel = await open_tunnel(
+        via, target, mode, auth=auth, upstream_proxy=upstream_proxy
+    )
     stdin: trio.lowlevel.FdStream | None = None
     stdout: _Stdout | None = None
     try:

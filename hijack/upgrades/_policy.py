@@ -300,6 +300,38 @@ class ConnectPolicy:
         elif not self.allow_public:
             raise ConnectRefused(f"{_what(name, address)} is not in the allow list")
 
+    def check_unresolved(self, host: str, port: int) -> None:
+        """Judge a parsed target that someone else will resolve (a
+        ``socks5h://`` or HTTP parent proxy): raise :class:`ConnectRefused`
+        unless it may go there.
+
+        An IP literal is checked as :meth:`resolve` would. A name can only be
+        judged by name: the port, deny and allow name entries, and
+        ``allow_public=False`` (a name not in ``allow`` is refused, since its
+        addresses are unknown). ``localhost`` and ``*.localhost`` (RFC 6761:
+        always loopback, on the parent's host) need an explicit allow unless
+        ``allow_private``. Where the name resolves to is up to the parent:
+        a name pointing at a private address passes here.
+        """
+        self.check_port(port)
+        literal = literal_address(host)
+        if literal is None:
+            name = _check_name(host)
+            literal = literal_address(name)
+        if literal is not None:
+            self.check_address(literal)
+            return
+        if self._deny.match_name(name):
+            raise ConnectRefused(f"{name} is denied")
+        if self._allow.match_name(name):
+            return
+        if not self.allow_public:
+            raise ConnectRefused(f"{name} is not in the allow list")
+        if not self.allow_private and (
+            name == "localhost" or name.endswith(".localhost")
+        ):
+            raise ConnectRefused(f"{name} is a loopback name")
+
     async def resolve(
         self,
         host: str,

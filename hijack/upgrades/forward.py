@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import base64
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import h11
 import trio
 
 from .. import Hub, ReplayStream, join_host_port, relay, set_tcp_keepalive
+
+if TYPE_CHECKING:
+    from .parent_proxy import ParentProxy
 
 __all__ = ["Mode", "TunnelError", "open_tunnel", "serve_forward"]
 
@@ -82,7 +85,7 @@ def _request(
     return h11.Request(method=method, target=request_target, headers=headers)
 
 
-async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object:
+async def _next_event(conn: h11.Connection, stream: trio.abc.Stream) -> object:
     while True:
         event = conn.next_event()
         if event is not h11.NEED_DATA:
@@ -90,10 +93,10 @@ async def _next_event(conn: h11.Connection, stream: trio.SocketStream) -> object
         data = await stream.receive_some()
         if not data:
             raise TunnelError(0, "the server closed the connection mid-answer")
-        conn.receive_data(data)
+        conn.receive_data(bytes(data))
 
 
-async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
+async def _error_body(conn: h11.Connection, stream: trio.abc.Stream) -> bytes:
     """Up to MAX_ERROR_BODY bytes of an error answer's body, best effort."""
     body = b""
     try:
@@ -108,7 +111,7 @@ async def _error_body(conn: h11.Connection, stream: trio.SocketStream) -> bytes:
 
 
 async def _handshake(
-    stream: trio.SocketStream, request: h11.Request, mode: Mode
+    stream: trio.abc.Stream, request: h11.Request, mode: Mode
 ) -> bytes:
     """Send ``request``, read the answer's head; return the bytes behind it."""
     conn = h11.Connection(h11.CLIENT)
@@ -150,6 +153,7 @@ async def open_tunnel(
     *,
     auth: tuple[str, str] | None = None,
     path: str = "/",
+    upstream_proxy: ParentProxy | None = None,
 ) -> trio.abc.HalfCloseableStream:
     """Connect to the hijack server at ``via`` and open a raw stream through it.
 
@@ -172,13 +176,24 @@ async def open_tunnel(
     messages with websockify's ``binary`` subprotocol offered, ``auth`` is
     sent as ``Authorization: Basic``. The stream's ``send_eof`` closes the
     WebSocket, which has no half-close (see :mod:`hijack.upgrades.wsbridge`).
+
+    ``upstream_proxy`` (connect and upgrade modes): reach ``via`` through
+    this parent proxy (a company proxy between the client and the hijack
+    server); its failures raise
+    :class:`~hijack.upgrades.parent_proxy.ParentProxyError`.
     """
+    if mode == "websocket" and upstream_proxy is not None:
+        raise ValueError("websocket mode cannot go through an upstream proxy yet")
     if mode == "websocket":
         return await _open_websocket_tunnel(via, target, auth)
     if isinstance(via, str):
         raise ValueError(f"{mode} mode takes via as (host, port), not a URL")
     request = _request(via, target, mode, auth, path)
-    stream = await trio.open_tcp_stream(*via)
+    stream: trio.abc.Stream
+    if upstream_proxy is not None:
+        stream = await upstream_proxy.connect(*via)
+    else:
+        stream = await trio.open_tcp_stream(*via)
     # A client behind a NAT is who loses an idle tunnel: keep the flow warm.
     set_tcp_keepalive(stream)
     try:
@@ -222,6 +237,7 @@ async def serve_forward(
     mode: Mode,
     *,
     auth: tuple[str, str] | None = None,
+    upstream_proxy: ParentProxy | None = None,
     task_status: trio.TaskStatus[list[trio.SocketListener]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Listen on ``listen`` (``(host, port)``, or a port on 127.0.0.1; port 0
@@ -249,9 +265,13 @@ async def serve_forward(
     hub: Hub | None = None
 
     async def forward(local: trio.SocketStream) -> None:
+        from .parent_proxy import ParentProxyError
+
         try:
-            tunnel = await open_tunnel(via, target, mode, auth=auth)
-        except (OSError, TunnelError) as exc:
+            tunnel = await open_tunnel(
+                via, target, mode, auth=auth, upstream_proxy=upstream_proxy
+            )
+        except (OSError, TunnelError, ParentProxyError) as exc:
             where = via if isinstance(via, str) else join_host_port(*via)
             logger.warning("cannot open a tunnel via %s: %s", where, exc)
             await trio.aclose_forcefully(local)
