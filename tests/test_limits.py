@@ -192,17 +192,23 @@ async def test_too_many_tunnels_per_client_gets_429(
     proxy = ConnectProxy(loopback_policy(upstream_port), limits=limits)
     _, port = await start_server(proxy)
     target = f"127.0.0.1:{upstream_port}"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(connect_head(target))
-        head, _ = await read_head(first)
-        assert status_of(head) == 200
-        assert status_of(await exchange(port, connect_head(target))) == 429
+    await second_gets_429(port, connect_head(target), first_status=200)
     # The tunnel's end gives its place back.
     await wait_for_zero(lambda: limits.by_client.total())
     async with await trio.open_tcp_stream("127.0.0.1", port) as again:
         await again.send_all(connect_head(target))
         head, _ = await read_head(again)
         assert status_of(head) == 200
+
+
+async def second_gets_429(port: int, request: bytes, *, first_status: int) -> None:
+    """A first connection sends ``request``, gets ``first_status`` and holds
+    its tunnel open while a second one sending the same is refused 429."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
+        await first.send_all(request)
+        head, _ = await read_head(first)
+        assert status_of(head) == first_status
+        assert status_of(await exchange(port, request)) == 429
 
 
 async def wait_for_zero(count: Callable[[], int]) -> None:
@@ -234,11 +240,7 @@ async def test_too_many_tunnels_per_user_gets_429(
     _, port = await start_server(proxy)
     target = f"127.0.0.1:{upstream_port}"
     auth = basic("alice", "pw")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(connect_head(target, auth))
-        head, _ = await read_head(first)
-        assert status_of(head) == 200
-        assert status_of(await exchange(port, connect_head(target, auth))) == 429
+    await second_gets_429(port, connect_head(target, auth), first_status=200)
 
 
 async def test_tunnel_bandwidth_through_the_proxy(
@@ -279,12 +281,8 @@ async def test_tcp_upgrade_per_client_limit_gets_429(
     handler = TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)
     _, port = await start_server(handler)
     head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(head)
-        answer, _ = await read_head(first)
-        assert status_of(answer) == 101
-        assert status_of(await exchange(port, head)) == 429
-        assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
+    await second_gets_429(port, head, first_status=101)
+    assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
     await wait_for_zero(lambda: limits.by_client.total())
 
 
