@@ -22,6 +22,7 @@ from .conftest import StartServer
 from .daemons import Daemons, free_port
 from .helpers import (
     LogCapture,
+    banner,
     capture_log,
     exchange,
     read_until_closed,
@@ -160,10 +161,7 @@ async def test_direct_rule_bypasses_the_parent(
 async def test_forward_reaches_its_server_through_a_parent(
     nursery: trio.Nursery, start_server: StartServer, pproxy: Pproxy
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"banner first")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"banner first"))
     _, proxy_port = await start_server(ConnectProxy(loopback_policy(upstream_port)))
     parent_port, _ = await pproxy("socks5")
     parent = ParentProxy.parse(f"socks5://127.0.0.1:{parent_port}")
@@ -374,10 +372,7 @@ async def test_parent_error_is_an_upstream_error() -> None:
 async def test_tcp_upgrade_reaches_its_upstream_through_a_parent(
     nursery: trio.Nursery, start_server: StartServer, pproxy: Pproxy
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"db banner")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"db banner"))
     parent_port, parent_log = await pproxy("http")
     table = routes(f"http://127.0.0.1:{parent_port}")
     _, port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port), routes=table))
