@@ -104,6 +104,12 @@ class Metrics:
             "hijack_tunnels", "Tunnels ended, by outcome and destination port",
             ["outcome", "port"], registry=r,
         )  # fmt: skip
+        # Labelled by user only for users of the users file: its size bounds
+        # the cardinality (an unauthenticated tunnel has no user label).
+        self.user_tunnels = prom.Counter(
+            "hijack_user_tunnels", "Tunnels ended, by user and outcome",
+            ["user", "outcome"], registry=r,
+        )  # fmt: skip
         self.relay_bytes = prom.Counter(
             "hijack_relay_bytes", "Bytes relayed by tunnels", ["direction"],
             registry=r,
@@ -143,8 +149,12 @@ class Metrics:
         if record.status == 101 and record.upgrade == "websocket":
             self.websockets.inc()
 
-    def on_tunnel(self, outcome: str, port: int | None, stats: RelayStats) -> None:
+    def on_tunnel(
+        self, outcome: str, port: int | None, stats: RelayStats, user: str | None
+    ) -> None:
         self.tunnels.labels(outcome, "-" if port is None else str(port)).inc()
+        if user is not None:
+            self.user_tunnels.labels(user, outcome).inc()
         self.relay_bytes.labels("up").inc(stats.a_to_b)
         self.relay_bytes.labels("down").inc(stats.b_to_a)
 

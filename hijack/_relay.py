@@ -38,9 +38,10 @@ class RelayStats:
     timed_out: bool = False
 
 
-#: ``on_tunnel(outcome, destination_port, stats)``: called by the upgrades
-#: that relay (CONNECT, Upgrade: tcp) once per tunnel, when it ends.
-TunnelHook = Callable[[str, int | None, RelayStats], None]
+#: ``on_tunnel(outcome, destination_port, stats, user)``: called by the
+#: upgrades that relay (CONNECT, Upgrade: tcp) once per tunnel, when it ends;
+#: ``user`` is the authenticated user's name, None without a users file.
+TunnelHook = Callable[[str, int | None, RelayStats, str | None], None]
 
 
 async def relay(

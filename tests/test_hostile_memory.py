@@ -5,17 +5,17 @@ connection whose input made h11 raise) is invisible to ``gc`` and
 ``tracemalloc``: only the process's resident set shows it. So the server runs
 in a subprocess and the test reads its ``VmRSS`` from /proc while feeding it
 a few thousand connections of each hostile kind, in batches. A leak grows
-every batch by the same amount; the allocator grows in steps now and then
-(a new arena, a larger free list). So the verdict is the median growth of
-the batches, per connection: well under what that leak cost, and blind to a
-single step.
+every batch by about the same amount; the allocator grows in steps now and
+then (a new arena, a larger free list, the heap's top pad), more often on a
+loaded machine. So the verdict leaves out the batch that grew most and
+averages the rest per connection: h11-mypyc's leak reads 150-240 bytes a
+connection that way, plain h11 reads 0.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -53,10 +53,10 @@ HOSTILE = {
     "half-body": b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhalf",
 }
 WARM_UP = 1200  # pools, caches and arenas reach their size
-BATCH = 600
-BATCHES = 5
+BATCH = 500
+BATCHES = 6
 CONCURRENCY = 16
-MAX_BYTES_PER_CONNECTION = 48  # the mypyc leak: ~223
+MAX_BYTES_PER_CONNECTION = 96  # the mypyc leak: ~230
 
 
 def rss_bytes(pid: int) -> int:
@@ -133,7 +133,7 @@ async def test_hostile_input_does_not_grow_rss(
         await feed(port, raw, BATCH)
         sizes.append(rss_bytes(pid))
     growth = [after - before for before, after in itertools.pairwise(sizes)]
-    per_connection = statistics.median(growth) / BATCH
+    per_connection = (sum(growth) - max(growth)) / (BATCH * (BATCHES - 1))
     assert per_connection < MAX_BYTES_PER_CONNECTION, (
         f"{kind}: RSS grew by {growth} bytes in batches of {BATCH} connections"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hijack._metrics import Metrics
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
 from hijack.upgrades.tcp import TCPUpgrade
 from hijack.upgrades.users import (
@@ -303,7 +304,9 @@ async def test_each_user_reaches_only_their_destinations(
             "ports": [bob_port],
         },
     )
-    _, proxy_port = await start_server(ConnectProxy(users=Users(path)))
+    metrics = Metrics()
+    proxy = ConnectProxy(users=Users(path), on_tunnel=metrics.on_tunnel)
+    _, proxy_port = await start_server(proxy)
 
     with capture_log("hijack.connect") as log:
         ok = await curl_through(proxy_port, alice_port, "--proxy-user", "alice:a-pw")
@@ -321,6 +324,10 @@ async def test_each_user_reaches_only_their_destinations(
     assert any("user=alice" in line and " ok " in line for line in lines), lines
     assert any("user=bob" in line and " 403 " in line for line in lines), lines
     assert [r.user for r in log.records].count("alice") == 2  # type: ignore[attr-defined]
+    # The user is a metrics label too (bounded: only users of the file).
+    count = metrics.registry.get_sample_value
+    assert count("hijack_user_tunnels_total", {"user": "alice", "outcome": "ok"}) == 1
+    assert count("hijack_user_tunnels_total", {"user": "bob", "outcome": "403"}) == 1
 
 
 @pytest.mark.parametrize(

@@ -105,8 +105,9 @@ class ConnectProxy:
     tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
     PROXY protocol header of that version naming the client
     (``connection.remote_address``) for an upstream that accepts one.
-    ``on_tunnel(outcome, port, stats)`` is called when each CONNECT
-    ends (metrics use it), with the outcome of its log line.
+    ``on_tunnel(outcome, port, stats, user)`` is called when each CONNECT
+    ends (metrics use it), with the outcome of its log line and the user
+    (None without a users file).
 
     ``users`` (:class:`~hijack.upgrades.users.Users`) replaces ``auth``: each
     user has a password and rules on top of ``policy`` (407, then 403).
@@ -348,7 +349,7 @@ class ConnectProxy:
         duration = trio.current_time() - tunnel.started
         stats = tunnel.stats
         if self.on_tunnel is not None:
-            self.on_tunnel(tunnel.outcome, tunnel.port, stats)
+            self.on_tunnel(tunnel.outcome, tunnel.port, stats, tunnel.user or None)
         logger.info(
             "CONNECT %s%s -> %s%s%s %s%s up=%d down=%d %.3fs",
             tunnel.client,

@@ -157,7 +157,7 @@ class TCPUpgrade:
                 self._log_end,
                 request.connection.id,
                 format_address(request.connection.remote_address),
-                "" if user is None else f" user={user.name}",
+                None if user is None else user.name,
                 trio.current_time(),
             )
             throttle = NO_THROTTLE if lease is None else lease.throttle
@@ -202,18 +202,18 @@ class TCPUpgrade:
         self,
         connection_id: int,
         peer: str,
-        user: str,
+        user: str | None,
         started: float,
         outcome: str,
         stats: RelayStats,
     ) -> None:
         if self.on_tunnel is not None:
-            self.on_tunnel(outcome, self.upstream[1], stats)
+            self.on_tunnel(outcome, self.upstream[1], stats, user)
         logger.info(
             "connection %d %s%s -> %s %s: %d bytes up, %d down, %.3fs",
             connection_id,
             peer,
-            user,
+            "" if user is None else f" user={user}",
             join_host_port(*self.upstream),
             outcome,
             stats.a_to_b,
