@@ -23,8 +23,10 @@ __all__ = [
     "wait_listening",
 ]
 
-#: Real seconds: a start or a stop on a loaded 2-core box, bounded.
-DAEMON_TIMEOUT = 10
+#: Real seconds, bounds on a loaded 2-core box: a daemon's start (a Python
+#: one included), then its stop before SIGKILL.
+START_TIMEOUT = 30
+STOP_TIMEOUT = 10
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -39,7 +41,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 async def wait_listening(port: int, host: str = "127.0.0.1") -> None:
     """A daemon has bound ``port`` (bounded: a start-up, not timing logic)."""
-    for _ in range(DAEMON_TIMEOUT * 40):
+    for _ in range(START_TIMEOUT * 40):
         try:
             stream = await trio.open_tcp_stream(host, port)
         except OSError:
@@ -47,7 +49,7 @@ async def wait_listening(port: int, host: str = "127.0.0.1") -> None:
             continue
         await stream.aclose()
         return
-    raise AssertionError(f"nothing listened on {host}:{port} in {DAEMON_TIMEOUT} s")
+    raise AssertionError(f"nothing listened on {host}:{port} in {START_TIMEOUT} s")
 
 
 class Daemons:
@@ -79,11 +81,23 @@ class Daemons:
             await wait_listening(port, host)
         return process
 
+    async def start_nginx(
+        self, nginx: str, tmp: Path, config: str, **kwargs: Any
+    ) -> trio.Process:
+        """nginx (the binary ``nginx``) in the foreground from ``config``
+        (its ``events``/``stream``/``http`` blocks, after
+        ``nginx_main_config``), every file it writes in ``tmp``, errors in
+        ``tmp/error.log``; ``kwargs`` as for :meth:`start`."""
+        conf = tmp / "nginx.conf"
+        conf.write_text(nginx_main_config(tmp) + config)
+        command = [nginx, "-p", str(tmp), "-c", str(conf)]
+        return await self.start([*command, "-e", str(tmp / "error.log")], **kwargs)
+
     async def stop(self) -> None:
         for process, stop_signal in self._running:
             if process.returncode is None:
                 process.send_signal(stop_signal)
-            with trio.move_on_after(DAEMON_TIMEOUT) as waited:
+            with trio.move_on_after(STOP_TIMEOUT) as waited:
                 await process.wait()
             if waited.cancelled_caught:
                 process.kill()

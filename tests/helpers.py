@@ -26,6 +26,7 @@ __all__ = [
     "all_closed",
     "answer_once",
     "ask",
+    "banner",
     "capture_log",
     "connect_from",
     "exchange",
@@ -252,6 +253,16 @@ async def start_upstream(nursery: trio.Nursery, handler: UpstreamHandler) -> int
     )
     port: int = listeners[0].socket.getsockname()[1]
     return port
+
+
+def banner(data: bytes) -> UpstreamHandler:
+    """An upstream that sends ``data`` as soon as a client connects, then
+    closes (as an SSH or database server greets first)."""
+
+    async def greet(stream: trio.SocketStream) -> None:
+        await stream.send_all(data)
+
+    return greet
 
 
 def answer_once(answer: bytes) -> UpstreamHandler:

@@ -4,12 +4,10 @@ and every error answer is built by HTTPError.response()."""
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
-import trustme
 
 from hijack import (
     ClientDisconnected,
@@ -28,7 +26,7 @@ from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
-from .helpers import read_until, read_until_closed, reset
+from .helpers import read_until, read_until_closed, reset, tls_contexts
 
 Attempt = Callable[[Request], Awaitable[object]]
 
@@ -198,9 +196,7 @@ async def test_calls_after_the_handler_returned_are_usage_errors(
 
 
 async def test_send_eof_on_tls_is_a_usage_error() -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("localhost").configure_cert(server_ctx)
+    server_ctx, _ = tls_contexts("localhost")
     left, _right = trio.testing.memory_stream_pair()
     transport = trio.SSLStream(left, server_ctx, server_side=True)
     hijacked = Hijacked(transport, b"", Connection(1, transport))

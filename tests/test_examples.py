@@ -16,7 +16,7 @@ from hijack import PeerCredentials, Server
 from hijack.testing import Peer, open_test_client
 
 from .conftest import StartServer
-from .daemons import free_port
+from .daemons import Daemons, free_port
 from .helpers import read_until, read_until_closed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -88,28 +88,17 @@ async def test_readme_quick_start_handler(start_server: StartServer) -> None:
         assert await read_until_closed(stream) == b""
 
 
-async def run_example(
-    nursery: trio.Nursery, args: list[str], port: int
-) -> trio.Process:
-    """Start ``python examples/ARGS...`` and wait until ``port`` accepts."""
-    process: trio.Process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            [sys.executable, str(EXAMPLES / args[0]), *args[1:]],
-            check=False,
-        )
+async def run_example(daemons: Daemons, args: list[str], port: int) -> None:
+    """Start ``python examples/ARGS...`` and wait until ``port`` accepts (the
+    examples print before they listen: there is no line to wait for).
+    Stopped with Ctrl-C (SIGINT) at the end of the test."""
+    await daemons.start(
+        [sys.executable, str(EXAMPLES / args[0]), *args[1:]],
+        listening=[("127.0.0.1", port)],
+        stop_signal=signal.SIGINT,
+        stdout=None,  # shown by pytest when the test fails
+        stderr=None,
     )
-    # Bounded: the examples print before they listen, so there is no line to
-    # wait for; try the port until it accepts (at most 30 s).
-    for _ in range(600):
-        try:
-            stream = await trio.open_tcp_stream("127.0.0.1", port)
-        except OSError:
-            await trio.sleep(0.05)
-            continue
-        await stream.aclose()
-        return process
-    raise AssertionError(f"{args[0]} never listened on {port}")
 
 
 async def get(port: int, raw: bytes) -> bytes:
@@ -121,7 +110,9 @@ async def get(port: int, raw: bytes) -> bytes:
 GET_CLOSE = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
 
 
-async def test_examples_run_as_the_readme_says(nursery: trio.Nursery) -> None:
+async def test_examples_run_as_the_readme_says(
+    nursery: trio.Nursery, daemons: Daemons
+) -> None:
     async def upstream(stream: trio.SocketStream) -> None:
         async with stream:
             await stream.send_all(b"upstream says " + await stream.receive_some())
@@ -130,13 +121,10 @@ async def test_examples_run_as_the_readme_says(nursery: trio.Nursery) -> None:
         functools.partial(trio.serve_tcp, upstream, 0, host="127.0.0.1")
     )
     up_port = listeners[0].socket.getsockname()[1]
-    processes = []
 
     port = free_port()
-    processes.append(
-        await run_example(
-            nursery, ["tcp_proxy.py", f"127.0.0.1:{up_port}", str(port)], port
-        )
+    await run_example(
+        daemons, ["tcp_proxy.py", f"127.0.0.1:{up_port}", str(port)], port
     )
     data = await get(
         port,
@@ -146,18 +134,13 @@ async def test_examples_run_as_the_readme_says(nursery: trio.Nursery) -> None:
     assert data.endswith(b"\r\n\r\nupstream says hi")
 
     port = free_port()
-    processes.append(await run_example(nursery, ["ws_echo.py", str(port)], port))
+    await run_example(daemons, ["ws_echo.py", str(port)], port)
     data = await get(port, GET_CLOSE)
     assert data.startswith(b"HTTP/1.1 200 ") and b"WebSocket" in data
 
     port = free_port()
-    processes.append(await run_example(nursery, ["connect_proxy.py", str(port)], port))
+    await run_example(daemons, ["connect_proxy.py", str(port)], port)
     data = await get(port, b"CONNECT 127.0.0.1:443 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 403 ")  # loopback refused by default
     data = await get(port, GET_CLOSE)
     assert b"CONNECT proxy" in data
-
-    for process in processes:
-        process.send_signal(signal.SIGINT)
-    for process in processes:
-        await process.wait()

@@ -8,13 +8,11 @@ from __future__ import annotations
 import functools
 import os
 import socket
-import ssl
 from collections.abc import AsyncIterator
 
 import pytest
 import trio
 import trio.testing
-import trustme
 
 from hijack import Hub, HubTunnel, RelayStats, Request, Response, Server
 from hijack._hub import available
@@ -29,6 +27,7 @@ from .helpers import (
     read_until,
     read_until_closed,
     reset,
+    tls_contexts,
 )
 from .leakcheck import live_tasks
 from .test_connect import MemoryServer, connect_head, status_of
@@ -269,11 +268,7 @@ async def test_shutdown_closes_handed_over_tunnels_at_the_end_of_grace(
 async def test_a_tls_client_side_keeps_the_task_relay(
     nursery: trio.Nursery, no_leaks: None
 ) -> None:
-    ca = trustme.CA()
-    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
-    client_ctx = ssl.create_default_context()
-    ca.configure_trust(client_ctx)
+    server_ctx, client_ctx = tls_contexts("127.0.0.1")
     listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
     port = listeners[0].socket.getsockname()[1]
     proxy = ConnectProxy(ConnectPolicy(allowed_ports={port}, allow=["127.0.0.1"]))

@@ -19,6 +19,7 @@ from hijack.upgrades.users import PasswordHash, User, Users, hash_password
 
 from .conftest import StartServer
 from .helpers import (
+    banner,
     exchange,
     read_exactly,
     read_head,
@@ -192,17 +193,23 @@ async def test_too_many_tunnels_per_client_gets_429(
     proxy = ConnectProxy(loopback_policy(upstream_port), limits=limits)
     _, port = await start_server(proxy)
     target = f"127.0.0.1:{upstream_port}"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(connect_head(target))
-        head, _ = await read_head(first)
-        assert status_of(head) == 200
-        assert status_of(await exchange(port, connect_head(target))) == 429
+    await second_gets_429(port, connect_head(target), first_status=200)
     # The tunnel's end gives its place back.
     await wait_for_zero(lambda: limits.by_client.total())
     async with await trio.open_tcp_stream("127.0.0.1", port) as again:
         await again.send_all(connect_head(target))
         head, _ = await read_head(again)
         assert status_of(head) == 200
+
+
+async def second_gets_429(port: int, request: bytes, *, first_status: int) -> None:
+    """A first connection sends ``request``, gets ``first_status`` and holds
+    its tunnel open while a second one sending the same is refused 429."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
+        await first.send_all(request)
+        head, _ = await read_head(first)
+        assert status_of(head) == first_status
+        assert status_of(await exchange(port, request)) == 429
 
 
 async def wait_for_zero(count: Callable[[], int]) -> None:
@@ -234,11 +241,19 @@ async def test_too_many_tunnels_per_user_gets_429(
     _, port = await start_server(proxy)
     target = f"127.0.0.1:{upstream_port}"
     auth = basic("alice", "pw")
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(connect_head(target, auth))
-        head, _ = await read_head(first)
-        assert status_of(head) == 200
-        assert status_of(await exchange(port, connect_head(target, auth))) == 429
+    await second_gets_429(port, connect_head(target, auth), first_status=200)
+
+
+async def timed_download(port: int, request: bytes) -> tuple[int, bytes, float]:
+    """Send ``request`` (a CONNECT or an Upgrade: tcp); the answer's status,
+    every byte the tunnel brings until it closes, and how long (on the trio
+    clock) those took after the answer."""
+    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
+        await client.send_all(request)
+        head, rest = await read_head(client)
+        started = trio.current_time()
+        body = rest + await read_until_closed(client)
+        return status_of(head), body, trio.current_time() - started
 
 
 async def test_tunnel_bandwidth_through_the_proxy(
@@ -249,22 +264,15 @@ async def test_tunnel_bandwidth_through_the_proxy(
     """The spliced tunnel of a real CONNECT holds the per-tunnel rate."""
     payload = b"x" * 500_000
 
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(payload)
-        await stream.aclose()
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(payload))
     proxy = ConnectProxy(
         loopback_policy(upstream_port), limits=TunnelLimits(tunnel_bandwidth=RATE)
     )
     _, port = await start_server(proxy)
-    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
-        await client.send_all(connect_head(f"127.0.0.1:{upstream_port}"))
-        head, rest = await read_head(client)
-        started = trio.current_time()
-        body = rest + await read_until_closed(client)
-        elapsed = trio.current_time() - started
-    assert status_of(head) == 200 and body == payload
+    status, body, elapsed = await timed_download(
+        port, connect_head(f"127.0.0.1:{upstream_port}")
+    )
+    assert status == 200 and body == payload
     assert elapsed == pytest.approx((500_000 - BURST) / RATE, abs=0.3)
 
 
@@ -279,12 +287,8 @@ async def test_tcp_upgrade_per_client_limit_gets_429(
     handler = TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)
     _, port = await start_server(handler)
     head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as first:
-        await first.send_all(head)
-        answer, _ = await read_head(first)
-        assert status_of(answer) == 101
-        assert status_of(await exchange(port, head)) == 429
-        assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
+    await second_gets_429(port, head, first_status=101)
+    assert "client 127.0.0.1 has 1 tunnels open" in caplog.text
     await wait_for_zero(lambda: limits.by_client.total())
 
 
@@ -296,22 +300,13 @@ async def test_tcp_upgrade_bandwidth(
     """A throttled Upgrade: tcp stream keeps the task relay and its rate."""
     payload = b"y" * 300_000
 
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(payload)
-        await stream.aclose()
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(payload))
     limits = TunnelLimits(tunnel_bandwidth=RATE)
     _, port = await start_server(
         TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)
     )
     head = b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
-    async with await trio.open_tcp_stream("127.0.0.1", port) as client:
-        await client.send_all(head)
-        answer, rest = await read_head(client)
-        started = trio.current_time()
-        body = rest + await read_until_closed(client)
-        elapsed = trio.current_time() - started
-    assert status_of(answer) == 101 and body == payload
+    status, body, elapsed = await timed_download(port, head)
+    assert status == 101 and body == payload
     assert elapsed == pytest.approx((300_000 - BURST) / RATE, abs=0.3)
     await wait_for_zero(lambda: limits.by_client.total())

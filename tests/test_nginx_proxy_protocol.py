@@ -18,7 +18,7 @@ from hijack import ProxyProtocol
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
-from .daemons import Daemons, free_port, nginx_http_temp_paths, nginx_main_config
+from .daemons import Daemons, free_port, nginx_http_temp_paths
 from .proxied import get_from, tcp_upgrade_from, who_handler
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -59,18 +59,16 @@ def nginx(daemons: Daemons, tmp_path: Path) -> StartNginx:
 
     async def start(hijack_port: int) -> Ports:
         ports = {"front": free_port(), "behind": free_port()}
-        conf = tmp_path / "nginx.conf"
-        conf.write_text(
-            nginx_main_config(tmp_path)
-            + CONF.format(
-                stream_module=STREAM_MODULE,
-                temp_paths=nginx_http_temp_paths(tmp_path),
-                hijack=hijack_port,
-                **ports,
-            )
+        config = CONF.format(
+            stream_module=STREAM_MODULE,
+            temp_paths=nginx_http_temp_paths(tmp_path),
+            hijack=hijack_port,
+            **ports,
         )
-        await daemons.start(
-            [NGINX, "-p", str(tmp_path), "-c", str(conf), "-e", "stderr"],
+        await daemons.start_nginx(
+            NGINX,
+            tmp_path,
+            config,
             listening=[("127.0.0.1", port) for port in ports.values()],
         )
         return ports

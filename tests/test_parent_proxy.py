@@ -4,10 +4,9 @@ parent is dialled; parents that fail, stall or answer garbage."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,8 +19,10 @@ from hijack.upgrades.parent_proxy import ParentProxy, ParentProxyError, Routes
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
+from .daemons import Daemons, free_port
 from .helpers import (
     LogCapture,
+    banner,
     capture_log,
     exchange,
     read_until_closed,
@@ -54,56 +55,27 @@ async def tunnel_line(log: LogCapture) -> str:
 Pproxy = Callable[[str], Awaitable[tuple[int, Path]]]
 
 
-def free_port() -> int:
-    """A loopback port that was free a moment ago (pproxy binds it next)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_listening(port: int) -> None:
-    with trio.fail_after(15):
-        while True:
-            try:
-                stream = await trio.open_tcp_stream("127.0.0.1", port)
-            except OSError:
-                await trio.sleep(0.05)
-                continue
-            await stream.aclose()
-            return
-
-
 @pytest.fixture
-async def pproxy(no_leaks: None, tmp_path: Path) -> AsyncIterator[Pproxy]:
+def pproxy(daemons: Daemons, tmp_path: Path) -> Pproxy:
     """``port, log = await pproxy("http")``: a pproxy subprocess listening on
     127.0.0.1 with that scheme (``http``, ``socks5``, ``http#user:pass``),
     verbose log in ``log``; stopped at the end of the test."""
-    processes: list[trio.Process] = []
 
     async def start(scheme: str) -> tuple[int, Path]:
         name, _, auth = scheme.partition("#")
-        port = free_port()
+        port = free_port()  # pproxy binds it next
         log = tmp_path / f"pproxy-{name}-{port}.log"
         uri = f"{name}://127.0.0.1:{port}" + (f"#{auth}" if auth else "")
         with log.open("wb") as out:
-            process = await trio.lowlevel.open_process(
+            await daemons.start(
                 [sys.executable, "-m", "pproxy", "-l", uri, "-v"],
+                listening=[("127.0.0.1", port)],
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
-        processes.append(process)
-        await wait_listening(port)
         return port, log
 
-    yield start
-    for process in processes:
-        process.terminate()
-        with trio.move_on_after(5) as waited:
-            await process.wait()
-        if waited.cancelled_caught:
-            process.kill()
-            await process.wait()
+    return start
 
 
 def routes(url: str, *direct: str) -> Routes:
@@ -189,10 +161,7 @@ async def test_direct_rule_bypasses_the_parent(
 async def test_forward_reaches_its_server_through_a_parent(
     nursery: trio.Nursery, start_server: StartServer, pproxy: Pproxy
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"banner first")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"banner first"))
     _, proxy_port = await start_server(ConnectProxy(loopback_policy(upstream_port)))
     parent_port, _ = await pproxy("socks5")
     parent = ParentProxy.parse(f"socks5://127.0.0.1:{parent_port}")
@@ -403,10 +372,7 @@ async def test_parent_error_is_an_upstream_error() -> None:
 async def test_tcp_upgrade_reaches_its_upstream_through_a_parent(
     nursery: trio.Nursery, start_server: StartServer, pproxy: Pproxy
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"db banner")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"db banner"))
     parent_port, parent_log = await pproxy("http")
     table = routes(f"http://127.0.0.1:{parent_port}")
     _, port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port), routes=table))

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import functools
 import re
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from hijack._team_cli import byte_rate
 from hijack.upgrades.users import PasswordHash, hash_password
 
 from .helpers import read_exactly, read_head, start_upstream
+from .hijack_process import HijackProcess, run_hijack
 from .test_connect import connect_head, status_of
 
 HIJACK = [sys.executable, "-m", "hijack"]
@@ -119,37 +119,26 @@ async def test_proxy_users_reload_on_sighup(
             await stream.send_all(data)
 
     upstream_port = await start_upstream(nursery, echo)
-    target = f"127.0.0.1:{upstream_port}"
     path = tmp_path / "users.toml"
     users_file(path, upstream_port, "alice")
-    command = [*HIJACK, "proxy", "--listen", "127.0.0.1:0", "--users", str(path)]
-    process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            check=False,
-        )
+    args = ["proxy", "--listen", "127.0.0.1:0", "--users", str(path)]
+    async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
+        port = await proxy.port()
+        await _reload_users(proxy, port, path, upstream_port)
+        proxy.signal(signal.SIGINT)
+        assert await proxy.wait() == 0
+        await proxy.output_closed.wait()
+    assert re.search(r"CONNECT 127\.0\.0\.1:\d+ user=alice -> ", proxy.stderr), (
+        proxy.stderr
     )
-    assert process.stdout is not None and process.stderr is not None
-    errors = bytearray()
 
-    async def collect_stderr() -> None:
-        assert process.stderr is not None
-        while chunk := await process.stderr.receive_some():
-            errors.extend(chunk)
 
-    nursery.start_soon(collect_stderr)
-    out = b""
-    with trio.fail_after(30):
-        while b"listening on" not in out:
-            chunk = await process.stdout.receive_some()
-            assert chunk, f"the proxy exited early: {bytes(errors)!r}"
-            out += chunk
-    match = re.search(rb"listening on http://127\.0\.0\.1:(\d+)", out)
-    assert match, out
-    port = int(match[1])
+async def _reload_users(
+    proxy: HijackProcess, port: int, path: Path, upstream_port: int
+) -> None:
+    """alice can connect; bob after a SIGHUP with him in the file, and a
+    broken file keeps the old users (and says why on stderr)."""
+    target = f"127.0.0.1:{upstream_port}"
 
     async def connect(user: str) -> tuple[int, trio.SocketStream]:
         stream = await trio.open_tcp_stream("127.0.0.1", port)
@@ -168,7 +157,7 @@ async def test_proxy_users_reload_on_sighup(
         async with alice_tunnel:
             assert await status("bob") == 407
             users_file(path, upstream_port, "bob")
-            process.send_signal(signal.SIGHUP)
+            proxy.signal(signal.SIGHUP)
             # The reload happens in another process: poll it (bounded above).
             while await status("bob") != 200:  # noqa: ASYNC110
                 await trio.sleep(0.05)
@@ -178,15 +167,11 @@ async def test_proxy_users_reload_on_sighup(
             assert await read_exactly(alice_tunnel, 10) == b"still here"
 
             path.write_text("[users.mallory]\npassword = 'plain text'\n")
-            process.send_signal(signal.SIGHUP)
-            while b"keeping the old users" not in errors:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            proxy.signal(signal.SIGHUP)
+            await proxy.wait_for("keeping the old users", stream="stderr")
             assert await status("bob") == 200
-            assert b"mallory" in errors and b"not a hijack password hash" in errors
-        process.send_signal(signal.SIGINT)
-        await process.wait()
-    assert process.returncode == 0
-    assert re.search(rb"CONNECT 127\.0\.0\.1:\d+ user=alice -> ", errors), bytes(errors)
+            assert "mallory" in proxy.stderr
+            assert "not a hijack password hash" in proxy.stderr
 
 
 def test_reloads_keep_one_users_and_one_limits(

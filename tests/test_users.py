@@ -28,6 +28,7 @@ from hijack.upgrades.users import (
 
 from .conftest import StartServer
 from .helpers import (
+    banner,
     capture_log,
     exchange,
     read_head,
@@ -371,10 +372,7 @@ def upgrade_head(*headers: str) -> bytes:
 async def test_tcp_upgrade_with_users(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"db says hi")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"db says hi"))
     users = Users.from_mapping(
         [
             User("alice", PasswordHash.parse(cheap_hash("a-pw"))),
@@ -407,10 +405,7 @@ async def test_tcp_upgrade_with_users(
 async def test_407_then_retry_as_a_user_on_the_same_connection(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    async def upstream(stream: trio.SocketStream) -> None:
-        await stream.send_all(b"welcome")
-
-    upstream_port = await start_upstream(nursery, upstream)
+    upstream_port = await start_upstream(nursery, banner(b"welcome"))
     alice = User(
         "alice",
         PasswordHash.parse(cheap_hash("a-pw")),

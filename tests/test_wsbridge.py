@@ -30,6 +30,7 @@ from hijack.upgrades.wsbridge import (
 
 from .conftest import StartServer
 from .helpers import (
+    UpstreamHandler,
     capture_log,
     read_exactly,
     read_until,
@@ -51,6 +52,16 @@ async def connect(port: int, path: str = "/", **kwargs: object) -> WSClient:
         raise
 
 
+async def start_bridge(
+    nursery: trio.Nursery, start_server: StartServer, upstream: UpstreamHandler = echo
+) -> int:
+    """The port of a WebSocketBridge to a new loopback TCP server that runs
+    ``upstream`` on each connection."""
+    upstream_port = await start_upstream(nursery, upstream)
+    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream_port)))
+    return port
+
+
 async def http_get(port: int, path: str = "/") -> bytes:
     async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
         await stream.send_all(
@@ -65,8 +76,7 @@ async def http_get(port: int, path: str = "/") -> bytes:
 async def test_bytes_both_ways_with_the_binary_subprotocol(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_upstream(nursery, echo)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server)
     client = await connect(port)
     async with client.stream:
         assert client.subprotocol == "binary"
@@ -79,8 +89,7 @@ async def test_bytes_both_ways_with_the_binary_subprotocol(
 async def test_a_client_without_subprotocol_is_served_too(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_upstream(nursery, echo)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server)
     client = await connect(port, subprotocols=())
     async with client.stream:
         assert client.subprotocol is None
@@ -97,8 +106,7 @@ async def test_upstream_eof_closes_the_websocket_after_its_bytes(
         async with stream:
             await stream.send_all(b"HELLO " + big)
 
-    upstream = await start_upstream(nursery, banner_then_close)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server, banner_then_close)
     client = await connect(port)
     async with client.stream:
         assert await client.receive_bytes(6 + len(big)) == b"HELLO " + big
@@ -134,8 +142,7 @@ async def test_client_close_gives_the_upstream_every_byte_then_eof(
             received.append(await read_until_closed(stream))
             done.set()
 
-    upstream = await start_upstream(nursery, collect)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server, collect)
     client = await connect(port)
     payload = [os.urandom(100_000) for _ in range(5)]
     async with client.stream:
@@ -230,8 +237,7 @@ async def test_a_silent_client_is_dropped_by_keepalive_and_the_upstream_ends(
 async def test_text_message_closes_1003(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_upstream(nursery, echo)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server)
     client = await connect(port)
     async with client.stream:
         await client.send("text is not bytes")
@@ -342,8 +348,7 @@ async def test_plain_get_is_426(start_server: StartServer) -> None:
 async def test_base64_only_client_is_400(
     nursery: trio.Nursery, start_server: StartServer
 ) -> None:
-    upstream = await start_upstream(nursery, echo)
-    _, port = await start_server(WebSocketBridge(("127.0.0.1", upstream)))
+    port = await start_bridge(nursery, start_server)
     with pytest.raises(Refused) as refused:
         await connect(port, subprotocols=("base64",))
     assert refused.value.status == 400

@@ -21,7 +21,7 @@ import trio
 import trustme
 
 from . import test_forward
-from .daemons import Daemons, nginx_http_temp_paths, nginx_main_config
+from .daemons import Daemons, nginx_http_temp_paths
 from .helpers import start_upstream
 from .hijack_process import HijackProcess, run_hijack
 from .test_forward import echo
@@ -94,20 +94,18 @@ async def start_nginx(
         listener.bind(("127.0.0.1", 0))
         listener.listen(128)
         port: int = listener.getsockname()[1]
-        conf = tmp / "nginx.conf"
-        conf.write_text(
-            nginx_main_config(tmp)
-            + NGINX_CONF.format(
-                tmp=tmp,
-                temp_paths=nginx_http_temp_paths(tmp),
-                port=port,
-                backend=backend,
-                ssl=" ssl" if tls else "",
-                certificate=certificate,
-            )
+        config = NGINX_CONF.format(
+            tmp=tmp,
+            temp_paths=nginx_http_temp_paths(tmp),
+            port=port,
+            backend=backend,
+            ssl=" ssl" if tls else "",
+            certificate=certificate,
         )
-        await daemons.start(
-            [NGINX, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log")],
+        await daemons.start_nginx(
+            NGINX,
+            tmp,
+            config,
             env={**os.environ, "NGINX": f"{listener.fileno()};"},
             pass_fds=(listener.fileno(),),
             stop_signal=signal.SIGQUIT,  # graceful stop
