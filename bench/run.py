@@ -595,8 +595,7 @@ def write_results(b: Bench, started: float, path: Path) -> None:
         "how each is set up), hypercorn `-k trio` and "
         "uvicorn `--http h11 --loop asyncio` on the same ASGI hello world "
         "(bench/asgi_hello.py). hijack runs on plain h11 (the default "
-        "dependency, like uvicorn --http h11); 'hijack + h11-mypyc' is the "
-        "same server on the compiled h11 that `hijack[speed]` installs. "
+        "dependency, like uvicorn --http h11; no compiled h11: see the README). "
         "'ceiling' rows are a bare selectors server "
         "that shows the load generator can go faster than the servers measured.",
         "",

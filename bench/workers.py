@@ -116,8 +116,8 @@ def row_workers(b: Bench) -> None:
     b.notes.append(
         f"whole-machine rows: the load generator (4 client processes, or wrk's "
         f"one thread) runs on the same 2 cores as the {WORKERS} workers, so "
-        "the workers never get 2 cores to themselves; other helpers were "
-        f"loading the machine too (load average {load} at the end of the row)."
+        "the workers never get 2 cores to themselves; the machine is shared "
+        f"(load average {load} at the end of the row)."
     )
     for row, _, _ in cases:
         one = [r for r in b.results if r.row == row and r.server == HIJACK]
