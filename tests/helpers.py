@@ -11,7 +11,9 @@ import logging
 import socket
 import ssl
 import struct
+import subprocess
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from pathlib import Path
 
 import h11
 import trio
@@ -39,6 +41,7 @@ __all__ = [
     "read_until_closed",
     "reset",
     "splits",
+    "start_piped",
     "start_upstream",
     "tls_contexts",
 ]
@@ -313,3 +316,22 @@ def capture_log(name: str) -> Iterator[LogCapture]:
     finally:
         logger.removeHandler(capture)
         logger.setLevel(level)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+async def start_piped(nursery: trio.Nursery, command: Sequence[str]) -> trio.Process:
+    """``command`` as a child of ``nursery`` with pipes for stdin and stdout,
+    run from the repository root (``hijack forward --listen -``, say)."""
+    process: trio.Process = await nursery.start(
+        functools.partial(
+            trio.run_process,
+            list(command),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            check=False,
+            cwd=ROOT,
+        )
+    )
+    return process

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import base64
-import functools
 import http.server
 import logging
-import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +22,13 @@ from hijack.upgrades.forward import (
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
-from .helpers import read_exactly, read_until, read_until_closed, start_upstream
+from .helpers import (
+    read_exactly,
+    read_until,
+    read_until_closed,
+    start_piped,
+    start_upstream,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 AUTH = ("alice", "s3cret:with colon")
@@ -297,17 +301,7 @@ def forward_command(port: int) -> list[str]:
 
 
 async def start_child(nursery: trio.Nursery, port: int) -> trio.Process:
-    process: trio.Process = await nursery.start(
-        functools.partial(
-            trio.run_process,
-            forward_command(port),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            check=False,
-            cwd=ROOT,
-        )
-    )
-    return process
+    return await start_piped(nursery, forward_command(port))
 
 
 async def test_forward_stdio_client_eof_first(

@@ -9,7 +9,6 @@ import functools
 import hashlib
 import os
 import ssl
-import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from .helpers import (
     read_exactly,
     read_until,
     read_until_closed,
+    start_piped,
     start_upstream,
     tls_contexts,
 )
@@ -282,16 +282,7 @@ async def test_forward_stdio_websocket(
         nursery, start_server, await start_upstream(nursery, upstream)
     )
     with trio.fail_after(30):  # a safety bound, not timing logic
-        child: trio.Process = await nursery.start(
-            functools.partial(
-                trio.run_process,
-                stdio_command(url),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                check=False,
-                cwd=ROOT,
-            )
-        )
+        child = await start_piped(nursery, stdio_command(url))
         assert child.stdin is not None and child.stdout is not None
         assert await read_exactly(child.stdout, 14) == b"SSH-2.0-fake\r\n"
         await child.stdin.send_all(b"hello\n")
