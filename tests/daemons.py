@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -31,12 +32,31 @@ STOP_TIMEOUT = 10
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on now (for a config written before the
-    daemon that will listen on it starts)."""
+    daemon that will listen on it starts).
+
+    Picked below the kernel's ephemeral range: a port from ``bind(0)`` is an
+    ephemeral one, and until the daemon binds it any outgoing connection
+    (``wait_listening``'s own probes included) may take it as its source
+    port, and the daemon's bind then fails with EADDRINUSE (seen once)."""
+    low = _ephemeral_low()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    for _ in range(100):
+        port = random.randrange(max(1024, low - 12_000), low)
+        with socket.socket(family) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free port below the ephemeral range ({low})")
+
+
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
 
 
 async def wait_listening(port: int, host: str = "127.0.0.1") -> None:
