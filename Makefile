@@ -35,10 +35,13 @@ $(NODE_CLIENTS): tests/node/package.json tests/node/package-lock.json | sysdeps
 demo: $(STAMP)
 	$(VENV)/bin/hijack demo
 
+# The floors of the package (core <- tunnel <- upgrades/client <- cli) and no
+# import loop: tools/check_layers.py says which import breaks them.
 check: $(STAMP)
-	$(VENV)/bin/ruff check hijack tests examples bench autobahn pytest_hijack.py
-	$(VENV)/bin/ruff format --check hijack tests examples bench autobahn pytest_hijack.py
-	$(VENV)/bin/mypy --strict hijack examples bench tests autobahn pytest_hijack.py
+	$(VENV)/bin/ruff check hijack tests examples bench autobahn tools pytest_hijack.py
+	$(VENV)/bin/ruff format --check hijack tests examples bench autobahn tools pytest_hijack.py
+	$(VENV)/bin/mypy --strict hijack examples bench tests autobahn tools pytest_hijack.py
+	$(PY) tools/check_layers.py
 
 # Branch coverage is measured on every run (gate: fail_under in pyproject.toml).
 test: $(STAMP) sysdeps $(NODE_CLIENTS) check

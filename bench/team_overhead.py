@@ -35,7 +35,7 @@ from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
 port, limit = int(sys.argv[1]), sys.argv[2]
 options = {}
 if limit != "none":
-    from hijack.upgrades.limits import TunnelLimits
+    from hijack.tunnel.limits import TunnelLimits
     options["limits"] = TunnelLimits(tunnel_bandwidth=int(limit))
 policy = ConnectPolicy(allowed_ports=None, allow_private=True)
 proxy = ConnectProxy(policy, max_tunnels=50_000, **options)

@@ -11,7 +11,7 @@ Two parts:
   interleaved rounds, same load generator as the other rows.
 
 The worker processes for the rows are ``hijack_servers.py`` run by the
-CLI's supervisor (``hijack._supervisor``, a private module: the bench's
+CLI's supervisor (``hijack.cli._supervisor``, a private module: the bench's
 handlers are not CLI commands). The supervisor hands them the socket the
 way it hands it to ``hijack`` workers (``HIJACK_WORKER_FDS``).
 """
@@ -136,7 +136,7 @@ def supervise(argv: list[str]) -> None:
     ``hijack_servers.py KIND PORT [...]`` under the CLI's supervisor."""
     import trio
 
-    from hijack._supervisor import Supervisor
+    from hijack.cli._supervisor import Supervisor
 
     port = int(argv[1])
 

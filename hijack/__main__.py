@@ -1,5 +1,5 @@
 """``python -m hijack``: the same as the ``hijack`` command."""
 
-from ._cli import main
+from .cli import main
 
 raise SystemExit(main())

@@ -26,7 +26,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-if TYPE_CHECKING:  # _proxyproto uses find_socket from here
+from ._plain_socket import find_socket
+
+if TYPE_CHECKING:
     from ._proxyproto import ProxyHeader
 
 logger = logging.getLogger("hijack")
@@ -84,17 +86,6 @@ class TLSInfo:
     alpn_protocol: str | None
     server_name: str | None
     peer_certificate: dict[str, Any] | None
-
-
-def find_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
-    """The socket under ``stream`` (looking through TLS), or None."""
-    while True:
-        if isinstance(stream, trio.SocketStream):
-            return stream.socket
-        if isinstance(stream, trio.SSLStream):
-            stream = stream.transport_stream
-            continue
-        return None
 
 
 def read_peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | None:

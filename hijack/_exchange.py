@@ -15,20 +15,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import h11
 
-from ._access_log import make_record
+from ._access_log import AccessRecord, make_record
+from ._config import Limits
 from ._connection import Connection
 from ._errors import ClientDisconnected, HijackError, UsageError
 from ._hijack import Hijacked
+from ._hub import Hub
 from ._message import BYTES_LIKE, Headers, HTTPError, Request, Response
 from ._request_head import protocol_error_status
 from ._response_head import hijack_head, response_headers
-
-if TYPE_CHECKING:
-    from ._http import HTTPConnection
 
 __all__ = ["Exchange", "Handler"]
 
@@ -39,6 +38,54 @@ Handler = Callable[[Request], Awaitable[Response | None]]
 # After the handler returns with body bytes unread, read (and drop) this many
 # to keep the connection alive; past it, close instead (Go does the same).
 DRAIN_LIMIT = 256 * 1024
+
+
+class ServerSide(Protocol):
+    """What a connection needs from its server."""
+
+    limits: Limits
+    handler: Handler
+
+    @property
+    def shutting_down(self) -> bool: ...
+
+    @property
+    def hub(self) -> Hub | None: ...
+
+    @property
+    def reporting(self) -> bool: ...
+
+    def report(self, record: AccessRecord) -> None: ...
+
+
+class Driver(Protocol):
+    """What an exchange needs from the connection loop that made it (the
+    HTTP/1.1 loop in ``_http.py``): the parser's states, the writer, the
+    hand-over at hijack. Spelled out here so the exchange reads apart from
+    the loop and the loop imports the exchange, not the other way round."""
+
+    server: ServerSide
+    connection: Connection
+    broken: bool
+    linger: bool
+    head_started: tuple[float, float]
+
+    @property
+    def parser(self) -> h11.Connection: ...
+
+    def encode(self, event: h11.Event) -> bytes: ...
+
+    async def send(self, event: h11.Event) -> None: ...
+
+    async def write(self, data: bytes, *, schedule: bool = True) -> None: ...
+
+    def start_next_cycle(self) -> bool: ...
+
+    async def next_event_before(
+        self, deadline: float
+    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None: ...
+
+    def hand_over(self) -> Hijacked: ...
 
 
 class Exchange:
@@ -69,7 +116,7 @@ class Exchange:
 
     def __init__(
         self,
-        driver: HTTPConnection,
+        driver: Driver,
         connection: Connection,
         event: h11.Request,
         headers: list[tuple[bytes, bytes]],

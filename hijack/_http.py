@@ -14,19 +14,16 @@ a client that sends without reading cannot grow our buffers (backpressure).
 from __future__ import annotations
 
 import time
-from typing import Protocol
 
 import h11
 import trio
 
-from ._access_log import AccessRecord, make_record
+from ._access_log import make_record
 from ._closing import aclose_gracefully
-from ._config import Limits
 from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected, UsageError
-from ._exchange import Exchange, Handler
+from ._exchange import Exchange, Handler, ServerSide
 from ._hijack import Hijacked
-from ._hub import Hub
 from ._message import HTTPError
 from ._plain_socket import plain_socket, receive, send_now
 from ._request_head import ambiguous_framing, protocol_error_status, refusal_status
@@ -44,24 +41,6 @@ LINGER_SECONDS = 2.0
 LINGER_BYTES = 1024 * 1024
 
 _STREAM_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
-
-
-class ServerSide(Protocol):
-    """What a connection needs from its server."""
-
-    limits: Limits
-    handler: Handler
-
-    @property
-    def shutting_down(self) -> bool: ...
-
-    @property
-    def hub(self) -> Hub | None: ...
-
-    @property
-    def reporting(self) -> bool: ...
-
-    def report(self, record: AccessRecord) -> None: ...
 
 
 class HTTPConnection:

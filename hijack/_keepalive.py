@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import trio
 
 from ._config import Limits
-from ._connection import find_socket
+from ._plain_socket import find_socket
 
 if TYPE_CHECKING:
     from ._connection import Connection

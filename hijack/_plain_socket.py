@@ -20,7 +20,7 @@ import os
 
 import trio
 
-__all__ = ["plain_socket", "receive", "send_now"]
+__all__ = ["find_socket", "plain_socket", "receive", "send_now"]
 
 
 def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -69,3 +69,14 @@ async def receive(
             return os.read(sock.fileno(), max_bytes)
         except BlockingIOError:  # pragma: no cover - a spurious wake-up
             pass
+
+
+def find_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
+    """The socket under ``stream`` (looking through TLS), or None."""
+    while True:
+        if isinstance(stream, trio.SocketStream):
+            return stream.socket
+        if isinstance(stream, trio.SSLStream):
+            stream = stream.transport_stream
+            continue
+        return None

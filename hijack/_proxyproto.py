@@ -32,14 +32,25 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import trio
 
-from ._connection import find_socket
+from ._plain_socket import find_socket
 
-if TYPE_CHECKING:
-    from ._connection import Connection
+
+class _Addressed(Protocol):
+    """The part of a :class:`~hijack.Connection` a header is made from."""
+
+    @property
+    def remote_address(self) -> Any: ...
+
+    @property
+    def local_address(self) -> Any: ...
+
+    @property
+    def proxy_header(self) -> ProxyHeader | None: ...
+
 
 __all__ = [
     "V1_MAX_SIZE",
@@ -611,7 +622,7 @@ async def read_proxy_header(
             return parsed[0]
 
 
-def proxy_header_for(connection: Connection, version: Literal[1, 2]) -> bytes:
+def proxy_header_for(connection: _Addressed, version: Literal[1, 2]) -> bytes:
     """The header to send upstream on behalf of ``connection``'s client:
     from ``remote_address`` (the balancer's client, behind PROXY protocol)
     to the address that client reached (the balancer's, when there was one;

@@ -34,7 +34,6 @@ from ._hub import Hub
 from ._hub import available as hub_available
 from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
-from ._metrics import count_accept_error
 from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
 from ._reuse_port import open_tcp_listeners_reuse_port
 from ._tls import handshake, wrap_server_side
@@ -64,6 +63,9 @@ class Server:
     :class:`~hijack.AccessRecord` when each HTTP exchange ends (the same
     record the ``hijack.access`` logger writes; ``access_log=False`` keeps
     this server off that logger, e.g. for a health-check listener).
+    ``on_accept_error(exc)`` sees every ``OSError`` from ``accept()`` (the
+    capacity ones, EMFILE and friends, are logged once and retried; others
+    end the accept loop), e.g. to count them.
 
     Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
     given. With an ``ssl_context``, the server installs its own
@@ -79,6 +81,7 @@ class Server:
         on_state: StateHook | Sequence[StateHook] = (),
         on_connect: ConnectHook | None = None,
         on_request: RequestHook | Sequence[RequestHook] = (),
+        on_accept_error: Callable[[OSError], object] | None = None,
         access_log: bool = True,
     ) -> None:
         self.handler = handler
@@ -90,6 +93,7 @@ class Server:
         self._request_hooks: tuple[RequestHook, ...] = (
             (on_request,) if callable(on_request) else tuple(on_request)
         )
+        self._on_accept_error = on_accept_error
         self._access_log = access_log
         self._ids = itertools.count(1)
         self._connections: dict[int, Connection] = {}
@@ -320,7 +324,8 @@ class Server:
                 stream = await listener.accept()
             except OSError as exc:
                 self._capacity.release()
-                count_accept_error()
+                if self._on_accept_error is not None:
+                    self._on_accept_error(exc)
                 if exc.errno in ACCEPT_CAPACITY_ERRNOS:
                     logger.log(
                         logging.DEBUG if failing else logging.ERROR,

@@ -9,7 +9,8 @@ import signal
 import pytest
 import trio
 
-from hijack._cli import build_parser, parse_host_port
+from hijack.cli._arguments import parse_host_port
+from hijack.cli._main import build_parser
 
 from .hijack_process import run_hijack
 

@@ -15,8 +15,8 @@ import trio
 import trustme
 
 from hijack import Request, Response
-from hijack._cli import build_parser
-from hijack._config_file import with_config_file
+from hijack.cli._config_file import with_config_file
+from hijack.cli._main import build_parser
 
 from .conftest import StartServer
 from .helpers import read_until

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from hijack import Request, Response, relay
-from hijack.upgrades.forward import (
+from hijack.client.forward import (
     TunnelError,
     open_tunnel,
     serve_forward,

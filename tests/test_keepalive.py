@@ -123,7 +123,7 @@ async def test_helpers_on_sockets_directly() -> None:
 async def test_forward_client_dials_with_keepalive(nursery: trio.Nursery) -> None:
     """The client side of a tunnel (``hijack forward``) is the one behind a
     NAT: its connection to the server keeps the flow warm too."""
-    from hijack.upgrades.forward import open_tunnel
+    from hijack.client.forward import open_tunnel
 
     from .test_forward import fake_server
 

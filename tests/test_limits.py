@@ -12,10 +12,10 @@ import trio
 import trio.testing
 
 from hijack import RelayStats, Throttle, TokenBucket, relay
+from hijack.tunnel.limits import TooManyTunnels, TunnelLimits
+from hijack.tunnel.users import PasswordHash, User, Users, hash_password
 from hijack.upgrades.connect import ConnectProxy
-from hijack.upgrades.limits import TooManyTunnels, TunnelLimits
 from hijack.upgrades.tcp import TCPUpgrade
-from hijack.upgrades.users import PasswordHash, User, Users, hash_password
 
 from .conftest import StartServer
 from .helpers import (

@@ -13,7 +13,7 @@ import trio
 from prometheus_client.parser import text_string_to_metric_families
 
 from hijack import Request, Response, Server
-from hijack._metrics import Metrics, count_proxy_protocol_rejection
+from hijack.cli._metrics import Metrics
 from hijack.testing import MemoryListener
 
 from .conftest import StartServer
@@ -72,9 +72,9 @@ async def test_library_hooks_count_requests_and_states(
 
 
 def test_proxy_protocol_rejections_counter_is_there_for_the_reader() -> None:
-    metrics = Metrics().install()
-    count_proxy_protocol_rejection("untrusted")
-    count_proxy_protocol_rejection("untrusted")
+    metrics = Metrics()
+    metrics.on_proxy_protocol_rejection("untrusted")
+    metrics.on_proxy_protocol_rejection("untrusted")
     assert (
         metrics.registry.get_sample_value(
             "hijack_proxy_protocol_rejections_total", {"reason": "untrusted"}
@@ -225,12 +225,12 @@ class _FailingOnce(MemoryListener):
 async def test_accept_errors_are_counted(
     nursery: trio.Nursery, autojump_clock: trio.testing.MockClock
 ) -> None:
-    metrics = Metrics().install()
+    metrics = Metrics()
 
     async def handler(request: Request) -> Response:
         return Response(200, body=b"ok")
 
-    server = Server(handler)
+    server = Server(handler, on_accept_error=metrics.on_accept_error)
     listener = _FailingOnce()
     await nursery.start(server.serve_listeners, [listener])
     client = await listener.connect()  # accepted once the retry comes round

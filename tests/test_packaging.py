@@ -27,7 +27,7 @@ def test_wheel_contains_py_typed_and_every_module(tmp_path: Path) -> None:
         assert module.relative_to(ROOT).as_posix() in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
-    assert "hijack = hijack._cli:main" in text
+    assert "hijack = hijack.cli:main" in text
     # The pytest plugin: its module and its pytest11 entry point.
     assert "pytest_hijack.py" in names
     assert "[pytest11]\nhijack = pytest_hijack" in text

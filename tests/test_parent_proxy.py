@@ -13,9 +13,9 @@ import pytest
 import trio
 import trio.testing
 
+from hijack.client.forward import open_tunnel
+from hijack.tunnel.parent_proxy import ParentProxy, ParentProxyError, Routes
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
-from hijack.upgrades.forward import open_tunnel
-from hijack.upgrades.parent_proxy import ParentProxy, ParentProxyError, Routes
 from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer

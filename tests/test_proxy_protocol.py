@@ -420,7 +420,7 @@ async def header_server(
 async def test_websocket_bridge_sends_the_client_upstream(
     nursery: trio.Nursery, start_server: Any, version: int
 ) -> None:
-    from hijack.upgrades.forward import open_tunnel
+    from hijack.client.forward import open_tunnel
     from hijack.upgrades.wsbridge import WebSocketBridge
 
     upstream_port, first = await header_server(nursery)

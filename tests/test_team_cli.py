@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import trio
 
-from hijack._cli import build_parser
-from hijack._team_cli import byte_rate
-from hijack.upgrades.users import PasswordHash, hash_password
+from hijack.cli._main import build_parser
+from hijack.cli._team import byte_rate
+from hijack.tunnel.users import PasswordHash, hash_password
 
 from .helpers import read_exactly, read_head, start_upstream
 from .hijack_process import HijackProcess, run_hijack
@@ -180,7 +180,7 @@ def test_reloads_keep_one_users_and_one_limits(
     """What a SIGHUP does to the team options: the same Users re-reads its
     file, the same TunnelLimits takes the new bounds (open tunnels stay
     counted), a broken users file fails the reload."""
-    from hijack import _team_cli
+    from hijack.cli import _team as _team_cli
 
     monkeypatch.setattr(_team_cli, "_LIVE", {})
     path = tmp_path / "users.toml"

@@ -14,10 +14,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from hijack._metrics import Metrics
-from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
-from hijack.upgrades.tcp import TCPUpgrade
-from hijack.upgrades.users import (
+from hijack.cli._metrics import Metrics
+from hijack.tunnel.users import (
     PasswordHash,
     User,
     Users,
@@ -25,6 +23,8 @@ from hijack.upgrades.users import (
     hash_password,
     load_users,
 )
+from hijack.upgrades.connect import ConnectPolicy, ConnectProxy, ConnectRefused
+from hijack.upgrades.tcp import TCPUpgrade
 
 from .conftest import StartServer
 from .helpers import (

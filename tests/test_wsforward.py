@@ -16,9 +16,9 @@ import pytest
 import trio
 
 from hijack import Request, Response, Server
-from hijack.upgrades.forward import TunnelError, open_tunnel, serve_forward
+from hijack.client.forward import TunnelError, open_tunnel, serve_forward
+from hijack.client.wsclient import WebSocketRefused, connect_websocket
 from hijack.upgrades.wsbridge import WebSocketBridge
-from hijack.upgrades.wsclient import WebSocketRefused, connect_websocket
 
 from . import test_forward
 from .conftest import StartServer

@@ -39,8 +39,11 @@ from .. import (
     join_host_port,
     relay,
 )
-from ._dial import Dialer, dial_tcp, open_checked
-from ._policy import (
+from ..tunnel._dial import Dialer, dial_tcp, open_checked
+from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
+from ..tunnel.limits import TunnelLease, TunnelLimits
+from ..tunnel.parent_proxy import Routes
+from ..tunnel.policy import (
     BadConnectTarget,
     ConnectError,
     ConnectPolicy,
@@ -50,10 +53,7 @@ from ._policy import (
     is_non_global,
     parse_connect_target,
 )
-from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
-from .limits import TunnelLease, TunnelLimits
-from .parent_proxy import Routes
-from .users import Users, authenticate
+from ..tunnel.users import Users, authenticate
 
 __all__ = [
     "BadConnectTarget",
@@ -109,11 +109,11 @@ class ConnectProxy:
     ends (metrics use it), with the outcome of its log line and the user
     (None without a users file).
 
-    ``users`` (:class:`~hijack.upgrades.users.Users`) replaces ``auth``: each
+    ``users`` (:class:`~hijack.tunnel.users.Users`) replaces ``auth``: each
     user has a password and rules on top of ``policy`` (407, then 403).
-    ``routes`` (:class:`~hijack.upgrades.parent_proxy.Routes`) sends
+    ``routes`` (:class:`~hijack.tunnel.parent_proxy.Routes`) sends
     destinations through a parent proxy. ``limits``
-    (:class:`~hijack.upgrades.limits.TunnelLimits`) bounds tunnels per client
+    (:class:`~hijack.tunnel.limits.TunnelLimits`) bounds tunnels per client
     address and per user (429) and their bandwidth.
 
     Resource handling: the upstream stream is dialled before answering, so a

@@ -4,7 +4,7 @@ The Docker raw-stream style: the client sends a request with
 ``Connection: Upgrade`` and ``Upgrade: tcp``; the server dials its upstream,
 answers ``101 Switching Protocols`` and from then on relays bytes both ways.
 The client side (``open_tunnel``, a local forwarder) is in
-:mod:`hijack.upgrades.forward`.
+:mod:`hijack.client.forward`.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from .. import (
     join_host_port,
     relay,
 )
-from ._dial import open_checked
-from ._policy import ConnectError, ConnectPolicy
-from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
-from .limits import TunnelLease, TunnelLimits
-from .parent_proxy import Routes
-from .users import User, Users, authenticate
+from ..tunnel._dial import open_checked
+from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
+from ..tunnel.limits import TunnelLease, TunnelLimits
+from ..tunnel.parent_proxy import Routes
+from ..tunnel.policy import ConnectError, ConnectPolicy
+from ..tunnel.users import User, Users, authenticate
 
 __all__ = ["TCPUpgrade", "is_tcp_upgrade"]
 

@@ -42,8 +42,8 @@ from .. import (
     join_host_port,
     relay,
 )
-from ._policy import ConnectError, ConnectPolicy, parse_connect_target
-from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
+from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
+from ..tunnel.policy import ConnectError, ConnectPolicy, parse_connect_target
 from .websocket import (
     PING_INTERVAL,
     PING_TIMEOUT,

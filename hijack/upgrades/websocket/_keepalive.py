@@ -15,19 +15,29 @@ reading, or reads itself when none is (queueing what arrives for
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import trio
 
 from ._errors import ConnectionClosed
 
-if TYPE_CHECKING:
-    from ._websocket import WebSocket
+
+class _Pinged(Protocol):
+    """What keeping a :class:`~hijack.upgrades.websocket.WebSocket` alive
+    takes (spelled out: the WebSocket module imports this one)."""
+
+    @property
+    def closed(self) -> bool: ...
+
+    async def ping(self) -> None: ...
+
+    async def fail(self, code: int, reason: str) -> None: ...
+
 
 INTERNAL_ERROR = 1011  # RFC 6455 7.4.1: "an unexpected condition"
 
 
-async def keep_alive(ws: WebSocket, interval: float, timeout: float | None) -> None:
+async def keep_alive(ws: _Pinged, interval: float, timeout: float | None) -> None:
     """Ping ``ws`` every ``interval`` seconds until it closes; fail it with
     1011 if a pong takes longer than ``timeout`` (None: wait forever)."""
     try:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import trio
 
 from .. import join_host_port
-from ._policy import ConnectPolicy, IPAddress, Resolver, UpstreamError
 from .parent_proxy import ParentProxyError, Routes
+from .policy import ConnectPolicy, IPAddress, Resolver, UpstreamError
 
 __all__ = ["Dialed", "Dialer", "dial_tcp", "open_checked"]
 

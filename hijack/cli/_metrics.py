@@ -37,19 +37,17 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from ._access_log import AccessRecord
-from ._connection import Connection, ConnState
-from ._message import Request, Response
-from ._relay import RelayStats
+from .._access_log import AccessRecord
+from .._connection import Connection, ConnState
+from .._message import Request, Response
+from .._relay import RelayStats
 
 if TYPE_CHECKING:
-    from ._server import Server
+    from .._server import Server
 
 __all__ = [
     "Health",
     "Metrics",
-    "count_accept_error",
-    "count_proxy_protocol_rejection",
     "exposition",
     "metrics_handler",
 ]
@@ -59,8 +57,6 @@ SAMPLE_INTERVAL = 1.0
 #: Request durations: from a cached answer (~100 us) to a slow upstream.
 DURATION_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0)
 _GAUGE_STATES = (ConnState.NEW, ConnState.ACTIVE, ConnState.IDLE)
-
-_active: Metrics | None = None
 
 
 def _import_prometheus() -> Any:
@@ -74,8 +70,10 @@ def _import_prometheus() -> Any:
 
 
 class Metrics:
-    """The process's metrics. ``install()`` makes it the one the server's
-    internal counters (accept errors, PROXY-protocol rejections) go to."""
+    """The process's metrics. Plugged into the core through its hooks:
+    ``Server(on_state=, on_request=, on_accept_error=)``,
+    ``ProxyProtocol(on_reject=)`` and the upgrades' ``on_tunnel``; the core
+    never imports this module."""
 
     def __init__(self) -> None:
         prom = _import_prometheus()
@@ -131,12 +129,17 @@ class Metrics:
             ["reason"], registry=r,
         )  # fmt: skip
 
-    def install(self) -> Metrics:
-        global _active
-        _active = self
-        return self
-
     # -- hooks ---------------------------------------------------------------
+
+    def on_accept_error(self, exc: OSError) -> None:
+        """For ``Server(on_accept_error=...)``."""
+        self.accept_errors.inc()
+
+    def on_proxy_protocol_rejection(self, reason: str) -> None:
+        """For ``ProxyProtocol(on_reject=...)``: a header missing, malformed,
+        too slow or from an untrusted sender (``reason`` is a short fixed
+        word)."""
+        self.proxy_protocol_rejections.labels(reason).inc()
 
     def on_state(self, connection: Connection, state: ConnState) -> None:
         if state is ConnState.NEW:
@@ -180,18 +183,6 @@ class Metrics:
         while True:
             self.sample(server)
             await trio.sleep(SAMPLE_INTERVAL)
-
-
-def count_accept_error() -> None:
-    if _active is not None:
-        _active.accept_errors.inc()
-
-
-def count_proxy_protocol_rejection(reason: str) -> None:
-    """For the PROXY-protocol reader: a header missing, malformed, too slow
-    or from an untrusted sender (``reason`` is a short fixed word)."""
-    if _active is not None:
-        _active.proxy_protocol_rejections.labels(reason).inc()
 
 
 def exposition(metrics: Metrics | None) -> tuple[bytes, str]:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 import trio
 
-from ._systemd import notify
+from .._systemd import notify
 
 __all__ = [
     "WORKER_FDS_ENV",

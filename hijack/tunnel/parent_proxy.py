@@ -14,7 +14,7 @@ Who resolves the name, and what the policy can then judge:
   resolves to a private address behind the parent is the parent's to refuse.
 
 The SOCKS5 handshake is python-socks' (Trio backend). The HTTP CONNECT
-handshake is hijack's own client (:func:`~hijack.upgrades.forward.open_tunnel`
+handshake is hijack's own client (:func:`~hijack.client.forward.open_tunnel`
 on h11), because python-socks' HTTP connector reads the parent's answer with
 a single ``recv`` and parses only its status line: a head split over two
 segments leaves header bytes in the tunnel, and bytes the destination sent
@@ -36,7 +36,8 @@ from python_socks import ProxyError, ProxyType
 from python_socks.async_.trio import Proxy as TrioSocksProxy
 
 from .. import ReplayStream
-from ._policy import UpstreamError, _Rules, literal_address
+from ._http_tunnel import TunnelError, open_http_tunnel
+from .policy import UpstreamError, _Rules, literal_address
 
 __all__ = ["ParentProxy", "ParentProxyError", "Routes"]
 
@@ -129,13 +130,11 @@ class ParentProxy:
         return trio.SocketStream(sock)
 
     async def _connect_http(self, host: str, port: int) -> trio.abc.Stream:
-        from .forward import TunnelError, open_tunnel
-
         auth = None
         if self.username is not None and self.password is not None:
             auth = (self.username, self.password)
         try:
-            tunnel = await open_tunnel(
+            tunnel = await open_http_tunnel(
                 (self.host, self.port), (host, port), "connect", auth=auth
             )
         except TunnelError as exc:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import collections
 
 from .._throttle import Throttle, TokenBucket
-from ._policy import ConnectError
+from .policy import ConnectError
 from .users import User
 
 __all__ = ["TooManyTunnels", "TunnelLease", "TunnelLimits"]

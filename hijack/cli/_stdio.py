@@ -13,9 +13,9 @@ import os
 
 import trio
 
-from ._relay import relay
-from .upgrades.forward import Mode, open_tunnel
-from .upgrades.parent_proxy import ParentProxy
+from .._relay import relay
+from ..client.forward import Mode, open_tunnel
+from ..tunnel.parent_proxy import ParentProxy
 
 __all__ = ["forward_stdio"]
 

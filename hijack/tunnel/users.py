@@ -54,7 +54,7 @@ from typing import Any
 import trio
 
 from .. import HTTPError, Request
-from ._policy import ConnectPolicy
+from .policy import ConnectPolicy
 
 __all__ = [
     "PasswordHash",

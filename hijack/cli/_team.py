@@ -39,7 +39,7 @@ def byte_rate(text: str) -> int:
 
 
 def parent_proxy(text: str) -> Any:
-    from .upgrades.parent_proxy import ParentProxy
+    from ..tunnel.parent_proxy import ParentProxy
 
     try:
         return ParentProxy.parse(text)
@@ -60,9 +60,9 @@ def handler_options(args: argparse.Namespace) -> dict[str, Any]:
     ``Users`` (a broken file fails the reload, the running rules stay, and
     the reason is logged), the limits object is kept and takes the new
     bounds."""
-    from .upgrades.limits import TunnelLimits
-    from .upgrades.parent_proxy import Routes
-    from .upgrades.users import Users, UsersFileError
+    from ..tunnel.limits import TunnelLimits
+    from ..tunnel.parent_proxy import Routes
+    from ..tunnel.users import Users, UsersFileError
 
     options: dict[str, Any] = {}
     if args.users:
@@ -176,7 +176,7 @@ def add_hash_password(
 def hash_password_command() -> int:
     import getpass
 
-    from .upgrades.users import hash_password
+    from ..tunnel.users import hash_password
 
     if sys.stdin.isatty():
         password = getpass.getpass("password: ")

@@ -9,7 +9,6 @@ stops at once).
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 import os
 import signal
@@ -19,61 +18,31 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
-from . import _team_cli as _team
-from ._address import join_host_port, split_host_port
-from ._config import Limits
+from .._address import join_host_port
+from .._config import Limits
+from .._exchange import Handler
+from .._message import Request, Response
+from .._proxyproto import ProxyProtocol
+from .._relay import TunnelHook
+from .._server import Server
+from . import _team
+from ._arguments import (
+    listen_address,
+    parse_host_port,
+    trusted_sender,
+    user_pass,
+    via_address,
+)
 from ._config_file import with_config_file
-from ._exchange import Handler
-from ._message import Request, Response
-from ._process import add_serving_options, run_supervisor, setup_access_log
-from ._proxyproto import ProxyProtocol
-from ._relay import TunnelHook
-from ._server import Server
+from ._service import add_serving_options, run_supervisor, setup_access_log
 from ._supervisor import WORKER_FDS_ENV
 
 if TYPE_CHECKING:  # imported where used: each subcommand loads only its own
-    from .upgrades.connect import ConnectPolicy
+    from ..upgrades.connect import ConnectPolicy
 
 __all__ = ["main"]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
-
-
-def parse_host_port(text: str, *, allow_zero: bool = False) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> ``(host, port)``, for argparse."""
-    try:
-        return split_host_port(text, allow_zero_port=allow_zero)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT: {exc}") from None
-
-
-def _listen_address(text: str) -> tuple[str, int]:
-    return parse_host_port(text, allow_zero=True)
-
-
-def _via(text: str) -> tuple[str, int] | str:
-    """``HOST:PORT``, or a ``ws://`` / ``wss://`` URL (websocket mode)."""
-    if text.startswith(("ws://", "wss://")):
-        return text
-    return parse_host_port(text)
-
-
-def _user_pass(text: str) -> tuple[str, str]:
-    user, sep, password = text.partition(":")
-    if not sep or not user:
-        raise argparse.ArgumentTypeError("expected USER:PASS")
-    return user, password
-
-
-def _trusted_sender(text: str) -> str:
-    if text != "unix":
-        try:
-            ipaddress.ip_network(text, strict=False)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"expected a network (10.0.0.0/8, ::1) or 'unix', got {text!r}"
-            ) from None
-    return text
 
 
 # -- building the handler of each subcommand ----------------------------------
@@ -82,7 +51,7 @@ def _trusted_sender(text: str) -> str:
 def _connect_policy(args: argparse.Namespace) -> ConnectPolicy:
     """The destination policy of ``proxy`` and ``wsbridge --targets``, from
     their shared --allow-port/--allow/--deny/--allow-private flags."""
-    from .upgrades.connect import ConnectPolicy
+    from ..upgrades.connect import ConnectPolicy
 
     return ConnectPolicy(
         allowed_ports=frozenset(args.allow_port or [443]),
@@ -93,7 +62,7 @@ def _connect_policy(args: argparse.Namespace) -> ConnectPolicy:
 
 
 def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.connect import ConnectProxy
+    from ..upgrades.connect import ConnectProxy
 
     policy = _connect_policy(args)
     return ConnectProxy(
@@ -109,7 +78,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
 
 
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.websocket import make_echo_handler
+    from ..upgrades.websocket import make_echo_handler
 
     return make_echo_handler(
         max_message_size=args.max_message_size,
@@ -121,7 +90,7 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 
 
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.tcp import TCPUpgrade
+    from ..upgrades.tcp import TCPUpgrade
 
     return TCPUpgrade(
         args.upstream,
@@ -133,7 +102,7 @@ def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
 
 
 def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
-    from .upgrades.wsbridge import TargetFile, WebSocketBridge
+    from ..upgrades.wsbridge import TargetFile, WebSocketBridge
 
     origins = args.allow_origin or None
     if args.targets is None:
@@ -170,9 +139,9 @@ def demo_handler(
     """Everything on one port. The CONNECT proxy and the TCP upgrade both
     reach this very server (127.0.0.1:port), so a tunnel works out of the
     box with nothing else running."""
-    from .upgrades.connect import ConnectPolicy, ConnectProxy
-    from .upgrades.tcp import TCPUpgrade, is_tcp_upgrade
-    from .upgrades.websocket import make_echo_handler
+    from ..upgrades.connect import ConnectPolicy, ConnectProxy
+    from ..upgrades.tcp import TCPUpgrade, is_tcp_upgrade
+    from ..upgrades.websocket import make_echo_handler
 
     echo = make_echo_handler(on_close=on_websocket_close)
     tcp = TCPUpgrade(("127.0.0.1", port), on_tunnel=on_tunnel)
@@ -208,18 +177,21 @@ async def _serve(
     make_handler: Callable[[argparse.Namespace, int | None], Handler],
     reparse: Callable[[], argparse.Namespace],
 ) -> None:
-    from . import _process
-    from ._metrics import Health, Metrics, count_proxy_protocol_rejection
+    from . import _service as _process
+    from ._metrics import Health, Metrics
 
     worker = WORKER_FDS_ENV in os.environ
+    metrics = Metrics() if args.metrics is not None else None
     proxy = (
-        ProxyProtocol(args.proxy_protocol, on_reject=count_proxy_protocol_rejection)
+        ProxyProtocol(
+            args.proxy_protocol,
+            on_reject=None if metrics is None else metrics.on_proxy_protocol_rejection,
+        )
         if args.proxy_protocol
         else None
     )
     ssl_context = _process.tls_context(args)
     health = Health()
-    metrics = Metrics().install() if args.metrics is not None else None
     if metrics is not None:
         args.on_tunnel = metrics.on_tunnel
         args.on_websocket_close = metrics.on_websocket_close
@@ -234,6 +206,7 @@ async def _serve(
                 limits=Limits(shutdown_grace=args.shutdown_grace),
                 on_state=() if metrics is None else metrics.on_state,
                 on_request=() if metrics is None else metrics.on_request,
+                on_accept_error=None if metrics is None else metrics.on_accept_error,
             )
             await nursery.start(
                 _call(
@@ -281,8 +254,8 @@ async def _serve(
 
 
 async def _forward(args: argparse.Namespace) -> None:
+    from ..client.forward import serve_forward
     from ._stdio import forward_stdio
-    from .upgrades.forward import serve_forward
 
     target = args.target
     if args.mode in ("upgrade", "websocket"):
@@ -341,8 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
     where = listen.add_mutually_exclusive_group()
     where.add_argument(
         "--listen",
-        type=_listen_address,
-        default=_listen_address(DEFAULT_LISTEN),
+        type=listen_address,
+        default=listen_address(DEFAULT_LISTEN),
         metavar="HOST:PORT",
         help=f"TCP address to listen on (default: {DEFAULT_LISTEN}; port 0 picks "
         "a free port; [::1]:PORT for IPv6)",
@@ -354,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     listen.add_argument(
         "--proxy-protocol",
-        type=_trusted_sender,
+        type=trusted_sender,
         action="append",
         default=[],
         metavar="NET",
@@ -419,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     proxy.add_argument(
         "--auth",
-        type=_user_pass,
+        type=user_pass,
         metavar="USER:PASS",
         help="require Proxy-Authorization: Basic with these credentials (407)",
     )
@@ -560,15 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--listen",
-        default=_listen_address(DEFAULT_LISTEN),
-        type=lambda t: t if t == "-" else _listen_address(t),
+        default=listen_address(DEFAULT_LISTEN),
+        type=lambda t: t if t == "-" else listen_address(t),
         metavar="HOST:PORT",
         help=f"local address to listen on, or - for stdin/stdout (default: "
         f"{DEFAULT_LISTEN})",
     )
     forward.add_argument(
         "--via",
-        type=_via,
+        type=via_address,
         required=True,
         metavar="HOST:PORT|URL",
         help="the hijack server to tunnel through; websocket mode: its "
@@ -590,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forward.add_argument(
         "--auth",
-        type=_user_pass,
+        type=user_pass,
         metavar="USER:PASS",
         help="send these Basic credentials",
     )
@@ -623,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "hash-password":
         return _team.hash_password_command()
     if args.command == "forward":
-        from .upgrades.forward import TunnelError
+        from ..client.forward import TunnelError
 
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")

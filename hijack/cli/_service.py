@@ -32,11 +32,13 @@ from typing import Any
 
 import trio
 
-from ._access_log import JSONAccessFormatter, access_logger
-from ._address import join_host_port
-from ._listeners import UnixSocketListener, open_unix_listener
+from .._access_log import JSONAccessFormatter, access_logger
+from .._address import join_host_port
+from .._listeners import UnixSocketListener, open_unix_listener
+from .._server import Server
+from .._systemd import listeners_from_fds, notify, systemd_listen_fds
+from ._arguments import parse_host_port
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
-from ._server import Server
 from ._supervisor import (
     WORKER_FDS_ENV,
     Supervisor,
@@ -45,7 +47,6 @@ from ._supervisor import (
     watch_lifeline,
     worker_command,
 )
-from ._systemd import listeners_from_fds, notify, systemd_listen_fds
 
 __all__ = [
     "Opened",
@@ -65,8 +66,6 @@ logger = logging.getLogger("hijack")
 
 def add_serving_options(parser: argparse.ArgumentParser) -> None:
     """The options of every server command (added to the shared parent)."""
-    from ._cli import parse_host_port
-
     group = parser.add_argument_group("deployment")
     group.add_argument(
         "--config",

@@ -22,7 +22,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from .. import ReplayStream
-from .websocket import ClientProtocol, WebSocket
+from ..upgrades.websocket import ClientProtocol, WebSocket
 
 __all__ = ["WebSocketRefused", "connect_websocket"]
 
