@@ -81,7 +81,7 @@ class HAProxyLog:
     async def pump(self, stream: trio.abc.ReceiveStream) -> None:
         async with stream:
             async for chunk in stream:
-                    self.text += chunk.decode(errors="replace")
+                self.text += chunk.decode(errors="replace")
                 self._changed.set()
                 self._changed = trio.Event()
 
