@@ -53,18 +53,26 @@ autodoc_inherit_docstrings = False
 # those are named in the text but not linked.
 nitpicky = True
 nitpick_ignore_regex = [
-    (r"py:.*", r"(trio|h11|ssl|socket|websockets|prometheus_client|collections|"
-     r"contextlib|ipaddress|logging|argparse|pathlib|os|types|typing|_typeshed|"
-     r"enum|datetime|asyncio|concurrent|python_socks|dataclasses|abc)(\..*)?"),
+    (
+        r"py:.*",
+        r"(trio|h11|ssl|socket|websockets|prometheus_client|collections|"
+        r"contextlib|ipaddress|logging|argparse|pathlib|os|types|typing|_typeshed|"
+        r"enum|datetime|asyncio|concurrent|python_socks|dataclasses|abc)(\..*)?",
+    ),
     # Private modules and names, and type aliases documented in prose.
     (r"py:.*", r"(.*\.)?_[A-Za-z].*"),
-    (r"py:.*", r"(hijack\.)?(StateHook|HeaderInput|Body|Handler|ConnectHook|"
-     r"RequestHook|TunnelCallback|Network|AcceptErrorHook|TunnelHook|Mode|"
-     r"StreamPair|Dialer|Dial|ProxyVersion|Resolver|IPAddress|App|Compression)"),
+    (
+        r"py:.*",
+        r"(hijack\.)?(StateHook|HeaderInput|Body|Handler|ConnectHook|"
+        r"RequestHook|TunnelCallback|Network|AcceptErrorHook|TunnelHook|Mode|"
+        r"StreamPair|Dialer|Dial|ProxyVersion|Resolver|IPAddress|App|Compression)",
+    ),
     # Short names of trio's and websockets' types in signatures and docstrings.
-    (r"py:.*", r"(Stream|Listener|AsyncResource|HalfCloseableStream|SendStream|"
-     r"ReceiveStream|SocketStream|SSLStream|Nursery|Origin|Subprotocol|State|"
-     r"LoggerLike|WebSocketURI|ClientExtensionFactory|ServerExtensionFactory|"
-     r"re\.Pattern|Frame|Request|Response|Event|Lock|CapacityLimiter)(\..*)?"),
+    (
+        r"py:.*",
+        r"(Stream|Listener|AsyncResource|HalfCloseableStream|SendStream|"
+        r"ReceiveStream|SocketStream|SSLStream|Nursery|Origin|Subprotocol|State|"
+        r"LoggerLike|WebSocketURI|ClientExtensionFactory|ServerExtensionFactory|"
+        r"re\.Pattern|Frame|Request|Response|Event|Lock|CapacityLimiter)(\..*)?",
+    ),
 ]
-

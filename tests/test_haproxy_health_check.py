@@ -1,8 +1,9 @@
-"""The documentation's HAProxy example (``docs/snippets/haproxy-proxy-protocol.cfg``,
+"""The documentation's HAProxy examples (``docs/snippets/haproxy*.cfg``,
 shown by the "behind a balancer" guide) run as written against a real HAProxy
 and a real ``hijack proxy`` process: the health check passes (the server
-stays UP), and a CONNECT tunnel through HAProxy reaches its destination with
-hijack naming the real client. The example the README used to show (an HTTP
+stays UP), and a CONNECT tunnel through HAProxy reaches its destination
+(with PROXY protocol, hijack names the real client). The guide's nginx
+configuration (``docs/snippets/nginx.conf``) passes ``nginx -t``. The example the README used to show (an HTTP
 check of ``/healthz`` on the service port, with ``check-send-proxy``) is run
 the same way and fails its check: the test can tell the two apart.
 
@@ -14,12 +15,13 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import trio
 
-from .daemons import Daemons, free_port
+from .daemons import Daemons, free_port, nginx_main_config
 from .helpers import connect_from, read_until, start_upstream
 from .hijack_process import run_hijack
 
@@ -28,9 +30,7 @@ pytestmark = pytest.mark.skipif(
     not os.path.exists(HAPROXY), reason="haproxy not installed (make sysdeps)"
 )
 
-SNIPPET = (
-    Path(__file__).resolve().parent.parent / "docs/snippets/haproxy-proxy-protocol.cfg"
-)
+SNIPPETS = Path(__file__).resolve().parent.parent / "docs/snippets"
 
 #: What the README showed before: the check goes to the service port, with a
 #: PROXY header, and asks for a path the CONNECT proxy does not serve.
@@ -59,8 +59,10 @@ defaults
 
 def localized(config: str, front: int, service: int, metrics: int) -> str:
     """The snippet with loopback addresses and a short check interval."""
-    config = config.replace("bind :443", f"bind 127.0.0.1:{front}")
-    config = config.replace("10.0.0.11:8080", f"127.0.0.1:{service}")
+    for bind in ("bind :443", "bind :3128"):
+        config = config.replace(bind, f"bind 127.0.0.1:{front}")
+    for server in ("10.0.0.11:8080", "10.0.0.11:3128", "10.0.0.12:3128"):
+        config = config.replace(server, f"127.0.0.1:{service}")
     config = config.replace("port 9100", f"port {metrics}")
     return PREAMBLE + config.replace("inter 2s", "inter 100ms")
 
@@ -115,24 +117,34 @@ async def run_haproxy(
     return log
 
 
-@pytest.mark.parametrize("example", ["docs", "old README"])
+#: (snippet, hijack reads PROXY protocol, backend replaced by this or None)
+EXAMPLES = {
+    "plain": ("haproxy.cfg", False, None),
+    "proxy-protocol": ("haproxy-proxy-protocol.cfg", True, None),
+    "old README": ("haproxy-proxy-protocol.cfg", True, OLD_BACKEND),
+}
+
+
+@pytest.mark.parametrize("example", list(EXAMPLES))
 async def test_haproxy_example_health_check_and_tunnel(
     nursery: trio.Nursery, daemons: Daemons, tmp_path: Path, example: str
 ) -> None:
+    snippet_name, proxy_protocol, backend = EXAMPLES[example]
     upstream = await start_upstream(nursery, echo)
     args = ["proxy", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"]
-    args += ["--proxy-protocol", "127.0.0.1", "--allow", "127.0.0.1"]
-    args += ["--allow-port", str(upstream)]
+    args += ["--allow", "127.0.0.1", "--allow-port", str(upstream)]
+    if proxy_protocol:
+        args += ["--proxy-protocol", "127.0.0.1"]
     async with run_hijack(args) as hijack:
         service, metrics = await hijack.port(), await hijack.metrics_port()
-        snippet = SNIPPET.read_text()
-        if example == "old README":
-            snippet = snippet[: snippet.index("\nbackend hijack") + 1] + OLD_BACKEND
+        snippet = (SNIPPETS / snippet_name).read_text()
+        if backend is not None:
+            snippet = snippet[: snippet.index("\nbackend hijack") + 1] + backend
         front = free_port()
         config = localized(snippet, front, service, metrics)
         log = await run_haproxy(nursery, daemons, tmp_path, config, front)
         check = await log.wait_for(r"Health check for server hijack/h1 (\w+)(.*)")
-        if example == "old README":
+        if backend is not None:
             assert check[1] == "failed", check[0]
             assert "code: 405" in check[2], check[0]  # CONNECT only, on that port
             return
@@ -140,7 +152,8 @@ async def test_haproxy_example_health_check_and_tunnel(
         assert "code: 200" in check[2], check[0]
 
         # Traffic through HAProxy: a CONNECT tunnel from the client's own
-        # address; hijack's tunnel log names that client, not HAProxy.
+        # address; with PROXY protocol, hijack's tunnel log names that
+        # client, else HAProxy (127.0.0.1).
         async with await connect_from("127.0.0.5", "127.0.0.1", front) as stream:
             target = f"127.0.0.1:{upstream}"
             await stream.send_all(
@@ -150,6 +163,28 @@ async def test_haproxy_example_health_check_and_tunnel(
             assert head.startswith(b"HTTP/1.1 200 "), head
             await stream.send_all(b"through haproxy")
             assert await read_until(stream, b"through haproxy") == b"through haproxy"
-        await hijack.wait_for(
-            rf"127\.0\.0\.5:\d+ .*{re.escape(target)}", stream="stderr"
-        )
+        client = r"127\.0\.0\.5" if proxy_protocol else r"127\.0\.0\.1"
+        await hijack.wait_for(rf"{client}:\d+ .*{re.escape(target)}", stream="stderr")
+
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+@pytest.mark.skipif(
+    not (os.access(NGINX, os.X_OK) and os.path.exists(STREAM_MODULE)),
+    reason="nginx or its stream module is not installed (make sysdeps)",
+)
+async def test_nginx_example_is_a_valid_configuration(tmp_path: Path) -> None:
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        nginx_main_config(tmp_path)
+        + f"load_module {STREAM_MODULE};\nevents {{ worker_connections 64; }}\n"
+        + (SNIPPETS / "nginx.conf").read_text()
+    )
+    command = [NGINX, "-t", "-p", str(tmp_path), "-c", str(conf)]
+    result = await trio.run_process(
+        [*command, "-e", str(tmp_path / "error.log")], capture_stderr=True, check=False
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"test is successful" in result.stderr

@@ -95,7 +95,9 @@ def draw(row: str, workloads: list[list[Figure]], path: Path) -> None:
         values = [f.value for f in figures]
         bars = axis.barh(names, values, color=[_color(n) for n in names])
         axis.invert_yaxis()
-        axis.bar_label(bars, labels=[f"{v:,.1f}" for v in values], padding=3, fontsize=8)
+        axis.bar_label(
+            bars, labels=[f"{v:,.1f}" for v in values], padding=3, fontsize=8
+        )
         axis.set_title(figures[0].workload, fontsize=9, loc="left")
         axis.set_xlabel(figures[0].unit, fontsize=8)
         axis.tick_params(labelsize=8)
@@ -103,7 +105,11 @@ def draw(row: str, workloads: list[list[Figure]], path: Path) -> None:
         for side in ("top", "right"):
             axis.spines[side].set_visible(False)
     fig.suptitle(row, fontsize=11, x=0.01, ha="left")
-    fig.savefig(path, format=path.suffix[1:], metadata={"Date": None} if path.suffix == ".svg" else None)
+    fig.savefig(
+        path,
+        format=path.suffix[1:],
+        metadata={"Date": None} if path.suffix == ".svg" else None,
+    )
     plt.close(fig)
 
 

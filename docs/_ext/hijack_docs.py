@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import bench_charts
 from docutils import nodes
 from docutils.statemachine import StringList
 from sphinx.application import Sphinx
@@ -29,8 +30,6 @@ from sphinx.ext.napoleon import Config as NapoleonConfig
 from sphinx.ext.napoleon.docstring import GoogleDocstring
 from sphinx.util.docutils import SphinxDirective
 from sphinx.util.nodes import nested_parse_with_titles
-
-import bench_charts
 
 DOCS = Path(__file__).resolve().parent.parent
 SUPPRESS = argparse.SUPPRESS
@@ -58,9 +57,13 @@ def _literal(text: str) -> str:
 
 def _escape(text: str) -> str:
     """Plain argparse help text inside reST: no markup of its own."""
-    return text.replace("\\", "\\\\").replace("*", "\\*").replace("`", "\\`").replace(
-        "|", "\\|"
-    ).replace("_", "\\_")
+    return (
+        text.replace("\\", "\\\\")
+        .replace("*", "\\*")
+        .replace("`", "\\`")
+        .replace("|", "\\|")
+        .replace("_", "\\_")
+    )
 
 
 def _help(action: argparse.Action, prog: str) -> str:
@@ -77,7 +80,9 @@ def _option_title(action: argparse.Action) -> str:
         return action.metavar if isinstance(action.metavar, str) else action.dest
     metavar = ""
     if action.nargs != 0:
-        metavar = action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        metavar = (
+            action.metavar if isinstance(action.metavar, str) else action.dest.upper()
+        )
         if action.choices is not None and action.metavar is None:
             metavar = "{" + ",".join(str(c) for c in action.choices) + "}"
     return ", ".join(f"{o} {metavar}".strip() for o in action.option_strings)
@@ -98,7 +103,9 @@ def _option_lines(action: argparse.Action, prog: str) -> list[str]:
     return lines
 
 
-def _groups(parser: argparse.ArgumentParser) -> Iterator[tuple[str, list[argparse.Action]]]:
+def _groups(
+    parser: argparse.ArgumentParser,
+) -> Iterator[tuple[str, list[argparse.Action]]]:
     for group in parser._action_groups:
         actions = [
             a
@@ -126,7 +133,9 @@ def cli_rest(parser: argparse.ArgumentParser) -> list[str]:
         if one_line:
             lines += [_escape(one_line), ""]
         lines += [".. code-block:: text", ""]
-        lines += ["   " + line for line in subparser.format_usage().strip().splitlines()]
+        lines += [
+            "   " + line for line in subparser.format_usage().strip().splitlines()
+        ]
         lines += [""]
         if subparser.description:
             lines += [_escape(" ".join(subparser.description.split())), ""]
@@ -158,8 +167,7 @@ def config_rest(parser: argparse.ArgumentParser) -> list[str]:
         if not long or action.dest in ("help", "config"):
             return
         key = long[0].removeprefix("--")
-        kind, commands = keys.setdefault(key, (_toml_kind(action), []))
-        commands.append(command)
+        keys.setdefault(key, (_toml_kind(action), []))[1].append(command)
 
     for action in parser._actions:
         add(action, "(all)")
@@ -170,7 +178,11 @@ def config_rest(parser: argparse.ArgumentParser) -> list[str]:
     lines += ["     - commands"]
     for key in sorted(keys):
         kind, commands = keys[key]
-        lines += [f"   * - ``{key}``", f"     - {kind}", f"     - {', '.join(commands)}"]
+        lines += [
+            f"   * - ``{key}``",
+            f"     - {kind}",
+            f"     - {', '.join(commands)}",
+        ]
     return lines
 
 
@@ -260,8 +272,11 @@ def google_sections(
         return
     if what == "class" and dataclasses.is_dataclass(obj):
         lines[:] = _field_list_as_attributes(obj, lines)
-    config = NapoleonConfig(napoleon_use_ivar=False, napoleon_numpy_docstring=False)
-    converted = GoogleDocstring(lines, config, app, what, name, obj, options).lines()
+    config: Any = NapoleonConfig(
+        napoleon_use_ivar=False, napoleon_numpy_docstring=False
+    )
+    kind: Any = what
+    converted = GoogleDocstring(lines, config, app, kind, name, obj, options).lines()
     lines[:] = converted
 
 
@@ -289,7 +304,12 @@ def resolve_short_name(
     from sphinx.util.nodes import make_refnode
 
     return make_refnode(
-        app.builder, node["refdoc"], docname, domain.objects[name].node_id, contnode, name
+        app.builder,
+        node["refdoc"],
+        docname,
+        domain.objects[name].node_id,
+        contnode,
+        name,
     )
 
 
