@@ -16,12 +16,13 @@ The site itself (internal links, cross references) is checked by
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -163,3 +164,27 @@ async def test_echo_server_blocks_serve_and_echo(
         assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
+
+
+def _quantity(text: str) -> float:
+    """``10 s``, ``32 KiB``, ``16 MiB``, ``10,000``, ``3`` -> a number."""
+    number, _, unit = text.strip().partition(" ")
+    scale = {"": 1, "s": 1, "KiB": 1024, "MiB": 1024 * 1024}[unit]
+    return float(number.replace(",", "")) * scale
+
+
+def test_the_limits_table_says_what_limits_defaults_are() -> None:
+    """docs/reference/limits.md lists every field of ``Limits`` with its
+    real default (a new field, or a changed default, fails here)."""
+    text = (ROOT / "docs/reference/limits.md").read_text()
+    documented: dict[str, float] = {}
+    for row in re.findall(r"^\| `(\w+)`((?: / `\w+`)*)[^|]*\| ([^|]+) \|", text, re.M):
+        first, rest, defaults = row
+        names = [first, *re.findall(r"`(\w+)`", rest)]
+        # `tcp_keepalive_idle` / `_interval` / `_count`: suffixes of the first
+        prefix = first.rsplit("_", 1)[0]
+        names = [names[0], *(prefix + n if n.startswith("_") else n for n in names[1:])]
+        for name, default in zip(names, defaults.split(" / "), strict=True):
+            documented[name] = _quantity(default)
+    actual = {f.name: f.default for f in dataclasses.fields(hijack.Limits)}
+    assert documented == actual
