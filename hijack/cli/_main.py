@@ -34,6 +34,7 @@ from ._arguments import (
     via_address,
 )
 from ._config_file import with_config_file
+from ._logging import BatchedStreamHandler, quiet_record_fields
 from ._service import add_serving_options, run_supervisor, setup_access_log
 from ._supervisor import WORKER_FDS_ENV
 
@@ -592,8 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return parser.parse_args(with_config_file(parser, argv))
 
     args = reparse()
+    quiet_record_fields()
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=args.log_level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=[BatchedStreamHandler(sys.stderr)],
     )
     if args.command == "hash-password":
         return _team.hash_password_command()
