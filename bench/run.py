@@ -425,13 +425,17 @@ def task_relay_proxy(port: int, echo_port: int) -> tuple[str, list[str]]:
 def command_proxies(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
     """``hijack proxy`` as the docs start it (INFO: a line per tunnel and an
     access line, into the log file), and with its tunnel lines off."""
-    argv = [
-        str(VENV_BIN / "hijack"), "proxy", "--listen", f"127.0.0.1:{port}",
+    command = [str(VENV_BIN / "hijack")]
+    proxy = [
+        "proxy", "--listen", f"127.0.0.1:{port}",
         "--allow-port", str(echo_port), "--allow-private",
     ]  # fmt: skip
     return [
-        (f"{HIJACK} proxy (command)", argv),
-        (f"{HIJACK} proxy (command, WARNING)", [*argv, "--log-level", "WARNING"]),
+        (f"{HIJACK} proxy (command)", [*command, *proxy]),
+        (
+            f"{HIJACK} proxy (command, WARNING)",
+            [*command, "--log-level", "WARNING", *proxy],
+        ),
     ]
 
 
