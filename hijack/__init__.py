@@ -46,6 +46,10 @@ from ._systemd import systemd_listen_fds as systemd_listen_fds
 from ._throttle import Throttle as Throttle
 from ._throttle import TokenBucket as TokenBucket
 
+#: The release; the distribution is ``trio-hijack`` (``pip install
+#: trio-hijack``), the import name ``hijack``.
+__version__ = "0.1.0"
+
 __all__ = [
     "AccessRecord",
     "ClientDisconnected",

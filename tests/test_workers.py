@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from .helpers import read_until, read_until_closed
@@ -177,14 +178,28 @@ async def test_workers_stop_when_the_supervisor_is_gone() -> None:
                 await trio.sleep(0.05)
 
 
-def test_a_worker_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
-    # demo needs a TCP port; each worker fails while building its handler.
+def test_a_bad_configuration_is_refused_before_any_worker(tmp_path: Path) -> None:
+    """The supervisor checks what each worker would: one line, exit 2, and
+    no worker started to say it again."""
     command = [sys.executable, "-m", "hijack", "demo", "--unix", str(tmp_path / "s")]
     done = subprocess.run(
         [*command, "--workers", "2"], capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 1
-    assert "needs --listen" in done.stderr
-    assert re.search(
-        r"hijack: worker \d+ did not start; see its error above", done.stderr
+    assert done.returncode == 2
+    assert done.stderr == (
+        "hijack demo: --unix: the demo tunnels to itself over TCP; use --listen\n"
     )
+    assert not (tmp_path / "s").exists()
+
+
+async def test_a_worker_that_cannot_start_is_a_startup_error() -> None:
+    """A worker that exits before it serves: WorkerStartError (a
+    StartupError: the command prints it in one line and exits 2)."""
+    from hijack.cli._command import StartupError
+    from hijack.cli._supervisor import Supervisor, WorkerStartError
+
+    assert issubclass(WorkerStartError, StartupError)
+    supervisor = Supervisor([sys.executable, "-c", "pass"], [], 2, grace=1)
+    with pytest.RaisesGroup(WorkerStartError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
