@@ -255,13 +255,16 @@ class Service:
     async def run(self) -> None:
         with _open_signals() as signals:
             async with trio.open_nursery() as nursery:
+                # The handler's files are read before anything is bound; the
+                # handler itself is built once the port is known.
+                _check_configuration(self.command, self.args)
                 opened = await open_listeners(
                     self.args, _inherited_fds(), tls=self.tls is not None
                 )
                 self.context.port = opened.port
                 try:
                     handler = self.build_handler(self.args)
-                except BaseException:
+                except BaseException:  # the files changed meanwhile
                     for listener in opened.listeners:
                         await trio.aclose_forcefully(listener)
                     raise
@@ -371,39 +374,37 @@ async def supervise(
 ) -> None:
     """Bind (or inherit from systemd), check the configuration once here,
     then run ``--workers`` workers until a signal stops them."""
+    # What every worker would find wrong, said here once, before anything
+    # is bound or any worker started: a missing extra, a certificate, a
+    # users or targets file.
     if args.metrics is not None:
-        _metrics(args)  # the extra is missing: one clear error, before any worker
-    tls_context(args)  # a bad certificate: the same
+        _metrics(args)
+    _check_configuration(command, args)
     fds = systemd_listen_fds()
     own: list[Any] = []
     try:
         if fds:
             where = f"{len(fds)} socket(s) from systemd"
-            port = None
         else:
             opened = await open_listeners(args, (), tls=args.tls_cert is not None)
             own = opened.listeners
             fds = [listener.socket.fileno() for listener in own]
-            where, port = opened.where, opened.port
-        # A users or targets file that does not read: said here, once, and
-        # not by every worker in turn.
-        _check_configuration(command, args, port)
+            where = opened.where
         await _supervise_workers(command, args, line, own, fds, where)
     finally:
         for listener in own:
             await trio.aclose_forcefully(listener)
 
 
-def _check_configuration(
-    command: Command, args: argparse.Namespace, port: int | None = None
-) -> None:
-    """What a worker would find wrong with ``args``, found here: the
-    options that go together, the certificates, the handler's files."""
+def _check_configuration(command: Command, args: argparse.Namespace) -> None:
+    """Find what is wrong with ``args`` without binding anything: the
+    options that go together, the certificates, the handler's files (a
+    handler is built and dropped, with state of its own; the port only aims
+    the demo's tunnels at itself)."""
     command.check(args)
     tls_context(args)
     assert command.handler is not None
-    # Built and dropped: the port only aims the demo's tunnels at itself.
-    command.handler(args, HandlerContext(command.name, port=port or 1))
+    command.handler(args, HandlerContext(command.name, port=1))
 
 
 async def _supervise_workers(
