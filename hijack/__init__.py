@@ -12,6 +12,7 @@ from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
+from ._connection import PeerInfo as PeerInfo
 from ._connection import TLSInfo as TLSInfo
 from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import HijackError as HijackError
@@ -66,6 +67,7 @@ __all__ = [
     "Limiter",
     "Limits",
     "PeerCredentials",
+    "PeerInfo",
     "ProxyHeader",
     "ProxyProtocol",
     "ProxyProtocolError",
