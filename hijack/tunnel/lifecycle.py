@@ -57,11 +57,17 @@ from .policy import ConnectError, ConnectPolicy, Resolver, UpstreamError
 from .users import User
 
 __all__ = [
+    "TRUSTED_UPSTREAM",
+    "Answer",
+    "OpenStream",
     "Outcome",
+    "OwnRelay",
     "TunnelBusy",
+    "TunnelHook",
     "TunnelLife",
     "TunnelRecord",
     "TunnelTimeout",
+    "client_host",
     "outcome_for_status",
 ]
 

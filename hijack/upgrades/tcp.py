@@ -29,7 +29,7 @@ logger = logging.getLogger("hijack.tcp")
 UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
 
 #: The operator chose the upstream, so any port and address may be reached;
-#: a user's own deny entries and ports still apply on top of this.
+#: a user's own deny, ports and allow_public = false still apply on top of this.
 UPSTREAM_POLICY: ConnectPolicy = TRUSTED_UPSTREAM
 
 
@@ -65,7 +65,8 @@ class TCPUpgrade:
 
     ``users``: require ``Authorization: Basic`` (401 with
     ``WWW-Authenticate``: this endpoint is an origin server to its client),
-    and refuse (403) a user whose rules (deny, ports) exclude the upstream.
+    and refuse (403) a user whose rules (deny, ports, allow_public = false)
+    exclude the upstream.
     ``routes``: reach the upstream through a parent proxy. ``limits``: tunnels
     per client address and per user (429) and bandwidth.
     """
