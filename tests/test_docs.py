@@ -130,7 +130,11 @@ def test_readme_links_point_at_files() -> None:
 
 def test_every_public_name_is_in_the_api_reference() -> None:
     reference = (ROOT / "docs/reference/api.md").read_text()
-    missing = [n for n in hijack.__all__ if f"hijack.{n}\n" not in reference]
+    missing = [
+        n
+        for n in hijack.__all__
+        if f"hijack.{n}\n" not in reference and f":: {n}\n" not in reference
+    ]
     assert not missing
 
 
