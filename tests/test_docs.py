@@ -78,6 +78,7 @@ PYTHON = [b for b in ALL if b.lang == "python"]
 
 def test_the_docs_have_code_to_run() -> None:
     assert len([b for b in PYTHON if b.marker is None]) >= 10
+    assert len(ECHO_SERVERS) >= 2  # the README's quick start and the tutorial's
 
 
 REAL_RUN = trio.run
@@ -138,12 +139,16 @@ def test_every_public_name_is_in_the_api_reference() -> None:
     assert not missing
 
 
-ECHO_SERVERS = [
-    b
-    for b in PYTHON
-    if b.marker is not None
-    and b.marker["what"].endswith("::" + "test_echo_server_blocks_serve_and_echo")
-]
+def run_by(test: str) -> list[Block]:
+    """The blocks whose marker names ``test`` (in this file) as their runner."""
+    return [
+        b
+        for b in PYTHON
+        if b.marker is not None and b.marker["what"] == f"tests/test_docs.py::{test}"
+    ]
+
+
+ECHO_SERVERS = run_by("test_echo_server_blocks_serve_and_echo")
 
 
 @pytest.mark.parametrize("block", ECHO_SERVERS, ids=lambda b: b.name)
