@@ -48,7 +48,7 @@ check: $(STAMP)
 # command reference, config keys, metrics and benchmark charts are written
 # from the code at build time. Output: docs/_build/html.
 docs: $(STAMP)
-	$(VENV)/bin/sphinx-build -n -W --keep-going -q -b html docs docs/_build/html
+	$(VENV)/bin/sphinx-build -E -n -W --keep-going -q -b html docs docs/_build/html
 
 # Branch coverage is measured on every run (gate: fail_under in pyproject.toml).
 test: $(STAMP) sysdeps $(NODE_CLIENTS) check docs

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from .. import Handler, HTTPError, Request, Response, join_host_port
 from ..tunnel._upstream import ProxyVersion
-from ..tunnel.lifecycle import TRUSTED_UPSTREAM, TunnelHook, TunnelLife
+from ..tunnel.lifecycle import TRUSTED_UPSTREAM, TunnelHook, TunnelLife, hijack_with
 from ..tunnel.limits import TunnelLimits
 from ..tunnel.parent_proxy import Routes
 from ..tunnel.policy import ConnectError, ConnectPolicy
@@ -27,6 +25,7 @@ logger = logging.getLogger("hijack.tcp")
 
 
 UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+SWITCHED = Response(101, headers=UPGRADE_HEADERS)
 
 #: The operator chose the upstream, so any port and address may be reached;
 #: a user's own deny, ports and allow_public = false still apply on top of this.
@@ -125,10 +124,6 @@ class TCPUpgrade:
                     record.refuse(401, "authentication required")
                     return challenge.response()  # the connection stays usable
                 policy = self.users.policy_for(user, UPSTREAM_POLICY)
-
-            async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
-                return await request.hijack(Response(101, headers=UPGRADE_HEADERS))
-
             await self.life.run(
                 record,
                 request.connection,
@@ -136,7 +131,7 @@ class TCPUpgrade:
                 port=port,
                 policy=policy,
                 user=user,
-                answer=answer,
+                answer=hijack_with(request, SWITCHED),
             )
         except ConnectError as exc:
             record.refuse(exc.status, exc.reason)
