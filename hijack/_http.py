@@ -13,6 +13,7 @@ a client that sends without reading cannot grow our buffers (backpressure).
 
 from __future__ import annotations
 
+import math
 import time
 
 import h11
@@ -21,11 +22,12 @@ import trio
 from ._access_log import make_record
 from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
+from ._deadlines import DeadlineTimer
 from ._errors import ClientDisconnected, UsageError
 from ._exchange import Exchange, Handler, ServerSide
 from ._hijack import Hijacked
 from ._message import HTTPError
-from ._plain_socket import plain_socket, receive, send_now
+from ._plain_socket import plain_socket, receive, receive_now, send_now
 from ._request_head import ambiguous_framing, protocol_error_status, refusal_status
 from ._response_head import response_headers
 
@@ -54,21 +56,41 @@ class HTTPConnection:
         "_h11",
         "_idle_is_new",
         "_idle_scope",
+        "_idle_waiting",
         "_socket",
+        "_timer",
+        "_waiting",
         "broken",
         "connection",
+        "deadline",
         "head_started",
         "linger",
         "server",
         "stream",
+        "timer_at",
+        "timer_entries",
     )
 
-    def __init__(self, server: ServerSide, connection: Connection) -> None:
+    def __init__(
+        self,
+        server: ServerSide,
+        connection: Connection,
+        timer: DeadlineTimer | None = None,
+    ) -> None:
         self.server = server
         self.connection = connection
         self.stream = connection.stream
-        # A plain socket is read and written directly (see _plain_socket).
+        # A plain socket is read and written directly (see _plain_socket),
+        # and its head and idle waits end by the server-wide timer (see
+        # _deadlines) rather than a cancel scope each.
         self._socket = plain_socket(self.stream)
+        self._timer = timer if self._socket is not None else None
+        self._waiting = False  # in a wait the timer may end (_wait_and_read)
+        self._idle_waiting = False  # ... and no byte of a request yet
+        #: The current timed wait's deadline (inf: none); see DeadlineWaiter.
+        self.deadline = math.inf
+        self.timer_at = math.inf
+        self.timer_entries = 0
         self._h11: h11.Connection | None = h11.Connection(
             h11.SERVER, max_incomplete_event_size=server.limits.max_head_size
         )
@@ -94,7 +116,18 @@ class HTTPConnection:
 
     def request_shutdown(self) -> None:
         """Graceful shutdown: end the keep-alive wait now; a request in
-        flight finishes (its response says ``Connection: close``)."""
+        flight finishes (its response says ``Connection: close``). A
+        request whose bytes are already in the socket is served."""
+        if self._idle_waiting:
+            assert self._timer is not None
+            now = trio.current_time()
+            if self._idle_is_new:
+                deadline = min(self.deadline, now + NEW_CONNECTION_SHUTDOWN_WAIT)
+                self._timer.arm(self, deadline)
+            else:
+                self.deadline = now
+                self.wake()
+            return
         scope = self._idle_scope
         if scope is not None:
             if self._idle_is_new:
@@ -132,6 +165,8 @@ class HTTPConnection:
         except ClientDisconnected:
             pass
         finally:
+            if self._timer is not None:
+                self._timer.forget(self)
             if not self.handed_over:
                 if self.linger:
                     await self._drain_before_close()
@@ -178,16 +213,19 @@ class HTTPConnection:
             wait_until = deadline or now + _or_inf(limits.idle_timeout)
             if first and self.server.shutting_down:
                 wait_until = min(wait_until, now + NEW_CONNECTION_SHUTDOWN_WAIT)
-            with trio.CancelScope(deadline=wait_until) as scope:
-                self._idle_scope = scope
+            if self._timed():
+                self._idle_waiting = True
                 self._idle_is_new = first
                 try:
                     # Between requests we just answered: wait, then read.
-                    await self._receive(wait_first=not first)
+                    received = await self._receive_by(wait_until, wait_first=not first)
                 finally:
-                    self._idle_scope = None
-            if scope.cancelled_caught or not conn.trailing_data[0]:
-                return None
+                    self._idle_waiting = False
+                if not received or not conn.trailing_data[0]:
+                    return None
+            else:
+                if not await self._idle_wait_scoped(wait_until, first):
+                    return None
         else:
             # A pipelined head, read with an earlier one: no read will yield
             # for it, and the last response's write did not either (see
@@ -199,7 +237,10 @@ class HTTPConnection:
         if deadline is None:
             deadline = trio.current_time() + _or_inf(limits.head_timeout)
         try:
-            event = await self.next_event_before(deadline)
+            if self._timed():
+                event = await self._next_head_event(deadline)
+            else:
+                event = await self.next_event_before(deadline)
         except h11.RemoteProtocolError as exc:
             await self._refuse(protocol_error_status(exc))
             return None
@@ -224,6 +265,19 @@ class HTTPConnection:
             must_close=ambiguous_framing(headers),
             body_deadline=trio.current_time() + _or_inf(body_timeout),
         )
+
+    async def _idle_wait_scoped(self, wait_until: float, first: bool) -> bool:
+        """The idle wait on a stream the timer does not serve (TLS, memory
+        streams): a cancel scope per wait. False: it ended with no request."""
+        with trio.CancelScope(deadline=wait_until) as scope:
+            self._idle_scope = scope
+            self._idle_is_new = first
+            try:
+                # Between requests we just answered: wait, then read.
+                await self._receive(wait_first=not first)
+            finally:
+                self._idle_scope = None
+        return not scope.cancelled_caught and bool(self.parser.trailing_data[0])
 
     async def _refuse(self, status: int) -> None:
         """Answer a head refused before any handler ran (bad, slow, too big)
@@ -287,6 +341,88 @@ class HTTPConnection:
         if type(data) is not bytes:  # memory streams give bytearray; h11 is
             data = bytes(data)  # typed for bytes
         self.parser.receive_data(data)
+
+    # -- reading under the server-wide timer (plain sockets) ----------------
+
+    def _timed(self) -> bool:
+        """Whether this connection's waits end by the server-wide timer."""
+        return self._timer is not None and self._timer.running
+
+    def wake(self) -> None:
+        """End the current timed wait now: the timer's deadline or a
+        shutdown. The task then looks at the socket once more."""
+        if self._waiting:
+            assert self._socket is not None
+            trio.lowlevel.notify_closing(self._socket)
+
+    async def _next_head_event(
+        self, deadline: float
+    ) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED] | None:
+        """``next_event_before`` for a head, under the timer."""
+        conn = self.parser
+        while True:
+            event = conn.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            # Checked here too: bytes that trickle in as fast as they are
+            # read would never let a wait see the deadline.
+            if trio.current_time() >= deadline:
+                return None
+            if not await self._receive_by(deadline):
+                return None
+
+    async def _receive_by(self, deadline: float, *, wait_first: bool = False) -> bool:
+        """``_receive`` under the timer: False if ``deadline`` (or a
+        shutdown, for an idle wait) came with nothing to read. The same
+        scheduler passes and reads as ``_plain_socket.receive``."""
+        sock = self._socket
+        assert sock is not None
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            if not wait_first:
+                received = receive_now(sock, RECEIVE_SIZE)
+                if received is not None:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    self.parser.receive_data(received)
+                    return True
+            received = await self._wait_and_read(sock, deadline)
+        except OSError as exc:
+            self.broken = True
+            raise ClientDisconnected("the client closed the connection") from exc
+        if received is None:
+            return False
+        self.parser.receive_data(received)
+        return True
+
+    async def _wait_and_read(
+        self, sock: trio.socket.SocketType, deadline: float
+    ) -> bytes | None:
+        """Wait until ``sock`` is readable, then read; None if the wait
+        ended (``self.deadline`` passed: the timer's, or a shutdown's) with
+        nothing there. Bytes that arrived by then are returned: a request
+        racing the deadline is served."""
+        timer = self._timer
+        assert timer is not None
+        timer.arm(self, deadline)
+        self._waiting = True
+        try:
+            while True:
+                if self.deadline <= trio.current_time():
+                    return receive_now(sock, RECEIVE_SIZE)  # one last look
+                try:
+                    if timer.running:
+                        await trio.lowlevel.wait_readable(sock)
+                    else:  # the timer stopped (its serve_* call ended)
+                        with trio.move_on_at(self.deadline):
+                            await trio.lowlevel.wait_readable(sock)
+                except trio.ClosedResourceError:
+                    pass  # woken by the timer or a shutdown: look
+                received = receive_now(sock, RECEIVE_SIZE)
+                if received is not None:
+                    return received
+        finally:
+            self._waiting = False
+            self.deadline = math.inf
 
     async def next_event_before(
         self, deadline: float

@@ -20,7 +20,7 @@ import os
 
 import trio
 
-__all__ = ["find_socket", "plain_socket", "receive", "send_now"]
+__all__ = ["find_socket", "plain_socket", "receive", "receive_now", "send_now"]
 
 
 def plain_socket(stream: trio.abc.Stream) -> trio.socket.SocketType | None:
@@ -40,6 +40,15 @@ def send_now(sock: trio.socket.SocketType, data: bytes | memoryview) -> int:
         return os.write(sock.fileno(), data)
     except BlockingIOError:
         return 0
+
+
+def receive_now(sock: trio.socket.SocketType, max_bytes: int) -> bytes | None:
+    """Up to ``max_bytes`` already there (b"" at EOF), or None if none
+    yet. Not a checkpoint. Raises ``OSError`` as ``send_now``."""
+    try:
+        return os.read(sock.fileno(), max_bytes)
+    except BlockingIOError:
+        return None
 
 
 async def receive(

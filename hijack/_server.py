@@ -28,6 +28,7 @@ import trio
 from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
+from ._deadlines import DeadlineTimer
 from ._exchange import Handler
 from ._http import HTTPConnection
 from ._hub import Hub
@@ -108,6 +109,10 @@ class Server:
         # The relay hub tunnels are handed to (Linux): run by the first
         # serve_* call, closed by it.
         self._hub: Hub | None = None
+        # The head and idle deadlines of HTTP waits on plain sockets: run by
+        # the first serve_* call (a wait falls back to a cancel scope of its
+        # own when it is not running).
+        self._deadlines = DeadlineTimer()
 
     # -- what the server knows ---------------------------------------------
 
@@ -243,6 +248,8 @@ class Server:
                 if self._hub is None and hub_available():
                     hub = self._hub = Hub()
                     await connection_nursery.start(hub.serve)
+                if not self._deadlines.running:
+                    await connection_nursery.start(self._deadlines.serve)
                 async with trio.open_nursery() as accept_nursery:
                     for listener in listeners:
                         accept_nursery.start_soon(
@@ -404,7 +411,7 @@ class Server:
                 timeout = self.limits.tls_handshake_timeout
                 if not await handshake(stream, connection, timeout):
                     return
-            driver = HTTPConnection(self, connection)
+            driver = HTTPConnection(self, connection, self._deadlines)
             connection._driver = driver
             if self.shutting_down:
                 driver.request_shutdown()

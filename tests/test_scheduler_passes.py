@@ -50,11 +50,15 @@ async def served(
     server = Server(handler, access_log=False)
     client, server_end = trio.socket.socketpair()
     async with trio.open_nursery() as nursery:
+        # The server-wide timer its waits use, as serve_* runs it.
+        await nursery.start(server._deadlines.serve)
+        timer_tasks = set(nursery.child_tasks)
         connection = server._new_connection(trio.SocketStream(server_end))
         nursery.start_soon(server._drive, connection)
-        [task] = nursery.child_tasks
+        [task] = set(nursery.child_tasks) - timer_tasks
         with client:
             yield client, TaskSteps(task)
+        nursery.cancel_scope.cancel()
 
 
 async def receive_exactly(sock: trio.socket.SocketType, size: int) -> bytes:
