@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from ._accept import SocketAcceptor, socket_acceptor
 from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
@@ -324,11 +325,36 @@ class Server:
         proxy_protocol: ProxyProtocol | None,
     ) -> None:
         local_path = listener.path if isinstance(listener, UnixSocketListener) else None
+        # A plain listening socket: several connections per wake-up.
+        acceptor = socket_acceptor(listener)
+        try:
+            await self._accept_connections(
+                listener, acceptor, nursery, local_path, ssl_context, proxy_protocol
+            )
+        finally:
+            if acceptor is not None:
+                acceptor.close()
+
+    async def _accept_connections(
+        self,
+        listener: trio.abc.Listener[Any],
+        acceptor: SocketAcceptor | None,
+        nursery: trio.Nursery,
+        local_path: str | None,
+        ssl_context: ssl.SSLContext | None,
+        proxy_protocol: ProxyProtocol | None,
+    ) -> None:
         failing = False  # log a capacity episode once, not every 0.1 s
         while True:
-            await self._capacity.acquire()
+            try:  # no scheduler pass while there is room (accept yields)
+                self._capacity.acquire_nowait()
+            except trio.WouldBlock:
+                await self._capacity.acquire()
             try:
-                stream = await listener.accept()
+                if acceptor is not None:
+                    stream: trio.abc.Stream = await acceptor.accept()
+                else:
+                    stream = await listener.accept()
             except OSError as exc:
                 self._capacity.release()
                 if self._on_accept_error is not None:
