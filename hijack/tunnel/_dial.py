@@ -7,6 +7,8 @@ before anything is dialled, a parent proxy included.
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -22,20 +24,40 @@ __all__ = ["Dialed", "Dialer", "dial_tcp", "open_checked"]
 Dialer = Callable[[IPAddress, int], Awaitable[trio.abc.Stream]]
 
 
+# Made non-blocking by socket() itself where the platform can (Linux).
+_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
+_CONNECTING = {errno.EALREADY, errno.EINPROGRESS}
+
+
 async def dial_tcp(address: IPAddress, port: int) -> trio.abc.Stream:
     """Connect to an already checked IP address.
 
     One socket, one connect: ``trio.open_tcp_stream`` would run its
     happy-eyeballs machinery (a nursery and a task per attempt) for an
-    address that needs none, a measurable share of a tunnel's set-up."""
+    address that needs none, and trio's ``connect`` resolves the address
+    again and goes through its socket layer. A loopback or LAN handshake
+    usually completes inside the ``connect()`` call: a second ``connect()``
+    says so, and then the dial costs no wait and no scheduler pass."""
+    await trio.lowlevel.checkpoint_if_cancelled()
     family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-    sock = trio.socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM | _NONBLOCK)
     try:
-        await sock.connect((str(address), port))
+        if not _NONBLOCK:  # pragma: no cover - not Linux
+            sock.setblocking(False)
+        target = (str(address), port)
+        error = sock.connect_ex(target)
+        if error in _CONNECTING:
+            error = sock.connect_ex(target)  # 0 once connected
+            if error in _CONNECTING:
+                await trio.lowlevel.wait_writable(sock)
+                error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error and error != errno.EISCONN:
+            raise OSError(error, os.strerror(error))
     except BaseException:
+        trio.lowlevel.notify_closing(sock)  # trio may have it registered
         sock.close()
         raise
-    return trio.SocketStream(sock)  # sets TCP_NODELAY
+    return trio.SocketStream(trio.socket.from_stdlib_socket(sock))  # TCP_NODELAY
 
 
 @dataclass(slots=True)
