@@ -377,33 +377,36 @@ class TunnelLife:
         if self.routes is not None:
             parent = self.routes.parent_for(host)
             record.route = "direct" if parent is None else f"via {parent}"
-        try:
-            with trio.fail_after(self.connect_timeout):
-                if policy is None and self.routes is None:
-                    try:
-                        stream = await self.open_stream(host, port)
-                    except OSError as exc:
-                        raise UpstreamError(
-                            f"cannot connect to {join_host_port(host, port)}: "
-                            f"{exc.strerror or exc}"
-                        ) from None
-                    record.address = join_host_port(host, port)
-                    return stream
-                dialed = await open_checked(
-                    host,
-                    port,
-                    policy if policy is not None else TRUSTED_UPSTREAM,
-                    routes=self.routes,
-                    resolver=self.resolver,
-                    dial=self.dial,
-                )
-        except trio.TooSlowError:
-            raise TunnelTimeout(
-                f"no connection to {join_host_port(host, port)} within "
-                f"{self.connect_timeout}s"
-            ) from None
-        record.address = dialed.address
-        return dialed.stream
+        # A bare scope, not trio.fail_after (a generator context manager
+        # on every tunnel's set-up path).
+        with trio.CancelScope(
+            deadline=trio.current_time() + self.connect_timeout
+        ) as scope:
+            if policy is None and self.routes is None:
+                try:
+                    stream = await self.open_stream(host, port)
+                except OSError as exc:
+                    raise UpstreamError(
+                        f"cannot connect to {join_host_port(host, port)}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+                record.address = join_host_port(host, port)
+                return stream
+            dialed = await open_checked(
+                host,
+                port,
+                policy if policy is not None else TRUSTED_UPSTREAM,
+                routes=self.routes,
+                resolver=self.resolver,
+                dial=self.dial,
+            )
+            record.address = dialed.address
+            return dialed.stream
+        assert scope.cancelled_caught
+        raise TunnelTimeout(
+            f"no connection to {join_host_port(host, port)} within "
+            f"{self.connect_timeout}s"
+        )
 
     def _hub_ended(
         self, record: TunnelRecord, lease: TunnelLease | None, ended: HubTunnel
