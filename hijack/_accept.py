@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import errno
 import socket
+import sys
 from typing import Any
 
 import trio
 
+from ._config import Limits
+from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener
 
 __all__ = ["ACCEPT_BATCH", "SocketAcceptor", "socket_acceptor"]
@@ -35,17 +38,29 @@ ACCEPT_BATCH = 32
 _SKIP_ERRNOS = {errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 # The listening socket was closed under us.
 _CLOSED_ERRNOS = {errno.EBADF, errno.ENOTSOCK, errno.EINVAL}
+# Linux gives an accepted TCP socket the listening socket's SO_KEEPALIVE
+# and TCP_KEEPIDLE/INTVL/CNT: set once there, not four syscalls per client.
+_ACCEPTED_INHERIT_KEEPALIVE = sys.platform.startswith("linux")
 
 
 class SocketAcceptor:
     """Accepts connections from ``listening`` (a trio socket, listening,
     non-blocking) in batches. :meth:`close` when done (it leaves the
-    listening socket open: that is its listener's)."""
+    listening socket open: that is its listener's).
 
-    __slots__ = ("_count", "_listening", "_raw")
+    With ``limits``, where accepted sockets inherit them, the TCP keepalive
+    settings are set on the listening socket once; then
+    :attr:`keepalive_set` is True and the accepted sockets have them."""
 
-    def __init__(self, listening: trio.socket.SocketType) -> None:
+    __slots__ = ("_count", "_listening", "_raw", "keepalive_set")
+
+    def __init__(
+        self, listening: trio.socket.SocketType, limits: Limits | None = None
+    ) -> None:
         self._listening = listening
+        self.keepalive_set = limits is not None and _ACCEPTED_INHERIT_KEEPALIVE
+        if self.keepalive_set:
+            set_tcp_keepalive(listening, limits)
         # A second stdlib object on the listening fd, for plain accept()
         # calls; detached (never closed) by close().
         self._raw = socket.socket(fileno=listening.fileno())
@@ -80,7 +95,9 @@ class SocketAcceptor:
         self._raw.detach()
 
 
-def socket_acceptor(listener: trio.abc.Listener[Any]) -> SocketAcceptor | None:
+def socket_acceptor(
+    listener: trio.abc.Listener[Any], limits: Limits | None = None
+) -> SocketAcceptor | None:
     """A :class:`SocketAcceptor` for ``listener`` if it is exactly a
     ``trio.SocketListener`` (or a :class:`UnixSocketListener` over one),
     else None."""
@@ -88,4 +105,4 @@ def socket_acceptor(listener: trio.abc.Listener[Any]) -> SocketAcceptor | None:
         listener = listener.listener
     if type(listener) is not trio.SocketListener:
         return None
-    return SocketAcceptor(listener.socket)
+    return SocketAcceptor(listener.socket, limits)

@@ -326,7 +326,7 @@ class Server:
     ) -> None:
         local_path = listener.path if isinstance(listener, UnixSocketListener) else None
         # A plain listening socket: several connections per wake-up.
-        acceptor = socket_acceptor(listener)
+        acceptor = socket_acceptor(listener, self.limits)
         try:
             await self._accept_connections(
                 listener, acceptor, nursery, local_path, ssl_context, proxy_protocol
@@ -377,7 +377,12 @@ class Server:
                 logger.warning("accept works again")
                 failing = False
             nursery.start_soon(
-                self._serve_connection, stream, local_path, ssl_context, proxy_protocol
+                self._serve_connection,
+                stream,
+                local_path,
+                ssl_context,
+                proxy_protocol,
+                acceptor is not None and acceptor.keepalive_set,
             )
 
     async def _serve_connection(
@@ -386,8 +391,10 @@ class Server:
         local_path: str | None,
         ssl_context: ssl.SSLContext | None,
         proxy_protocol: ProxyProtocol | None = None,
+        keepalive_set: bool = False,
     ) -> None:
-        set_tcp_keepalive(stream, self.limits)
+        if not keepalive_set:  # else inherited from the listening socket
+            set_tcp_keepalive(stream, self.limits)
         proxy_header = None
         if proxy_protocol is not None:
             # Before the Connection exists: its hooks must see the client.
