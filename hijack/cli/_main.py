@@ -25,7 +25,7 @@ from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
 from .._relay import TunnelHook
 from .._server import Server
-from . import _team
+from . import _reverse, _team
 from ._arguments import (
     listen_address,
     parse_host_port,
@@ -65,7 +65,8 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from ..upgrades.connect import ConnectProxy
 
     policy = _connect_policy(args)
-    return ConnectProxy(
+    options = _team.handler_options(args)
+    proxy = ConnectProxy(
         policy,
         auth=args.auth,
         connect_timeout=args.connect_timeout,
@@ -73,8 +74,9 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         max_tunnels=args.max_tunnels,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
-        **_team.handler_options(args),
+        **options,
     )
+    return _reverse.wrap_handler(args, proxy, options)
 
 
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -92,13 +94,15 @@ def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
 def _tcp_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from ..upgrades.tcp import TCPUpgrade
 
-    return TCPUpgrade(
+    options = _team.handler_options(args)
+    tcp = TCPUpgrade(
         args.upstream,
         idle_timeout=args.idle_timeout,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=args.on_tunnel,
-        **_team.handler_options(args),
+        **options,
     )
+    return _reverse.wrap_handler(args, tcp, options)
 
 
 def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -410,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tunnels open at once before answering 503 (default: 1000)",
     )
+    _reverse.add_server_options(proxy)
     proxy.set_defaults(run=_proxy_handler)
 
     echo = commands.add_parser(
@@ -462,6 +467,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="the TCP address every upgraded stream is relayed to",
     )
+    _reverse.add_server_options(tcp)
     tcp.set_defaults(run=_tcp_handler)
 
     wsbridge = commands.add_parser(
@@ -568,6 +574,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send these Basic credentials",
     )
 
+    _reverse.add_client_options(forward)
+
     demo = commands.add_parser(
         "demo",
         parents=[listen],
@@ -595,6 +603,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "hash-password":
         return _team.hash_password_command()
+    if args.command == "forward" and args.reverse:
+        return _reverse.run_client(args)
     if args.command == "forward":
         from ..client.forward import TunnelError
 
@@ -613,6 +623,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
             return 1
         return 0
+    _reverse.check_server(args)
     setup_access_log(args.access_log_format)
     if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
         run_supervisor(args, argv)
