@@ -36,6 +36,8 @@ def _split(text: str) -> tuple[str, str]:
             raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
     elif ":" in text:
         host, _, rest = text.rpartition(":")
+        if ":" in host:
+            raise ValueError(f"an IPv6 host goes in brackets: [{host}]:{rest}")
     else:
         host, rest = DEFAULT_BIND_HOST, text
     try:
