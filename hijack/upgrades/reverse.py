@@ -39,13 +39,13 @@ from .. import (
     Request,
     Response,
     Throttle,
-    TunnelHook,
     format_address,
     join_host_port,
     relay,
     set_tcp_keepalive,
 )
 from ..tunnel.bind_rules import BindRule, allowed, format_bind, parse_bind
+from ..tunnel.lifecycle import Outcome, TunnelHook, TunnelLife, TunnelRecord
 from ..tunnel.limits import TunnelLease, TunnelLimits
 from ..tunnel.policy import ConnectError
 from ..tunnel.reverse_wire import (
@@ -273,6 +273,10 @@ class ReverseTunnels:
         self.idle_timeout = idle_timeout
         self.on_tunnel = on_tunnel
         self.hand_over = hand_over
+        # The one end record of every tunnel (its log line, on_tunnel): the
+        # life cycle's; the steps before differ (no dial: a data connection
+        # comes to us), so only its end is used.
+        self._life = TunnelLife("reverse", logger, on_tunnel=on_tunnel)
 
     def __repr__(self) -> str:
         rules = ", ".join(str(rule) for rule in self.rules) or "per user"
@@ -501,7 +505,7 @@ class ReverseTunnels:
             try:
                 public.lease = self.limits.acquire(_peer_host(peer), tunnel.user)
             except ConnectError as exc:
-                self._refuse(tunnel, public, "limited", exc.reason)
+                self._refuse(tunnel, public, Outcome.LIMITED, exc.reason)
                 return
         parked = tunnel.take_parked()
         if parked is not None:
@@ -509,7 +513,7 @@ class ReverseTunnels:
             parked.ready.set()
             return
         if len(tunnel.pending) >= self.max_pending:
-            self._refuse(tunnel, public, "busy", "too many waiting for the client")
+            self._refuse(tunnel, public, Outcome.BUSY, "too many wait for the client")
             return
         claim = secrets.token_urlsafe(32)
         tunnel.pending[claim] = public
@@ -525,10 +529,10 @@ class ReverseTunnels:
             # Still pending: no data connection took it (this is the one
             # place ownership is decided: whoever pops the claim owns it).
             if tunnel.pending.pop(claim, None) is not None:
-                self._refuse(tunnel, public, "timeout", "no data connection came")
+                self._refuse(tunnel, public, Outcome.TIMEOUT, "no data connection came")
 
     def _refuse(
-        self, tunnel: _Published, public: _Public, outcome: str, why: str
+        self, tunnel: _Published, public: _Public, outcome: Outcome, why: str
     ) -> None:
         """Close a public connection that will not be relayed; record it."""
         if public.stream is not None:
@@ -622,7 +626,7 @@ class ReverseTunnels:
         try:
             await stream.send_all(encode(opening))
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-            self._refuse(tunnel, public, "error", "the data connection broke")
+            self._refuse(tunnel, public, Outcome.ERROR, "the data connection broke")
             return
         throttle = NO_THROTTLE if public.lease is None else public.lease.throttle
         relayed = public.stream
@@ -638,7 +642,7 @@ class ReverseTunnels:
             def ended(hub_tunnel: HubTunnel) -> None:
                 # The hub's a is the data connection: down is its a_to_b.
                 swapped = RelayStats(hub_stats.b_to_a, hub_stats.a_to_b)
-                outcome = _HUB_OUTCOMES.get(hub_tunnel.reason, "error")
+                outcome = _HUB_OUTCOMES.get(hub_tunnel.reason, Outcome.ERROR)
                 if public.lease is not None:
                     public.lease.release()
                 self._end(tunnel, public, outcome, swapped)
@@ -649,7 +653,7 @@ class ReverseTunnels:
             public.stream = None  # the hub's now
             return
         public.stream = None  # the relay's now
-        outcome = "error"
+        outcome = Outcome.ERROR
         try:
             await relay(
                 relayed,
@@ -658,9 +662,9 @@ class ReverseTunnels:
                 stats=stats,
                 throttle=throttle,
             )
-            outcome = "idle timeout" if stats.timed_out else "closed"
+            outcome = Outcome.IDLE_TIMEOUT if stats.timed_out else Outcome.OK
         except trio.Cancelled:
-            outcome = "cancelled"
+            outcome = Outcome.CANCELLED
             raise
         finally:
             if public.lease is not None:
@@ -674,34 +678,32 @@ class ReverseTunnels:
         self,
         tunnel: _Published,
         public: _Public,
-        outcome: str,
+        outcome: Outcome,
         stats: RelayStats,
         *,
         reason: str = "",
     ) -> None:
-        """One line and one ``on_tunnel`` call per public connection."""
-        user = None if tunnel.user is None else tunnel.user.name
-        if self.on_tunnel is not None:
-            self.on_tunnel(outcome, tunnel.bind[1], stats, user)
-        logger.info(
-            "reverse %s%s -> %s %s%s: %d bytes up, %d down, %.3fs",
-            format_address(public.peer),
-            "" if user is None else f" user={user}",
-            tunnel.where,
-            outcome,
-            f" ({reason})" if reason else "",
-            stats.a_to_b,
-            stats.b_to_a,
-            trio.current_time() - public.started,
+        """One end record per public connection (log line, ``on_tunnel``)."""
+        record = TunnelRecord(
+            kind="reverse",
+            client=format_address(public.peer),
+            target=tunnel.where,
+            started=public.started,
+            port=tunnel.bind[1],
+            user="" if tunnel.user is None else tunnel.user.name,
+            outcome=outcome,
+            reason=reason,
+            stats=stats,
         )
+        self._life.end(record)
 
 
-# A hub tunnel's end reason -> the outcome the task relay's line would say.
+# A hub tunnel's end reason -> the outcome.
 _HUB_OUTCOMES = {
-    "eof": "closed",
-    "error": "error",
-    "idle-timeout": "idle timeout",
-    "closed": "cancelled",
+    "eof": Outcome.OK,
+    "error": Outcome.ERROR,
+    "idle-timeout": Outcome.IDLE_TIMEOUT,
+    "closed": Outcome.CANCELLED,
 }
 
 
@@ -711,7 +713,7 @@ def _close_if_unrelayed(
     """A data handler that took ``public`` and ends before relaying it
     (cancelled, the upgrade failed) still owns it: close it, record it."""
     if public.stream is not None:
-        handler._refuse(tunnel, public, "cancelled", "the data connection ended")
+        handler._refuse(tunnel, public, Outcome.CANCELLED, "the data connection ended")
 
 
 def _address_text(address: Any) -> str:
