@@ -1,34 +1,30 @@
 """The ``hijack`` command's reverse tunnels: ``--allow-reverse`` and friends
 on ``proxy`` and ``tcp`` (the server side), ``forward --reverse`` (the
-client side). Kept in its own module so the command's core only calls in."""
+client side). Kept in its own module: those commands only call in."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import signal
-import sys
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from .._exchange import Handler
+from ._command import HandlerContext, StartupError
 
 if TYPE_CHECKING:
-    from ..client.reverse import ReverseSpec
-    from ..upgrades.reverse import ReverseRegistry
+    from ..client.reverse import ReverseClient, ReverseSpec
 
 __all__ = [
     "add_client_options",
     "add_server_options",
+    "check_client",
     "check_server",
     "run_client",
     "wrap_handler",
 ]
-
-#: One registry per process, kept across SIGHUP reloads: the rebuilt handler
-#: must see the ports its predecessor published (and refuse them to others).
-_REGISTRY: list[ReverseRegistry] = []
 
 
 def bind_rule(text: str) -> Any:
@@ -106,18 +102,17 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
 
 def check_server(args: argparse.Namespace) -> None:
     """Anyone who reaches the server could publish without --users: allow it
-    only when nobody but this host reaches it. One line, exit 2."""
-    if not getattr(args, "allow_reverse", None) or args.users:
+    only when nobody but this host reaches it."""
+    if args.max_published_ports < 1:
+        raise StartupError("--max-published-ports must be >= 1")
+    if not args.allow_reverse or args.users:
         return
     if args.unix is not None or _is_loopback(args.listen[0]):
         return
-    print(
-        f"hijack {args.command}: --allow-reverse needs --users when listening "
-        f"on {args.listen[0]} (not loopback): anyone could publish ports",
-        file=sys.stderr,
-        flush=True,
+    raise StartupError(
+        f"--allow-reverse needs --users when listening on {args.listen[0]} "
+        "(not loopback): anyone could publish ports"
     )
-    raise SystemExit(2)
 
 
 def _is_loopback(host: str) -> bool:
@@ -130,31 +125,33 @@ def _is_loopback(host: str) -> bool:
 
 
 def wrap_handler(
-    args: argparse.Namespace, handler: Handler, options: dict[str, Any]
+    args: argparse.Namespace,
+    context: HandlerContext,
+    handler: Handler,
+    options: dict[str, Any],
 ) -> Handler:
     """``handler`` behind a :class:`ReverseTunnels` when reverse tunnels may
     be published (rules on the command line, or a users file whose users
-    may have their own); ``options`` are the team options (users, limits)."""
+    may have their own); ``options`` are the team options (users, limits).
+    The registry of published ports is kept in ``context.kept``: a reloaded
+    handler sees the ports its predecessor published."""
     if not args.allow_reverse and not args.users:
         return handler
     from ..upgrades.reverse import ReverseRegistry, ReverseTunnels
 
-    if not _REGISTRY:
-        _REGISTRY.append(ReverseRegistry())
-    if args.max_published_ports < 1:
-        raise SystemExit(f"hijack {args.command}: --max-published-ports must be >= 1")
+    registry = context.kept.setdefault("reverse registry", ReverseRegistry())
     half = args.reverse_keepalive / 2
     return ReverseTunnels(
         args.allow_reverse,
         users=options.get("users"),
         limits=options.get("limits"),
-        registry=_REGISTRY[0],
+        registry=registry,
         fallback=handler,
         ping_interval=half,
         ping_timeout=half,
         max_published=args.max_published_ports,
         idle_timeout=args.idle_timeout,
-        on_tunnel=args.on_tunnel,
+        on_tunnel=context.hooks.on_tunnel,
     )
 
 
@@ -220,30 +217,28 @@ def add_client_options(forward: argparse.ArgumentParser) -> None:
         )
 
 
-def run_client(args: argparse.Namespace) -> int:
-    """``hijack forward --reverse``: publish until SIGINT or SIGTERM."""
-    from ..client.reverse import ReverseClient, ReverseSpec, Via
-
-    def fail(message: str) -> int:
-        print(f"hijack forward --reverse: {message}", file=sys.stderr, flush=True)
-        return 2
+def _specs(args: argparse.Namespace) -> list[ReverseSpec]:
+    from ..client.reverse import ReverseSpec
 
     specs = list(args.publish)
     if args.remote is not None:
         if args.target is None:
-            return fail("--remote needs --target HOST:PORT")
+            raise StartupError("--remote needs --target HOST:PORT")
         specs.insert(0, ReverseSpec(args.remote, args.target))
     if not specs:
-        return fail("name what to publish: --remote PORT --target HOST:PORT")
-    if args.pool < 0:
-        return fail("--pool must be >= 0")
+        raise StartupError("name what to publish: --remote PORT --target HOST:PORT")
+    return specs
+
+
+def _client(args: argparse.Namespace) -> ReverseClient:
+    from ..client.reverse import ReverseClient, Via
+
     via = args.via
     text = via if isinstance(via, str) else f"http://{via[0]}:{via[1]}"
     try:
-        parsed = Via.parse(text)
-        client = ReverseClient(
-            parsed,
-            specs,
+        return ReverseClient(
+            Via.parse(text),
+            _specs(args),
             auth=args.auth,
             upstream_proxy=args.upstream_proxy,
             pool=args.pool,
@@ -252,8 +247,19 @@ def run_client(args: argparse.Namespace) -> int:
             on_event=_print_event,
         )
     except ValueError as exc:
-        return fail(str(exc))
-    trio.run(_run_until_signal, client)
+        raise StartupError(str(exc)) from None
+
+
+def check_client(args: argparse.Namespace) -> None:
+    """``forward --reverse``: what the options cannot say one by one."""
+    if args.pool < 0:
+        raise StartupError("--pool must be >= 0")
+    _client(args)
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """``hijack forward --reverse``: publish until SIGINT or SIGTERM."""
+    trio.run(_run_until_signal, _client(args))
     return 0
 
 
@@ -261,7 +267,7 @@ def _print_event(kind: str, spec: ReverseSpec, detail: str) -> None:
     print(f"hijack forward --reverse: {kind} {spec}: {detail}", flush=True)
 
 
-async def _run_until_signal(client: Any) -> None:
+async def _run_until_signal(client: ReverseClient) -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(client.run)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
