@@ -418,17 +418,20 @@ class ReverseTunnels:
 
     async def _run(self, tunnel: _Published, request: Request) -> str:
         """Serve a published port until its control connection ends; why."""
-        await tunnel.send(
-            {
-                "type": "published",
-                "bind": tunnel.where,
-                "session": tunnel.session,
-                "ping_interval": self.ping_interval,
-                "ping_timeout": self.ping_timeout,
-                "max_pool": self.max_pool,
-            },
-            self.ping_timeout,
-        )
+        published = {
+            "type": "published",
+            "bind": tunnel.where,
+            "session": tunnel.session,
+            "ping_interval": self.ping_interval,
+            "ping_timeout": self.ping_timeout,
+            "max_pool": self.max_pool,
+        }
+        try:
+            await tunnel.send(published, self.ping_timeout)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            return "connection lost"
+        except trio.TooSlowError:
+            return "client does not read"
         why = "client closed"
         async with trio.open_nursery() as nursery:
 
