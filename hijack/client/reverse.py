@@ -398,7 +398,7 @@ class ReverseClient:
                     subprotocols=[WS_SUBPROTOCOL],
                     extra_headers=headers,
                     auth=self.auth,
-                    ssl_context=self.ssl_context,
+                    ssl_context=self._tls() if via.secure else None,
                 )
             except WebSocketRefused as exc:
                 raise TunnelError(exc.status, exc.reason, exc.body) from None
@@ -414,8 +414,7 @@ class ReverseClient:
         try:
             set_tcp_keepalive(stream)
             if via.secure:
-                context = self.ssl_context or ssl.create_default_context()
-                stream = trio.SSLStream(stream, context, server_hostname=via.host)
+                stream = trio.SSLStream(stream, self._tls(), server_hostname=via.host)
             request = h11.Request(
                 method="GET",
                 target=via.path,
@@ -432,6 +431,13 @@ class ReverseClient:
             await trio.aclose_forcefully(stream)
             raise
         return ReplayStream(stream, rest)
+
+    def _tls(self) -> ssl.SSLContext:
+        # Made once: loading the system's trust store costs milliseconds,
+        # and every data connection would pay it.
+        if self.ssl_context is None:
+            self.ssl_context = ssl.create_default_context()
+        return self.ssl_context
 
     def _auth_header(self) -> list[tuple[str, str]]:
         if self.auth is None:
