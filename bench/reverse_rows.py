@@ -26,6 +26,7 @@ import argparse
 import datetime
 import os
 import platform
+import random
 import shutil
 import socket
 import subprocess
@@ -40,7 +41,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from procs import BENCH_PY, ROOT, ServerProc, free_port, rss_kib  # noqa: E402
+from procs import BENCH_PY, ROOT, ServerProc, rss_kib  # noqa: E402
 
 PY = str(BENCH_PY) if BENCH_PY.exists() else sys.executable
 SSHD = "/usr/sbin/sshd"
@@ -71,6 +72,21 @@ async def main():
     await server.serve_forever()
 asyncio.run(main())
 """
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range: the connection row leaves
+    tens of thousands of ephemeral ports in TIME_WAIT, and a published port
+    must not collide with a client's source port either."""
+    for _ in range(200):
+        port = random.randrange(10_000, 32_000)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise OSError("no free port in 10000-32000")
 
 
 # -- load ---------------------------------------------------------------------
