@@ -126,10 +126,18 @@ class _Public:
 
 @dataclass(eq=False, slots=True)
 class _Parked:
-    """A pool data connection waiting for a public connection."""
+    """A pool data connection waiting for a public connection: its one task
+    reads the connection (to see the client go) inside ``waiting``, which
+    whoever hands it a public connection, or ends the tunnel, cancels.
+    (One task per idle connection, not three: a published port keeps a
+    pool of them.)"""
 
-    ready: trio.Event = field(default_factory=trio.Event)
+    waiting: trio.CancelScope = field(default_factory=trio.CancelScope)
     public: _Public | None = None
+
+    def give(self, public: _Public | None) -> None:
+        self.public = public
+        self.waiting.cancel()
 
 
 class _Published:
@@ -382,6 +390,8 @@ class ReverseTunnels:
                 self.registry.unreserve(bind, owner)
             if tunnel is not None:
                 tunnel.closed.set()
+                while tunnel.parked:  # their data connections end with it
+                    tunnel.parked.popleft().give(None)
 
         ended = "closed"
         try:
@@ -512,8 +522,7 @@ class ReverseTunnels:
                 return
         parked = tunnel.take_parked()
         if parked is not None:
-            parked.public = public
-            parked.ready.set()
+            parked.give(public)
             return
         if len(tunnel.pending) >= self.max_pending:
             self._refuse(tunnel, public, Outcome.BUSY, "too many wait for the client")
@@ -585,7 +594,9 @@ class ReverseTunnels:
         try:
             async with self._upgraded(request, transport) as stream:
                 tunnel.parked.append(parked)
-                await self._park(tunnel, parked, stream)
+                await self._park(parked, stream)
+                with contextlib.suppress(ValueError):  # no more offers, at once
+                    tunnel.parked.remove(parked)
                 if parked.public is not None:
                     await self._relay(tunnel, parked.public, stream)
         finally:
@@ -595,26 +606,11 @@ class ReverseTunnels:
             if parked.public is not None:
                 _close_if_unrelayed(self, tunnel, parked.public)
 
-    async def _park(
-        self, tunnel: _Published, parked: _Parked, stream: trio.abc.Stream
-    ) -> None:
+    async def _park(self, parked: _Parked, stream: trio.abc.Stream) -> None:
         """Wait for a public connection; return without one if the tunnel
         ends, or the client closes (or, against the protocol, writes)."""
-        async with trio.open_nursery() as nursery:
-
-            async def watch_client() -> None:
-                with contextlib.suppress(trio.BrokenResourceError, OSError):
-                    await stream.receive_some(1)
-                nursery.cancel_scope.cancel()
-
-            async def watch_tunnel() -> None:
-                await tunnel.closed.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_client)
-            nursery.start_soon(watch_tunnel)
-            await parked.ready.wait()
-            nursery.cancel_scope.cancel()
+        with parked.waiting, contextlib.suppress(trio.BrokenResourceError, OSError):
+            await stream.receive_some(1)
 
     async def _relay(
         self, tunnel: _Published, public: _Public, stream: trio.abc.Stream
