@@ -328,6 +328,10 @@ class ReverseTunnels:
                 )
         except WebSocketHandshakeError as exc:
             return exc.response()
+        except HTTPError as exc:
+            # Every refusal comes before the switch (nothing raises one
+            # after it): answered, the connection stays usable.
+            return exc.response()
         return None
 
     def _rules_for(self, user: User | None) -> Iterable[BindRule]:
