@@ -258,7 +258,11 @@ class ReverseClient:
             logger.info("%s: published on %s via %s", spec, where, self.via)
             self._event("published", spec, str(where))
             async with trio.open_nursery() as nursery:
-                for _ in range(self.pool):
+                max_pool = first.get("max_pool")
+                pool = self.pool
+                if isinstance(max_pool, int) and 0 <= max_pool < pool:
+                    pool = max_pool  # more would only be refused (429)
+                for _ in range(pool):
                     nursery.start_soon(self._pool_member, spec, session, relays)
                 why = await self._control(
                     spec, session, control, reader, silence, relays
