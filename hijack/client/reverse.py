@@ -49,7 +49,7 @@ from ..tunnel.reverse_wire import (
 if TYPE_CHECKING:
     from ..tunnel.parent_proxy import ParentProxy
 
-__all__ = ["ReverseClient", "ReverseSpec", "TunnelError", "Via", "parse_spec"]
+__all__ = ["ReverseClient", "ReverseSpec", "Via", "parse_spec"]
 
 logger = logging.getLogger("hijack.reverse.client")
 

@@ -25,20 +25,26 @@ __all__ = [
     "WS_SUBPROTOCOL",
     "LineReader",
     "ProtocolError",
+    "decode",
     "encode",
 ]
 
 #: ``Upgrade:`` token of the plain HTTP/1.1 transport (RFC 9110 7.8:
 #: protocol-name "/" protocol-version).
 PROTOCOL = "hijack-reverse/1"
+#: What every version's ``Upgrade:`` token starts with.
 UPGRADE_PREFIX = "hijack-reverse/"
 #: ``Sec-WebSocket-Protocol`` of the WebSocket transport (a token: no "/").
 WS_SUBPROTOCOL = "hijack-reverse.v1"
 
+#: The control request's header: ``[HOST:]PORT`` to publish.
 PUBLISH_HEADER = "Hijack-Reverse-Publish"
+#: A data request's header: the session it serves.
 SESSION_HEADER = "Hijack-Reverse-Session"
+#: A claimed data request's header: the public connection it takes.
 CLAIM_HEADER = "Hijack-Reverse-Claim"
 
+#: The longest message line, newline included, in bytes.
 MAX_LINE = 4096
 
 
@@ -66,8 +72,9 @@ def decode(line: bytes) -> dict[str, Any]:
 
 
 class LineReader:
-    """Reads messages off ``stream``; :meth:`rest` gives the bytes read past
-    the last line (a data connection's first relayed bytes)."""
+    """Reads messages off ``stream``; :meth:`LineReader.rest` gives the
+    bytes read past the last line (a data connection's first relayed
+    bytes)."""
 
     __slots__ = ("_buffer", "stream")
 
@@ -95,6 +102,7 @@ class LineReader:
         return decode(line)
 
     def rest(self) -> bytes:
+        """The bytes received after the last message read (then forgotten)."""
         rest = bytes(self._buffer)
         self._buffer.clear()
         return rest
