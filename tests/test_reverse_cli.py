@@ -39,6 +39,18 @@ from .test_reverse import echo, round_trip
             "name what to publish",
         ),
         (
+            [
+                "tcp",
+                "--upstream",
+                "127.0.0.1:9",
+                "--allow-reverse",
+                "9000",
+                "--workers",
+                "2",
+            ],
+            "reverse tunnels need one process (--workers 1)",
+        ),
+        (
             ["forward", "--reverse", "--via", "http://127.0.0.1:1", "--remote", "9000"],
             "--remote needs --target",
         ),

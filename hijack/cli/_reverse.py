@@ -100,11 +100,18 @@ def add_server_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: Each worker has its own published ports: a data connection the kernel
+#: hands to another worker than its control connection's would not find it.
+ONE_PROCESS = "reverse tunnels need one process (--workers 1)"
+
+
 def check_server(args: argparse.Namespace) -> None:
     """Anyone who reaches the server could publish without --users: allow it
     only when nobody but this host reaches it."""
     if args.max_published_ports < 1:
         raise StartupError("--max-published-ports must be >= 1")
+    if args.allow_reverse and args.workers > 1:
+        raise StartupError(ONE_PROCESS)
     if not args.allow_reverse or args.users:
         return
     if args.unix is not None or _is_loopback(args.listen[0]):
@@ -131,15 +138,25 @@ def wrap_handler(
     options: dict[str, Any],
 ) -> Handler:
     """``handler`` behind a :class:`ReverseTunnels` when reverse tunnels may
-    be published (rules on the command line, or a users file whose users
-    may have their own); ``options`` are the team options (users, limits).
+    be published (rules on the command line, or users with rules of their
+    own in the users file); ``options`` are the team options (users,
+    limits).
     The registry of published ports is kept in ``context.kept``: a reloaded
     handler sees the ports its predecessor published."""
-    if not args.allow_reverse and not args.users:
+    users = options.get("users")
+    per_user = users is not None and any(
+        user.reverse for name in users.names if (user := users.get(name))
+    )
+    registry = context.kept.get("reverse registry")
+    still_published = registry is not None and registry.published
+    if not args.allow_reverse and not per_user and not still_published:
         return handler
+    if args.workers > 1:
+        raise StartupError(f"--users {args.users}: {ONE_PROCESS}")
     from ..upgrades.reverse import ReverseRegistry, ReverseTunnels
 
-    registry = context.kept.setdefault("reverse registry", ReverseRegistry())
+    if registry is None:
+        registry = context.kept["reverse registry"] = ReverseRegistry()
     half = args.reverse_keepalive / 2
     return ReverseTunnels(
         args.allow_reverse,
