@@ -515,8 +515,12 @@ class ReverseTunnels:
     async def _route(self, tunnel: _Published, stream: trio.SocketStream) -> None:
         """Give a public connection to a pool connection, or ask the client
         for a data connection and wait for it (``claim_timeout``)."""
-        set_tcp_keepalive(stream)
-        peer, local = stream.socket.getpeername(), stream.socket.getsockname()
+        try:
+            set_tcp_keepalive(stream)
+            peer, local = stream.socket.getpeername(), stream.socket.getsockname()
+        except OSError:  # reset before we looked: nothing to route
+            stream.socket.close()
+            return
         public = _Public(stream, peer, local, None, trio.current_time())
         if self.limits is not None:
             try:
