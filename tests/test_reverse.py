@@ -28,7 +28,13 @@ from hijack.upgrades.reverse import ReverseRegistry, ReverseTunnels
 
 from .conftest import StartServer
 from .daemons import free_port
-from .helpers import capture_log, read_head, read_response, read_until_closed
+from .helpers import (
+    capture_log,
+    read_head,
+    read_response,
+    read_until_closed,
+    reset,
+)
 
 RULES = [BindRule.parse("127.0.0.1:1024-65535")]
 CHEAP = "n=2,r=1,p=1"  # a cheap scrypt for tests only
@@ -598,3 +604,20 @@ def test_registry_text() -> None:
     registry.reserve(("::1", 9000), "me", None)
     assert registry.published == ["127.0.0.1:9001", "[::1]:9000"]
     assert json.dumps(registry.published)
+
+
+async def test_public_clients_that_reset_do_not_hurt_the_tunnel(
+    start_server: StartServer, nursery: trio.Nursery
+) -> None:
+    upstream = (await nursery.start(trio.serve_tcp, echo, 0))[0].socket.getsockname()[1]
+    ends = Ends()
+    _, port = await start_server(ReverseTunnels(RULES, on_tunnel=ends))
+    public = free_port()
+    async with running_client(port, upstream, public, pool=2) as events:
+        await events.wait_for("published")
+        for _ in range(50):
+            stream = await trio.open_tcp_stream("127.0.0.1", public)
+            reset(stream)
+        assert await round_trip(public, b"still here") == b"still here"
+        await ends.wait_for(51)
+    assert [k for k, _ in events.seen] == ["published"]
