@@ -15,6 +15,7 @@ import trio
 from hijack.tunnel.users import hash_password
 
 from .daemons import free_port
+from .helpers import read_head
 from .hijack_process import http_get, run_hijack
 from .test_reverse import echo, round_trip
 
@@ -140,3 +141,27 @@ async def test_config_file_user_and_upstream_proxy(
     assert f'hijack_tunnels_total{{kind="reverse",outcome="ok",port="{public}"}}' in (
         body.decode()
     )
+
+
+async def test_proxy_publishes_too_and_still_proxies(nursery: trio.Nursery) -> None:
+    target = (await nursery.start(trio.serve_tcp, echo, 0))[0].socket.getsockname()[1]
+    public = free_port()
+    proxy_args = ["proxy", "--listen", "127.0.0.1:0", "--allow-private"]
+    proxy_args += ["--allow-port", str(target), "--allow-reverse", str(public)]
+    async with run_hijack(proxy_args) as proxy:
+        port = await proxy.port()
+        client_args = ["forward", "--reverse", "--via", f"http://127.0.0.1:{port}"]
+        client_args += ["--remote", str(public), "--target", f"127.0.0.1:{target}"]
+        async with run_hijack(client_args) as client:
+            await client.wait_for(f"published 127.0.0.1:{public} ")
+            assert await round_trip(public, b"reversed") == b"reversed"
+        # CONNECT is still the proxy's business.
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(
+                f"CONNECT 127.0.0.1:{target} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            )
+            head, _ = await read_head(stream)
+            assert head.startswith(b"HTTP/1.1 200")
+            await stream.send_all(b"forward")
+            assert await stream.receive_some() == b"forward"
