@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check docs sysdeps bench bench-venv soak autobahn clean
+.PHONY: demo test check docs sysdeps bench bench-venv bench-reverse soak autobahn clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -67,6 +67,10 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
 	touch $@
 
 bench-venv: $(BENCH_VENV)/.installed
+
+# Reverse tunnels against OpenSSH's ssh -R; writes bench/RESULTS-reverse.md.
+bench-reverse: $(STAMP) sysdeps
+	$(PY) bench/reverse_rows.py
 
 # Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
 bench: $(STAMP) bench-venv bench/goproxy/goproxy

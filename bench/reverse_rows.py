@@ -14,7 +14,7 @@ Everything on loopback: sshd (generated host key and config, as root),
 ``hijack tcp --allow-reverse`` with ``hijack forward --reverse``, and a
 target next to the client (an asyncio server in its own process). Run:
 
-    .venv/bin/python bench/reverse_rows.py [--quick]
+    make bench-reverse    (or: .venv/bin/python bench/reverse_rows.py [--quick])
 
 Writes ``bench/RESULTS-reverse.md`` (``--no-write``: print only). Not part
 of ``make bench``'s peer table: its peer is OpenSSH, not an HTTP server.
@@ -377,7 +377,8 @@ def main() -> None:
         (BENCH / "RESULTS-reverse.md").write_text(
             f"# Reverse tunnels against ssh -R\n\n{started:%Y-%m-%d %H:%M} UTC, "
             f"{platform.node()}, {os.cpu_count()} cores, Python "
-            f"{platform.python_version()}, {ssh_version()}"
+            f"{platform.python_version()}, {ssh_version()}, load average "
+            f"{os.getloadavg()[0]:.1f} at the end"
             f"; `python bench/reverse_rows.py{' --quick' if args.quick else ''}`.\n\n"
             f"{text}\n"
         )
