@@ -134,6 +134,8 @@ async def test_config_file_user_and_upstream_proxy(
                 for n in range(3):
                     assert await round_trip(public, b"hi %d" % n) == b"hi %d" % n
                 await server.wait_for("reverse .* user=alice -> .* ok", stream="stderr")
+                # The access log has the control and data requests, with the user.
+                await server.wait_for(' alice .*"GET / HTTP/1.1" 101', stream="stderr")
             # Through the parent: its own log names the hijack server.
             await parent.wait_for(f"127.0.0.1:{port}", stream="stderr")
         status, body = await http_get(metrics, "/metrics")
