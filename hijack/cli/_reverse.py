@@ -281,7 +281,9 @@ def run_client(args: argparse.Namespace) -> int:
 
 
 def _print_event(kind: str, spec: ReverseSpec, detail: str) -> None:
-    print(f"hijack forward --reverse: {kind} {spec}: {detail}", flush=True)
+    # "published" carries the address the server bound: the spec says it.
+    said = f"{kind} {spec}" if kind == "published" else f"{kind} {spec}: {detail}"
+    print(f"hijack forward --reverse: {said}", flush=True)
 
 
 async def _run_until_signal(client: ReverseClient) -> None:
