@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -621,3 +622,26 @@ async def test_public_clients_that_reset_do_not_hurt_the_tunnel(
         assert await round_trip(public, b"still here") == b"still here"
         await ends.wait_for(51)
     assert [k for k, _ in events.seen] == ["published"]
+
+
+async def test_reconnects_back_off_exponentially_with_jitter(
+    autojump_clock: trio.testing.MockClock, no_leaks: None
+) -> None:
+    """Nothing listens: each attempt fails at once (loopback refuses
+    synchronously), and the waits between them double, each drawn in
+    [d/2, d], up to ``max_delay``."""
+    losses: list[float] = []
+    client = ReverseClient(
+        f"http://127.0.0.1:{free_port()}/",
+        [ReverseSpec(("127.0.0.1", 9000), ("127.0.0.1", 9))],
+        max_delay=4.0,
+        on_event=lambda kind, spec, detail: losses.append(trio.current_time()),
+    )
+    with trio.move_on_after(60):
+        await client.run()
+    waits = [later - earlier for earlier, later in itertools.pairwise(losses)]
+    assert len(waits) >= 15
+    for n, wait in enumerate(waits):
+        ceiling = min(0.25 * 2**n, 4.0)
+        assert ceiling / 2 <= wait <= ceiling, (n, wait)
+    assert len({round(w, 6) for w in waits[5:]}) > 1  # jittered, not fixed
