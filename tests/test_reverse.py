@@ -645,3 +645,26 @@ async def test_reconnects_back_off_exponentially_with_jitter(
         ceiling = min(0.25 * 2**n, 4.0)
         assert ceiling / 2 <= wait <= ceiling, (n, wait)
     assert len({round(w, 6) for w in waits[5:]}) > 1  # jittered, not fixed
+
+
+async def test_one_client_publishes_several_ports(
+    start_server: StartServer, nursery: trio.Nursery
+) -> None:
+    upstream = (await nursery.start(trio.serve_tcp, echo, 0))[0].socket.getsockname()[1]
+    _, port = await start_server(ReverseTunnels(RULES))
+    publics = [free_port(), free_port()]
+    events = Events()
+    client = ReverseClient(
+        f"http://127.0.0.1:{port}/",
+        [ReverseSpec(("127.0.0.1", p), ("127.0.0.1", upstream)) for p in publics],
+        on_event=events,
+    )
+    async with trio.open_nursery() as running:
+        running.start_soon(client.run)
+        await events.wait_for("published", 2)
+        for public in publics:
+            assert await round_trip(public, b"to %d" % public) == b"to %d" % public
+        running.cancel_scope.cancel()
+    assert sorted(d for k, d in events.seen if k == "published") == sorted(
+        f"127.0.0.1:{p}" for p in publics
+    )
