@@ -41,6 +41,8 @@ from ._relay import TunnelHook as TunnelHook
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
+from ._server import Sniffer as Sniffer
+from ._server import StreamHandler as StreamHandler
 from ._systemd import listeners_from_fds as listeners_from_fds
 from ._systemd import systemd_listen_fds as systemd_listen_fds
 from ._throttle import Throttle as Throttle
@@ -71,6 +73,8 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Sniffer",
+    "StreamHandler",
     "TLSInfo",
     "Throttle",
     "TokenBucket",

@@ -25,7 +25,7 @@ from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
 from .._relay import TunnelHook
 from .._server import Server
-from . import _team
+from . import _socks, _team
 from ._arguments import (
     listen_address,
     parse_host_port,
@@ -65,7 +65,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
     from ..upgrades.connect import ConnectProxy
 
     policy = _connect_policy(args)
-    return ConnectProxy(
+    handler = ConnectProxy(
         policy,
         auth=args.auth,
         connect_timeout=args.connect_timeout,
@@ -75,6 +75,7 @@ def _proxy_handler(args: argparse.Namespace, port: int | None) -> Handler:
         on_tunnel=args.on_tunnel,
         **_team.handler_options(args),
     )
+    return _socks.with_socks(args, handler)
 
 
 def _echo_handler(args: argparse.Namespace, port: int | None) -> Handler:
@@ -207,6 +208,7 @@ async def _serve(
                 on_state=() if metrics is None else metrics.on_state,
                 on_request=() if metrics is None else metrics.on_request,
                 on_accept_error=None if metrics is None else metrics.on_accept_error,
+                sniff=_socks.sniffer(args, lambda: server.handler),
             )
             await nursery.start(
                 _call(
@@ -410,7 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="tunnels open at once before answering 503 (default: 1000)",
     )
+    _socks.add_proxy_options(proxy)
     proxy.set_defaults(run=_proxy_handler)
+    _socks.add_socks_command(commands, [listen, idle, chaining, team])
 
     echo = commands.add_parser(
         "echo",
@@ -613,6 +617,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
             return 1
         return 0
+    _socks.check_arguments(parser, args)
     setup_access_log(args.access_log_format)
     if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
         run_supervisor(args, argv)

@@ -1,0 +1,238 @@
+"""The command's SOCKS5 wiring: ``hijack socks`` and ``hijack proxy --socks``.
+
+Both run the core :class:`~hijack.Server` with a ``sniff`` hook that hands
+SOCKS5 connections to a :class:`~hijack.socks.SocksServer`; the HTTP handler
+the command builds carries that SOCKS server (``SocksFront.socks``), so a
+SIGHUP reload, which rebuilds the handler, rebuilds the SOCKS side too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+from collections.abc import Callable
+from typing import Any
+
+from .._exchange import Handler
+from .._message import HTTPError, Request, Response
+from .._server import Sniffer, StreamHandler
+from . import _team
+
+__all__ = [
+    "SocksFront",
+    "add_proxy_options",
+    "add_socks_command",
+    "check_arguments",
+    "sniffer",
+    "socks_handler",
+    "with_socks",
+]
+
+
+class SocksFront:
+    """An HTTP handler that also serves SOCKS5 through the server's sniff
+    hook: ``http`` answers HTTP (None: 400, a SOCKS-only port), ``socks``
+    takes connections whose first byte is 0x05 (every connection when
+    ``only``)."""
+
+    def __init__(self, socks: Any, http: Handler | None, *, only: bool) -> None:
+        self.socks = socks
+        self.http = http
+        self.only = only
+
+    async def __call__(self, request: Request) -> Response | None:
+        if self.http is None:  # pragma: no cover - sniff takes every connection
+            raise HTTPError(400, "this port speaks SOCKS5")
+        return await self.http(request)
+
+    def sniff(self, first: bytes) -> StreamHandler | None:
+        if self.only:
+            return self.socks.sniff_all(first)  # type: ignore[no-any-return]
+        return self.socks.sniff(first)  # type: ignore[no-any-return]
+
+
+def sniffer(args: argparse.Namespace, current: Callable[[], Handler]) -> Sniffer | None:
+    """The Server's ``sniff`` for this command: it asks the handler in
+    service now (``current()``, replaced on reload) to sniff."""
+    if args.command != "socks" and not getattr(args, "socks", False):
+        return None
+
+    def sniff(first: bytes) -> StreamHandler | None:
+        handler = current()
+        if isinstance(handler, SocksFront):
+            return handler.sniff(first)
+        return None  # pragma: no cover - the handler is always a SocksFront
+
+    return sniff
+
+
+# -- building -----------------------------------------------------------------
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from ..tunnel.policy import ConnectPolicy
+
+    return ConnectPolicy(
+        allowed_ports=frozenset(args.allow_port or [443]),
+        allow_private=args.allow_private,
+        allow=tuple(args.allow),
+        deny=tuple(args.deny),
+    )
+
+
+def _socks_server(args: argparse.Namespace) -> Any:
+    from ..socks import SocksServer
+
+    return SocksServer(
+        _policy(args),
+        auth=args.auth,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        max_tunnels=args.max_tunnels,
+        send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=getattr(args, "on_tunnel", None),
+        udp=not args.no_udp,
+        udp_idle_timeout=args.udp_idle_timeout,
+        **_team.handler_options(args),
+    )
+
+
+def socks_handler(args: argparse.Namespace, port: int | None) -> Handler:
+    """``hijack socks``: every connection is SOCKS5."""
+    return SocksFront(_socks_server(args), None, only=True)
+
+
+def with_socks(args: argparse.Namespace, http: Handler) -> Handler:
+    """``hijack proxy --socks``: the CONNECT proxy, and SOCKS5 on the same
+    port."""
+    if not args.socks:
+        return http
+    return SocksFront(_socks_server(args), http, only=False)
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """SOCKS5 without authentication only where no one else can reach it:
+    a loopback or UNIX listener, unless ``--socks-without-auth`` says so."""
+    if args.command != "socks" and not getattr(args, "socks", False):
+        return
+    if args.auth or args.users or args.socks_without_auth:
+        return
+    if args.unix is not None:
+        return
+    host = args.listen[0]
+    loopback = host == "localhost"
+    with contextlib.suppress(ValueError):  # a name: only localhost counts
+        loopback = loopback or ipaddress.ip_address(host).is_loopback
+    if not loopback or os.environ.get("LISTEN_FDS"):
+        parser.error(
+            f"{args.command}: SOCKS5 without authentication listens on loopback "
+            "only; give --users FILE or --auth USER:PASS, or --socks-without-auth"
+        )
+
+
+# -- the parser -------------------------------------------------------------------
+
+
+def _socks_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--socks-without-auth",
+        action="store_true",
+        help="accept SOCKS5 clients without authentication on a listener that "
+        "is not loopback (refused otherwise without --users or --auth)",
+    )
+    parser.add_argument(
+        "--no-udp",
+        action="store_true",
+        help="answer SOCKS5 UDP ASSOCIATE with 07 (command not supported)",
+    )
+    parser.add_argument(
+        "--udp-idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="end a UDP association with no datagram either way for this long "
+        "(default: 60)",
+    )
+
+
+def add_proxy_options(proxy: argparse.ArgumentParser) -> None:
+    """``hijack proxy --socks`` and the SOCKS options it shares."""
+    proxy.add_argument(
+        "--socks",
+        action="store_true",
+        help="also answer SOCKS5 on the same port (told apart by the first "
+        "byte), with the same policy, users and limits",
+    )
+    _socks_options(proxy)
+
+
+def add_socks_command(
+    commands: Any, parents: list[argparse.ArgumentParser]
+) -> argparse.ArgumentParser:
+    socks: argparse.ArgumentParser = commands.add_parser(
+        "socks",
+        parents=parents,
+        help="SOCKS5 proxy (CONNECT, UDP ASSOCIATE) with the CONNECT policy",
+        description="A SOCKS5 proxy (RFC 1928, username/password RFC 1929). "
+        "Destinations are judged by the same policy as 'hijack proxy': port "
+        "443 only and no loopback, private or other non-global destination "
+        "unless allowed. Without --users or --auth it listens on loopback only.",
+    )
+    socks.add_argument(
+        "--allow-port",
+        type=int,
+        action="append",
+        metavar="N",
+        help="allow destinations on port N (repeatable; default: 443 only)",
+    )
+    socks.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="always allow this host name (.example.com: and subdomains) or "
+        "network, even if not global (repeatable)",
+    )
+    socks.add_argument(
+        "--deny",
+        action="append",
+        default=[],
+        metavar="HOST_OR_NET",
+        help="always refuse this host name or network; deny wins (repeatable)",
+    )
+    socks.add_argument(
+        "--allow-private",
+        action="store_true",
+        help="allow loopback, private and other non-global destinations",
+    )
+    socks.add_argument(
+        "--auth",
+        type=_user_pass,
+        metavar="USER:PASS",
+        help="require RFC 1929 username/password with these credentials",
+    )
+    socks.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time to reach the destination before answering 06 (default: 10)",
+    )
+    socks.add_argument(
+        "--max-tunnels",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="tunnels and UDP associations open at once (default: 1000)",
+    )
+    _socks_options(socks)
+    socks.set_defaults(run=socks_handler)
+    return socks
+
+
+def _user_pass(text: str) -> tuple[str, str]:
+    from ._arguments import user_pass
+
+    return user_pass(text)
