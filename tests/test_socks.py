@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 import trio
@@ -60,9 +60,9 @@ def start_socks(start_server: StartServer) -> StartSocks:
 
 
 @pytest.fixture
-def socks_log() -> LogCapture:
+def socks_log() -> Iterator[LogCapture]:
     with capture_log("hijack.socks") as log:
-        yield log  # type: ignore[misc]
+        yield log
 
 
 def alice_users() -> Users:
@@ -238,7 +238,7 @@ async def test_pproxy_as_a_socks5_parent(
     assert f"via socks5://127.0.0.1:{parent_port}" in line
     # The parent was asked for the checked address, never the name.
     with trio.fail_after(10):
-        while f"127.0.0.1:{origin}" not in parent_log.read_text():
+        while f"127.0.0.1:{origin}" not in parent_log.read_text():  # noqa: ASYNC110
             await trio.sleep(0.05)
     assert "localhost" not in parent_log.read_text()
 
@@ -286,7 +286,7 @@ async def test_connect_timeout_answers_06(start_socks: StartSocks) -> None:
         await trio.sleep_forever()
         raise AssertionError  # pragma: no cover
 
-    socks = SocksServer(loopback(443), dial=stalls, connect_timeout=0.05)  # type: ignore[arg-type]
+    socks = SocksServer(loopback(443), dial=stalls, connect_timeout=0.05)
     _, port = await start_socks(socks)
     stream, reply = await socks_request(port, Command.CONNECT, "127.0.0.1", 443)
     async with stream:
@@ -307,7 +307,7 @@ async def test_limits_answer_02_and_count_back(
     await second.aclose()
     await first.aclose()
     with trio.fail_after(10):
-        while socks.open_tunnels or limits.by_client:
+        while socks.open_tunnels or limits.by_client:  # noqa: ASYNC110 - on their own
             await trio.sleep(0.01)
     third, reply = await socks_request(port, Command.CONNECT, "127.0.0.1", origin)
     assert reply.reply == Reply.SUCCEEDED
