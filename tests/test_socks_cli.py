@@ -32,11 +32,16 @@ REDIS_CLI = "/usr/bin/redis-cli"
 
 
 async def run(
-    command: list[str], **kwargs: object
+    command: list[str], *, stdin: bytes = b"", env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[bytes]:
     with trio.fail_after(30):
         return await trio.run_process(
-            command, capture_stdout=True, capture_stderr=True, check=False, **kwargs
+            command,
+            stdin=stdin,
+            env=env,
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
         )
 
 
