@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     forward.add_argument(
         "--listen",
         default=listen_address(DEFAULT_LISTEN),
-        type=lambda t: t if t == "-" else listen_address(t),
+        type=_socks.forward_listen,
         metavar="HOST:PORT",
         help=f"local address to listen on, or - for stdin/stdout (default: "
         f"{DEFAULT_LISTEN})",
@@ -572,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="send these Basic credentials",
     )
 
+    _socks.add_forward_options(forward)
+
     demo = commands.add_parser(
         "demo",
         parents=[listen],
@@ -601,6 +603,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _team.hash_password_command()
     if args.command == "forward":
         from ..client.forward import TunnelError
+
+        handled = _socks.forward_command(parser, args)
+        if handled is not None:
+            return handled
 
         if args.mode == "connect" and args.target is None:
             parser.error("forward --mode connect needs --target HOST:PORT")

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import ipaddress
 import os
+import signal
 from collections.abc import Callable
 from typing import Any
 
+from .._address import join_host_port
 from .._exchange import Handler
 from .._message import HTTPError, Request, Response
 from .._server import Sniffer, StreamHandler
@@ -22,9 +25,12 @@ from . import _team
 
 __all__ = [
     "SocksFront",
+    "add_forward_options",
     "add_proxy_options",
     "add_socks_command",
     "check_arguments",
+    "forward_command",
+    "forward_listen",
     "sniffer",
     "socks_handler",
     "with_socks",
@@ -82,7 +88,7 @@ def _policy(args: argparse.Namespace) -> Any:
     )
 
 
-def _socks_server(args: argparse.Namespace) -> Any:
+def _socks_server(args: argparse.Namespace, options: dict[str, Any]) -> Any:
     from ..socks import SocksServer
 
     return SocksServer(
@@ -95,21 +101,37 @@ def _socks_server(args: argparse.Namespace) -> Any:
         on_tunnel=getattr(args, "on_tunnel", None),
         udp=not args.no_udp,
         udp_idle_timeout=args.udp_idle_timeout,
-        **_team.handler_options(args),
+        **options,
     )
 
 
 def socks_handler(args: argparse.Namespace, port: int | None) -> Handler:
     """``hijack socks``: every connection is SOCKS5."""
-    return SocksFront(_socks_server(args), None, only=True)
+    return SocksFront(_socks_server(args, _team.handler_options(args)), None, only=True)
 
 
-def with_socks(args: argparse.Namespace, http: Handler) -> Handler:
-    """``hijack proxy --socks``: the CONNECT proxy, and SOCKS5 on the same
-    port."""
+def with_socks(args: argparse.Namespace, http: Any) -> Handler:
+    """``hijack proxy``'s handler with what this module adds: SOCKS5 on the
+    same port (``--socks``) and WebSocket tunnels (``--websocket-tunnel``),
+    sharing the CONNECT proxy's policy, users, routes and limits."""
+    options = {"users": http.users, "routes": http.routes, "limits": http.limits}
+    handler: Handler = http
+    if args.websocket_tunnel:
+        from ..upgrades.wstunnel import WebSocketTunnel
+
+        handler = WebSocketTunnel(
+            http.policy,
+            path=args.websocket_tunnel,
+            connect_timeout=args.connect_timeout,
+            idle_timeout=args.idle_timeout,
+            udp_idle_timeout=args.udp_idle_timeout,
+            on_tunnel=getattr(args, "on_tunnel", None),
+            fallback=http,
+            **options,
+        )
     if not args.socks:
-        return http
-    return SocksFront(_socks_server(args), http, only=False)
+        return handler
+    return SocksFront(_socks_server(args, options), handler, only=False)
 
 
 def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -158,12 +180,20 @@ def _socks_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_proxy_options(proxy: argparse.ArgumentParser) -> None:
-    """``hijack proxy --socks`` and the SOCKS options it shares."""
+    """``hijack proxy --socks``, ``--websocket-tunnel`` and the options they
+    share with ``hijack socks``."""
     proxy.add_argument(
         "--socks",
         action="store_true",
         help="also answer SOCKS5 on the same port (told apart by the first "
         "byte), with the same policy, users and limits",
+    )
+    proxy.add_argument(
+        "--websocket-tunnel",
+        metavar="PATH",
+        help="also serve WebSocket tunnels at PATH: ?tcp=HOST:PORT (hijack "
+        "forward --listen socks5://... --via ws://...) and ?udp=HOST:PORT "
+        "(hijack forward --udp), judged by the same policy, users and limits",
     )
     _socks_options(proxy)
 
@@ -236,3 +266,110 @@ def _user_pass(text: str) -> tuple[str, str]:
     from ._arguments import user_pass
 
     return user_pass(text)
+
+
+# -- hijack forward: the local SOCKS5 server and UDP -------------------------------
+
+
+def forward_listen(text: str) -> Any:
+    """``--listen`` of ``hijack forward``: ``-``, ``HOST:PORT`` or
+    ``socks5://HOST:PORT`` (a :class:`SocksListen`)."""
+    from ._arguments import listen_address
+
+    if text == "-":
+        return text
+    if text.startswith("socks5://"):
+        return SocksListen(*listen_address(text.removeprefix("socks5://")))
+    return listen_address(text)
+
+
+class SocksListen(tuple[str, int]):
+    """``socks5://HOST:PORT``: serve SOCKS5 there."""
+
+    def __new__(cls, host: str, port: int) -> SocksListen:
+        return super().__new__(cls, (host, port))
+
+
+def add_forward_options(forward: argparse.ArgumentParser) -> None:
+    forward.add_argument(
+        "--udp",
+        action="store_true",
+        help="forward UDP: every datagram to --listen goes to --target as one "
+        "WebSocket message through --via ws://HOST:PORT/PATH (a 'hijack proxy "
+        "--websocket-tunnel PATH'), one WebSocket per local source",
+    )
+    forward.add_argument(
+        "--udp-idle-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="with --udp: end a flow with no datagram either way for this "
+        "long (default: 60)",
+    )
+
+
+def forward_command(
+    parser: argparse.ArgumentParser, args: argparse.Namespace
+) -> int | None:
+    """Run ``hijack forward`` when it is a SOCKS5 or UDP forward (its exit
+    status); None for the other kinds."""
+    import sys
+
+    import trio
+
+    socks = isinstance(args.listen, SocksListen)
+    if not socks and not args.udp:
+        return None
+    if socks and args.udp:
+        parser.error("forward: --udp listens on HOST:PORT, not socks5://")
+    if socks and args.target is not None:
+        parser.error("forward --listen socks5://: the SOCKS5 client names the target")
+    if args.udp and (args.target is None or not isinstance(args.via, str)):
+        parser.error(
+            "forward --udp needs --target HOST:PORT and --via ws://... or wss://..."
+        )
+    if isinstance(args.via, str) and args.upstream_proxy is not None:
+        parser.error("forward: --upstream-proxy works with --via HOST:PORT")
+
+    async def run() -> None:
+        from ..client.socks_forward import serve_socks_forward
+        from ..client.udp_forward import serve_udp_forward
+
+        async with trio.open_nursery() as nursery:
+            if socks:
+                listeners = await nursery.start(
+                    functools.partial(
+                        serve_socks_forward,
+                        tuple(args.listen),
+                        args.via,
+                        auth=args.auth,
+                        upstream_proxy=args.upstream_proxy,
+                    )
+                )
+                host, port = listeners[0].socket.getsockname()[:2]
+                where = f"socks5://{join_host_port(host, port)}"
+            else:
+                sock = await nursery.start(
+                    functools.partial(
+                        serve_udp_forward,
+                        args.listen,
+                        args.via,
+                        args.target,
+                        auth=args.auth,
+                        idle_timeout=args.udp_idle_timeout,
+                    )
+                )
+                host, port = sock.getsockname()[:2]
+                where = f"udp://{join_host_port(host, port)}"
+            print(f"hijack forward listening on {where}", flush=True)
+            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    break
+            nursery.cancel_scope.cancel()
+
+    try:
+        trio.run(run)
+    except OSError as exc:
+        print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
