@@ -24,6 +24,10 @@ from .socks_client import socks_request
 from .test_socks import StartSocks, not_http
 
 Received = list[bytes]
+#: 100 association requests a round, 100 at once. 20 rounds (2,000
+#: associations) take ~1.7 s here; the issue's 10,000 (ROUNDS = 100) pass
+#: too but take ~8.5 s, too long for every `make test`.
+ROUNDS = 20
 
 
 @pytest.fixture
@@ -291,13 +295,13 @@ async def test_many_associations_leave_nothing_behind(
         await trio.lowlevel.checkpoint()  # hold it while the others arrive
         await control.aclose()
 
-    for _ in range(10):
+    for _ in range(ROUNDS):
         async with trio.open_nursery() as nursery:
             for _ in range(100):
                 nursery.start_soon(one)
-    assert len(answers) == 1000
+    assert len(answers) == ROUNDS * 100
     assert set(answers) <= {Reply.SUCCEEDED, Reply.GENERAL_FAILURE}
-    assert answers.count(Reply.SUCCEEDED) >= 500  # each round gets its 50
+    assert answers.count(Reply.SUCCEEDED) >= ROUNDS * 50  # each round gets its 50
     with trio.fail_after(10):
         while socks.open_tunnels:  # noqa: ASYNC110 - as above
             await trio.sleep(0.01)

@@ -155,7 +155,9 @@ async def serve_association(
     if not (isinstance(remote, tuple) and isinstance(local, tuple)):
         raise Refused(Reply.GENERAL_FAILURE, "UDP needs a TCP client")
     client_ip = _unmapped(ipaddress.ip_address(str(remote[0]).split("%")[0]))
-    local_ip = ipaddress.ip_address(str(local[0]).split("%")[0])
+    # A dual-stack listener sees an IPv4 client at a mapped address: the
+    # relay binds the IPv4 address, which that client can reach.
+    local_ip = _unmapped(ipaddress.ip_address(str(local[0]).split("%")[0]))
     family = socket.AF_INET6 if local_ip.version == 6 else socket.AF_INET
     relay_socket = trio.socket.socket(family, socket.SOCK_DGRAM)
     outbound = _outbound_socket()
