@@ -30,6 +30,8 @@ sysdeps:
 	command -v dig >/dev/null || missing="$$missing bind9-dnsutils"; \
 	test -x /usr/sbin/dnsmasq || missing="$$missing dnsmasq-base"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

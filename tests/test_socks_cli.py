@@ -288,3 +288,74 @@ async def test_sighup_reloads_the_users_file(
             while await as_user("bob") != b"hello through the tunnel\n":  # noqa: ASYNC110
                 await trio.sleep(0.05)
         assert await as_user("alice") == b""
+
+
+SSHD = "/usr/sbin/sshd"
+SSH = "/usr/bin/ssh"
+SSH_KEYGEN = "/usr/bin/ssh-keygen"
+
+
+async def start_sshd(daemons: Daemons, tmp: Path) -> tuple[int, Path]:
+    """sshd on a loopback port with its own host key, one authorized client
+    key (returned), no password login and no file outside ``tmp`` (but the
+    privilege separation directory it insists on)."""
+    for name in ("host_key", "client_key"):
+        await run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / name)])
+    (tmp / "authorized_keys").write_bytes((tmp / "client_key.pub").read_bytes())
+    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+    port = free_port()
+    config = tmp / "sshd_config"
+    config.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp / 'host_key'}\n"
+        f"AuthorizedKeysFile {tmp / 'authorized_keys'}\nPidFile {tmp / 'sshd.pid'}\n"
+        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "StrictModes no\nPermitRootLogin prohibit-password\n"
+    )
+    await daemons.start(
+        [SSHD, "-D", "-e", "-f", str(config)], listening=[("127.0.0.1", port)]
+    )
+    return port, tmp / "client_key"
+
+
+async def test_ssh_through_ncat_as_proxy_command(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    """ssh -o ProxyCommand='ncat --proxy-type socks5 ...' reaches sshd
+    through hijack socks (with credentials)."""
+    import getpass
+
+    sshd, key = await start_sshd(daemons, tmp_path)
+    args = ["socks", "--listen", "127.0.0.1:0", "--auth", "alice:a-pw"]
+    args += ["--allow-private", "--allow-port", str(sshd)]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as hijack:
+        port = await hijack.port()
+        proxy = (
+            f"{NCAT} --proxy-type socks5 --proxy 127.0.0.1:{port} "
+            "--proxy-auth alice:a-pw %h %p"
+        )
+        got = await run(
+            [
+                SSH,
+                "-F",
+                "/dev/null",
+                "-i",
+                str(key),
+                "-p",
+                str(sshd),
+                "-o",
+                f"ProxyCommand={proxy}",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                f"{getpass.getuser()}@127.0.0.1",
+                "echo",
+                "through socks",
+            ]
+        )
+        assert got.stdout == b"through socks\n", got.stderr
+        await hijack.wait_for(
+            rf"SOCKS5 CONNECT .* -> 127\.0\.0\.1:{sshd} .* ok", stream="stderr"
+        )
