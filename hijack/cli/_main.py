@@ -23,8 +23,8 @@ from .._config import Limits
 from .._exchange import Handler
 from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
-from .._relay import TunnelHook
 from .._server import Server
+from ..tunnel.lifecycle import TunnelHook
 from . import _socks, _team
 from ._arguments import (
     listen_address,
@@ -117,6 +117,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
             idle_timeout=args.idle_timeout,
             allowed_origins=origins,
             send_proxy_protocol=args.send_proxy_protocol,
+            on_tunnel=args.on_tunnel,
         )
     try:
         targets = TargetFile(args.targets)
@@ -129,6 +130,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         idle_timeout=args.idle_timeout,
         allowed_origins=origins,
         send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=args.on_tunnel,
     )
 
 

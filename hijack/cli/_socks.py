@@ -114,7 +114,11 @@ def with_socks(args: argparse.Namespace, http: Any) -> Handler:
     """``hijack proxy``'s handler with what this module adds: SOCKS5 on the
     same port (``--socks``) and WebSocket tunnels (``--websocket-tunnel``),
     sharing the CONNECT proxy's policy, users, routes and limits."""
-    options = {"users": http.users, "routes": http.routes, "limits": http.limits}
+    options = {
+        "users": http.users,
+        "routes": http.life.routes,
+        "limits": http.life.limits,
+    }
     handler: Handler = http
     if args.websocket_tunnel:
         from ..upgrades.wstunnel import WebSocketTunnel

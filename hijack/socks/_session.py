@@ -1,46 +1,27 @@
-"""What the SOCKS5 server and its UDP associations share: the record of a
-request (for its log line), the refusals and the way answers are sent."""
+"""What the SOCKS5 server and its UDP associations share: the refusals and
+the way answers are sent."""
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
 
 import trio
 
-from .. import RelayStats
 from .codec import Reply
 
-__all__ = ["Answered", "ClientGone", "Refused", "Session", "send", "send_quietly"]
+__all__ = ["Answered", "ClientGone", "Refused", "send", "send_quietly"]
 
 
 class Refused(Exception):
-    """A request answered with ``reply`` and closed; ``reason`` for the log."""
+    """A request answered with ``reply`` and closed. ``reason`` and
+    ``status`` (the HTTP status the same refusal has elsewhere, which names
+    the outcome: 403 refused, 429 limited...) go into its end record."""
 
-    def __init__(self, reply: Reply, reason: str, outcome: str = "refused") -> None:
+    def __init__(self, reply: Reply, reason: str, status: int) -> None:
         super().__init__(reason)
         self.reply = reply
         self.reason = reason
-        self.outcome = outcome
-
-
-@dataclass(slots=True)
-class Session:
-    """What the log line of one SOCKS5 request says."""
-
-    client: str
-    started: float
-    command: str = "-"
-    target: str = "-"
-    outcome: str = "error"
-    reason: str = ""
-    address: str = ""
-    user: str = ""
-    route: str = ""
-    port: int | None = None
-    stats: RelayStats = field(default_factory=RelayStats)
-    extra: str = ""
-    handed: bool = False
+        self.status = status
 
 
 class Answered(Exception):

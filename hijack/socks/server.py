@@ -33,8 +33,8 @@ closed without a reply. One INFO line per request on ``hijack.socks``.
 
 from __future__ import annotations
 
+import contextvars
 import errno
-import functools
 import hashlib
 import hmac
 import logging
@@ -44,19 +44,18 @@ from typing import NoReturn, TypeVar
 
 import trio
 
-from .. import (
-    Hijacked,
-    HubTunnel,
-    StreamHandler,
-    Throttle,
+from .. import Hijacked, StreamHandler, join_host_port
+from ..tunnel._dial import Dialer, dial_tcp
+from ..tunnel._upstream import ProxyVersion
+from ..tunnel.lifecycle import (
+    Outcome,
+    TunnelBusy,
     TunnelHook,
-    copy_tcp_keepalive,
-    join_host_port,
-    proxy_header_for,
-    relay,
+    TunnelLife,
+    TunnelRecord,
+    TunnelTimeout,
+    client_host,
 )
-from ..tunnel._dial import Dialer, dial_tcp, open_checked
-from ..tunnel._upstream import ProxyVersion, check_proxy_version
 from ..tunnel.limits import TooManyTunnels, TunnelLease, TunnelLimits
 from ..tunnel.parent_proxy import ParentProxyError, Routes
 from ..tunnel.policy import (
@@ -69,7 +68,7 @@ from ..tunnel.policy import (
 )
 from ..tunnel.users import User, Users
 from . import codec
-from ._session import Answered, ClientGone, Refused, Session, send, send_quietly
+from ._session import Answered, ClientGone, Refused, send, send_quietly
 from .codec import AuthMethod, Command, Reply, SocksError, SocksRequest
 
 __all__ = ["SocksServer"]
@@ -77,7 +76,6 @@ __all__ = ["SocksServer"]
 logger = logging.getLogger("hijack.socks")
 
 DEFAULT_POLICY = ConnectPolicy()
-NO_THROTTLE: tuple[Throttle | None, Throttle | None] = (None, None)
 READ_SIZE = 4096
 M = TypeVar("M")
 
@@ -88,6 +86,11 @@ _ERRNO_REPLIES = {
     errno.EHOSTUNREACH: Reply.HOST_UNREACHABLE,
     errno.ETIMEDOUT: Reply.TTL_EXPIRED,
 }
+# The connects that failed in this task's tunnel (for the reply code): set
+# around each tunnel, appended to by the dialer the life cycle calls.
+_FAILED: contextvars.ContextVar[list[OSError] | None] = contextvars.ContextVar(
+    "socks_failed_connects", default=None
+)
 
 
 class SocksServer:
@@ -102,9 +105,16 @@ class SocksServer:
     request is read (a slow client is closed without a reply),
     ``idle_timeout`` a relay with no byte either way. ``udp=False`` answers
     UDP ASSOCIATE with ``07``; ``udp_idle_timeout`` ends an association with
-    no datagram either way. ``on_tunnel(outcome, port, stats, user)`` is
-    called when each request ends (metrics), as on
-    :class:`~hijack.upgrades.connect.ConnectProxy`.
+    no datagram either way. ``max_tunnels`` bounds CONNECT tunnels and UDP
+    associations open at once.
+
+    CONNECT tunnels run the one tunnel life cycle
+    (:class:`~hijack.tunnel.lifecycle.TunnelLife`: judge, limit, dial,
+    answer, hub or relay, one end record); every request, refused ones and
+    UDP associations included, ends in one
+    :class:`~hijack.tunnel.lifecycle.TunnelRecord` (kind ``socks5`` or
+    ``socks5-udp``): one log line on ``hijack.socks`` and one
+    ``on_tunnel(record)`` call (metrics).
     """
 
     def __init__(
@@ -133,29 +143,44 @@ class SocksServer:
             raise ValueError("max_tunnels must be >= 1")
         self.policy = policy
         self.users = users
-        self.connect_timeout = connect_timeout
         self.handshake_timeout = handshake_timeout
-        self.idle_timeout = idle_timeout
         self.max_tunnels = max_tunnels
-        self.routes = routes
-        self.limits = limits
-        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
-        self.on_tunnel = on_tunnel
-        self.hand_over = hand_over
         self.udp = udp
         self.udp_idle_timeout = udp_idle_timeout
         self._resolver = resolver
         self._dial = dial
+        # max_tunnels is checked here: it counts UDP associations too.
+        self.life = TunnelLife(
+            "socks5",
+            logger,
+            limits=limits,
+            routes=routes,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            send_proxy_protocol=send_proxy_protocol,
+            on_tunnel=on_tunnel,
+            hand_over=hand_over,
+            resolver=resolver,
+            dial=self._dial_noting_failures,
+        )
         self._credentials: bytes | None = None
         if auth is not None:
             # Compare digests: constant time, and the length leaks nothing.
             self._credentials = hashlib.sha256(f"{auth[0]}:{auth[1]}".encode()).digest()
-        self._open = 0
+        self._associations = 0
+
+    @property
+    def connect_timeout(self) -> float:
+        return self.life.connect_timeout
+
+    @property
+    def limits(self) -> TunnelLimits | None:
+        return self.life.limits
 
     @property
     def open_tunnels(self) -> int:
         """CONNECT tunnels and UDP associations being set up or open."""
-        return self._open
+        return self.life.open_tunnels + self._associations
 
     @property
     def requires_auth(self) -> bool:
@@ -175,73 +200,65 @@ class SocksServer:
     # -- one connection ----------------------------------------------------
 
     async def __call__(self, stream: Hijacked) -> None:
-        session = Session(
-            client=_format_client(stream.connection.remote_address),
-            started=trio.current_time(),
-        )
+        record = self.life.begin(stream.connection, "-")
         reader = _Reader(stream)
         try:
             with trio.fail_after(self.handshake_timeout):
-                user = await self._negotiate(stream, reader, session)
+                user = await self._negotiate(stream, reader, record)
                 request = await reader.read(codec.parse_request, codec.MAX_REQUEST)
-            session.command = request.command.name
-            session.target = join_host_port(request.host, request.port)
-            session.port = request.port
-            await self._serve_request(stream, reader, request, user, session)
+            record.target = join_host_port(request.host, request.port)
+            record.port = request.port
+            if user is not None:
+                record.user = user.name
+            await self._serve_request(stream, reader, request, user, record)
         except trio.TooSlowError:
-            session.outcome = "timeout"
-            session.reason = "handshake too slow"
+            record.outcome = Outcome.BAD_REQUEST
+            record.reason = "handshake too slow"
         except SocksError as exc:
-            session.outcome = "bad-request"
-            session.reason = str(exc)
+            record.outcome = Outcome.BAD_REQUEST
+            record.reason = str(exc)
             if exc.reply is not None:
                 await send_quietly(stream, codec.encode_reply(exc.reply))
         except Refused as exc:
-            session.outcome = exc.outcome
-            session.reason = exc.reason
+            record.refuse(exc.status, exc.reason)
             await send_quietly(stream, codec.encode_reply(exc.reply))
         except ClientGone as exc:
-            session.outcome = "client-gone"
-            session.reason = str(exc)
+            record.reason = str(exc)
         except Answered:
             pass
         finally:
-            if not session.handed:
-                self._log(session)
+            self.life.end(record)
 
     async def _negotiate(
-        self, stream: Hijacked, reader: _Reader, session: Session
+        self, stream: Hijacked, reader: _Reader, record: TunnelRecord
     ) -> User | None:
         """Method negotiation and credentials: the user (None without
         users); :class:`Answered` when the client was refused."""
         methods = await reader.read(codec.parse_greeting, codec.MAX_GREETING)
         if not self.requires_auth:
             if AuthMethod.NO_AUTH not in methods:
-                return await self._no_method(stream, session)
+                return await self._no_method(stream, record)
             await send(stream, codec.encode_method(AuthMethod.NO_AUTH))
             return None
         if AuthMethod.USERPASS not in methods:
-            return await self._no_method(stream, session)
+            return await self._no_method(stream, record)
         await send(stream, codec.encode_method(AuthMethod.USERPASS))
         credentials = await reader.read(codec.parse_credentials, codec.MAX_USERPASS)
         ok, user = await self._check(credentials)
         if not ok:
-            session.outcome = "auth-failed"
-            session.reason = "bad credentials"
-            session.user = credentials.username.decode("utf-8", "replace")
+            record.refuse(407, "bad credentials")
+            record.user = credentials.username.decode("utf-8", "replace")
             await send_quietly(stream, codec.encode_auth_status(False))
             raise Answered
         await send(stream, codec.encode_auth_status(True))
-        if user is not None:
-            session.user = user.name
         return user
 
-    async def _no_method(self, stream: Hijacked, session: Session) -> NoReturn:
-        session.outcome = "auth-failed"
-        session.reason = (
+    async def _no_method(self, stream: Hijacked, record: TunnelRecord) -> NoReturn:
+        record.refuse(
+            407,
             "client offers no username/password"
             if self.requires_auth
-            else "client offers no method without authentication"
+            else "client offers no method without authentication",
         )
         await send_quietly(stream, codec.encode_method(AuthMethod.NO_ACCEPTABLE))
         raise Answered
@@ -266,51 +283,23 @@ class SocksServer:
         reader: _Reader,
         request: SocksRequest,
         user: User | None,
-        session: Session,
+        record: TunnelRecord,
     ) -> None:
         if request.command is Command.CONNECT:
-            await self._connect(stream, reader, request, user, session)
+            await self._connect(stream, reader, request, user, record)
         elif request.command is Command.UDP_ASSOCIATE and self.udp:
-            from .udp import serve_association
-
-            policy = self._policy_for(user)
-            with self._lease(stream, user):
-                await serve_association(
-                    stream,
-                    request,
-                    policy,
-                    session,
-                    resolver=self._resolver,
-                    resolve_timeout=self.connect_timeout,
-                    idle_timeout=self.udp_idle_timeout,
-                )
+            await self._associate(stream, request, user, record)
         else:
             raise Refused(
                 Reply.COMMAND_NOT_SUPPORTED,
                 f"{request.command.name} is not supported",
-                "unsupported",
+                400,
             )
 
     def _policy_for(self, user: User | None) -> ConnectPolicy:
         if self.users is not None and user is not None:
             return self.users.policy_for(user, self.policy)
         return self.policy
-
-    def _lease(self, stream: Hijacked, user: User | None) -> _Counted:
-        """Count one tunnel or association (server-wide and in ``limits``);
-        raise :class:`Refused` at a bound."""
-        if self._open >= self.max_tunnels:
-            raise Refused(Reply.GENERAL_FAILURE, f"{self._open} tunnels open", "busy")
-        lease = None
-        if self.limits is not None:
-            try:
-                lease = self.limits.acquire(
-                    _client_host(stream.connection.remote_address), user
-                )
-            except TooManyTunnels as exc:
-                raise Refused(Reply.NOT_ALLOWED, exc.reason, "limited") from None
-        self._open += 1
-        return _Counted(self, lease)
 
     # -- CONNECT -----------------------------------------------------------------
 
@@ -320,174 +309,104 @@ class SocksServer:
         reader: _Reader,
         request: SocksRequest,
         user: User | None,
-        session: Session,
+        record: TunnelRecord,
     ) -> None:
-        policy = self._policy_for(user)
-        counted = self._lease(stream, user)
+        """One tunnel through the life cycle; its refusals become replies."""
+
+        async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
+            local = _local_address(upstream)
+            await send(stream, codec.encode_reply(Reply.SUCCEEDED, *local))
+            early = reader.leftover()
+            if early:  # an optimistic client's first bytes
+                await upstream.send_all(early)
+            return stream
+
+        failed: list[OSError] = []
+        token = _FAILED.set(failed)
         try:
-            upstream = await self._open_upstream(stream, request, policy, session)
-            try:
-                local = _local_address(upstream)
-                await send(stream, codec.encode_reply(Reply.SUCCEEDED, *local))
-                early = reader.leftover()
-                if early:  # an optimistic client's first bytes
-                    await upstream.send_all(early)
-            except BaseException:
-                await trio.aclose_forcefully(upstream)
-                raise
-            throttle = NO_THROTTLE if counted.lease is None else counted.lease.throttle
-            if (
-                self.hand_over
-                and throttle == NO_THROTTLE
-                and stream.can_hand_to_hub(upstream)
-            ):
-                stream.hand_to_hub(
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=session.stats,
-                    on_close=functools.partial(self._hub_ended, session, counted),
-                )
-                session.handed = True
-                return
-            await relay(
-                stream,
-                upstream,
-                idle_timeout=self.idle_timeout,
-                stats=session.stats,
-                throttle=throttle,
+            if self.open_tunnels >= self.max_tunnels:
+                raise TunnelBusy(f"{self.open_tunnels} tunnels open")
+            await self.life.run(
+                record,
+                stream.connection,
+                host=request.host,
+                port=request.port,
+                policy=self._policy_for(user),
+                user=user,
+                answer=answer,
             )
-            session.outcome = "idle-timeout" if session.stats.timed_out else "ok"
+        except ConnectError as exc:
+            record.refuse(exc.status, exc.reason)
+            raise Refused(_reply_for(exc, failed), exc.reason, exc.status) from None
         finally:
-            if not session.handed:
-                counted.release()
+            _FAILED.reset(token)
 
-    def _hub_ended(self, session: Session, counted: _Counted, ended: HubTunnel) -> None:
-        counted.release()
-        session.outcome = {"idle-timeout": "idle-timeout", "closed": "error"}.get(
-            ended.reason, "ok"
-        )
-        self._log(session)
+    async def _dial_noting_failures(
+        self, address: IPAddress, port: int
+    ) -> trio.abc.Stream:
+        """The dialer, remembering why a connect failed (for the reply)."""
+        try:
+            return await self._dial(address, port)
+        except OSError as exc:
+            failed = _FAILED.get()
+            if failed is not None:
+                failed.append(exc)
+            raise
 
-    async def _open_upstream(
+    # -- UDP ASSOCIATE ---------------------------------------------------------------
+
+    async def _associate(
         self,
         stream: Hijacked,
         request: SocksRequest,
-        policy: ConnectPolicy,
-        session: Session,
-    ) -> trio.abc.Stream:
-        """Judge, resolve once, dial a checked address: the stream, or
-        :class:`Refused` with the reply that says why."""
-        failures: list[OSError] = []
+        user: User | None,
+        record: TunnelRecord,
+    ) -> None:
+        """An association counts as a tunnel (``max_tunnels``, the client's
+        and the user's limits) while it lives."""
+        from .udp import serve_association
 
-        async def dial(address: IPAddress, port: int) -> trio.abc.Stream:
-            try:
-                return await self._dial(address, port)
-            except OSError as exc:
-                failures.append(exc)
-                raise
-
-        host = request.host
-        try:
-            with trio.fail_after(self.connect_timeout):
-                dialed = await open_checked(
-                    host,
-                    request.port,
-                    policy,
-                    routes=self.routes,
-                    resolver=self._resolver,
-                    dial=dial,
-                )
-        except trio.TooSlowError:
+        record.kind = "socks5-udp"
+        if self.open_tunnels >= self.max_tunnels:
             raise Refused(
-                Reply.TTL_EXPIRED,
-                f"no connection within {self.connect_timeout}s",
-                "timeout",
-            ) from None
-        except ConnectRefused as exc:
-            raise Refused(Reply.NOT_ALLOWED, exc.reason, "denied") from None
-        except BadConnectTarget as exc:
-            raise Refused(Reply.HOST_UNREACHABLE, exc.reason) from None
-        except ParentProxyError as exc:
-            raise Refused(Reply.GENERAL_FAILURE, exc.reason, "unreachable") from None
-        except ConnectError as exc:
-            reply = Reply.HOST_UNREACHABLE  # no address, or none answered
-            if failures and failures[-1].errno in _ERRNO_REPLIES:
-                reply = _ERRNO_REPLIES[failures[-1].errno]
-            raise Refused(reply, exc.reason, "unreachable") from None
-        session.address = dialed.address
-        session.route = dialed.route if self.routes is not None else ""
-        upstream = dialed.stream
-        copy_tcp_keepalive(stream.connection, upstream)
-        if self.send_proxy_protocol is not None:
-            header = proxy_header_for(stream.connection, self.send_proxy_protocol)
+                Reply.GENERAL_FAILURE, f"{self.open_tunnels} tunnels open", 503
+            )
+        lease: TunnelLease | None = None
+        if self.life.limits is not None:
             try:
-                await upstream.send_all(header)
-            except (trio.BrokenResourceError, OSError) as exc:
-                await trio.aclose_forcefully(upstream)
-                raise Refused(
-                    Reply.GENERAL_FAILURE, f"upstream {dialed.address}: {exc}"
-                ) from None
-        return upstream
-
-    # -- the log -------------------------------------------------------------
-
-    def _log(self, session: Session) -> None:
-        duration = trio.current_time() - session.started
-        stats = session.stats
-        if self.on_tunnel is not None:
-            self.on_tunnel(session.outcome, session.port, stats, session.user or None)
-        logger.info(
-            "SOCKS5 %s %s%s -> %s%s%s %s%s up=%d down=%d%s %.3fs",
-            session.command,
-            session.client,
-            f" user={session.user}" if session.user else "",
-            session.target,
-            f" ({session.address})" if session.address else "",
-            f" {session.route}" if session.route else "",
-            session.outcome,
-            f" [{session.reason}]" if session.reason else "",
-            stats.a_to_b,
-            stats.b_to_a,
-            session.extra,
-            duration,
-            extra={
-                "client": session.client,
-                "user": session.user,
-                "command": session.command,
-                "route": session.route,
-                "target": session.target,
-                "outcome": session.outcome,
-                "upstream_address": session.address,
-                "bytes_up": stats.a_to_b,
-                "bytes_down": stats.b_to_a,
-                "duration": duration,
-            },
-        )
+                lease = self.life.limits.acquire(client_host(stream.connection), user)
+            except TooManyTunnels as exc:
+                raise Refused(Reply.NOT_ALLOWED, exc.reason, exc.status) from None
+        self._associations += 1
+        try:
+            await serve_association(
+                stream,
+                request,
+                self._policy_for(user),
+                record,
+                resolver=self._resolver,
+                resolve_timeout=self.connect_timeout,
+                idle_timeout=self.udp_idle_timeout,
+            )
+        finally:
+            self._associations -= 1
+            if lease is not None:
+                lease.release()
 
 
-class _Counted:
-    """One tunnel or association counted by a :class:`SocksServer` (and its
-    limits); ``release()`` once, from whoever ends it."""
-
-    __slots__ = ("lease", "released", "server")
-
-    def __init__(self, server: SocksServer, lease: TunnelLease | None) -> None:
-        self.server = server
-        self.lease = lease
-        self.released = False
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.server._open -= 1
-            if self.lease is not None:
-                self.lease.release()
-
-    def __enter__(self) -> _Counted:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.release()
+def _reply_for(exc: ConnectError, failed: list[OSError]) -> Reply:
+    """The reply code that says why a CONNECT failed."""
+    if isinstance(exc, ConnectRefused | TooManyTunnels):
+        return Reply.NOT_ALLOWED
+    if isinstance(exc, TunnelTimeout):
+        return Reply.TTL_EXPIRED
+    if isinstance(exc, BadConnectTarget):
+        return Reply.HOST_UNREACHABLE
+    if isinstance(exc, TunnelBusy | ParentProxyError):
+        return Reply.GENERAL_FAILURE
+    if failed and failed[-1].errno in _ERRNO_REPLIES:
+        return _ERRNO_REPLIES[failed[-1].errno]
+    return Reply.HOST_UNREACHABLE  # no address, or none answered
 
 
 class _Reader:
@@ -537,15 +456,3 @@ def _local_address(upstream: trio.abc.Stream) -> tuple[str, int]:
         except (OSError, ValueError):
             pass
     return "0.0.0.0", 0
-
-
-def _format_client(address: object) -> str:
-    if isinstance(address, tuple) and len(address) >= 2:
-        return join_host_port(str(address[0]), int(address[1]))
-    return str(address or "-")
-
-
-def _client_host(address: object) -> str:
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return str(address or "-")

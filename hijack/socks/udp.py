@@ -33,10 +33,11 @@ import socket
 
 import trio
 
-from .. import Hijacked
+from .. import Hijacked, join_host_port
+from ..tunnel.lifecycle import Outcome, TunnelRecord
 from ..tunnel.policy import ConnectError, ConnectPolicy, IPAddress, Resolver
 from . import codec
-from ._session import Refused, Session, send
+from ._session import Refused, send
 from .codec import Reply, SocksError, SocksRequest
 
 __all__ = ["Association", "serve_association"]
@@ -126,7 +127,7 @@ class Association:
     def summary(self) -> str:
         dropped = ",".join(f"{k}:{v}" for k, v in sorted(self.dropped.items()))
         return (
-            f" datagrams={self.datagrams_up}/{self.datagrams_down}"
+            f"datagrams={self.datagrams_up}/{self.datagrams_down}"
             f" dropped={sum(self.dropped.values())}{f'({dropped})' if dropped else ''}"
         )
 
@@ -141,7 +142,7 @@ async def serve_association(
     control: Hijacked,
     request: SocksRequest,
     policy: ConnectPolicy,
-    session: Session,
+    record: TunnelRecord,
     *,
     resolver: Resolver,
     resolve_timeout: float,
@@ -153,7 +154,7 @@ async def serve_association(
     connection = control.connection
     remote, local = connection.remote_address, connection.local_address
     if not (isinstance(remote, tuple) and isinstance(local, tuple)):
-        raise Refused(Reply.GENERAL_FAILURE, "UDP needs a TCP client")
+        raise Refused(Reply.GENERAL_FAILURE, "UDP needs a TCP client", 400)
     client_ip = _unmapped(ipaddress.ip_address(str(remote[0]).split("%")[0]))
     # A dual-stack listener sees an IPv4 client at a mapped address: the
     # relay binds the IPv4 address, which that client can reach.
@@ -168,15 +169,15 @@ async def serve_association(
             client_ip, request.port, policy, resolver, resolve_timeout
         )
         await send(control, codec.encode_reply(Reply.SUCCEEDED, bound_host, bound_port))
-        session.target = f"udp relay {bound_host}:{bound_port}"
+        record.address = f"udp relay {join_host_port(bound_host, bound_port)}"
         try:
             await _run(control, relay_socket, outbound, association, idle_timeout)
         finally:
-            stats = session.stats
+            stats = record.stats
             stats.a_to_b, stats.b_to_a = association.bytes_up, association.bytes_down
             stats.timed_out = association.timed_out
-            session.extra = association.summary()
-        session.outcome = "idle-timeout" if stats.timed_out else "ok"
+            record.detail = association.summary()
+        record.outcome = Outcome.IDLE_TIMEOUT if stats.timed_out else Outcome.OK
     finally:
         relay_socket.close()
         outbound.close()

@@ -27,26 +27,22 @@ from __future__ import annotations
 
 import logging
 import socket
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs
 
 import trio
 
-from .. import (
-    Handler,
-    HTTPError,
-    RelayStats,
-    Request,
-    Response,
+from .. import Handler, HTTPError, RelayStats, Request, Response, relay
+from ..tunnel.lifecycle import (
+    Outcome,
     TunnelHook,
-    format_address,
-    relay,
+    TunnelLife,
+    TunnelRecord,
+    client_host,
 )
-from ..tunnel._dial import open_checked
-from ..tunnel.limits import TunnelLimits
+from ..tunnel.limits import TunnelLease, TunnelLimits
 from ..tunnel.parent_proxy import Routes
 from ..tunnel.policy import ConnectError, ConnectPolicy, parse_connect_target
-from ..tunnel.users import Users, authenticate
+from ..tunnel.users import User, Users, authenticate
 from .websocket import (
     ConnectionClosed,
     WebSocket,
@@ -64,23 +60,21 @@ logger = logging.getLogger("hijack.wstunnel")
 #: The largest UDP payload over IPv4; a bigger message closes with 1009.
 MAX_DATAGRAM = 65507
 
-
-@dataclass(slots=True)
-class _Record:
-    client: str
-    kind: str = "-"
-    target: str = "-"
-    address: str = ""
-    user: str = ""
-    outcome: str = "error"
-    port: int | None = None
-    datagrams: str = ""
-    stats: RelayStats = field(default_factory=RelayStats)
+# What the client is told (no OS detail, nor what a name resolved to).
+_DETAILS = {
+    403: "destination not allowed",
+    502: "cannot reach the destination",
+    504: "the destination did not answer in time",
+}
 
 
 class WebSocketTunnel:
     """A handler for ``?tcp=`` and ``?udp=`` WebSocket tunnels at ``path``
-    (other requests go to ``fallback``, or get 404). See the module doc."""
+    (other requests go to ``fallback``, or get 404). See the module doc.
+
+    TCP tunnels run the one tunnel life cycle (kind ``wstunnel``); a UDP
+    flow is judged and counted the same way and ends in the same record
+    (kind ``wstunnel-udp``)."""
 
     def __init__(
         self,
@@ -99,32 +93,39 @@ class WebSocketTunnel:
         self.policy = policy
         self.path = path
         self.users = users
-        self.routes = routes
-        self.limits = limits
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
         self.udp_idle_timeout = udp_idle_timeout
-        self.on_tunnel = on_tunnel
         self.fallback = fallback
+        self.life = TunnelLife(
+            "wstunnel",
+            logger,
+            limits=limits,
+            routes=routes,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            on_tunnel=on_tunnel,
+        )
 
     async def __call__(self, request: Request) -> Response | None:
         if request.path != self.path or not is_websocket_request(request):
             if self.fallback is not None:
                 return await self.fallback(request)
             raise HTTPError(404)
-        record = _Record(format_address(request.connection.remote_address))
+        record = self.life.begin(request.connection, "-")
         try:
             return await self._serve(request, record)
         except WebSocketHandshakeError as exc:
-            record.outcome = str(exc.status)
+            record.refuse(exc.status, str(exc))
             return exc.response()
         except HTTPError as exc:
-            record.outcome = str(exc.status)
+            record.refuse(exc.status, exc.detail)
             raise
+        except ConnectError as exc:
+            record.refuse(exc.status, exc.reason)
+            raise HTTPError(exc.status, _DETAILS.get(exc.status, exc.reason)) from None
         finally:
-            self._log(record)
+            self.life.end(record)
 
-    async def _serve(self, request: Request, record: _Record) -> Response | None:
+    async def _serve(self, request: Request, record: TunnelRecord) -> Response | None:
         check_websocket_request(request)
         policy = self.policy
         user = None
@@ -132,60 +133,42 @@ class WebSocketTunnel:
             try:
                 user = await authenticate(request, self.users, proxy=False)
             except HTTPError as challenge:
-                record.outcome = "401"
+                record.refuse(401, "credentials required")
                 return challenge.response()
             record.user = user.name
             policy = self.users.policy_for(user, policy)
         kind, host, port = _target(request)
-        record.kind, record.target, record.port = kind, f"{host}:{port}", port
-        lease = None
-        if self.limits is not None:
-            try:
-                client = request.connection.remote_address
-                lease = self.limits.acquire(
-                    str(client[0]) if isinstance(client, tuple) else str(client), user
-                )
-            except ConnectError as exc:
-                raise HTTPError(exc.status, exc.reason) from None
-        try:
-            if kind == "tcp":
-                await self._tcp(request, host, port, policy, record)
-            else:
-                await self._udp(request, host, port, policy, record)
-        finally:
-            if lease is not None:
-                lease.release()
+        record.target = f"{host}:{port}"
+        if kind == "udp":
+            record.kind = "wstunnel-udp"
+            record.port = port
+            await self._udp(request, host, port, policy, user, record)
+            return None
+
+        async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
+            return WebSocketStream(await self._accept(request))
+
+        await self.life.run(
+            record,
+            request.connection,
+            host=host,
+            port=port,
+            policy=policy,
+            user=user,
+            answer=answer,
+            own_relay=self._relay,
+        )
         return None
 
-    async def _tcp(
-        self,
-        request: Request,
-        host: str,
-        port: int,
-        policy: ConnectPolicy,
-        record: _Record,
-    ) -> None:
-        try:
-            with trio.fail_after(self.connect_timeout):
-                dialed = await open_checked(host, port, policy, routes=self.routes)
-        except trio.TooSlowError:
-            raise HTTPError(504, "no connection in time") from None
-        except ConnectError as exc:
-            detail = "destination not allowed" if exc.status == 403 else exc.reason
-            raise HTTPError(exc.status, detail) from None
-        record.address = dialed.address
-        upstream = dialed.stream
-        try:
-            websocket = await self._accept(request)
-        except BaseException:
-            await trio.aclose_forcefully(upstream)
-            raise
-        async with websocket:
-            stream = WebSocketStream(websocket)
+    async def _relay(
+        self, client: trio.abc.Stream, upstream: trio.abc.Stream, stats: RelayStats
+    ) -> tuple[Outcome, str]:
+        assert isinstance(client, WebSocketStream)
+        async with client.websocket:
             await relay(
-                stream, upstream, idle_timeout=self.idle_timeout, stats=record.stats
+                client, upstream, idle_timeout=self.life.idle_timeout, stats=stats
             )
-        record.outcome = "idle-timeout" if record.stats.timed_out else "ok"
+        return (Outcome.IDLE_TIMEOUT if stats.timed_out else Outcome.OK), ""
 
     async def _udp(
         self,
@@ -193,27 +176,36 @@ class WebSocketTunnel:
         host: str,
         port: int,
         policy: ConnectPolicy,
-        record: _Record,
+        user: User | None,
+        record: TunnelRecord,
     ) -> None:
+        """Judge, count, connect a UDP socket to the checked address, then
+        relay messages and datagrams until either side ends."""
         try:
-            with trio.fail_after(self.connect_timeout):
+            with trio.fail_after(self.life.connect_timeout):
                 addresses = await policy.resolve(host, port)
         except trio.TooSlowError:
-            raise HTTPError(504, "the name did not resolve in time") from None
-        except ConnectError as exc:
-            detail = "destination not allowed" if exc.status == 403 else exc.reason
-            raise HTTPError(exc.status, detail) from None
+            raise HTTPError(504, _DETAILS[504]) from None
         address = addresses[0]
         record.address = str(address)
-        family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
-        with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
-            try:
-                await sock.connect((str(address), port))
-            except OSError as exc:
-                raise HTTPError(502, f"cannot reach {address}: {exc}") from None
-            websocket = await self._accept(request, max_message_size=MAX_DATAGRAM)
-            async with websocket:
-                await _relay_datagrams(websocket, sock, self.udp_idle_timeout, record)
+        lease: TunnelLease | None = None
+        if self.life.limits is not None:
+            lease = self.life.limits.acquire(client_host(request.connection), user)
+        try:
+            family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
+            with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
+                try:
+                    await sock.connect((str(address), port))
+                except OSError as exc:
+                    raise HTTPError(502, _DETAILS[502]) from exc
+                websocket = await self._accept(request, max_message_size=MAX_DATAGRAM)
+                async with websocket:
+                    await _relay_datagrams(
+                        websocket, sock, self.udp_idle_timeout, record
+                    )
+        finally:
+            if lease is not None:
+                lease.release()
 
     async def _accept(
         self, request: Request, *, max_message_size: int = 1024 * 1024
@@ -223,24 +215,6 @@ class WebSocketTunnel:
             subprotocols=[SUBPROTOCOL],
             max_message_size=max_message_size,
             compression=None,
-        )
-
-    def _log(self, record: _Record) -> None:
-        if self.on_tunnel is not None:
-            self.on_tunnel(
-                record.outcome, record.port, record.stats, record.user or None
-            )
-        logger.info(
-            "%s %s%s -> %s%s %s up=%d down=%d%s",
-            record.kind.upper(),
-            record.client,
-            f" user={record.user}" if record.user else "",
-            record.target,
-            f" ({record.address})" if record.address else "",
-            record.outcome,
-            record.stats.a_to_b,
-            record.stats.b_to_a,
-            record.datagrams,
         )
 
 
@@ -262,7 +236,7 @@ async def _relay_datagrams(
     websocket: WebSocket,
     sock: trio.socket.SocketType,
     idle_timeout: float,
-    record: _Record,
+    record: TunnelRecord,
 ) -> None:
     """Messages to datagrams and back until either side ends or nothing
     moves for ``idle_timeout``. No queue: each is sent before the next read."""
@@ -307,5 +281,5 @@ async def _relay_datagrams(
         nursery.start_soon(up)
         nursery.start_soon(down)
     stats.timed_out = scope.cancelled_caught and trio.current_time() >= scope.deadline
-    record.outcome = "idle-timeout" if stats.timed_out else "ok"
-    record.datagrams = f" datagrams={counts[0]}/{counts[1]}"
+    record.outcome = Outcome.IDLE_TIMEOUT if stats.timed_out else Outcome.OK
+    record.detail = f"datagrams={counts[0]}/{counts[1]}"
