@@ -212,7 +212,7 @@ async def test_forward_udp_command(
             where = await forward.wait_for(r"listening on udp://127\.0\.0\.1:(\d+)")
             assert await dig(int(where[1])) == b"192.0.2.7"
         await server.wait_for(
-            r"UDP .* ok up=\d+ down=\d+ datagrams=1/1", stream="stderr"
+            r"wstunnel-udp .* ok datagrams=1/1 up=\d+ down=\d+", stream="stderr"
         )
 
 
