@@ -18,7 +18,8 @@ and danted log nothing per tunnel either). danted forks worker processes:
 its CPU is the whole process group's.
 
 Run with the others (``python bench/run.py --rows socks``) or alone:
-``python bench/socks_rows.py [--quick]`` (prints the table, writes nothing).
+``python bench/socks_rows.py [--quick] [setup,throughput,udp,proxy]``
+(prints the table, writes nothing).
 """
 
 from __future__ import annotations
@@ -43,6 +44,17 @@ if TYPE_CHECKING:
 
 DANTED = shutil.which("danted") or "/usr/sbin/danted"
 MIB = 1 << 20
+
+
+def _port() -> int:
+    """A free TCP port; waits (bounded) while the set-up rows' TIME-WAIT
+    connections hold the whole ephemeral range."""
+    for _ in range(90):
+        try:
+            return free_port()
+        except OSError:
+            time.sleep(1)
+    return free_port()
 
 
 def venv_bin() -> Path:
@@ -176,10 +188,8 @@ def udp_worker(
             control.close()
 
 
-def udp_echo(port: int, stop: threading.Event) -> None:
+def udp_echo(sock: socket.socket, stop: threading.Event) -> None:
     """The DNS server stand-in: echoes datagrams (a thread of this process)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((HOST, port))
     sock.settimeout(0.2)
     with sock:
         while not stop.is_set():
@@ -191,12 +201,17 @@ def udp_echo(port: int, stop: threading.Event) -> None:
 
 
 @contextmanager
-def udp_echo_thread(port: int) -> Iterator[None]:
+def udp_echo_thread() -> Iterator[int]:
+    """A UDP echo on a port of its own (no TCP port taken for it: the
+    set-up rows can leave the ephemeral range full of TIME-WAIT)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((HOST, 0))
+    port: int = sock.getsockname()[1]
     stop = threading.Event()
-    thread = threading.Thread(target=udp_echo, args=(port, stop), daemon=True)
+    thread = threading.Thread(target=udp_echo, args=(sock, stop), daemon=True)
     thread.start()
     try:
-        yield
+        yield port
     finally:
         stop.set()
         thread.join()
@@ -207,7 +222,7 @@ def udp_echo_thread(port: int) -> Iterator[None]:
 
 def danted_conf(port: int, path: Path) -> Path:
     path.write_text(
-        "logoutput: /dev/null\n"
+        "logoutput: stderr\n"
         f"internal: 127.0.0.1 port = {port}\n"
         "external: 127.0.0.1\n"
         "clientmethod: none\nsocksmethod: none\n"
@@ -255,21 +270,21 @@ def _run_background(
 # -- rows ------------------------------------------------------------------------
 
 
-def row_socks(b: Bench) -> None:
+def row_socks(b: Bench, parts: str = "setup,throughput,udp,proxy") -> None:
     (BENCH / "logs").mkdir(exist_ok=True)
-    _setup(b)
-    _throughput(b)
-    _udp(b)
-    _proxy_socks(b)
+    rows = {"setup": _setup, "throughput": _throughput, "udp": _udp,
+            "proxy": _proxy_socks}  # fmt: skip
+    for part in parts.split(","):
+        rows[part](b)
 
 
 def _setup(b: Bench) -> None:
     from run import _per, upstream
 
     row = "socks setup"
-    echo_port = free_port()
+    echo_port = _port()
     with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
-        port = free_port()
+        port = _port()
         for name, argv in b.cfg.rounds * servers(port, [echo_port]):
             with b.guard(row, name), b.server(row, name, argv, port) as proc:
                 window = b.cfg.window()
@@ -291,9 +306,9 @@ def _throughput(b: Bench) -> None:
 
     row = "socks throughput"
     size = b.cfg.throughput_bytes
-    sink_port = free_port()
+    sink_port = _port()
     with ServerProc("sink", upstream("sink", sink_port), sink_port):
-        port = free_port()
+        port = _port()
         subjects: list[tuple[str, list[str] | None]] = [("direct (no proxy)", None)]
         subjects += servers(port, [sink_port])
         for name, argv in b.cfg.throughput_rounds * subjects:
@@ -330,9 +345,8 @@ def _throughput(b: Bench) -> None:
 
 def _udp(b: Bench) -> None:
     row = "udp associate"
-    echo_port = free_port()
-    with udp_echo_thread(echo_port):
-        port = free_port()
+    with udp_echo_thread() as echo_port:
+        port = _port()
         subjects: list[tuple[str, list[str] | None]] = [("direct (no proxy)", None)]
         subjects += servers(port, [echo_port], pproxy=False)
         from run import _maybe_server
@@ -358,10 +372,10 @@ def _proxy_socks(b: Bench) -> None:
     from run import _per, upstream
 
     row = "proxy --socks"
-    echo_port = free_port()
+    echo_port = _port()
     bin_ = venv_bin()
     with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
-        port = free_port()
+        port = _port()
         base = [str(bin_ / "hijack"), "--log-level", "WARNING", "proxy",
                 "--listen", f"127.0.0.1:{port}", "--allow-private",
                 "--allow-port", str(echo_port)]  # fmt: skip
@@ -390,7 +404,8 @@ def main() -> None:
         cfg.warmup, cfg.duration = 0.3, 1.0
         cfg.rounds = cfg.throughput_rounds = 1
     b = run.Bench(cfg)
-    row_socks(b)
+    parts = [a for a in sys.argv[1:] if not a.startswith("--")]
+    row_socks(b, *parts)
     print()
     print("\n".join(run.table(b)))
     print()
