@@ -18,7 +18,7 @@ and danted log nothing per tunnel either). danted forks worker processes:
 its CPU is the whole process group's.
 
 Run with the others (``python bench/run.py --rows socks``) or alone:
-``python bench/socks_rows.py [--quick] [setup,throughput,udp,proxy]``
+``python bench/socks_rows.py [--quick] [--rounds=N] [setup,throughput,udp,proxy]``
 (prints the table, writes nothing).
 """
 
@@ -403,6 +403,9 @@ def main() -> None:
         cfg.throughput_bytes = 128_000_000
         cfg.warmup, cfg.duration = 0.3, 1.0
         cfg.rounds = cfg.throughput_rounds = 1
+    for arg in sys.argv[1:]:
+        if arg.startswith("--rounds="):
+            cfg.rounds = cfg.throughput_rounds = int(arg.removeprefix("--rounds="))
     b = run.Bench(cfg)
     parts = [a for a in sys.argv[1:] if not a.startswith("--")]
     row_socks(b, *parts)

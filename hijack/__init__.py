@@ -17,6 +17,8 @@ from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import HijackError as HijackError
 from ._errors import UsageError as UsageError
 from ._exchange import Handler as Handler
+from ._exchange import Sniffer as Sniffer
+from ._exchange import StreamHandler as StreamHandler
 from ._hijack import Hijacked as Hijacked
 from ._hub import Hub as Hub
 from ._hub import HubTunnel as HubTunnel
@@ -40,8 +42,6 @@ from ._relay import RelayStats as RelayStats
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
-from ._server import Sniffer as Sniffer
-from ._server import StreamHandler as StreamHandler
 from ._systemd import listeners_from_fds as listeners_from_fds
 from ._systemd import systemd_listen_fds as systemd_listen_fds
 from ._throttle import Throttle as Throttle

@@ -20,7 +20,7 @@ import itertools
 import logging
 import math
 import ssl
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -28,14 +28,12 @@ import trio
 from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
-from ._exchange import Handler
-from ._hijack import Hijacked
+from ._exchange import Handler, Sniffer, StreamHandler
 from ._http import HTTPConnection
 from ._hub import Hub
 from ._hub import available as hub_available
 from ._keepalive import set_tcp_keepalive
 from ._listeners import UnixSocketListener, open_unix_listener
-from ._plain_socket import plain_socket, receive
 from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
 from ._reuse_port import open_tcp_listeners_reuse_port
 from ._tls import handshake, wrap_server_side
@@ -49,13 +47,6 @@ ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUF
 ACCEPT_CAPACITY_SLEEP = 0.1
 
 ConnectHook = Callable[[Connection], None]
-#: Takes a whole connection that is not HTTP (see ``Server(sniff=...)``).
-StreamHandler = Callable[[Hijacked], Awaitable[None]]
-#: Looks at a connection's first bytes: a StreamHandler to take it, or None
-#: to serve it as HTTP.
-Sniffer = Callable[[bytes], StreamHandler | None]
-# What a sniffer gets: enough for a first byte or a short signature.
-SNIFF_SIZE = 65536
 
 
 class Server:
@@ -415,18 +406,7 @@ class Server:
                 timeout = self.limits.tls_handshake_timeout
                 if not await handshake(stream, connection, timeout):
                     return
-            first = b""
-            if self.sniff is not None:
-                first = await self._read_first(connection)
-                if not first:
-                    return
-                take = self.sniff(first)
-                if take is not None:
-                    await self._hand_to(take, connection, first)
-                    return
             driver = HTTPConnection(self, connection)
-            if first:
-                driver.parser.receive_data(first)
             connection._driver = driver
             if self.shutting_down:
                 driver.request_shutdown()
@@ -440,32 +420,3 @@ class Server:
                 with trio.CancelScope(shield=True):
                     await trio.aclose_forcefully(stream)
                 connection._set_state(ConnState.CLOSED)
-
-    async def _read_first(self, connection: Connection) -> bytes:
-        """The first bytes of a connection (for ``sniff``); b"" if the client
-        sent none within ``head_timeout`` or closed."""
-        stream = connection.stream
-        sock = plain_socket(stream)
-        timeout = self.limits.head_timeout
-        with trio.move_on_after(math.inf if timeout is None else timeout):
-            try:
-                if sock is not None:
-                    return await receive(sock, SNIFF_SIZE)
-                return bytes(await stream.receive_some(SNIFF_SIZE))
-            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
-                return b""
-        return b""
-
-    async def _hand_to(
-        self, take: StreamHandler, connection: Connection, first: bytes
-    ) -> None:
-        """Give a sniffed connection to its stream handler: a hijack with no
-        HTTP exchange before it."""
-        hijacked = Hijacked(connection.stream, first, connection)
-        hijacked.hub = self._hub
-        connection._set_state(ConnState.ACTIVE)
-        connection._hijack(hijacked)
-        try:
-            await take(hijacked)
-        finally:
-            await hijacked._release()
