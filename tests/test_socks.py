@@ -15,7 +15,7 @@ import pytest
 import trio
 import trio.testing
 
-from hijack import Request, Response, Server
+from hijack import ProxyProtocol, Request, Response, Server, encode_proxy_header
 from hijack.socks import SocksServer, codec
 from hijack.socks.codec import Command, Reply
 from hijack.tunnel.limits import TunnelLimits
@@ -453,3 +453,41 @@ async def test_handshake_helper_is_what_clients_send() -> None:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(server_side)
         await handshake(left)
+
+
+async def test_proxy_protocol_names_the_client(
+    start_server: StartServer, socks_log: LogCapture
+) -> None:
+    """Behind a balancer: the PROXY header's source is the client the log
+    and the per-client limits see."""
+    _, origin = await start_server(hello)
+    limits = TunnelLimits(per_client=1)
+    socks = SocksServer(loopback(origin), limits=limits)
+    _, port = await start_server(
+        not_http, sniff=socks.sniff_all, proxy_protocol=ProxyProtocol(["127.0.0.1"])
+    )
+
+    async def through_balancer(client: str) -> tuple[trio.SocketStream, int]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        header = encode_proxy_header(1, (client, 40000), ("127.0.0.1", port))
+        await stream.send_all(header)
+        await handshake(stream)
+        await stream.send_all(
+            codec.encode_request(Command.CONNECT, "127.0.0.1", origin)
+        )
+        return stream, (await read_reply(stream)).reply
+
+    first, reply = await through_balancer("198.51.100.7")
+    assert reply == Reply.SUCCEEDED
+    assert dict(limits.by_client) == {"198.51.100.7": 1}
+    second, reply = await through_balancer("198.51.100.7")
+    assert reply == Reply.NOT_ALLOWED  # the same client's bound
+    other, reply = await through_balancer("203.0.113.9")
+    assert reply == Reply.SUCCEEDED  # another client behind the same balancer
+    for stream in (first, second, other):
+        await stream.aclose()
+    with trio.fail_after(10):
+        while len(socks_log.records) < 3:  # noqa: ASYNC110 - ends on their own
+            await trio.sleep(0.01)
+    clients = sorted(r.getMessage().split()[1] for r in socks_log.records)
+    assert clients == ["198.51.100.7:40000", "198.51.100.7:40000", "203.0.113.9:40000"]
