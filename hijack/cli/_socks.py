@@ -1,9 +1,12 @@
-"""The command's SOCKS5 wiring: ``hijack socks`` and ``hijack proxy --socks``.
+"""``hijack socks``, and the SOCKS5 and UDP pieces of ``hijack proxy``
+(``--socks``, ``--websocket-tunnel``) and ``hijack forward``
+(``--listen socks5://``, ``--udp``).
 
-Both run the core :class:`~hijack.Server` with a ``sniff`` hook that hands
-SOCKS5 connections to a :class:`~hijack.socks.SocksServer`; the HTTP handler
-the command builds carries that SOCKS server (``SocksFront.socks``), so a
-SIGHUP reload, which rebuilds the handler, rebuilds the SOCKS side too.
+A server command serves SOCKS5 through the core Server's ``sniff`` hook:
+the handler it builds is a :class:`SocksFront`, an HTTP handler that also
+offers ``sniff`` (the Service passes a handler's ``sniff`` to the Server,
+and again on every reload), so a SIGHUP rebuilds the SOCKS side with the
+rest.
 """
 
 from __future__ import annotations
@@ -14,34 +17,36 @@ import functools
 import ipaddress
 import os
 import signal
-from collections.abc import Callable
+import sys
 from typing import Any
 
 from .._address import join_host_port
-from .._exchange import Handler
+from .._exchange import Handler, StreamHandler
 from .._message import HTTPError, Request, Response
-from .._server import Sniffer, StreamHandler
 from . import _team
+from ._arguments import listen_address, positive_float, positive_int, user_pass
+from ._command import Command, HandlerContext, StartupError
+from ._options import add_policy_options, connect_policy
 
 __all__ = [
+    "COMMAND",
     "SocksFront",
+    "SocksListen",
     "add_forward_options",
     "add_proxy_options",
-    "add_socks_command",
-    "check_arguments",
-    "forward_command",
+    "check_forward",
+    "check_no_auth",
     "forward_listen",
-    "sniffer",
-    "socks_handler",
+    "run_forward",
     "with_socks",
 ]
 
 
 class SocksFront:
-    """An HTTP handler that also serves SOCKS5 through the server's sniff
-    hook: ``http`` answers HTTP (None: 400, a SOCKS-only port), ``socks``
-    takes connections whose first byte is 0x05 (every connection when
-    ``only``)."""
+    """An HTTP handler that also serves SOCKS5: ``sniff`` (for
+    ``Server(sniff=...)``) takes connections whose first byte is 0x05
+    (every connection when ``only``), ``http`` answers the rest (None: a
+    SOCKS-only port, where no connection reaches HTTP)."""
 
     def __init__(self, socks: Any, http: Handler | None, *, only: bool) -> None:
         self.socks = socks
@@ -59,61 +64,39 @@ class SocksFront:
         return self.socks.sniff(first)  # type: ignore[no-any-return]
 
 
-def sniffer(args: argparse.Namespace, current: Callable[[], Handler]) -> Sniffer | None:
-    """The Server's ``sniff`` for this command: it asks the handler in
-    service now (``current()``, replaced on reload) to sniff."""
-    if args.command != "socks" and not getattr(args, "socks", False):
-        return None
-
-    def sniff(first: bytes) -> StreamHandler | None:
-        handler = current()
-        if isinstance(handler, SocksFront):
-            return handler.sniff(first)
-        return None  # pragma: no cover - the handler is always a SocksFront
-
-    return sniff
+# -- building ---------------------------------------------------------------------
 
 
-# -- building -----------------------------------------------------------------
-
-
-def _policy(args: argparse.Namespace) -> Any:
-    from ..tunnel.policy import ConnectPolicy
-
-    return ConnectPolicy(
-        allowed_ports=frozenset(args.allow_port or [443]),
-        allow_private=args.allow_private,
-        allow=tuple(args.allow),
-        deny=tuple(args.deny),
-    )
-
-
-def _socks_server(args: argparse.Namespace, options: dict[str, Any]) -> Any:
+def _socks_server(
+    args: argparse.Namespace, context: HandlerContext, options: dict[str, Any]
+) -> Any:
     from ..socks import SocksServer
 
     return SocksServer(
-        _policy(args),
+        connect_policy(args),
         auth=args.auth,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         max_tunnels=args.max_tunnels,
         send_proxy_protocol=args.send_proxy_protocol,
-        on_tunnel=getattr(args, "on_tunnel", None),
+        on_tunnel=context.hooks.on_tunnel,
         udp=not args.no_udp,
         udp_idle_timeout=args.udp_idle_timeout,
         **options,
     )
 
 
-def socks_handler(args: argparse.Namespace, port: int | None) -> Handler:
+def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     """``hijack socks``: every connection is SOCKS5."""
-    return SocksFront(_socks_server(args, _team.handler_options(args)), None, only=True)
+    options = _team.handler_options(args, context)
+    return SocksFront(_socks_server(args, context, options), None, only=True)
 
 
-def with_socks(args: argparse.Namespace, http: Any) -> Handler:
-    """``hijack proxy``'s handler with what this module adds: SOCKS5 on the
-    same port (``--socks``) and WebSocket tunnels (``--websocket-tunnel``),
-    sharing the CONNECT proxy's policy, users, routes and limits."""
+def with_socks(args: argparse.Namespace, context: HandlerContext, http: Any) -> Handler:
+    """``hijack proxy``'s handler with what this module adds: WebSocket
+    tunnels (``--websocket-tunnel``) and SOCKS5 on the same port
+    (``--socks``), sharing the CONNECT proxy's policy, users, routes and
+    limits."""
     options = {
         "users": http.users,
         "routes": http.life.routes,
@@ -129,36 +112,39 @@ def with_socks(args: argparse.Namespace, http: Any) -> Handler:
             connect_timeout=args.connect_timeout,
             idle_timeout=args.idle_timeout,
             udp_idle_timeout=args.udp_idle_timeout,
-            on_tunnel=getattr(args, "on_tunnel", None),
+            on_tunnel=context.hooks.on_tunnel,
             fallback=http,
             **options,
         )
     if not args.socks:
         return handler
-    return SocksFront(_socks_server(args, options), handler, only=False)
+    return SocksFront(_socks_server(args, context, options), handler, only=False)
 
 
-def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+def check_no_auth(args: argparse.Namespace) -> None:
     """SOCKS5 without authentication only where no one else can reach it:
     a loopback or UNIX listener, unless ``--socks-without-auth`` says so."""
-    if args.command != "socks" and not getattr(args, "socks", False):
+    if args.command != "socks" and not args.socks:
         return
-    if args.auth or args.users or args.socks_without_auth:
-        return
-    if args.unix is not None:
+    if args.auth or args.users or args.socks_without_auth or args.unix is not None:
         return
     host = args.listen[0]
     loopback = host == "localhost"
     with contextlib.suppress(ValueError):  # a name: only localhost counts
         loopback = loopback or ipaddress.ip_address(host).is_loopback
     if not loopback or os.environ.get("LISTEN_FDS"):
-        parser.error(
-            f"{args.command}: SOCKS5 without authentication listens on loopback "
-            "only; give --users FILE or --auth USER:PASS, or --socks-without-auth"
+        raise StartupError(
+            "SOCKS5 without authentication listens on loopback only; give "
+            "--users FILE or --auth USER:PASS, or --socks-without-auth"
         )
 
 
-# -- the parser -------------------------------------------------------------------
+def _check(args: argparse.Namespace) -> None:
+    _team.check(args)
+    check_no_auth(args)
+
+
+# -- the options ------------------------------------------------------------------
 
 
 def _socks_options(parser: argparse.ArgumentParser) -> None:
@@ -175,111 +161,84 @@ def _socks_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--udp-idle-timeout",
-        type=float,
+        type=positive_float,
         default=60.0,
         metavar="SECONDS",
-        help="end a UDP association with no datagram either way for this long "
-        "(default: 60)",
+        help="end a UDP association (or a WebSocket UDP flow) with no datagram "
+        "either way for this long (default: 60)",
     )
 
 
-def add_proxy_options(proxy: argparse.ArgumentParser) -> None:
+def add_proxy_options(parser: argparse.ArgumentParser) -> None:
     """``hijack proxy --socks``, ``--websocket-tunnel`` and the options they
     share with ``hijack socks``."""
-    proxy.add_argument(
+    parser.add_argument(
         "--socks",
         action="store_true",
         help="also answer SOCKS5 on the same port (told apart by the first "
         "byte), with the same policy, users and limits",
     )
-    proxy.add_argument(
+    parser.add_argument(
         "--websocket-tunnel",
         metavar="PATH",
         help="also serve WebSocket tunnels at PATH: ?tcp=HOST:PORT (hijack "
         "forward --listen socks5://... --via ws://...) and ?udp=HOST:PORT "
         "(hijack forward --udp), judged by the same policy, users and limits",
     )
-    _socks_options(proxy)
+    _socks_options(parser)
 
 
-def add_socks_command(
-    commands: Any, parents: list[argparse.ArgumentParser]
-) -> argparse.ArgumentParser:
-    socks: argparse.ArgumentParser = commands.add_parser(
-        "socks",
-        parents=parents,
-        help="SOCKS5 proxy (CONNECT, UDP ASSOCIATE) with the CONNECT policy",
-        description="A SOCKS5 proxy (RFC 1928, username/password RFC 1929). "
-        "Destinations are judged by the same policy as 'hijack proxy': port "
-        "443 only and no loopback, private or other non-global destination "
-        "unless allowed. Without --users or --auth it listens on loopback only.",
-    )
-    socks.add_argument(
-        "--allow-port",
-        type=int,
-        action="append",
-        metavar="N",
-        help="allow destinations on port N (repeatable; default: 443 only)",
-    )
-    socks.add_argument(
-        "--allow",
-        action="append",
-        default=[],
-        metavar="HOST_OR_NET",
-        help="always allow this host name (.example.com: and subdomains) or "
-        "network, even if not global (repeatable)",
-    )
-    socks.add_argument(
-        "--deny",
-        action="append",
-        default=[],
-        metavar="HOST_OR_NET",
-        help="always refuse this host name or network; deny wins (repeatable)",
-    )
-    socks.add_argument(
-        "--allow-private",
-        action="store_true",
-        help="allow loopback, private and other non-global destinations",
-    )
-    socks.add_argument(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_policy_options(parser)
+    parser.add_argument(
         "--auth",
-        type=_user_pass,
+        type=user_pass,
         metavar="USER:PASS",
         help="require RFC 1929 username/password with these credentials",
     )
-    socks.add_argument(
+    parser.add_argument(
         "--connect-timeout",
-        type=float,
+        type=positive_float,
         default=10.0,
         metavar="SECONDS",
         help="time to reach the destination before answering 06 (default: 10)",
     )
-    socks.add_argument(
+    parser.add_argument(
         "--max-tunnels",
-        type=int,
+        type=positive_int,
         default=1000,
         metavar="N",
         help="tunnels and UDP associations open at once (default: 1000)",
     )
-    _socks_options(socks)
-    socks.set_defaults(run=socks_handler)
-    return socks
+    _socks_options(parser)
 
 
-def _user_pass(text: str) -> tuple[str, str]:
-    from ._arguments import user_pass
-
-    return user_pass(text)
+COMMAND = Command(
+    name="socks",
+    help="SOCKS5 proxy (CONNECT, UDP ASSOCIATE) with the CONNECT policy",
+    description="A SOCKS5 proxy (RFC 1928, username/password RFC 1929). "
+    "Destinations are judged by the same policy as 'hijack proxy': port 443 "
+    "only and no loopback, private or other non-global destination unless "
+    "allowed. Without --users or --auth it listens on loopback only.",
+    groups=("server", "tunnel", "chaining", "team"),
+    add_arguments=add_arguments,
+    check=_check,
+    handler=build_handler,
+)
 
 
 # -- hijack forward: the local SOCKS5 server and UDP -------------------------------
 
 
-def forward_listen(text: str) -> Any:
-    """``--listen`` of ``hijack forward``: ``-``, ``HOST:PORT`` or
-    ``socks5://HOST:PORT`` (a :class:`SocksListen`)."""
-    from ._arguments import listen_address
+class SocksListen(tuple[str, int]):
+    """``--listen socks5://HOST:PORT`` of ``hijack forward``."""
 
+    def __new__(cls, host: str, port: int) -> SocksListen:
+        return super().__new__(cls, (host, port))
+
+
+def forward_listen(text: str) -> Any:
+    """``-``, ``HOST:PORT`` or ``socks5://HOST:PORT`` (a SocksListen)."""
     if text == "-":
         return text
     if text.startswith("socks5://"):
@@ -287,24 +246,17 @@ def forward_listen(text: str) -> Any:
     return listen_address(text)
 
 
-class SocksListen(tuple[str, int]):
-    """``socks5://HOST:PORT``: serve SOCKS5 there."""
-
-    def __new__(cls, host: str, port: int) -> SocksListen:
-        return super().__new__(cls, (host, port))
-
-
-def add_forward_options(forward: argparse.ArgumentParser) -> None:
-    forward.add_argument(
+def add_forward_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--udp",
         action="store_true",
         help="forward UDP: every datagram to --listen goes to --target as one "
         "WebSocket message through --via ws://HOST:PORT/PATH (a 'hijack proxy "
         "--websocket-tunnel PATH'), one WebSocket per local source",
     )
-    forward.add_argument(
+    parser.add_argument(
         "--udp-idle-timeout",
-        type=float,
+        type=positive_float,
         default=60.0,
         metavar="SECONDS",
         help="with --udp: end a flow with no datagram either way for this "
@@ -312,39 +264,52 @@ def add_forward_options(forward: argparse.ArgumentParser) -> None:
     )
 
 
-def forward_command(
-    parser: argparse.ArgumentParser, args: argparse.Namespace
-) -> int | None:
-    """Run ``hijack forward`` when it is a SOCKS5 or UDP forward (its exit
-    status); None for the other kinds."""
-    import sys
+def wants_forward(args: argparse.Namespace) -> bool:
+    """A SOCKS5 or UDP forward (this module's), not a TCP one."""
+    return isinstance(args.listen, SocksListen) or bool(args.udp)
 
+
+def check_forward(args: argparse.Namespace) -> None:
+    socks = isinstance(args.listen, SocksListen)
+    if socks and args.udp:
+        raise StartupError("--udp listens on HOST:PORT, not socks5://")
+    if socks and args.target is not None:
+        raise StartupError("--listen socks5://: the SOCKS5 client names the target")
+    if args.udp and (args.target is None or not isinstance(args.via, str)):
+        raise StartupError(
+            "--udp needs --target HOST:PORT and --via ws://... or wss://..."
+        )
+    if args.udp and args.listen == "-":
+        raise StartupError("--udp listens on HOST:PORT, not -")
+    if isinstance(args.via, str) and args.upstream_proxy is not None:
+        raise StartupError("--upstream-proxy works with --via HOST:PORT")
+
+
+def run_forward(args: argparse.Namespace) -> int:
+    """Run a SOCKS5 or UDP forward until SIGINT/SIGTERM; the exit status."""
     import trio
 
-    socks = isinstance(args.listen, SocksListen)
-    if not socks and not args.udp:
-        return None
-    if socks and args.udp:
-        parser.error("forward: --udp listens on HOST:PORT, not socks5://")
-    if socks and args.target is not None:
-        parser.error("forward --listen socks5://: the SOCKS5 client names the target")
-    if args.udp and (args.target is None or not isinstance(args.via, str)):
-        parser.error(
-            "forward --udp needs --target HOST:PORT and --via ws://... or wss://..."
-        )
-    if isinstance(args.via, str) and args.upstream_proxy is not None:
-        parser.error("forward: --upstream-proxy works with --via HOST:PORT")
+    try:
+        trio.run(_forward, args)
+    except OSError as exc:
+        print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
+        return 1
+    return 0
 
-    async def run() -> None:
-        from ..client.socks_forward import serve_socks_forward
-        from ..client.udp_forward import serve_udp_forward
 
+async def _forward(args: argparse.Namespace) -> None:
+    import trio
+
+    from ..client.socks_forward import serve_socks_forward
+    from ..client.udp_forward import serve_udp_forward
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            if socks:
+            if isinstance(args.listen, SocksListen):
                 listeners = await nursery.start(
                     functools.partial(
                         serve_socks_forward,
-                        tuple(args.listen),
+                        (args.listen[0], args.listen[1]),
                         args.via,
                         auth=args.auth,
                         upstream_proxy=args.upstream_proxy,
@@ -366,14 +331,6 @@ def forward_command(
                 host, port = sock.getsockname()[:2]
                 where = f"udp://{join_host_port(host, port)}"
             print(f"hijack forward listening on {where}", flush=True)
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    break
+            async for _ in signals:
+                break
             nursery.cancel_scope.cancel()
-
-    try:
-        trio.run(run)
-    except OSError as exc:
-        print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
-        return 1
-    return 0
