@@ -67,7 +67,21 @@ class Server:
     capacity ones, EMFILE and friends, are logged once and retried; others
     end the accept loop), e.g. to count them.
 
-    Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
+    ``sniff(first_bytes)`` serves other protocols on the same port (SOCKS5
+    next to HTTP): it is called once per connection with the bytes of its
+    first read (after TLS, if any; at least one byte, within
+    ``limits.head_timeout``) and returns None to serve HTTP as usual, or a
+    :data:`~hijack.StreamHandler` that takes the connection as it is:
+    ``await stream_handler(hijacked)`` gets a :class:`~hijack.Hijacked`
+    (its ``buffered`` holds every byte read) and the connection goes ACTIVE
+    then HIJACKED, with no HTTP exchange. The ownership rules of
+    ``request.hijack()`` hold (closed when the stream handler returns unless
+    detached or handed to the hub). The HTTP layer's own first read is the
+    one sniffed: HTTP pays one call of ``sniff`` per connection, nothing per
+    request.
+
+    Attributes: ``handler``, ``sniff`` (both may be replaced while serving,
+    e.g. on a reload) and ``limits`` (:class:`~hijack.Limits`), as
     given. With an ``ssl_context``, the server installs its own
     ``sni_callback`` on it (chaining to one already there) to record each
     client's SNI in ``connection.tls.server_name``.

@@ -56,7 +56,8 @@ async def open_via(
     upstream_proxy: ParentProxy | None = None,
 ) -> trio.abc.HalfCloseableStream:
     """A stream to ``target`` through the hijack server at ``via`` (see the
-    module doc). Raises :class:`TunnelError` (the server said no) or
+    module doc). Raises :class:`~hijack.client.forward.TunnelError` (the
+    server said no) or
     ``OSError``; the caller owns the stream."""
     if isinstance(via, str):
         from ..upgrades.wsbridge import SUBPROTOCOL, WebSocketStream

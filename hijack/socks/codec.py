@@ -62,6 +62,8 @@ MAX_USERPASS = 3 + 255 + 255
 
 
 class AuthMethod(enum.IntEnum):
+    """RFC 1928 section 3 methods (the ones this codec names)."""
+
     NO_AUTH = 0x00
     GSSAPI = 0x01
     USERPASS = 0x02
@@ -69,12 +71,16 @@ class AuthMethod(enum.IntEnum):
 
 
 class Command(enum.IntEnum):
+    """RFC 1928 section 4 commands."""
+
     CONNECT = 0x01
     BIND = 0x02
     UDP_ASSOCIATE = 0x03
 
 
 class AddressType(enum.IntEnum):
+    """RFC 1928 section 5 address types (ATYP)."""
+
     IPV4 = 0x01
     DOMAIN = 0x03
     IPV6 = 0x04
