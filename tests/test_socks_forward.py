@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import signal
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -23,10 +24,12 @@ from hijack.upgrades.wstunnel import WebSocketTunnel
 
 from .conftest import StartServer
 from .daemons import Daemons
+from .helpers import capture_log
 from .hijack_process import run_hijack
 from .socks_client import socks_request
 from .test_connect import CURL, hello
 from .test_socks_cli import run, start_dnsmasq
+from .test_socks_udp import udp_echo
 from .test_users import cheap_hash
 from .test_wsbridge_nginx import start_nginx
 
@@ -256,3 +259,36 @@ async def test_forward_usage_errors(args: list[str]) -> None:
         assert await forward.wait(30) == 2
     [line] = forward.stderr.splitlines()  # one line, no traceback
     assert line.startswith("hijack forward: --")
+
+
+async def test_a_udp_flow_ends_when_idle_and_a_new_one_opens(
+    start_server: StartServer,
+) -> None:
+    """A flow's WebSocket closes after its idle timeout (the server logs
+    its end); the next datagram from the same source opens a new flow."""
+    async with trio.open_nursery() as nursery:
+        echo_port, received = await nursery.start(udp_echo)
+        _, server = await start_server(WebSocketTunnel(loopback(echo_port), path="/t"))
+        with capture_log("hijack.wstunnel") as log:
+            sock = await nursery.start(
+                functools.partial(
+                    serve_udp_forward,
+                    ("127.0.0.1", 0),
+                    f"ws://127.0.0.1:{server}/t",
+                    ("127.0.0.1", echo_port),
+                    idle_timeout=0.2,
+                )
+            )
+            forward = sock.getsockname()[:2]
+            with trio.socket.socket(type=socket.SOCK_DGRAM) as client:
+                await client.sendto(b"one", forward)
+                with trio.fail_after(10):
+                    assert await client.recv(100) == b"one"
+                    await log.logged.wait()  # the idle flow ended
+                [line] = [r.getMessage() for r in log.records]
+                assert line.startswith("wstunnel-udp ") and " ok datagrams=1/1" in line
+                await client.sendto(b"two", forward)
+                with trio.fail_after(10):
+                    assert await client.recv(100) == b"two"
+        assert received == [b"one", b"two"]
+        nursery.cancel_scope.cancel()
