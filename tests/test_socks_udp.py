@@ -25,8 +25,8 @@ from .test_socks import StartSocks, not_http
 
 Received = list[bytes]
 #: 100 association requests a round, 100 at once. 20 rounds (2,000
-#: associations) take ~1.7 s here; the issue's 10,000 (ROUNDS = 100) pass
-#: too but take ~8.5 s, too long for every `make test`.
+#: associations) take 1.5-4 s here; the issue's 10,000 (ROUNDS = 100) pass
+#: too but take 8.5 s (22 s with the box loaded), too long for `make test`.
 ROUNDS = 20
 
 
