@@ -8,9 +8,19 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import trio
+import trio.lowlevel
 import trio.testing
 
-from hijack import Connection, ConnState, Hijacked, Limits, Request, Response, Server
+from hijack import (
+    Connection,
+    ConnState,
+    Hijacked,
+    Limits,
+    Request,
+    Response,
+    Server,
+    Sniffer,
+)
 from hijack.testing import MemoryListener
 
 from .helpers import read_until_closed
@@ -116,3 +126,39 @@ async def test_a_failing_stream_handler_closes_only_its_connection(
         await client.aclose()
     await trio.testing.wait_all_tasks_blocked()
     assert server.connections == []
+
+
+async def first_request_passes(sniff: Sniffer | None) -> tuple[int, int]:
+    """The connection task's scheduler passes and the reads for a new
+    connection's first request, then for a keep-alive one."""
+    from .test_scheduler_passes import HELLO, TaskSteps
+
+    server = Server(hello, access_log=False, sniff=sniff)
+    client, server_end = trio.socket.socketpair()
+    async with trio.open_nursery() as nursery:
+        connection = server._new_connection(trio.SocketStream(server_end))
+        nursery.start_soon(server._drive, connection)
+        [task] = nursery.child_tasks
+        steps = TaskSteps(task)
+        with client:
+            await trio.testing.wait_all_tasks_blocked()
+            trio.lowlevel.add_instrument(steps)
+            try:
+                counts = []
+                for _ in range(2):
+                    before = steps.steps
+                    await client.send(HELLO)
+                    answer = await client.recv(65536)
+                    assert answer.startswith(b"HTTP/1.1 200 OK")
+                    await trio.testing.wait_all_tasks_blocked()
+                    counts.append(steps.steps - before)
+            finally:
+                trio.lowlevel.remove_instrument(steps)
+    return counts[0], counts[1]
+
+
+async def test_a_declining_sniffer_costs_http_no_scheduler_pass() -> None:
+    def decline(first: bytes) -> None:
+        return None
+
+    assert await first_request_passes(decline) == await first_request_passes(None)
