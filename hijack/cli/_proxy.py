@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._exchange import Handler
-from . import _reverse, _team
+from . import _reverse, _socks, _team
 from ._arguments import positive_float, positive_int, user_pass
 from ._command import Command, HandlerContext
 from ._options import add_policy_options, connect_policy
@@ -36,18 +36,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="tunnels open at once before answering 503 (default: 1000)",
     )
     _reverse.add_server_options(parser)
+    _socks.add_proxy_options(parser)
 
 
 def check(args: argparse.Namespace) -> None:
     _team.check(args)
     _reverse.check_server(args)
+    _socks.check_no_auth(args)
 
 
 def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     from ..upgrades.connect import ConnectProxy
 
     options = _team.handler_options(args, context)
-    handler = ConnectProxy(
+    proxy = ConnectProxy(
         connect_policy(args),
         auth=args.auth,
         connect_timeout=args.connect_timeout,
@@ -57,7 +59,10 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
         on_tunnel=context.hooks.on_tunnel,
         **options,
     )
-    return _reverse.wrap_handler(args, context, handler, options)
+    # SOCKS5 outermost: the server reads its first-byte sniffer off the
+    # handler it is given.
+    handler = _reverse.wrap_handler(args, context, proxy, options)
+    return _socks.with_socks(args, context, proxy, handler)
 
 
 COMMAND = Command(

@@ -285,6 +285,9 @@ class Service:
             on_state=() if metrics is None else metrics.on_state,
             on_request=() if metrics is None else metrics.on_request,
             on_accept_error=None if metrics is None else metrics.on_accept_error,
+            # A handler that also serves other protocols on its port (SOCKS5)
+            # offers the Server's sniff hook.
+            sniff=getattr(handler, "sniff", None),
         )
         await nursery.start(
             lambda task_status: server.serve_listeners(
@@ -331,6 +334,7 @@ class Service:
         if self.tls is not None:
             _load_certificates(self.tls, new)
         self.server.handler = handler
+        self.server.sniff = getattr(handler, "sniff", None)
         self.args = new
 
     async def _serve_signals(
