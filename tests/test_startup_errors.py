@@ -237,6 +237,11 @@ REAL = [
         "forward --listen 127.0.0.1:{port} --via 127.0.0.1:9",
         "--mode connect needs --target",
     ),
+    case(
+        "forward-port-held",
+        "forward --listen 127.0.0.1:{port} --via 127.0.0.1:9 --target h:1",
+        "--listen 127.0.0.1:{port}: Address already in use",
+    ),
     case("unknown-command", "nonsense", "invalid choice: 'nonsense'"),
 ]
 

@@ -46,7 +46,14 @@ from .._listeners import UnixSocketListener, open_unix_listener
 from .._proxyproto import ProxyProtocol
 from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
-from ._command import Command, CommandLine, HandlerContext, Hooks, StartupError
+from ._command import (
+    Command,
+    CommandLine,
+    HandlerContext,
+    Hooks,
+    StartupError,
+    only_one,
+)
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._supervisor import (
     WORKER_FDS_ENV,
@@ -72,21 +79,8 @@ def run_server(command: Command, args: argparse.Namespace, line: CommandLine) ->
     try:
         trio.run(main)
     except BaseExceptionGroup as group:  # from the service's nurseries
-        raise _first_of(group) from None
+        raise only_one(group, StartupError, KeyboardInterrupt) from None
     return 0
-
-
-def _first_of(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The one StartupError (or KeyboardInterrupt) a start-up failed with;
-    the group itself if it holds anything else (a bug: keep its traceback)."""
-    for kind in (StartupError, KeyboardInterrupt):
-        matched, rest = group.split(kind)
-        if matched is not None and rest is None:
-            first: BaseException = matched
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            return first
-    return group
 
 
 def _setup_access_log(fmt: str) -> None:
