@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .._exchange import Handler
-from .._relay import TunnelHook
+from ..tunnel.lifecycle import TunnelHook
 
 __all__ = [
     "Command",

@@ -9,7 +9,7 @@ from typing import Any
 
 from .._exchange import Handler
 from .._message import Request, Response
-from .._relay import TunnelHook
+from ..tunnel.lifecycle import TunnelHook
 from ._command import Command, HandlerContext, StartupError
 
 __all__ = ["COMMAND", "demo_handler"]

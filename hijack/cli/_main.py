@@ -20,6 +20,7 @@ from .. import __version__
 from . import _demo, _echo, _forward, _hash_password, _proxy, _tcp, _wsbridge
 from ._command import Command, CommandLine, StartupError
 from ._config_file import with_config_file
+from ._logging import BatchedStreamHandler, quiet_record_fields
 from ._options import GROUPS
 from ._service import run_server
 
@@ -87,9 +88,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = next(c for c in COMMANDS if c.name == args.command)
         prog = f"hijack {command.name}"
         command.check(args)
+        quiet_record_fields()
         logging.basicConfig(
             level=args.log_level,
             format="%(asctime)s %(name)s %(levelname)s %(message)s",
+            handlers=[BatchedStreamHandler(sys.stderr)],
         )
         if command.run is not None:
             return command.run(args, line)

@@ -54,6 +54,7 @@ from ._command import (
     StartupError,
     only_one,
 )
+from ._logging import BatchedStreamHandler
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._supervisor import (
     WORKER_FDS_ENV,
@@ -89,7 +90,7 @@ def _setup_access_log(fmt: str) -> None:
     if fmt == "off":
         access_logger.setLevel(logging.WARNING)
     elif fmt == "json":
-        handler = logging.StreamHandler()
+        handler = BatchedStreamHandler(sys.stderr)
         handler.setFormatter(JSONAccessFormatter())
         access_logger.addHandler(handler)
         access_logger.propagate = False

@@ -58,6 +58,7 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
             idle_timeout=args.idle_timeout,
             allowed_origins=origins,
             send_proxy_protocol=args.send_proxy_protocol,
+            on_tunnel=context.hooks.on_tunnel,
         )
     try:
         targets = TargetFile(args.targets)
@@ -69,6 +70,7 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
         idle_timeout=args.idle_timeout,
         allowed_origins=origins,
         send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=context.hooks.on_tunnel,
     )
 
 
