@@ -75,8 +75,7 @@ REAL = [
     case(
         "users-file-missing",
         f"proxy {LISTEN} --users {{dir}}/none.toml",
-        "--users {dir}/none.toml",
-        "No such file",
+        "--users {dir}/none.toml: No such file or directory\n",
     ),
     case(
         "targets-file-missing",
