@@ -223,14 +223,20 @@ class Health:
 
 
 def metrics_handler(
-    health: Health, metrics: Metrics | None
+    health: Health,
+    metrics: Metrics | None,
+    *,
+    before_scrape: Callable[[], None] = lambda: None,
 ) -> Callable[[Request], Any]:
-    """The handler of the ``--metrics`` listener."""
+    """The handler of the ``--metrics`` listener. ``before_scrape()`` runs
+    before each ``/metrics`` answer (one process: sample the connection
+    gauges, so a scrape reads them as they are, not up to a second old)."""
 
     async def handle(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
             return Response(405, [("allow", "GET, HEAD")], b"")
         if request.path == "/metrics":
+            before_scrape()
             body, content_type = await trio.to_thread.run_sync(exposition, metrics)
             return Response(200, [("content-type", content_type)], body)
         if request.path in ("/healthz", "/readyz"):

@@ -186,11 +186,20 @@ def _open_signals() -> contextlib.AbstractContextManager[AsyncIterator[int]]:
 
 
 async def _serve_metrics(
-    nursery: trio.Nursery, address: tuple[str, int], health: Health, metrics: Any
+    nursery: trio.Nursery,
+    address: tuple[str, int],
+    health: Health,
+    metrics: Any,
+    served: Server | None = None,
 ) -> Server:
-    """Start the ``--metrics`` listener; it reports its address."""
+    """Start the ``--metrics`` listener; it reports its address. With
+    ``served`` (one process), each scrape samples its connections first."""
+    before_scrape = (lambda: None) if served is None else lambda: metrics.sample(served)
     # Probes every few seconds would drown the access log: kept off it.
-    server = Server(metrics_handler(health, metrics), access_log=False)
+    server = Server(
+        metrics_handler(health, metrics, before_scrape=before_scrape),
+        access_log=False,
+    )
     host, port = address
     try:
         listeners = await nursery.start(server.serve_tcp, port, host)
@@ -295,7 +304,7 @@ class Service:
             nursery.start_soon(metrics.sample_forever, server)
             if not self.worker:  # the supervisor serves the workers' sum
                 metrics_server = await _serve_metrics(
-                    nursery, self.args.metrics, self.health, metrics
+                    nursery, self.args.metrics, self.health, metrics, server
                 )
         self._ready()
         if not self.worker:
