@@ -9,9 +9,10 @@ them: counters survive a worker's restart, the gauges (``livesum``) count
 live workers only (the supervisor marks a dead worker's files).
 
 Counters are incremented where things happen; the connection gauges are
-sampled from the server's registry of connections every
-``SAMPLE_INTERVAL`` seconds (the registry is the truth; no second
-bookkeeping that could drift from it).
+sampled from the server's registry of connections (the registry is the
+truth; no second bookkeeping that could drift from it): at each scrape in
+one process, and every ``SAMPLE_INTERVAL`` seconds in each worker, whose
+files the supervisor's scrape reads.
 
 Names (all prefixed ``hijack_``), as listed in the README:
   connections{state}           gauge: new, active, idle, hijacked (open)
