@@ -230,7 +230,7 @@ class Service:
     ) -> None:
         assert command.handler is not None
         self.command = command
-        self.args = args
+        self.args = args  # as started: a reload changes the handler only
         self.line = line
         self.worker = WORKER_FDS_ENV in os.environ
         self.health = Health()
@@ -334,7 +334,7 @@ class Service:
         if self.tls is not None:
             _load_certificates(self.tls, new)
         self.server.handler = handler
-        self.args = new
+        _warn_unapplied(self.args, new)
 
     async def _serve_signals(
         self, signals: AsyncIterator[int], nursery: trio.Nursery
@@ -400,6 +400,30 @@ async def supervise(
             await trio.aclose_forcefully(listener)
 
 
+#: What a reload cannot change: the sockets, the processes, the logging
+#: and the server's limits are set up once, at start.
+NEEDS_A_RESTART = (
+    "listen",
+    "unix",
+    "workers",
+    "metrics",
+    "proxy_protocol",
+    "access_log_format",
+    "shutdown_grace",
+    "log_level",
+)
+
+
+def _warn_unapplied(started: argparse.Namespace, new: argparse.Namespace) -> None:
+    """One line for each option a reload was given but cannot apply."""
+    for dest in NEEDS_A_RESTART:
+        if getattr(new, dest) != getattr(started, dest):
+            flag = "--" + dest.replace("_", "-")
+            logger.warning("reload: %s changed; it applies after a restart", flag)
+    if (new.tls_cert is None) != (started.tls_cert is None):
+        logger.warning("reload: TLS on or off applies after a restart")
+
+
 def _check_configuration(command: Command, args: argparse.Namespace) -> None:
     """Find what is wrong with ``args`` without binding anything: the
     options that go together, the certificates, the handler's files (a
@@ -409,6 +433,16 @@ def _check_configuration(command: Command, args: argparse.Namespace) -> None:
     tls_context(args)
     assert command.handler is not None
     command.handler(args, HandlerContext(command.name, port=1))
+
+
+def _check_reload(
+    command: Command, started: argparse.Namespace, line: CommandLine
+) -> None:
+    """Before a SIGHUP replaces the workers: the new configuration works,
+    and what of it the new workers cannot take is said."""
+    new = line.reparse()
+    _check_configuration(command, new)
+    _warn_unapplied(started, new)
 
 
 async def _supervise_workers(
@@ -438,7 +472,7 @@ async def _supervise_workers(
         grace=args.shutdown_grace,
         on_readiness=on_readiness,
         on_worker_exit=mark_worker_dead,
-        check_reload=lambda: _check_configuration(command, line.reparse()),
+        check_reload=lambda: _check_reload(command, args, line),
     )
     try:
         async with trio.open_nursery() as nursery:
