@@ -24,7 +24,7 @@ from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
 from ._deadlines import DeadlineTimer
 from ._errors import ClientDisconnected, UsageError
-from ._exchange import Exchange, Handler, ServerSide
+from ._exchange import Exchange, Handler, ServerSide, StreamHandler
 from ._hijack import Hijacked
 from ._message import HTTPError
 from ._plain_socket import plain_socket, receive, receive_now, send_now
@@ -67,6 +67,7 @@ class HTTPConnection:
         "linger",
         "server",
         "stream",
+        "taken_by",
         "timer_at",
         "timer_entries",
     )
@@ -102,6 +103,8 @@ class HTTPConnection:
         self.linger = False
         #: A write or read failed: the client is gone.
         self.broken = False
+        #: The server's sniff gave the connection to this stream handler.
+        self.taken_by: StreamHandler | None = None
 
     @property
     def parser(self) -> h11.Connection:
@@ -150,6 +153,8 @@ class HTTPConnection:
             while True:
                 exchange = await self._next_exchange(first)
                 if exchange is None:
+                    if self.taken_by is not None:
+                        await self._give_to(self.taken_by)
                     return
                 first = False
                 try:
@@ -223,8 +228,12 @@ class HTTPConnection:
                     self._idle_waiting = False
                 if not received or not conn.trailing_data[0]:
                     return None
-            else:
-                if not await self._idle_wait_scoped(wait_until, first):
+            elif not await self._idle_wait_scoped(wait_until, first):
+                return None
+            if first and self.server.sniff is not None:
+                # Not HTTP, maybe: the server's sniff sees the first read.
+                self.taken_by = self.server.sniff(conn.trailing_data[0])
+                if self.taken_by is not None:
                     return None
         else:
             # A pipelined head, read with an earlier one: no read will yield
@@ -499,6 +508,16 @@ class HTTPConnection:
             self._h11.send_failed()
 
     # -- hijack --------------------------------------------------------------
+
+    async def _give_to(self, take: StreamHandler) -> None:
+        """The sniffed connection is not HTTP: hand it, with every byte
+        read, to its stream handler (a hijack with no exchange before it)."""
+        self.connection._set_state(ConnState.ACTIVE)
+        hijacked = self.hand_over()
+        try:
+            await take(hijacked)
+        finally:
+            await hijacked._release()
 
     def hand_over(self) -> Hijacked:
         """Give the stream and every byte read ahead to a :class:`Hijacked`

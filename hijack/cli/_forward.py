@@ -10,8 +10,9 @@ import sys
 import trio
 
 from .._address import join_host_port
+from . import _reverse, _socks
 from ._arguments import listen_address, parse_host_port, user_pass, via_address
-from ._command import Command, CommandLine, StartupError
+from ._command import Command, CommandLine, StartupError, only_one
 from ._options import DEFAULT_LISTEN
 
 __all__ = ["COMMAND"]
@@ -21,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         default=listen_address(DEFAULT_LISTEN),
-        type=lambda t: t if t == "-" else listen_address(t),
+        type=_socks.forward_listen,
         metavar="HOST:PORT",
-        help=f"local address to listen on, or - for stdin/stdout (default: "
-        f"{DEFAULT_LISTEN})",
+        help=f"local address to listen on, - for stdin/stdout, or "
+        f"socks5://HOST:PORT for a local SOCKS5 server (default: {DEFAULT_LISTEN})",
     )
     parser.add_argument(
         "--via",
@@ -54,9 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USER:PASS",
         help="send these Basic credentials",
     )
+    _reverse.add_client_options(parser)
+    _socks.add_forward_options(parser)
 
 
 def check(args: argparse.Namespace) -> None:
+    if args.reverse:
+        return _reverse.check_client(args)
+    if _socks.wants_forward(args):
+        _socks.check_forward(args)
+        return
     if args.mode == "connect" and args.target is None:
         raise StartupError("--mode connect needs --target HOST:PORT")
     if args.mode == "websocket" and args.upstream_proxy is not None:
@@ -70,9 +78,21 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, line: CommandLine) -> int:
     from ..client.forward import TunnelError
 
+    if args.reverse:
+        return _reverse.run_client(args)
+    if _socks.wants_forward(args):
+        return _socks.run_forward(args)
     try:
         trio.run(_forward, args)
-    except (TunnelError, OSError) as exc:
+    except BaseExceptionGroup as group:  # from the nursery
+        error = only_one(group, StartupError, KeyboardInterrupt, TunnelError, OSError)
+        if isinstance(error, BaseExceptionGroup):
+            raise
+        if not isinstance(error, TunnelError | OSError):
+            raise error from None
+        print(f"hijack forward: {error}", file=sys.stderr, flush=True)
+        return 1
+    except (TunnelError, OSError) as exc:  # stdin/stdout: the one tunnel failed
         print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -93,17 +113,21 @@ async def _forward(args: argparse.Namespace) -> None:
         return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                lambda task_status: serve_forward(
-                    args.listen,
-                    args.via,
-                    target,
-                    args.mode,
-                    auth=args.auth,
-                    upstream_proxy=parent,
-                    task_status=task_status,
+            try:
+                listeners = await nursery.start(
+                    lambda task_status: serve_forward(
+                        args.listen,
+                        args.via,
+                        target,
+                        args.mode,
+                        auth=args.auth,
+                        upstream_proxy=parent,
+                        task_status=task_status,
+                    )
                 )
-            )
+            except OSError as exc:
+                where = join_host_port(*args.listen)
+                raise StartupError(f"--listen {where}: {exc.strerror or exc}") from None
             host, port = listeners[0].socket.getsockname()[:2]
             print(
                 f"hijack forward listening on {join_host_port(host, port)}",
