@@ -122,6 +122,8 @@ class HTTPConnection:
         flight finishes (its response says ``Connection: close``). A
         request whose bytes are already in the socket is served."""
         if self._idle_waiting:
+            if not self._waiting:
+                return  # bytes were there: that request is served
             assert self._timer is not None
             now = trio.current_time()
             if self._idle_is_new:
