@@ -154,6 +154,7 @@ class HTTP2Connection:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._janitor, nursery.cancel_scope)
+                nursery.start_soon(wire.run_flusher)
                 try:
                     await self._read_loop()
                 finally:
@@ -212,13 +213,17 @@ class HTTP2Connection:
         self._streams_changed = trio.Event()
 
     async def _send_goaway(self, code: int) -> None:
+        """GOAWAY with the last stream id we took. NO_ERROR (shutdown, idle)
+        lets the open streams finish; an error code ends the connection."""
         if self._goaway_sent:
             return
         self._goaway_sent = True
+        last = self.wire.h2.highest_inbound_stream_id
         try:
-            self.wire.h2.close_connection(
-                error_code=code, last_stream_id=self.wire.h2.highest_inbound_stream_id
-            )
+            if code == _CODES.NO_ERROR:
+                self.wire.queue_goaway(last, code)
+            else:
+                self.wire.h2.close_connection(error_code=code, last_stream_id=last)
             await self.wire.flush()
         except (h2.exceptions.ProtocolError, ClientDisconnected):
             pass

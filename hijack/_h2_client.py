@@ -209,6 +209,7 @@ async def open_h2_client(
     conn.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(conn._read_loop)
+        nursery.start_soon(conn.run_flusher)
         try:
             await conn.flush()
             with trio.move_on_after(10):

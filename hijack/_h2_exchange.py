@@ -53,8 +53,8 @@ class H2Hijacked(Hijacked):
     """A hijacked HTTP/2 stream: the :class:`~hijack.Hijacked` contract
     (``buffered`` replayed first, ``detach``, closed when the handler
     returns) over one stream, while the connection goes on serving others.
-    ``aclose`` ends the stream (END_STREAM; then a reset if the peer keeps
-    sending past the drain limit); ``aclose_forcefully`` resets it. The
+    ``aclose`` ends the stream (END_STREAM; then RST_STREAM NO_ERROR if the
+    peer is still sending); ``aclose_forcefully`` resets it (CANCEL). The
     connection stays open while any hijacked stream is."""
 
     __slots__ = ()

@@ -26,6 +26,7 @@ import contextlib
 import enum
 import functools
 import math
+import operator
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -36,6 +37,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hyperframe.frame
 import trio
 
 from ._errors import ClientDisconnected
@@ -62,9 +64,23 @@ class StreamState(enum.Enum):
 
 
 class _Connection(h2.connection.H2Connection):
-    """h2's connection, but a stream over ``MAX_CONCURRENT_STREAMS`` is a
-    stream error the loop answers (REFUSED_STREAM, RFC 9113 5.1.2), not a
-    connection error that would kill every other stream (h2's choice)."""
+    """h2's connection with two RFC 9113 rules put back:
+
+    * a stream over ``MAX_CONCURRENT_STREAMS`` is a stream error the loop
+      answers (REFUSED_STREAM, 5.1.2), not a connection error that would
+      kill every other stream (h2's choice);
+    * a GOAWAY received lets the streams already open finish (6.8): h2
+      closes its whole state machine on one, dropping their frames.
+    """
+
+    def _receive_goaway_frame(
+        self, frame: hyperframe.frame.GoAwayFrame
+    ) -> tuple[list[hyperframe.frame.Frame], list[h2.events.Event]]:
+        event = h2.events.ConnectionTerminated()
+        event.error_code = h2.errors._error_code_from_int(frame.error_code)
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
     @property
     def open_inbound_streams(self) -> int:
@@ -185,13 +201,16 @@ class StreamIO(trio.abc.HalfCloseableStream):
     """A stream's bytes as a trio ``HalfCloseableStream``: ``receive_some``
     yields DATA (the window given back as it is read), ``send_all`` waits
     for the peer's window, ``send_eof`` is END_STREAM, ``aclose`` ends the
-    stream (END_STREAM, then whatever the peer still sends is discarded) or,
-    when cancelled or after an error, resets it."""
+    stream (END_STREAM; then RST_STREAM NO_ERROR if the peer is still
+    sending, as closing a socket with unread input resets it) or, when
+    cancelled, resets it (CANCEL)."""
 
     def __init__(self, stream: H2Stream) -> None:
         self._stream = stream
         self._closed = False
         self._eof_sent = False
+        self._receiving = False
+        self._sending = False
         # Calls blocked in this stream: aclose() ends them.
         self._waiters: set[trio.CancelScope] = set()
 
@@ -200,9 +219,22 @@ class StreamIO(trio.abc.HalfCloseableStream):
         return self._stream
 
     @contextlib.contextmanager
-    def _closable(self) -> Iterator[None]:
-        """Run a blocking call; a concurrent ``aclose`` turns it into
-        ``ClosedResourceError`` (trio's contract for a closed stream)."""
+    def _closable(self, sending: bool) -> Iterator[None]:
+        """Run a blocking call, one sender and one receiver at a time; a
+        concurrent ``aclose`` turns it into ``ClosedResourceError`` (trio's
+        contract for a closed stream)."""
+        busy = "_sending" if sending else "_receiving"
+        if getattr(self, busy):
+            raise trio.BusyResourceError(f"another task is {busy[1:]}")
+        setattr(self, busy, True)
+        try:
+            with self._cancelled_by_close():
+                yield
+        finally:
+            setattr(self, busy, False)
+
+    @contextlib.contextmanager
+    def _cancelled_by_close(self) -> Iterator[None]:
         scope = trio.CancelScope()
         self._waiters.add(scope)
         try:
@@ -218,11 +250,13 @@ class StreamIO(trio.abc.HalfCloseableStream):
             raise trio.ClosedResourceError("stream is closed")
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        if max_bytes is not None and max_bytes < 1:
-            raise ValueError("max_bytes must be >= 1")
+        if max_bytes is not None:
+            max_bytes = operator.index(max_bytes)
+            if max_bytes < 1:
+                raise ValueError("max_bytes must be >= 1")
         self._check_open()
         stream = self._stream
-        with self._closable():
+        with self._closable(sending=False):
             try:
                 return await stream.receive(max_bytes)
             except ClientDisconnected as exc:
@@ -232,7 +266,7 @@ class StreamIO(trio.abc.HalfCloseableStream):
         self._check_open()
         if self._eof_sent:
             raise trio.ClosedResourceError("can't send data after sending EOF")
-        with self._closable():
+        with self._closable(sending=True):
             try:
                 await self._stream.wire.send(self._stream, bytes(data), end=False)
             except ClientDisconnected as exc:
@@ -241,7 +275,7 @@ class StreamIO(trio.abc.HalfCloseableStream):
     async def wait_send_all_might_not_block(self) -> None:
         self._check_open()
         stream = self._stream
-        with self._closable():
+        with self._closable(sending=True):
             while (
                 stream.error is None and stream.wire.window(stream) <= 0
             ):  # pragma: no cover - only with a closed window
@@ -254,7 +288,7 @@ class StreamIO(trio.abc.HalfCloseableStream):
             await trio.lowlevel.checkpoint()
             return
         self._eof_sent = True
-        with self._closable():
+        with self._closable(sending=True):
             try:
                 await self._stream.wire.send(self._stream, b"", end=True)
             except ClientDisconnected as exc:
@@ -272,7 +306,9 @@ class StreamIO(trio.abc.HalfCloseableStream):
             await stream.wire.finish(stream)
         except BaseException:
             stream.wire.reset(stream, h2.errors.ErrorCodes.CANCEL)
+            stream.wire.flush_soon()
             raise
+        await trio.lowlevel.checkpoint()  # trio: aclose is a checkpoint
 
 
 class H2Wire:
@@ -303,6 +339,30 @@ class H2Wire:
         self.broken = False
         self._write_lock = trio.StrictFIFOLock()
         self._connection_unacked = 0
+        self._flush_wanted = trio.Event()
+        self._raw = b""
+
+    def queue_goaway(self, last_stream_id: int, code: int) -> None:
+        """A GOAWAY that h2 does not see: h2 closes its state machine when it
+        sends one, while a graceful GOAWAY lets the open streams finish."""
+        frame = hyperframe.frame.GoAwayFrame(0)
+        frame.last_stream_id = last_stream_id
+        frame.error_code = code
+        self._raw += frame.serialize()
+
+    async def run_flusher(self) -> None:
+        """Send what was queued by code that could not wait (a reset from a
+        cancelled close): run in the connection's nursery."""
+        while True:
+            await self._flush_wanted.wait()
+            self._flush_wanted = trio.Event()
+            try:
+                await self.flush()
+            except ClientDisconnected:
+                return
+
+    def flush_soon(self) -> None:
+        self._flush_wanted.set()
 
     # -- writing -------------------------------------------------------------
 
@@ -312,7 +372,8 @@ class H2Wire:
         if self.broken:
             raise ClientDisconnected("the connection is gone")
         async with self._write_lock:
-            data = self.h2.data_to_send()
+            data = self._raw + self.h2.data_to_send()
+            self._raw = b""
             if not data:
                 return
             # Shielded: a write cut in the middle would leave half a frame
@@ -398,11 +459,17 @@ class H2Wire:
         self._forget(stream)
 
     async def finish(self, stream: H2Stream) -> None:
-        """The stream's local user is done with it: END_STREAM if not sent;
-        what the peer still sends is discarded (``discard``)."""
+        """The stream's local owner closed it: END_STREAM if not sent, and
+        if the peer is still sending, RST_STREAM NO_ERROR (nobody will read
+        what it sends: as closing a socket with unread input resets it)."""
         if stream.error is None and not stream.end_sent:
             await self.send(stream, b"", end=True)
-        self.discard(stream)
+        if stream.error is None and not stream.end_received:
+            self.reset(stream, h2.errors.ErrorCodes.NO_ERROR)
+            with contextlib.suppress(ClientDisconnected):
+                await self.flush()
+        else:
+            self.discard(stream)
 
     def discard(self, stream: H2Stream) -> None:
         """Nobody reads ``stream`` any more: give back its window, drop what

@@ -47,6 +47,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from ._connection import Connection, PeerCredentials, TLSInfo
+from ._h2_client import H2ClientConnection, H2Response, open_h2_client
 from ._http import Handler
 from ._message import Headers
 from ._replay import ReplayStream
@@ -54,6 +55,8 @@ from ._server import Server
 from .upgrades.websocket import WebSocket
 
 __all__ = [
+    "H2ClientConnection",
+    "H2Response",
     "MemoryListener",
     "Peer",
     "TestClient",
@@ -475,6 +478,22 @@ class TestClient:
         conn = await self.open_connection(peer)
         async with _closed_on_error(conn):
             return await conn.connect(authority, headers=headers)
+
+    @asynccontextmanager
+    async def http2(
+        self, peer: Peer | None = None
+    ) -> AsyncIterator[H2ClientConnection]:
+        """An HTTP/2 connection to a server made with ``http2=True``, closed
+        on exit: prior knowledge in memory, or ALPN ``h2`` over TLS (the
+        ``client_ssl_context`` must offer it: ``set_alpn_protocols(["h2"])``).
+        ``await h2.request(method, target, body=...)`` answers an
+        :class:`H2Response`; ``await h2.tunnel(authority)`` opens a CONNECT
+        stream and ``await h2.tunnel(host, protocol="websocket",
+        target="/ws")`` an Extended CONNECT one (RFC 8441): the response
+        and, on a 2xx, the stream (a ``trio.abc.HalfCloseableStream``)."""
+        conn = await self.open_connection(peer)
+        async with open_h2_client(conn.stream) as h2_connection:
+            yield h2_connection
 
     @asynccontextmanager
     async def websocket(
