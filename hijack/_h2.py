@@ -273,6 +273,8 @@ class HTTP2Connection:
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         """Open a stream and start its handler, or refuse it alone."""
+        if self._flood is not None:
+            return  # the connection is ending: no more work for this peer
         stream_id = event.stream_id
         wire = self.wire
         limits = self.server.limits
