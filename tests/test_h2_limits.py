@@ -326,6 +326,6 @@ async def test_flood_over_tcp_gives_back_fds() -> None:
                 frames = await frames_until_close(stream)
             assert goaway_code(frames) == ENHANCE_YOUR_CALM
         with trio.fail_after(5):  # the server closes right after its GOAWAY
-            while server.connections:
-                await trio.sleep(0.01)
+            for connection in server.connections:
+                await connection.wait_closed()
         await server.shutdown(grace=0)
