@@ -43,6 +43,7 @@ import trio
 import trio.testing
 from websockets.client import ClientProtocol
 from websockets.http11 import Response as WSResponse
+from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
@@ -504,13 +505,23 @@ class TestClient:
         headers: HeadersInput | None = None,
         max_size: int = 1 << 20,
         peer: Peer | None = None,
+        http2: bool = False,
     ) -> AsyncIterator[TestWebSocket]:
         """A WebSocket client connection (the handshake done), closed on
         exit: with a closing handshake (1000, or 1011 if the block raised)
-        if neither side closed yet.
+        if neither side closed yet. ``http2=True``: over an HTTP/2 stream
+        (RFC 8441 Extended CONNECT; the server needs ``http2=True``).
 
         Raises :class:`UpgradeRefusedError` if the server answered without
         switching, websockets' ``InvalidHandshake`` for a bad 101."""
+        if http2:
+            async with self.http2(peer) as h2_connection:
+                ws = await _websocket_over_http2(
+                    h2_connection, target, subprotocols, headers, max_size
+                )
+                async with ws:
+                    yield ws
+            return
         conn = await self.open_connection(peer)
         async with conn:
             ws = await _websocket_handshake(
@@ -587,13 +598,13 @@ class TestWebSocket(WebSocket):
 
     def __init__(
         self,
-        conn: TestConnection,
+        stream: trio.abc.Stream,
         protocol: ClientProtocol,
         response: TestResponse,
         max_size: int,
     ) -> None:
         super().__init__(
-            conn.stream,
+            stream,
             None,
             protocol=protocol,
             subprotocol=response.headers.get("sec-websocket-protocol"),
@@ -670,4 +681,35 @@ async def _websocket_handshake(
     if protocol.handshake_exc is not None:
         raise protocol.handshake_exc
     protocol.receive_data(rest)
-    return TestWebSocket(conn, protocol, response, max_size)
+    return TestWebSocket(conn.stream, protocol, response, max_size)
+
+
+async def _websocket_over_http2(
+    h2_connection: H2ClientConnection,
+    target: str,
+    subprotocols: Iterable[str],
+    headers: HeadersInput | None,
+    max_size: int,
+) -> TestWebSocket:
+    """RFC 8441: an Extended CONNECT, a 200, then frames on the stream."""
+    offered = list(subprotocols)
+    extra = [(b"sec-websocket-version", b"13")]
+    if offered:
+        extra.append((b"sec-websocket-protocol", ", ".join(offered).encode()))
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items]
+    answer, stream = await h2_connection.tunnel(
+        DEFAULT_HOST, protocol="websocket", target=target, headers=extra
+    )
+    response = TestResponse(
+        answer.status, "", answer.headers, answer.body, http_version="2"
+    )
+    if stream is None:
+        raise UpgradeRefusedError(response)
+    protocol = ClientProtocol(
+        parse_uri(f"ws://{DEFAULT_HOST}{target}"),
+        subprotocols=[Subprotocol(p) for p in offered] or None,
+        max_size=max_size,
+        state=OPEN,
+    )
+    return TestWebSocket(stream, protocol, response, max_size)

@@ -34,6 +34,7 @@ from ._arguments import (
     via_address,
 )
 from ._config_file import with_config_file
+from ._http2 import add_http2_option, http2_server_options
 from ._service import add_serving_options, run_supervisor, setup_access_log
 from ._supervisor import WORKER_FDS_ENV
 
@@ -151,7 +152,7 @@ def demo_handler(
     )
 
     async def demo(request: Request) -> Response | None:
-        if request.method == "CONNECT":
+        if request.method == "CONNECT" and request.protocol is None:
             return await proxy(request)
         if is_tcp_upgrade(request):
             return await tcp(request)
@@ -160,6 +161,7 @@ def demo_handler(
             return Response(200, {"content-type": "text/plain"}, text.encode())
         return await echo(request)
 
+    demo.serves_extended_connect = True  # type: ignore[attr-defined]
     return demo
 
 
@@ -207,6 +209,7 @@ async def _serve(
                 on_state=() if metrics is None else metrics.on_state,
                 on_request=() if metrics is None else metrics.on_request,
                 on_accept_error=None if metrics is None else metrics.on_accept_error,
+                **http2_server_options(args),
             )
             await nursery.start(
                 _call(
@@ -336,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         "naming the client; others are served as they are (repeatable)",
     )
     add_serving_options(listen)
+    add_http2_option(listen)
     idle = argparse.ArgumentParser(add_help=False)
     idle.add_argument(
         "--idle-timeout",
