@@ -22,6 +22,8 @@ sysdeps:
 	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
