@@ -473,10 +473,11 @@ class H2Wire:
 
     def discard(self, stream: H2Stream) -> None:
         """Nobody reads ``stream`` any more: give back its window, drop what
-        comes; forget it once the peer ended its side."""
-        stream.state = StreamState.CLOSED if stream.done else stream.state
+        comes (the stream is CLOSED for its users, still in the table);
+        forget it once the peer ended its side."""
         stream.take_all()
         self._give_back_now(stream)
+        stream.state = StreamState.CLOSED
         if stream.done or stream.end_received or stream.error is not None:
             self._forget(stream)
         else:

@@ -372,3 +372,32 @@ async def test_shutdown_grace_resets_what_is_left(
             assert isinstance(tunnel, StreamIO)
             await tunnel.aclose()
         assert not server.connections
+
+
+async def test_an_unread_body_is_drained_and_the_stream_forgotten(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The handler answers without reading: the body (more than a window)
+    is read and dropped, the client's send completes, the stream leaves the
+    server's table (curl 7.88 fails on an early RST_STREAM NO_ERROR)."""
+
+    async def early(request: Request) -> Response:
+        return Response(200, body=b"early")
+
+    async with open_h2(early, http2=True) as (client, h2c):
+        stream = await h2c.open_stream(
+            [
+                (b":method", b"POST"),
+                (b":scheme", b"https"),
+                (b":path", b"/"),
+                (b":authority", b"t"),
+            ]
+        )
+        with trio.fail_after(5):
+            await h2c.send(stream, b"u" * 200_000, end=True)
+        assert (await h2c.response_head(stream)).status == 200
+        assert await stream.receive(None) == b"early"
+        await trio.testing.wait_all_tasks_blocked()
+        (connection,) = client.server.connections
+        assert connection._driver.open_streams == 0  # type: ignore[union-attr]
+        assert stream.error is None  # ended, not reset
