@@ -37,7 +37,6 @@ from ._proxyproto import encode_proxy_header as encode_proxy_header
 from ._proxyproto import parse_proxy_header as parse_proxy_header
 from ._proxyproto import proxy_header_for as proxy_header_for
 from ._relay import RelayStats as RelayStats
-from ._relay import TunnelHook as TunnelHook
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
@@ -74,7 +73,6 @@ __all__ = [
     "TLSInfo",
     "Throttle",
     "TokenBucket",
-    "TunnelHook",
     "UnixSocketListener",
     "UsageError",
     "copy_tcp_keepalive",

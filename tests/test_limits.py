@@ -5,6 +5,7 @@ client address and per user (429)."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -282,6 +283,7 @@ async def test_tcp_upgrade_per_client_limit_gets_429(
     async def upstream(stream: trio.SocketStream) -> None:
         await read_until_closed(stream)
 
+    caplog.set_level(logging.INFO, logger="hijack.tcp")  # the tunnel's end line
     upstream_port = await start_upstream(nursery, upstream)
     limits = TunnelLimits(per_client=1)
     handler = TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)

@@ -136,14 +136,13 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         answer = await read_until_closed(closed)
         await closed.aclose()
         tunnel = await _open_tunnel(port)
+        connect_ok = {"kind": "connect", "outcome": "ok", "port": str(port)}
         with trio.fail_after(10):  # gauges are sampled every second
             while True:
                 samples = await _scrape(metrics_port)
                 if (
                     _value(samples, "hijack_hijacked_open") == 1
-                    and _value(
-                        samples, "hijack_tunnels_total", outcome="ok", port=str(port)
-                    )
+                    and _value(samples, "hijack_tunnels_total", **connect_ok)
                     and _value(
                         samples, "hijack_websocket_messages_total", direction="out"
                     )
@@ -151,9 +150,7 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
                     break
                 await trio.sleep(0.2)
         assert _value(samples, "hijack_connections", state="hijacked") == 1
-        assert (
-            _value(samples, "hijack_tunnels_total", outcome="ok", port=str(port)) == 1
-        )
+        assert _value(samples, "hijack_tunnels_total", **connect_ok) == 1
         assert _value(samples, "hijack_relay_bytes_total", direction="up") == len(hello)
         assert _value(samples, "hijack_relay_bytes_total", direction="down") == len(
             answer

@@ -128,7 +128,7 @@ async def test_proxy_users_reload_on_sighup(
         proxy.signal(signal.SIGINT)
         assert await proxy.wait() == 0
         await proxy.output_closed.wait()
-    assert re.search(r"CONNECT 127\.0\.0\.1:\d+ user=alice -> ", proxy.stderr), (
+    assert re.search(r"connect 127\.0\.0\.1:\d+ user=alice -> ", proxy.stderr), (
         proxy.stderr
     )
 

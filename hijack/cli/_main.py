@@ -23,8 +23,8 @@ from .._config import Limits
 from .._exchange import Handler
 from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
-from .._relay import TunnelHook
 from .._server import Server
+from ..tunnel.lifecycle import TunnelHook
 from . import _team
 from ._arguments import (
     listen_address,
@@ -35,6 +35,7 @@ from ._arguments import (
 )
 from ._config_file import with_config_file
 from ._http2 import add_http2_option, http2_server_options
+from ._logging import BatchedStreamHandler, quiet_record_fields
 from ._service import add_serving_options, run_supervisor, setup_access_log
 from ._supervisor import WORKER_FDS_ENV
 
@@ -117,6 +118,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
             idle_timeout=args.idle_timeout,
             allowed_origins=origins,
             send_proxy_protocol=args.send_proxy_protocol,
+            on_tunnel=args.on_tunnel,
         )
     try:
         targets = TargetFile(args.targets)
@@ -129,6 +131,7 @@ def _wsbridge_handler(args: argparse.Namespace, port: int | None) -> Handler:
         idle_timeout=args.idle_timeout,
         allowed_origins=origins,
         send_proxy_protocol=args.send_proxy_protocol,
+        on_tunnel=args.on_tunnel,
     )
 
 
@@ -594,8 +597,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return parser.parse_args(with_config_file(parser, argv))
 
     args = reparse()
+    quiet_record_fields()
     logging.basicConfig(
-        level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+        level=args.log_level,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        handlers=[BatchedStreamHandler(sys.stderr)],
     )
     if args.command == "hash-password":
         return _team.hash_password_command()

@@ -38,6 +38,7 @@ from .._listeners import UnixSocketListener, open_unix_listener
 from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
 from ._arguments import parse_host_port
+from ._logging import BatchedStreamHandler
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._supervisor import (
     WORKER_FDS_ENV,
@@ -113,7 +114,7 @@ def setup_access_log(fmt: str) -> None:
     if fmt == "off":
         access_logger.setLevel(logging.WARNING)
     elif fmt == "json":
-        handler = logging.StreamHandler()
+        handler = BatchedStreamHandler(sys.stderr)
         handler.setFormatter(JSONAccessFormatter())
         access_logger.addHandler(handler)
         access_logger.propagate = False
