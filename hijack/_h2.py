@@ -50,7 +50,7 @@ from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected
 from ._exchange import ServerSide
-from ._h2_exchange import H2Exchange
+from ._h2_exchange import DRAIN_LIMIT, H2Exchange
 from ._h2_meter import PREFACE, FrameMeter
 from ._h2_wire import CONNECTION_WINDOW, H2Stream, H2Wire, StreamState
 from ._http import HTTPConnection
@@ -61,9 +61,6 @@ __all__ = ["PREFACE", "HTTP2Connection", "choose_protocol"]
 logger = logging.getLogger("hijack")
 
 RECEIVE_SIZE = 65536
-#: Unread request body discarded after a response before the stream is
-#: reset instead (curl < 8 treats an early RST_STREAM NO_ERROR as failure).
-DRAIN_LIMIT = 256 * 1024
 
 _CODES = h2.errors.ErrorCodes
 
