@@ -180,8 +180,7 @@ class H2Exchange:
             if self._response_started:
                 if response is not None:
                     logger.error("handler returned %r after start_response", response)
-                await self._drain_unread_body()
-                await self._wire.send(self._stream, b"", end=True)
+                await self._end_response()
             elif response is None:
                 logger.error("handler returned None without responding to %r", request)
                 await self._answer_error(HTTPError(500))
@@ -221,26 +220,38 @@ class H2Exchange:
             drained += len(data)
 
     async def _send_response(self, response: Response) -> None:
-        await self._drain_unread_body()
         body = response.body
         head_only = self._method == "HEAD"
+        # The response goes out at once; only its end waits for a body
+        # still coming in (see DRAIN_LIMIT).
+        end_now = self._stream.end_received or self._method == "CONNECT"
         if isinstance(body, BYTES_LIKE):
-            end = head_only or not body
-            await self._send_head(response, add_length=True, end=end)
-            if not end:
-                await self._wire.send(self._stream, bytes(body), end=True)
+            has_body = bool(body) and not head_only
+            await self._send_head(
+                response, add_length=True, end=end_now and not has_body
+            )
+            if has_body:
+                await self._wire.send(self._stream, bytes(body), end=end_now)
                 self._sent_body = len(body)
-            return
-        await self._send_head(response, add_length=False, end=False)
-        try:
-            async for chunk in body:
-                if chunk and not head_only:
-                    await self._wire.send(self._stream, bytes(chunk), end=False)
-                    self._sent_body += len(chunk)
-        finally:
-            aclose = getattr(body, "aclose", None)
-            if aclose is not None:
-                await aclose()
+        else:
+            await self._send_head(response, add_length=False, end=False)
+            try:
+                async for chunk in body:
+                    if chunk and not head_only:
+                        await self._wire.send(self._stream, bytes(chunk), end=False)
+                        self._sent_body += len(chunk)
+            finally:
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            end_now = False
+        if not end_now or not self._stream.end_sent:
+            await self._end_response()
+
+    async def _end_response(self) -> None:
+        """END_STREAM, once the request body is in (or drained)."""
+        if self._method != "CONNECT":
+            await self._drain_unread_body()
         await self._wire.send(self._stream, b"", end=True)
 
     def _head(self, response: Response, add_length: bool) -> list[tuple[bytes, bytes]]:
