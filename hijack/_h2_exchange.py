@@ -48,9 +48,10 @@ _HOP_BY_HOP = frozenset(
 )
 _BAD_VALUE = (b"\r", b"\n", b"\x00")
 #: A request body the handler left unread is read and dropped, up to this
-#: much, before the response ends: curl 7.88 fails (exit 92) or spins on a
-#: response that ends while it is still uploading. Past it, the stream is
-#: reset (NO_ERROR, RFC 9113 8.1) once the response is complete.
+#: much, before the response is sent (the end of a streamed one): curl 7.88
+#: stalls its upload when the answer comes first, and fails (exit 92) on the
+#: RST_STREAM NO_ERROR RFC 9113 8.1 allows after it. Past this much, the
+#: answer goes out and the stream is reset once it is complete.
 DRAIN_LIMIT = 256 * 1024
 
 
@@ -220,33 +221,30 @@ class H2Exchange:
             drained += len(data)
 
     async def _send_response(self, response: Response) -> None:
+        # A request body still coming in is read first (see DRAIN_LIMIT):
+        # curl 7.88 stalls its upload when the answer comes first.
+        if self._method != "CONNECT":
+            await self._drain_unread_body()
         body = response.body
         head_only = self._method == "HEAD"
-        # The response goes out at once; only its end waits for a body
-        # still coming in (see DRAIN_LIMIT).
-        end_now = self._stream.end_received or self._method == "CONNECT"
         if isinstance(body, BYTES_LIKE):
             has_body = bool(body) and not head_only
-            await self._send_head(
-                response, add_length=True, end=end_now and not has_body
-            )
+            await self._send_head(response, add_length=True, end=not has_body)
             if has_body:
-                await self._wire.send(self._stream, bytes(body), end=end_now)
+                await self._wire.send(self._stream, bytes(body), end=True)
                 self._sent_body = len(body)
-        else:
-            await self._send_head(response, add_length=False, end=False)
-            try:
-                async for chunk in body:
-                    if chunk and not head_only:
-                        await self._wire.send(self._stream, bytes(chunk), end=False)
-                        self._sent_body += len(chunk)
-            finally:
-                aclose = getattr(body, "aclose", None)
-                if aclose is not None:
-                    await aclose()
-            end_now = False
-        if not end_now or not self._stream.end_sent:
-            await self._end_response()
+            return
+        await self._send_head(response, add_length=False, end=False)
+        try:
+            async for chunk in body:
+                if chunk and not head_only:
+                    await self._wire.send(self._stream, bytes(chunk), end=False)
+                    self._sent_body += len(chunk)
+        finally:
+            aclose = getattr(body, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        await self._end_response()
 
     async def _end_response(self) -> None:
         """END_STREAM, once the request body is in (or drained)."""
