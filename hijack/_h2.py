@@ -52,7 +52,7 @@ from ._errors import ClientDisconnected
 from ._exchange import ServerSide
 from ._h2_exchange import DRAIN_LIMIT, H2Exchange
 from ._h2_meter import PREFACE, FrameMeter
-from ._h2_wire import CONNECTION_WINDOW, H2Stream, H2Wire, StreamState
+from ._h2_wire import CONNECTION_WINDOW, H2Stream, H2Wire
 from ._http import HTTPConnection
 from ._message import HTTPError
 
@@ -104,6 +104,8 @@ class HTTP2Connection:
         self._served_one = False
         self._streams_changed = trio.Event()
         self._nursery: trio.Nursery | None = None
+        #: Hijacked streams not closed by their owner yet.
+        self._owned: set[int] = set()
         #: How streams ended, for tests and metrics: "refused", "reset by
         #: peer", "hijacked" (streams ever hijacked).
         self.counts = {"streams": 0, "refused": 0, "reset by peer": 0, "hijacked": 0}
@@ -118,9 +120,7 @@ class HTTP2Connection:
     @property
     def hijacked_streams(self) -> int:
         """Hijacked streams whose owner has not closed them yet."""
-        return sum(
-            1 for s in self.wire.streams.values() if s.state is StreamState.HIJACKED
-        )
+        return len(self._owned)
 
     def request_shutdown(self) -> None:
         """Graceful shutdown: GOAWAY now (sent by the janitor), streams
@@ -315,7 +315,6 @@ class HTTP2Connection:
         with scope, contextlib.suppress(ClientDisconnected, HTTPError):
             await exchange.run(self.server.handler)
         if exchange.hijacked is not None:
-            self.counts["hijacked"] += 1
             return  # its owner (or _release) closes it
         if stream.error is None and not stream.end_sent:
             # Cancelled (reset by the peer, or the grace ended) mid-response.
@@ -324,6 +323,13 @@ class HTTP2Connection:
             self.wire.discard(stream)
         with contextlib.suppress(ClientDisconnected):
             await self.wire.flush()
+
+    def stream_owned(self, stream: H2Stream, owned: bool) -> None:
+        if owned:
+            self._owned.add(stream.id)
+            self.counts["hijacked"] += 1
+        else:
+            self._owned.discard(stream.id)
 
     def stream_closed(self, stream: H2Stream) -> None:
         if not self.wire.streams and self.connection.state is ConnState.ACTIVE:
@@ -341,6 +347,9 @@ class _ServerWire(H2Wire):
 
     def on_event(self, event: h2.events.Event) -> None:
         self.loop.on_event(event)
+
+    def on_owned(self, stream: H2Stream, owned: bool) -> None:
+        self.loop.stream_owned(stream, owned)
 
     def on_stream_closed(self, stream: H2Stream) -> None:
         self._discarded.pop(stream.id, None)

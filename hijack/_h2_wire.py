@@ -207,6 +207,7 @@ class StreamIO(trio.abc.HalfCloseableStream):
 
     def __init__(self, stream: H2Stream) -> None:
         self._stream = stream
+        stream.wire.on_owned(stream, True)
         self._closed = False
         self._eof_sent = False
         self._receiving = False
@@ -302,6 +303,7 @@ class StreamIO(trio.abc.HalfCloseableStream):
         for scope in self._waiters:
             scope.cancel()
         stream = self._stream
+        stream.wire.on_owned(stream, False)
         try:
             await stream.wire.finish(stream)
         except BaseException:
@@ -498,6 +500,10 @@ class H2Wire:
 
     def on_stream_closed(self, stream: H2Stream) -> None:
         """Hook: ``stream`` left the table."""
+
+    def on_owned(self, stream: H2Stream, owned: bool) -> None:
+        """Hook: a :class:`StreamIO` took ``stream`` over (``owned``), or
+        its owner closed it."""
 
     # -- reading -------------------------------------------------------------
 
