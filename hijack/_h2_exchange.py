@@ -370,7 +370,11 @@ class H2Exchange:
         buffered = stream.take_all()
         hijacked = H2Hijacked(StreamIO(stream), buffered, self._connection)
         self.hijacked = hijacked
-        await self._wire.give_back(stream, 0)
+        # The buffered bytes left the stream's buffer: their window comes
+        # back now (replaying them reads no frame that would give it back).
+        self._wire._give_back_now(stream)
+        with contextlib.suppress(ClientDisconnected):
+            await self._wire.flush()
         if self._server.reporting:
             self.report()
         return hijacked

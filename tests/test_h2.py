@@ -4,6 +4,7 @@ test_h2_clients.py, the floods in test_h2_limits.py)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -401,3 +402,37 @@ async def test_an_unread_body_is_drained_and_the_stream_forgotten(
         (connection,) = client.server.connections
         assert connection._driver.open_streams == 0  # type: ignore[union-attr]
         assert stream.error is None  # ended, not reset
+
+
+async def test_a_full_window_before_the_hijack_is_given_back(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """The client fills the stream's window before the handler hijacks:
+    the buffered bytes are replayed and their window reopened, so the rest
+    flows."""
+    arrived = trio.Event()
+    received: list[int] = []
+
+    async def handler(request: Request) -> None:
+        await arrived.wait()
+        stream = await request.hijack(Response(200))
+        total = 0
+        async with stream:
+            while data := await stream.receive_some():
+                total += len(data)
+        received.append(total)
+
+    async with open_h2(handler, http2=True) as (_client, h2c):
+        stream = await h2c.open_stream(
+            [(b":method", b"CONNECT"), (b":authority", b"example.com:443")]
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(
+                functools.partial(h2c.send, stream, b"f" * 300_000, end=True)
+            )
+            await trio.testing.wait_all_tasks_blocked()
+            arrived.set()
+        assert (await h2c.response_head(stream)).status == 200
+        while await stream.receive(None):
+            pass
+    assert received == [300_000]
