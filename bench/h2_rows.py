@@ -1,0 +1,87 @@
+"""The HTTP/2 row: hello world under h2load, hijack against hypercorn -k
+trio (HTTP/2 on the same ASGI hello world, bench/asgi_hello.py), on h2c
+with prior knowledge and on TLS with ALPN h2, interleaved rounds.
+
+hypercorn closes an HTTP/2 connection after 1000 requests by default
+(``keep_alive_max_requests``): ``hypercorn_h2.toml`` lifts that so both
+serve the same load. h2load runs for a fixed time (``-D``), 4 connections
+of 10 concurrent streams each."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from procs import BENCH, BENCH_PY, free_port
+
+ROW = "HTTP/2 hello"
+PEER = "hypercorn -k trio (h2)"
+
+
+def _certificate(where: Path) -> tuple[str, str]:
+    cert, key = where / "h2-cert.pem", where / "h2-key.pem"
+    if not cert.exists():
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+             "-keyout", str(key), "-out", str(cert), "-days", "2",
+             "-subj", "/CN=127.0.0.1"],
+            check=True, capture_output=True,
+        )  # fmt: skip
+    return str(cert), str(key)
+
+
+def run_h2load(url: str, seconds: int) -> tuple[float, str]:
+    out = subprocess.run(
+        ["h2load", "-D", str(seconds), "-c", "4", "-m", "10", url],
+        capture_output=True, text=True, timeout=seconds + 30, check=True,
+    ).stdout  # fmt: skip
+    match = re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out)
+    if not match:
+        raise RuntimeError(f"cannot read h2load's output:\n{out}")
+    failed = re.search(r"(\d+) failed, (\d+) errored", out)
+    problems = ""
+    if failed and (failed.group(1) != "0" or failed.group(2) != "0"):
+        problems = f"{failed.group(1)} failed, {failed.group(2)} errored"
+    return float(match.group(1)), problems
+
+
+def row_http2(
+    b: Any, venv_bin: Path, hijack_name: str, slug: Callable[[str], str]
+) -> None:
+    if shutil.which("h2load") is None:
+        b.notes.append(f"{ROW} skipped: h2load is not installed (nghttp2-client)")
+        return
+    cert, key = _certificate(BENCH / "logs")
+    seconds = b.cfg.wrk_seconds
+    for tls in (False, True):
+        port = free_port()
+        scheme = "https" if tls else "http"
+        workload = (
+            "TLS (ALPN h2), h2load -c4 -m10"
+            if tls
+            else "h2c prior knowledge, h2load -c4 -m10"
+        )
+        tls_hijack = ["--tls-cert", cert, "--tls-key", key] if tls else []
+        tls_peer = ["--certfile", cert, "--keyfile", key] if tls else []
+        subjects = [
+            (hijack_name, [str(BENCH_PY), str(BENCH / "hijack_servers.py"), "hello",
+                           str(port), "--http2", *tls_hijack]),
+            (PEER, [str(venv_bin / "hypercorn"), "-k", "trio",
+                    "-b", f"127.0.0.1:{port}", "--backlog", "4096",
+                    "--config", str(BENCH / "hypercorn_h2.toml"), *tls_peer,
+                    "asgi_hello:app"]),
+        ]  # fmt: skip
+        url = f"{scheme}://127.0.0.1:{port}/"
+        for name, argv in b.cfg.rounds * subjects:
+            with b.guard(ROW, name), b.server(ROW, name, argv, port) as proc:
+                run_h2load(url, 1)  # warm up
+                proc.start_profile(slug(f"{ROW} {name}"), seconds - 1)
+                cpu0 = proc.cpu_seconds()
+                rate, problems = run_h2load(url, seconds)
+                cpu = (proc.cpu_seconds() - cpu0) / max(rate * seconds, 1)
+                b.add(ROW, workload, name, rate, "requests/s", problems,
+                      cpu=cpu, cpu_unit="request")  # fmt: skip
