@@ -407,6 +407,7 @@ class H2Wire:
         allows; ``ClientDisconnected`` if the stream or connection is gone or
         the window stays shut for ``write_timeout``."""
         view = memoryview(data)
+        stalled_since: float | None = None
         while True:
             if stream.error is not None:
                 raise ClientDisconnected(stream.error)
@@ -421,7 +422,12 @@ class H2Wire:
                 return
             room = min(self.window(stream), self.h2.max_outbound_frame_size)
             if room <= 0:
-                deadline = trio.current_time() + self.write_timeout
+                # Counted from when the window shut, not from the last
+                # WINDOW_UPDATE: one for another stream (or of the connection)
+                # must not keep this one waiting for ever.
+                if stalled_since is None:
+                    stalled_since = trio.current_time()
+                deadline = stalled_since + self.write_timeout
                 if not await stream.wait_writable(deadline):
                     self.reset(stream, h2.errors.ErrorCodes.CANCEL)
                     await self.flush()
@@ -429,6 +435,7 @@ class H2Wire:
                         "the peer opened no flow-control window for write_timeout"
                     )
                 continue
+            stalled_since = None
             chunk, view = view[:room], view[room:]
             last = end and not view
             if last:

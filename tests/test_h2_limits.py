@@ -282,8 +282,20 @@ async def test_a_window_never_opened_resets_the_stream_after_write_timeout(
             )
             assert (await h2c.response_head(stream)).status == 200
             started = trio.current_time()
-            with pytest.raises(Exception, match="reset"):
-                await stream.receive(None)
+            async with trio.open_nursery() as nursery:
+
+                async def distract() -> None:
+                    # Connection-level updates every second: they must not
+                    # restart this stream's clock.
+                    for _ in range(20):
+                        await trio.sleep(1)
+                        h2c.h2.increment_flow_control_window(1)
+                        await h2c.flush()
+
+                nursery.start_soon(distract)
+                with pytest.raises(Exception, match="reset"):
+                    await stream.receive(None)
+                nursery.cancel_scope.cancel()
             assert trio.current_time() - started == pytest.approx(7, abs=0.5)
             assert (await h2c.request("GET", "/small")).status == 200
 
