@@ -18,6 +18,15 @@ timeout of an hour takes no time)::
             await ws.send("hi")
             assert await ws.receive() == "hi"
 
+    # HTTP/2 (the server made with http2=True): requests, CONNECT and
+    # Extended CONNECT streams, WebSockets over RFC 8441.
+    async with open_test_client(handler, http2=True) as client:
+        async with client.http2() as h2:
+            response = await h2.request("GET", "/hello")
+            head, stream = await h2.tunnel("example.com:443")  # CONNECT
+        async with client.websocket("/ws", http2=True) as ws:
+            await ws.send("hi")
+
 Connections can show the server any identity a test needs (a remote
 address, UNIX peer credentials, TLS details): see :class:`Peer`. A real TLS
 handshake over memory streams works too (``ssl_context=``).
