@@ -23,6 +23,7 @@ PEER = "hypercorn -k trio (h2)"
 
 
 def _certificate(where: Path) -> tuple[str, str]:
+    where.mkdir(exist_ok=True)
     cert, key = where / "h2-cert.pem", where / "h2-key.pem"
     if not cert.exists():
         subprocess.run(

@@ -229,7 +229,10 @@ class H2Exchange:
         head_only = self._method == "HEAD"
         if isinstance(body, BYTES_LIKE):
             has_body = bool(body) and not head_only
-            await self._send_head(response, add_length=True, end=not has_body)
+            # The head waits for the body's first frame: one write for both.
+            await self._send_head(
+                response, add_length=True, end=not has_body, flush=not has_body
+            )
             if has_body:
                 await self._wire.send(self._stream, bytes(body), end=True)
                 self._sent_body = len(body)
@@ -266,7 +269,7 @@ class H2Exchange:
         return headers
 
     async def _send_head(
-        self, response: Response, *, add_length: bool, end: bool
+        self, response: Response, *, add_length: bool, end: bool, flush: bool = True
     ) -> None:
         self._check_not_hijacked("send a response")
         if self._response_started:
@@ -280,10 +283,10 @@ class H2Exchange:
         headers = self._head(response, add_length)
         self._response_started = True
         self._status = response.status
-        await self._send_headers(headers, end)
+        await self._send_headers(headers, end, flush=flush)
 
     async def _send_headers(
-        self, headers: list[tuple[bytes, bytes]], end: bool
+        self, headers: list[tuple[bytes, bytes]], end: bool, *, flush: bool = True
     ) -> None:
         stream = self._stream
         if stream.error is not None:
@@ -294,7 +297,8 @@ class H2Exchange:
             lambda: self._wire.h2.send_headers(stream.id, headers, end_stream=end),
             stream,
         )
-        await self._wire.flush()
+        if flush:
+            await self._wire.flush()
 
     # -- called through the Request: the public API's boundary ---------------
 
