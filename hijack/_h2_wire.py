@@ -428,6 +428,7 @@ class H2Wire:
                 if stalled_since is None:
                     stalled_since = trio.current_time()
                     await self.flush()  # what is queued (a head) goes out now
+                    continue  # the window may have opened meanwhile
                 deadline = stalled_since + self.write_timeout
                 if not await stream.wait_writable(deadline):
                     self.reset(stream, h2.errors.ErrorCodes.CANCEL)
