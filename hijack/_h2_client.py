@@ -50,6 +50,9 @@ class H2ClientConnection(H2Wire):
         super().__init__(transport, client_side=True, write_timeout=write_timeout)
         self._heads: dict[int, list[tuple[bytes, bytes]]] = {}
         self._head_events: dict[int, trio.Event] = {}
+        #: Informational (1xx) heads received per stream, in order.
+        self.interim: dict[int, list[H2Response]] = {}
+        self._interim_events: dict[int, trio.Event] = {}
         #: The server's SETTINGS as last received.
         self.remote_settings = self.h2.remote_settings
         self.settings_received = trio.Event()
@@ -80,7 +83,12 @@ class H2ClientConnection(H2Wire):
             self.closed.set()
 
     def on_event(self, event: h2.events.Event) -> None:
-        if isinstance(event, h2.events.ResponseReceived):
+        if isinstance(event, h2.events.InformationalResponseReceived):
+            assert event.stream_id is not None
+            head = H2Response(list(event.headers or []))
+            self.interim.setdefault(event.stream_id, []).append(head)
+            self._interim_events.setdefault(event.stream_id, trio.Event()).set()
+        elif isinstance(event, h2.events.ResponseReceived):
             assert event.stream_id is not None
             self._heads[event.stream_id] = list(event.headers or [])
             waiter = self._head_events.get(event.stream_id)
@@ -110,6 +118,11 @@ class H2ClientConnection(H2Wire):
         self.h2.send_headers(stream_id, headers, end_stream=end_stream)
         await self.flush()
         return stream
+
+    async def informational(self, stream: H2Stream) -> H2Response:
+        """Wait for the first 1xx head of ``stream`` (a ``100 Continue``)."""
+        await self._interim_events.setdefault(stream.id, trio.Event()).wait()
+        return self.interim[stream.id][0]
 
     async def response_head(self, stream: H2Stream) -> H2Response:
         """Wait for the response head of ``stream``; ``ClientDisconnected``

@@ -95,6 +95,7 @@ class H2Exchange:
         "_body_bytes",
         "_body_deadline",
         "_connection",
+        "_expects_continue",
         "_headers",
         "_live",
         "_method",
@@ -124,6 +125,7 @@ class H2Exchange:
         self._stream = stream
         self._method, self._target, self.protocol, headers = head
         self._headers = Headers(headers)
+        self._expects_continue = "100-continue" in self._headers.tokens("expect")
         self._live = True
         self._response_started = False
         self._status: int | None = None
@@ -207,6 +209,8 @@ class H2Exchange:
     async def _drain_unread_body(self) -> None:
         """Read and drop what the peer still sends of the request body (see
         DRAIN_LIMIT), within ``body_timeout``."""
+        if self._expects_continue:
+            return  # no 100 was sent: the client sends no body
         stream = self._stream
         drained = 0
         while not stream.end_received and stream.error is None:
@@ -326,6 +330,16 @@ class H2Exchange:
     async def read_body_chunk(self) -> bytes:
         self._check_live("read the request body")
         self._check_not_hijacked("read the request body")
+        if self._expects_continue:
+            # The client waits for a 100 before it sends the body; not if
+            # the body announced is too large (as on HTTP/1.1).
+            length = self._headers.get("content-length", "")
+            limit = self._server.limits.max_body_size
+            if length.isdigit() and int(length) > limit:
+                raise HTTPError(413, "request body too large")
+            self._expects_continue = False
+            if not self._response_started and not self._stream.end_received:
+                await self._send_headers([(b":status", b"100")], end=False)
         try:
             data = await self._stream.receive(None, self._body_deadline)
         except trio.TooSlowError:

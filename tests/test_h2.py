@@ -436,3 +436,34 @@ async def test_a_full_window_before_the_hijack_is_given_back(
         while await stream.receive(None):
             pass
     assert received == [300_000]
+
+
+async def test_expect_100_continue(autojump_clock: trio.testing.MockClock) -> None:
+    """A client that waits for a 100 before its body gets one when the
+    handler reads the body; one announcing too big a body gets 413 and no
+    100."""
+
+    async def read(request: Request) -> Response:
+        return Response(200, body=b"%d" % len(await request.read()))
+
+    limits = Limits(max_body_size=1000)
+    async with open_h2(read, http2=True, limits=limits) as (_client, h2c):
+        head = [
+            (b":method", b"POST"),
+            (b":scheme", b"https"),
+            (b":path", b"/"),
+            (b":authority", b"t"),
+            (b"expect", b"100-continue"),
+        ]
+        stream = await h2c.open_stream([*head, (b"content-length", b"5")])
+        assert (await h2c.informational(stream)).status == 100
+        await h2c.send(stream, b"12345", end=True)
+        final = await h2c.response_head(stream)
+        assert final.status == 200
+        assert await stream.receive(None) == b"5"
+
+        started = trio.current_time()
+        big = await h2c.open_stream([*head, (b"content-length", b"5000")])
+        assert (await h2c.response_head(big)).status == 413
+        assert trio.current_time() - started < 1  # no wait for a body
+        assert big.id not in h2c.interim
