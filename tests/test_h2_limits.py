@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import gc
+import tracemalloc
+from collections.abc import Iterator
 from typing import Any
 
 import h2.settings
@@ -102,6 +105,29 @@ async def send_ignoring_close(stream: trio.abc.Stream, data: bytes) -> None:
         await stream.send_all(data)
 
 
+@contextlib.contextmanager
+def memory_comes_back() -> Iterator[None]:
+    """What hijack, h2, hpack and hyperframe allocate during the block is
+    freed by its end (the connection closed), give or take 200 KB."""
+    tracemalloc.start()
+    try:
+        gc.collect()
+        before = tracemalloc.take_snapshot()
+        yield
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+    finally:
+        tracemalloc.stop()
+    ours = ("/hijack/", "/h2/", "/hpack/", "/hyperframe/")
+    grown = sum(
+        stat.size_diff
+        for stat in after.compare_to(before, "filename")
+        if stat.size_diff > 0
+        and any(part in stat.traceback[0].filename for part in ours)
+    )
+    assert grown < 200_000, f"{grown} bytes still held"
+
+
 async def assert_others_served(client: TestClient) -> None:
     async with client.http2() as h2c:
         assert (await h2c.request("GET", "/")).body == b"hello"
@@ -120,18 +146,20 @@ async def test_rapid_reset_ends_the_connection_with_enhance_your_calm(
 
     limits = Limits(h2_max_resets_per_second=10)  # a budget of 100 at once
     async with open_test_client(counting, http2=True, limits=limits) as client:
-        stream = await open_hostile(client.listener)
         encoder = Encoder()
         flood = b"".join(
             headers(n, request_block(encoder)) + RstStreamFrame(n, CANCEL).serialize()
             for n in range(1, 2001, 2)
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_ignoring_close, stream, flood)
-            frames = await frames_until_close(stream)
+        with memory_comes_back():
+            stream = await open_hostile(client.listener)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_ignoring_close, stream, flood)
+                frames = await frames_until_close(stream)
+            await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked()
         assert goaway_code(frames) == ENHANCE_YOUR_CALM
         assert started <= 110  # not the 1000 streams sent
-        await stream.aclose()
         started = 0
         await assert_others_served(client)
 
@@ -169,16 +197,18 @@ async def test_continuation_flood_is_cut_at_max_head_size(
     CONTINUATION."""
     limits = Limits(max_head_size=16 * 1024)
     async with open_test_client(hello, http2=True, limits=limits) as client:
-        stream = await open_hostile(client.listener)
         first = HeadersFrame(1, request_block(Encoder()))  # no END_HEADERS
         flood = first.serialize() + b"".join(
             ContinuationFrame(1, b"\x00" * 4096).serialize() for _ in range(1000)
         )
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(send_ignoring_close, stream, flood)
-            frames = await frames_until_close(stream)
+        with memory_comes_back():
+            stream = await open_hostile(client.listener)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_ignoring_close, stream, flood)
+                frames = await frames_until_close(stream)
+            await stream.aclose()
+            await trio.testing.wait_all_tasks_blocked()
         assert goaway_code(frames) == ENHANCE_YOUR_CALM
-        await stream.aclose()
         await assert_others_served(client)
 
 
