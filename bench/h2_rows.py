@@ -23,6 +23,8 @@ from procs import BENCH, BENCH_PY, free_port
 
 ROW = "HTTP/2 hello"
 PEER = "hypercorn -k trio (h2)"
+TUNNEL_ROW = "CONNECT over HTTP/2"
+TUNNEL_PEER = "hijack over HTTP/1.1"
 
 
 def _certificate(where: Path) -> tuple[str, str]:
@@ -89,3 +91,39 @@ def row_http2(
                 cpu = (proc.cpu_seconds() - cpu0) / max(rate * seconds, 1)
                 b.add(ROW, workload, name, rate, "requests/s", problems,
                       cpu=cpu, cpu_unit="request")  # fmt: skip
+
+
+def _tunnel(
+    proxy: int, sink: int, size: int, framing: str, up: bool
+) -> tuple[int, float]:
+    out = subprocess.run(
+        [str(BENCH_PY), str(BENCH / "h2_tunnel.py"), str(proxy), str(sink),
+         str(size), framing, "up" if up else "down", "20"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split()  # fmt: skip
+    return int(out[0]), float(out[1])
+
+
+def row_tunnel(
+    b: Any, upstream: Callable[[str, int], list[str]], hijack_name: str,
+    server_proc: Any,
+) -> None:  # fmt: skip
+    """One CONNECT tunnel, the same hijack process and the same trio client:
+    on an HTTP/2 stream (hijack's figure) against HTTP/1.1 (the peer), where
+    the tunnel goes to the relay hub."""
+    size = 200 * 1000 * 1000
+    sink = free_port()
+    with server_proc("sink", upstream("sink", sink), sink):
+        port = free_port()
+        argv = [str(BENCH_PY), str(BENCH / "hijack_servers.py"), "connect",
+                str(port), "--allow-port", str(sink), "--http2"]  # fmt: skip
+        for _ in range(b.cfg.rounds):
+            for name, framing in ((hijack_name, "h2"), (TUNNEL_PEER, "h1")):
+                with b.guard(TUNNEL_ROW, name), b.server(TUNNEL_ROW, name, argv, port):
+                    _tunnel(port, sink, 20 * 1000 * 1000, framing, True)  # warm up
+                    for up in (True, False):
+                        moved, elapsed = _tunnel(port, sink, size, framing, up)
+                        workload = "1 stream " + ("upload" if up else "download")
+                        note = "" if moved >= size else f"{moved / 1e6:.0f} MB in 20 s"
+                        b.add(TUNNEL_ROW, workload, name, moved / elapsed / 1e6,
+                              "MB/s", note)  # fmt: skip

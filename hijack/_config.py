@@ -40,6 +40,10 @@ class Limits:
       (RST_STREAM REFUSED_STREAM), the connection goes on.
     h2_stream_window: the receive window of each stream: the most a stream
       buffers before its reader consumes (flow control is the backpressure).
+    h2_tunnel_window: the receive window of a hijacked stream (a tunnel's
+      bandwidth is about one window per round trip), from the hijack on.
+    h2_max_frame_size: the largest frame the peer may send
+      (SETTINGS_MAX_FRAME_SIZE; fewer, bigger DATA frames for tunnels).
     h2_max_resets_per_second: RST_STREAM frames from the peer plus streams
       refused, per second on average (bursts of ten seconds' worth): rapid
       reset (CVE-2023-44487). Over it: GOAWAY ENHANCE_YOUR_CALM.
@@ -67,6 +71,8 @@ class Limits:
     tcp_keepalive_count: int = 3
     h2_max_concurrent_streams: int = 100
     h2_stream_window: int = 65535
+    h2_tunnel_window: int = 1024 * 1024
+    h2_max_frame_size: int = 65536
     h2_max_resets_per_second: float = 100.0
     h2_max_settings_per_second: float = 10.0
     h2_max_pings_per_second: float = 10.0

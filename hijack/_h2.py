@@ -137,6 +137,7 @@ class HTTP2Connection:
             codes.MAX_CONCURRENT_STREAMS: limits.h2_max_concurrent_streams,
             codes.MAX_HEADER_LIST_SIZE: limits.max_head_size,
             codes.INITIAL_WINDOW_SIZE: limits.h2_stream_window,
+            codes.MAX_FRAME_SIZE: limits.h2_max_frame_size,
         }
         if self.extended_connect:
             settings[codes.ENABLE_CONNECT_PROTOCOL] = 1
@@ -144,6 +145,10 @@ class HTTP2Connection:
             client=False, initial_values=settings
         )
         wire.h2.decoder.max_header_list_size = limits.max_head_size
+        # h2 applies our MAX_FRAME_SIZE only once the peer acknowledged it,
+        # and checks frames against the old one when the ACK and a big frame
+        # arrive in one read: we said it, so we take it from the start.
+        wire.h2.max_inbound_frame_size = limits.h2_max_frame_size
         try:
             wire.h2.initiate_connection()
             wire.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)

@@ -19,6 +19,9 @@ from ._message import Headers
 __all__ = ["H2ClientConnection", "H2Response", "open_h2_client"]
 
 RECEIVE_SIZE = 65536
+#: A tunnel's receive window, and the largest frame the server may send.
+TUNNEL_WINDOW = 1024 * 1024
+MAX_FRAME_SIZE = 65536
 
 
 class H2Response:
@@ -180,6 +183,7 @@ class H2ClientConnection(H2Wire):
             self.discard(stream)
             return response, None
         stream.state = StreamState.HIJACKED
+        self.widen(stream, TUNNEL_WINDOW)
         return response, StreamIO(stream)
 
 
@@ -214,10 +218,10 @@ async def open_h2_client(
     """An HTTP/2 client connection over ``transport`` (the preface sent, the
     server's SETTINGS awaited); closed on exit."""
     conn = H2ClientConnection(transport, write_timeout=write_timeout)
-    if settings:
-        conn.h2.local_settings = h2.settings.Settings(
-            client=True, initial_values=settings
-        )
+    values = {h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME_SIZE}
+    values.update(settings or {})
+    conn.h2.local_settings = h2.settings.Settings(client=True, initial_values=values)
+    conn.h2.max_inbound_frame_size = values[h2.settings.SettingCodes.MAX_FRAME_SIZE]
     conn.h2.initiate_connection()
     conn.h2.increment_flow_control_window(CONNECTION_WINDOW - 65535)
     async with trio.open_nursery() as nursery:

@@ -391,6 +391,7 @@ class H2Exchange:
         # The buffered bytes left the stream's buffer: their window comes
         # back now (replaying them reads no frame that would give it back).
         self._wire._give_back_now(stream)
+        self._wire.widen(stream, self._server.limits.h2_tunnel_window)
         with contextlib.suppress(ClientDisconnected):
             await self._wire.flush()
         if self._server.reporting:

@@ -106,6 +106,7 @@ class H2Stream:
         "scope",
         "state",
         "unacked",
+        "window",
         "wire",
     )
 
@@ -123,6 +124,8 @@ class H2Stream:
         #: The handler's cancel scope (server side), cancelled on a reset.
         self.scope: trio.CancelScope | None = None
         self.unacked = 0
+        #: The receive window this stream keeps open (given back in halves).
+        self.window = wire.stream_window
         self._readable = trio.Event()
         self._writable = trio.Event()
 
@@ -520,13 +523,24 @@ class H2Wire:
         """``flow`` bytes of ``stream`` were consumed: reopen its window
         once half of it is used (one WINDOW_UPDATE per half window)."""
         stream.unacked += flow
-        if stream.unacked >= self.stream_window // 2:
+        if stream.unacked >= stream.window // 2:
             self._give_back_now(stream)
             # A failure reaches the reader with its next receive.
             with contextlib.suppress(ClientDisconnected):
                 await self.flush()
         else:
             await trio.lowlevel.checkpoint()
+
+    def widen(self, stream: H2Stream, window: int) -> None:
+        """Keep ``window`` bytes open for ``stream`` from now on (a tunnel
+        needs more than a request body: one window per round trip is its
+        bandwidth). Queued; the next flush sends it."""
+        if window > stream.window and not stream.end_received and not stream.error:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.increment_flow_control_window(
+                    window - stream.window, stream_id=stream.id
+                )
+                stream.window = window
 
     def _give_back_now(self, stream: H2Stream) -> None:
         n, stream.unacked = stream.unacked, 0
