@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ ROW = "HTTP/2 hello"
 PEER = "hypercorn -k trio (h2)"
 TUNNEL_ROW = "CONNECT over HTTP/2"
 TUNNEL_PEER = "hijack over HTTP/1.1"
+HELD = 100
 
 
 def _certificate(where: Path) -> tuple[str, str]:
@@ -127,3 +129,53 @@ def row_tunnel(
                         note = "" if moved >= size else f"{moved / 1e6:.0f} MB in 20 s"
                         b.add(TUNNEL_ROW, workload, name, moved / elapsed / 1e6,
                               "MB/s", note)  # fmt: skip
+
+
+def _held_rss(b: Any, proc: Any, proxy: int, echo: int, framing: str) -> float:
+    """Server RSS growth per tunnel while ``HELD`` tunnels are open."""
+    argv = [str(BENCH_PY), str(BENCH / "h2_tunnel.py"), "hold", str(proxy),
+            str(echo)]  # fmt: skip
+    warm = subprocess.run([*argv, "10", framing], input="", capture_output=True,
+                          text=True, timeout=60, check=True)  # fmt: skip
+    if not warm.stdout.startswith("ready"):
+        raise RuntimeError(f"warm-up: {warm.stdout} {warm.stderr}")
+    time.sleep(0.5)
+    before = proc.rss_kib()
+    holder = subprocess.Popen([*argv, str(HELD), framing], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        line = holder.stdout.readline()
+        if not line.startswith("ready"):
+            raise RuntimeError(f"holder said {line!r}")
+        time.sleep(1.0)
+        after = proc.rss_kib()
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    return float(after - before) / HELD
+
+
+def row_held(
+    b: Any, upstream: Callable[[str, int], list[str]], hijack_name: str,
+    server_proc: Any,
+) -> None:  # fmt: skip
+    """100 tunnels on one HTTP/2 connection against 100 HTTP/1.1 tunnels
+    (one connection each; handed to the relay hub): server memory per
+    tunnel. No target: the figure is stated."""
+    row = "tunnels held"
+    echo = free_port()
+    with server_proc("echo-upstream", upstream("echo", echo), echo):
+        port = free_port()
+        argv = [str(BENCH_PY), str(BENCH / "hijack_servers.py"), "connect",
+                str(port), "--allow-port", str(echo), "--http2"]  # fmt: skip
+        for _ in range(b.cfg.rounds):
+            for name, framing, workload in (
+                (hijack_name, "h2", f"{HELD} tunnels on one HTTP/2 connection"),
+                (hijack_name, "h1", f"{HELD} HTTP/1.1 tunnels"),
+            ):
+                with b.guard(row, name), b.server(row, name, argv, port) as proc:
+                    per = _held_rss(b, proc, port, echo, framing)
+                    b.add(row, workload, name, per, "KiB/tunnel",
+                          lower_is_better=True)  # fmt: skip

@@ -487,6 +487,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "http": row_http,
     "http2": lambda b: h2_rows.row_http2(b, VENV_BIN, HIJACK, _slug),
     "h2tunnel": lambda b: h2_rows.row_tunnel(b, upstream, HIJACK, ServerProc),
+    "h2held": lambda b: h2_rows.row_held(b, upstream, HIJACK, ServerProc),
     "idle": row_idle,
     "scale": row_scale,
     "interactive": row_interactive,
