@@ -27,6 +27,8 @@ PEER = "hypercorn -k trio (h2)"
 TUNNEL_ROW = "CONNECT over HTTP/2"
 TUNNEL_PEER = "hijack over HTTP/1.1"
 HELD = 100
+WS_ROW = "WebSocket over HTTP/2"
+WS_PEER = "hypercorn -k trio (RFC 8441)"
 
 
 def _certificate(where: Path) -> tuple[str, str]:
@@ -179,3 +181,33 @@ def row_held(
                     per = _held_rss(b, proc, port, echo, framing)
                     b.add(row, workload, name, per, "KiB/tunnel",
                           lower_is_better=True)  # fmt: skip
+
+
+def row_ws(
+    b: Any, venv_bin: Path, hijack_name: str, slug: Callable[[str], str]
+) -> None:
+    """64-byte WebSocket echo over RFC 8441, 8 HTTP/2 connections, the same
+    client (bench/h2_ws.py) against hijack's echo and hypercorn's."""
+    port = free_port()
+    subjects = [
+        (hijack_name, [str(BENCH_PY), str(BENCH / "hijack_servers.py"), "ws",
+                       str(port), "--http2"]),
+        (WS_PEER, [str(venv_bin / "hypercorn"), "-k", "trio",
+                   "-b", f"127.0.0.1:{port}", "--config",
+                   str(BENCH / "hypercorn_h2.toml"), "asgi_ws:app"]),
+    ]  # fmt: skip
+    seconds = b.cfg.wrk_seconds
+    client = [str(BENCH_PY), str(BENCH / "h2_ws.py"), str(port), "8"]
+    for name, argv in b.cfg.rounds * subjects:
+        with b.guard(WS_ROW, name), b.server(WS_ROW, name, argv, port) as proc:
+            subprocess.run([*client, "1"], check=True, capture_output=True,
+                           timeout=60)  # warm up  # fmt: skip
+            proc.start_profile(slug(f"{WS_ROW} {name}"), seconds - 1)
+            cpu0 = proc.cpu_seconds()
+            out = subprocess.run([*client, str(seconds)], check=True, text=True,
+                                 capture_output=True, timeout=seconds + 60)  # fmt: skip
+            messages, elapsed = out.stdout.split()
+            rate = int(messages) / float(elapsed)
+            cpu = (proc.cpu_seconds() - cpu0) / max(int(messages), 1)
+            b.add(WS_ROW, "64 B echo, 8 connections", name, rate, "messages/s",
+                  cpu=cpu, cpu_unit="message")  # fmt: skip
