@@ -15,6 +15,10 @@ stream's life, counted per connection (:attr:`HTTP2Connection.counts`):
                                -> CLOSED (both ends sent END_STREAM, or reset)
     HIJACKED -> CLOSED (the owner closed it, or a reset)
 
+Counts: ``counts`` (streams opened, refused, reset by the peer, ever
+hijacked), ``open_streams`` and ``hijacked_streams`` (hijacked, not yet
+closed by their owner; summed by ``Server.open_hijacked_streams``).
+
 The :class:`~hijack.Connection` stays ACTIVE while any stream is open or
 hijacked and IDLE between (it never becomes HIJACKED: the connection is not
 handed over, its streams are), so the connection stays open while any
@@ -27,7 +31,9 @@ spend the rapid-reset budget; frame floods and oversized header blocks end
 the connection with GOAWAY ENHANCE_YOUR_CALM; the decoded header list is
 bounded by ``max_head_size``; a stream whose window stays shut for
 ``write_timeout`` is reset; a connection without streams closes after
-``idle_timeout`` (``head_timeout`` before its first request).
+``idle_timeout`` (``head_timeout`` before its first request). A request
+stream buffers at most ``h2_stream_window``, a hijacked one
+``h2_tunnel_window``.
 
 Shutdown: GOAWAY (NO_ERROR, last stream id), streams in flight finish,
 owners of hijacked streams see ``connection.shutdown_requested``; when the
