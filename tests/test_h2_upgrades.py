@@ -90,3 +90,15 @@ async def test_wsbridge_over_rfc8441(nursery: trio.Nursery) -> None:
             await ws.send(b"bytes through the bridge")
             assert await ws.receive() == b"BYTES THROUGH THE BRIDGE"
     nursery.cancel_scope.cancel()
+
+
+async def test_demo_routes_rfc8441_to_the_echo_not_the_proxy() -> None:
+    from hijack.cli._main import demo_handler
+
+    async with open_test_client(demo_handler(1), http2=True) as client:
+        async with client.websocket("/", http2=True) as ws:
+            await ws.send("demo over HTTP/2")
+            assert await ws.receive() == "demo over HTTP/2"
+        async with client.http2() as h2c:
+            refused, stream = await h2c.tunnel("127.0.0.1:2")  # plain CONNECT
+            assert refused.status == 403 and stream is None
