@@ -5,8 +5,8 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale, workers), ``--profile`` (sample the
-hijack servers with py-spy during their measurement windows; collapsed
+throughput, setup, echo, ws, http, idle, scale, workers, socks), ``--profile``
+(sample the hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
 
@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import h2_rows
 import hub_rows
 import loadgen
+import socks_rows
 import websocket_echo
 from loadgen import TunnelHolder, Window
 from procs import (
@@ -139,6 +140,12 @@ TARGETS = [
     Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
     Target("interactive tunnel", "pproxy", 1.3),
+    # Issue 18 (bench/socks_rows.py); danted is stated, not a target there.
+    Target("socks setup", "pproxy", 1.3),
+    Target("socks throughput", "pproxy", 3.0),
+    Target("socks throughput", "danted", 1.0),
+    Target("udp associate", "danted", 0.5),
+    Target("proxy --socks", "hijack proxy", 0.95),
 ]
 
 
@@ -429,13 +436,17 @@ def task_relay_proxy(port: int, echo_port: int) -> tuple[str, list[str]]:
 def command_proxies(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
     """``hijack proxy`` as the docs start it (INFO: a line per tunnel and an
     access line, into the log file), and with its tunnel lines off."""
-    argv = [
-        str(VENV_BIN / "hijack"), "proxy", "--listen", f"127.0.0.1:{port}",
+    command = [str(VENV_BIN / "hijack")]
+    proxy = [
+        "proxy", "--listen", f"127.0.0.1:{port}",
         "--allow-port", str(echo_port), "--allow-private",
     ]  # fmt: skip
     return [
-        (f"{HIJACK} proxy (command)", argv),
-        (f"{HIJACK} proxy (command, WARNING)", [*argv, "--log-level", "WARNING"]),
+        (f"{HIJACK} proxy (command)", [*command, *proxy]),
+        (
+            f"{HIJACK} proxy (command, WARNING)",
+            [*command, "--log-level", "WARNING", *proxy],
+        ),
     ]
 
 
@@ -494,6 +505,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "scale": row_scale,
     "interactive": row_interactive,
     "workers": row_workers,
+    "socks": socks_rows.row_socks,  # bench/socks_rows.py
 }
 
 

@@ -12,11 +12,14 @@ from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
+from ._connection import PeerInfo as PeerInfo
 from ._connection import TLSInfo as TLSInfo
 from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import HijackError as HijackError
 from ._errors import UsageError as UsageError
 from ._exchange import Handler as Handler
+from ._exchange import Sniffer as Sniffer
+from ._exchange import StreamHandler as StreamHandler
 from ._hijack import Hijacked as Hijacked
 from ._hub import Hub as Hub
 from ._hub import HubTunnel as HubTunnel
@@ -45,6 +48,10 @@ from ._systemd import systemd_listen_fds as systemd_listen_fds
 from ._throttle import Throttle as Throttle
 from ._throttle import TokenBucket as TokenBucket
 
+#: The release; the distribution is ``trio-hijack`` (``pip install
+#: trio-hijack``), the import name ``hijack``.
+__version__ = "0.1.0"
+
 __all__ = [
     "AccessRecord",
     "ClientDisconnected",
@@ -61,6 +68,7 @@ __all__ = [
     "Limiter",
     "Limits",
     "PeerCredentials",
+    "PeerInfo",
     "ProxyHeader",
     "ProxyProtocol",
     "ProxyProtocolError",
@@ -70,6 +78,8 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Sniffer",
+    "StreamHandler",
     "TLSInfo",
     "Throttle",
     "TokenBucket",

@@ -55,14 +55,14 @@ import trio
 from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected
-from ._exchange import ServerSide
+from ._exchange import ServerSide, StreamHandler
 from ._h2_exchange import DRAIN_LIMIT, H2Exchange
 from ._h2_meter import PREFACE, FrameMeter
 from ._h2_wire import CONNECTION_WINDOW, H2Stream, H2Wire
 from ._http import HTTPConnection
 from ._message import HTTPError
 
-__all__ = ["PREFACE", "HTTP2Connection", "choose_protocol"]
+__all__ = ["PREFACE", "ConnectionLoop", "HTTP2Connection", "choose_protocol"]
 
 logger = logging.getLogger("hijack")
 
@@ -415,11 +415,12 @@ def _request_head(
 
 async def choose_protocol(
     server: ServerSide, connection: Connection
-) -> HTTPConnection | HTTP2Connection | None:
+) -> ConnectionLoop | None:
     """The loop for a connection of a server with ``http2=True``: HTTP/2 if
     TLS chose ``h2`` by ALPN, or if a plain connection opens with the
     HTTP/2 preface; HTTP/1.1 otherwise (with the bytes read to tell, given
-    to h11). None if the client left or was silent for ``head_timeout``."""
+    to h11, or to the server's ``sniff`` first). None if the client left or
+    was silent for ``head_timeout``."""
     extended = bool(getattr(server, "extended_connect", False))
     stream = connection.stream
     if isinstance(stream, trio.SSLStream):
@@ -445,4 +446,29 @@ async def choose_protocol(
         )
     http = HTTPConnection(server, connection)
     http.parser.receive_data(received)
+    sniff = getattr(server, "sniff", None)
+    if sniff is not None:
+        # The first read the HTTP/1.1 loop would have shown the sniff.
+        taken = sniff(received)
+        if taken is not None:
+            return _TakenBy(http, taken)
     return http
+
+
+class _TakenBy:
+    """The server's sniff took the connection (SOCKS5 on the port): hand it,
+    with the bytes read, to the stream handler, as the HTTP/1.1 loop does."""
+
+    def __init__(self, http: HTTPConnection, take: StreamHandler) -> None:
+        self._http = http
+        self._take = take
+
+    def request_shutdown(self) -> None:
+        pass  # the stream handler watches connection.shutdown_requested
+
+    async def serve(self) -> None:
+        await self._http._give_to(self._take)
+
+
+#: What serves a connection of a server with ``http2=True``.
+ConnectionLoop = HTTPConnection | HTTP2Connection | _TakenBy

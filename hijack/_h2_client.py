@@ -44,8 +44,11 @@ class H2Response:
 
 
 class H2ClientConnection(H2Wire):
-    """The client side of one HTTP/2 connection (run by
-    :func:`open_h2_client`)."""
+    """The client side of one HTTP/2 connection, as
+    :meth:`TestClient.http2 <hijack.testing.TestClient.http2>` yields it:
+    ``request()``, ``tunnel()`` (CONNECT, Extended CONNECT), and the
+    lower-level ``open_stream()``, ``send()``, ``response_head()``,
+    ``informational()``."""
 
     def __init__(
         self, transport: trio.abc.Stream, *, write_timeout: float | None

@@ -16,10 +16,13 @@ import trio.testing
 from hijack import (
     ClientDisconnected,
     Handler,
+    Hijacked,
     HijackError,
     Limits,
     Request,
     Response,
+    Server,
+    StreamHandler,
 )
 from hijack._h2_wire import StreamIO
 from hijack.testing import H2ClientConnection, TestClient, open_test_client
@@ -467,3 +470,32 @@ async def test_expect_100_continue(autojump_clock: trio.testing.MockClock) -> No
         assert (await h2c.response_head(big)).status == 413
         assert trio.current_time() - started < 1  # no wait for a body
         assert big.id not in h2c.interim
+
+
+async def test_sniff_still_sees_the_first_bytes_with_http2_on(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """``Server(sniff=..., http2=True)``: the preface goes to HTTP/2, a
+    sniffed protocol (SOCKS5's 0x05) to its stream handler, the rest to
+    HTTP/1.1, on one port."""
+
+    async def upper(stream: Hijacked) -> None:
+        data = await stream.receive_some()
+        await stream.send_all(bytes(data).upper())
+
+    def sniff(first: bytes) -> StreamHandler | None:
+        return upper if first.startswith(b"\x05") else None
+
+    server = Server(echo_handler, http2=True, sniff=sniff)
+    async with open_test_client(server) as client:
+        socks = await client.listener.connect()
+        await socks.send_all(b"\x05hello")
+        got = b""
+        while chunk := await socks.receive_some():
+            got += chunk
+        assert got == b"\x05HELLO"
+        await socks.aclose()
+        assert (await client.request("GET", "/")).headers.get("x-version") == "1.1"
+        async with client.http2() as h2c:
+            response = await h2c.request("GET", "/")
+            assert response.headers.get("x-version") == "2"

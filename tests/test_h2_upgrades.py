@@ -93,7 +93,7 @@ async def test_wsbridge_over_rfc8441(nursery: trio.Nursery) -> None:
 
 
 async def test_demo_routes_rfc8441_to_the_echo_not_the_proxy() -> None:
-    from hijack.cli._main import demo_handler
+    from hijack.cli._demo import demo_handler
 
     async with open_test_client(demo_handler(1), http2=True) as client:
         async with client.websocket("/", http2=True) as ws:

@@ -214,9 +214,11 @@ async def second_gets_429(port: int, request: bytes, *, first_status: int) -> No
 
 
 async def wait_for_zero(count: Callable[[], int]) -> None:
+    """Until ``count()`` is 0: the server's tasks (in this process) finish
+    on their own; look each time every task is blocked, I/O seen."""
     with trio.fail_after(5):
-        while count():  # noqa: ASYNC110 - the server's tasks finish on their own
-            await trio.sleep(0.01)
+        while count():
+            await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_too_many_tunnels_per_user_gets_429(

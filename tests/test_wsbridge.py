@@ -547,3 +547,32 @@ def test_wsbridge_command_refuses_bad_setups(
     )
     assert result.returncode != 0
     assert words in result.stderr.decode()
+
+
+def test_a_broken_target_file_is_reported_once_per_change(
+    token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every handshake looks the token up; a broken file must not log a
+    warning at each one (any client could flood the log), only when it
+    changes, and the table that worked stays in use meanwhile."""
+    token_file.write_text("vnc: 127.0.0.1:5900\n")
+    targets = TargetFile(token_file)
+
+    def warnings() -> int:
+        return sum("keeping the previous targets" in r.message for r in caplog.records)
+
+    token_file.write_text("vnc 127.0.0.1\n")
+    for _ in range(5):
+        assert targets.lookup("vnc") == ("127.0.0.1", 5900)
+    assert warnings() == 1
+    token_file.write_text("still broken, and longer\n")  # a new size: a change
+    for _ in range(5):
+        targets.lookup("vnc")
+    assert warnings() == 2
+    token_file.unlink()
+    for _ in range(5):
+        assert targets.lookup("vnc") == ("127.0.0.1", 5900)
+    assert warnings() == 3
+    token_file.write_text("vnc: 127.0.0.1:5901\n")
+    assert targets.lookup("vnc") == ("127.0.0.1", 5901)
+    assert warnings() == 3

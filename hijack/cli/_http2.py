@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["add_http2_option", "http2_server_options"]
 
 
-def add_http2_option(parser: argparse.ArgumentParser) -> None:
+def add_http2_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument(
         "--http2",
         action="store_true",

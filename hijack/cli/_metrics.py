@@ -1,6 +1,6 @@
 """Prometheus metrics, ``/healthz`` and ``/readyz`` (``--metrics HOST:PORT``).
 
-prometheus-client is an optional extra (``pip install 'hijack[metrics]'``):
+prometheus-client is an optional extra (``pip install 'trio-hijack[metrics]'``):
 the exposition format, histograms and, above all, its multiprocess mode are
 what we would otherwise rewrite. With ``--workers`` every worker writes its
 samples into memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (set by the
@@ -41,6 +41,7 @@ from .._access_log import AccessRecord
 from .._connection import Connection, ConnState
 from .._message import Request, Response
 from ..tunnel.lifecycle import TunnelRecord
+from ._command import StartupError
 
 if TYPE_CHECKING:
     from .._server import Server
@@ -63,8 +64,8 @@ def _import_prometheus() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise RuntimeError(
-            "--metrics needs prometheus-client: pip install 'hijack[metrics]'"
+        raise StartupError(
+            "--metrics needs prometheus-client: pip install 'trio-hijack[metrics]'"
         ) from None
     return prometheus_client
 

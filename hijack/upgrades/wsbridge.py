@@ -184,7 +184,7 @@ class TargetFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._stamp = self._stat()
+        self._stamp: tuple[int, int] | None = self._stat()
         self._targets = parse_targets(self.path.read_text(), str(self.path))
 
     def _stat(self) -> tuple[int, int]:
@@ -195,13 +195,23 @@ class TargetFile:
         """The target of ``token`` (None if unknown), after re-reading the
         file if it changed. Blocking (a stat, maybe a read): call it from a
         thread."""
+        problem: Exception | None = None
         try:
-            stamp = self._stat()
-            if stamp != self._stamp:
-                self._targets = parse_targets(self.path.read_text(), str(self.path))
-                self._stamp = stamp
-        except (OSError, ValueError) as exc:
-            logger.warning("keeping the previous targets: %s", exc)
+            stamp: tuple[int, int] | None = self._stat()
+        except OSError as exc:
+            stamp, problem = None, exc  # gone: said once, until it is back
+        # The stamp is recorded first: a broken version is reported once,
+        # not at every handshake until the file changes again.
+        if stamp != self._stamp:
+            self._stamp = stamp
+            if problem is None:
+                try:
+                    text = self.path.read_text()
+                    self._targets = parse_targets(text, str(self.path))
+                except (OSError, ValueError) as exc:
+                    problem = exc
+            if problem is not None:
+                logger.warning("keeping the previous targets: %s", problem)
         return self._targets.get(token)
 
 
@@ -294,17 +304,15 @@ class WebSocketBridge:
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_websocket_request(request):
-            return Response(
+            return HTTPError(
                 426,
+                "this is a WebSocket bridge: connect with a WebSocket client",
                 [
                     ("Upgrade", "websocket"),
                     ("Connection", "Upgrade"),
                     ("Sec-WebSocket-Version", "13"),
-                    ("Content-Type", "text/plain; charset=utf-8"),
                 ],
-                b"426 Upgrade Required\nthis is a WebSocket bridge: "
-                b"connect with a WebSocket client\n",
-            )
+            ).response()
         record = self.life.begin(request.connection, "-")
         try:
             # Every check before the upstream sees a connection: a refused
