@@ -44,6 +44,10 @@ defaults
     timeout connect 5s
     timeout client 30s
     timeout server 30s
+    # Without it a check's whole time is "inter" (100 ms): on a loaded
+    # machine HAProxy then gave up on a check before sending its PROXY
+    # header, and the server counted that connection as a rejection.
+    timeout check 5s
 
 frontend v1
     bind 127.0.0.1:{ports["v1"]}
