@@ -22,6 +22,7 @@ import h11
 from ._access_log import AccessRecord, make_record
 from ._config import Limits
 from ._connection import Connection
+from ._deadlines import DeadlineTimer
 from ._errors import ClientDisconnected, HijackError, UsageError
 from ._hijack import Hijacked
 from ._hub import Hub
@@ -51,6 +52,8 @@ class ServerSide(Protocol):
     limits: Limits
     handler: Handler
     sniff: Sniffer | None
+    #: The server-wide timer of the HTTP/1.1 loop's waits (``_deadlines``).
+    _deadlines: DeadlineTimer
 
     @property
     def shutting_down(self) -> bool: ...

@@ -22,7 +22,6 @@ import trio
 from ._access_log import make_record
 from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
-from ._deadlines import DeadlineTimer
 from ._errors import ClientDisconnected, UsageError
 from ._exchange import Exchange, Handler, ServerSide, StreamHandler
 from ._hijack import Hijacked
@@ -72,12 +71,7 @@ class HTTPConnection:
         "timer_entries",
     )
 
-    def __init__(
-        self,
-        server: ServerSide,
-        connection: Connection,
-        timer: DeadlineTimer | None = None,
-    ) -> None:
+    def __init__(self, server: ServerSide, connection: Connection) -> None:
         self.server = server
         self.connection = connection
         self.stream = connection.stream
@@ -85,7 +79,7 @@ class HTTPConnection:
         # and its head and idle waits end by the server-wide timer (see
         # _deadlines) rather than a cancel scope each.
         self._socket = plain_socket(self.stream)
-        self._timer = timer if self._socket is not None else None
+        self._timer = server._deadlines if self._socket is not None else None
         self._waiting = False  # in a wait the timer may end (_wait_and_read)
         self._idle_waiting = False  # ... and no byte of a request yet
         #: The current timed wait's deadline (inf: none); see DeadlineWaiter.
