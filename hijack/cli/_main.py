@@ -25,7 +25,7 @@ from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
 from .._relay import TunnelHook
 from .._server import Server
-from . import _team
+from . import _state, _team
 from ._arguments import (
     listen_address,
     parse_host_port,
@@ -208,6 +208,7 @@ async def _serve(
                 on_request=() if metrics is None else metrics.on_request,
                 on_accept_error=None if metrics is None else metrics.on_accept_error,
             )
+            await _state.start_state(nursery)
             await nursery.start(
                 _call(
                     server.serve_listeners,
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     chaining, team = _team.chaining_parser(), _team.team_parser()
+    _state.add_state_options(team)
     proxy = commands.add_parser(
         "proxy",
         parents=[listen, idle, chaining, team],
@@ -617,5 +619,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
         run_supervisor(args, argv)
         return 0
-    trio.run(_serve, args, args.run, reparse)
-    return 0
+    return _state.run_reporting_state_errors(_serve, args, args.run, reparse)

@@ -39,6 +39,7 @@ from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
 from ._arguments import parse_host_port
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
+from ._state import release_worker, shared_table
 from ._supervisor import (
     WORKER_FDS_ENV,
     Supervisor,
@@ -264,6 +265,12 @@ async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
         multiproc_dir = tempfile.mkdtemp(prefix="hijack-metrics-")
         os.environ[MULTIPROC_ENV] = multiproc_dir
     health = Health(serving=True)
+    table = shared_table(args)  # the workers' shared limits, if any
+
+    def on_worker_exit(pid: int) -> None:
+        mark_worker_dead(pid)
+        if table is not None:
+            release_worker(table, pid)
 
     def on_readiness(is_ready: bool) -> None:
         health.ready = is_ready
@@ -277,7 +284,8 @@ async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
         args.workers,
         grace=args.shutdown_grace,
         on_readiness=on_readiness,
-        on_worker_exit=mark_worker_dead,
+        on_worker_exit=on_worker_exit,
+        pass_fds=() if table is None else (table.fd,),
     )
     try:
         async with trio.open_nursery() as nursery:

@@ -120,6 +120,7 @@ class Supervisor:
         on_readiness: Callable[[bool], None] = lambda ready: None,
         on_worker_exit: Callable[[int], None] = lambda pid: None,
         new_session: bool = True,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         if count < 1:
             raise ValueError("workers must be >= 1")
@@ -133,6 +134,7 @@ class Supervisor:
         self.on_readiness = on_readiness
         self.on_worker_exit = on_worker_exit
         self.new_session = new_session
+        self.pass_fds = tuple(pass_fds)  # more fds every worker inherits
         self.workers: list[_Worker] = []  # the current generation, in slots
         self.stopping = False
         self.restarts = 0
@@ -200,7 +202,12 @@ class Supervisor:
             process = await trio.lowlevel.open_process(
                 self.command,
                 env=env,
-                pass_fds=(*self.listen_fds, write_fd, self._lifeline_read),
+                pass_fds=(
+                    *self.listen_fds,
+                    write_fd,
+                    self._lifeline_read,
+                    *self.pass_fds,
+                ),
                 start_new_session=self.new_session,
             )
         finally:

@@ -88,7 +88,9 @@ def handler_options(args: argparse.Namespace) -> dict[str, Any]:
     if any(v is not None for v in bounds.values()) or args.users:
         limits = _LIVE.get("limits")
         if limits is None:
-            limits = _LIVE["limits"] = TunnelLimits(**bounds)
+            from ._state import process_state
+
+            limits = _LIVE["limits"] = TunnelLimits(**bounds, state=process_state(args))
         else:
             TunnelLimits(**bounds)  # the new values are checked first
             for name, value in bounds.items():

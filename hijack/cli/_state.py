@@ -1,0 +1,236 @@
+"""The command's options for shared limit state and the admin listener:
+``--state``, ``--state-password-file``, ``--state-ttl``,
+``--state-timeout``, ``--state-unavailable``, ``--admin``,
+``--admin-token-file``; and the state object of this process.
+
+Which state a process counts in: ``--state redis://...`` (every node, and
+every worker, talks to Redis); else, in a worker of ``--workers N``, the
+supervisor's shared-memory table (``HIJACK_STATE_FD``); else none (the
+limits count in the process, as they always did).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import urllib.parse
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from ..state import State
+
+if TYPE_CHECKING:
+    from ..state._shared_memory import Table
+
+__all__ = [
+    "add_state_options",
+    "process_state",
+    "release_worker",
+    "run_reporting_state_errors",
+    "shared_table",
+    "start_state",
+]
+
+logger = logging.getLogger("hijack.state")
+
+#: One state per process, kept across SIGHUP reloads (leases live in it).
+_LIVE: dict[str, State | None] = {}
+
+
+def _state_url(text: str) -> str:
+    scheme = urllib.parse.urlsplit(text).scheme
+    if scheme not in ("redis", "rediss", "unix"):
+        raise argparse.ArgumentTypeError(
+            f"expected redis://[user:pass@]HOST:PORT/DB, rediss://... or "
+            f"unix:///PATH, got {scheme or text!r}"
+        )
+    return text
+
+
+def add_state_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("shared limits and the admin listener")
+    group.add_argument(
+        "--state",
+        type=_state_url,
+        metavar="URL",
+        help="count the limits in Redis, shared by every node: "
+        "redis://[user@]HOST:PORT/DB, rediss://..., unix:///PATH?db=N "
+        "(default: in this process; with --workers, shared by the workers)",
+    )
+    group.add_argument(
+        "--state-password-file",
+        metavar="FILE",
+        help="the Redis password, first line of FILE (or give it in the "
+        "--config file's state URL; never only on the command line)",
+    )
+    group.add_argument(
+        "--state-ttl",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a lease not renewed for this long runs out: a node that dies "
+        "gives its tunnels back within it (default: 30)",
+    )
+    group.add_argument(
+        "--state-timeout",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="bound on every Redis call (default: 1)",
+    )
+    group.add_argument(
+        "--state-unavailable",
+        choices=["closed", "open"],
+        default="closed",
+        help="while Redis cannot be reached: closed refuses new limited "
+        "tunnels (503); open counts per node (default: closed)",
+    )
+    group.add_argument(
+        "--admin",
+        type=_admin_address,
+        metavar="HOST:PORT",
+        help="serve the admin API (GET /tunnels, DELETE /tunnels/ID, GET "
+        "/users) there; needs --admin-token-file",
+    )
+    group.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help="the admin API's bearer token, first line of FILE",
+    )
+
+
+def _admin_address(text: str) -> tuple[str, int]:
+    from ._arguments import parse_host_port
+
+    return parse_host_port(text, allow_zero=True)
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    path = args.state_password_file
+    if path is None:
+        if urllib.parse.urlsplit(args.state).password and args.state in sys.argv:
+            logger.warning(
+                "state: the Redis password is on the command line, where every "
+                "local user can read it: use --state-password-file or --config"
+            )
+        return None
+    try:
+        with open(path) as file:
+            return file.readline().rstrip("\r\n")
+    except OSError as exc:
+        raise SystemExit(f"hijack: --state-password-file {path}: {exc}") from None
+
+
+def _availability_metric(args: argparse.Namespace) -> Callable[[bool], None]:
+    if getattr(args, "metrics", None) is None:
+        return lambda available: None
+    import prometheus_client as prom
+
+    gauge = prom.Gauge(
+        "hijack_state_available",
+        "1 while the shared state (Redis) answers, 0 while it does not",
+        multiprocess_mode="livemin",
+    )
+    outages = prom.Counter(
+        "hijack_state_unavailable", "times the shared state stopped answering"
+    )
+    gauge.set(1)
+
+    def on_availability(available: bool) -> None:
+        gauge.set(1 if available else 0)
+        if not available:
+            outages.inc()
+
+    return on_availability
+
+
+def process_state(args: argparse.Namespace) -> State | None:
+    """This process's state (made once; the same after a reload)."""
+    if "state" in _LIVE:
+        return _LIVE["state"]
+    state: State | None = None
+    if getattr(args, "state", None):
+        from ..state._redis import RedisState
+
+        state = RedisState(
+            args.state,
+            password=_password(args),
+            ttl=args.state_ttl,
+            timeout=args.state_timeout,
+            fail_open=args.state_unavailable == "open",
+            on_availability=_availability_metric(args),
+        )
+    else:
+        from ..state._shared_memory import SharedState
+
+        state = SharedState.from_environment()
+    _LIVE["state"] = state
+    return state
+
+
+async def start_state(nursery: trio.Nursery) -> None:
+    """Run the upkeep of this process's state (if it has one) before the
+    server serves."""
+    state = _LIVE.get("state")
+    if state is not None:
+        await nursery.start(state.serve)
+
+
+def run_reporting_state_errors(fn: Callable[..., Any], *args: Any) -> int:
+    """``trio.run(fn, *args)``; Redis refusing us at start is one line on
+    stderr and exit code 2."""
+    from ..state._redis import StateStartError
+
+    try:
+        trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        refused = group.subgroup(StateStartError)
+        if refused is None:
+            raise
+        first: BaseException = refused
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        print(f"hijack: {first}", file=sys.stderr, flush=True)
+        return 2
+    except StateStartError as exc:
+        print(f"hijack: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+# -- the supervisor's side (--workers N) ----------------------------------------
+
+_LIMIT_OPTIONS = (
+    "max_tunnels_per_client",
+    "max_tunnels_per_user",
+    "user_bandwidth",
+    "users",
+)
+
+
+def shared_table(args: argparse.Namespace) -> Table | None:
+    """In the supervisor: the table the workers count their limits in, when
+    the command has limits and no ``--state`` (Redis counts for everyone).
+    Its fd goes to every worker in ``HIJACK_STATE_FD``."""
+    import os
+
+    if getattr(args, "state", None) or not any(
+        getattr(args, name, None) for name in _LIMIT_OPTIONS
+    ):
+        return None
+    from ..state._shared_memory import STATE_FD_ENV, Table
+
+    # Room for every worker twice over: a SIGHUP runs old and new at once.
+    table = Table.create(columns=2 * args.workers + 8)
+    os.environ[STATE_FD_ENV] = str(table.fd)
+    return table
+
+
+def release_worker(table: Table, pid: int) -> None:
+    """A worker exited: what it counted is given back now."""
+    released = table.release_owner(pid)
+    if released:
+        logger.info("worker %d exited: %d tunnel leases given back", pid, released)
