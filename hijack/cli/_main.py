@@ -25,7 +25,7 @@ from .._message import Request, Response
 from .._proxyproto import ProxyProtocol
 from .._relay import TunnelHook
 from .._server import Server
-from . import _state, _team
+from . import _admin, _state, _team
 from ._arguments import (
     listen_address,
     parse_host_port,
@@ -209,6 +209,7 @@ async def _serve(
                 on_accept_error=None if metrics is None else metrics.on_accept_error,
             )
             await _state.start_state(nursery)
+            await _admin.start_admin(nursery, args)
             await nursery.start(
                 _call(
                     server.serve_listeners,
@@ -580,6 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(run=_demo_handler)
     _team.add_hash_password(commands)
+    _admin.add_tunnels_command(commands)
 
     return parser
 
@@ -597,6 +599,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "hash-password":
         return _team.hash_password_command()
+    if args.command == "tunnels":
+        return _admin.tunnels_command(args)
     if args.command == "forward":
         from ..client.forward import TunnelError
 

@@ -37,6 +37,7 @@ from .._address import join_host_port
 from .._listeners import UnixSocketListener, open_unix_listener
 from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
+from ._admin import start_supervisor_admin, workers_admin_dir
 from ._arguments import parse_host_port
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._state import release_worker, shared_table
@@ -266,6 +267,7 @@ async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
         os.environ[MULTIPROC_ENV] = multiproc_dir
     health = Health(serving=True)
     table = shared_table(args)  # the workers' shared limits, if any
+    admin_dir = workers_admin_dir(args)  # the workers' admin sockets, if any
 
     def on_worker_exit(pid: int) -> None:
         mark_worker_dead(pid)
@@ -294,6 +296,8 @@ async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
                 metrics_server = await serve_metrics(
                     nursery, args.metrics, health, None
                 )
+            if admin_dir is not None:
+                await start_supervisor_admin(nursery, args, admin_dir)
             async with trio.open_nursery() as workers:
                 await workers.start(supervisor.run)
                 print(
@@ -303,7 +307,10 @@ async def _supervise(args: argparse.Namespace, argv: list[str]) -> None:
                 )
             if metrics_server is not None:
                 await metrics_server.shutdown(grace=0)
+            nursery.cancel_scope.cancel()  # the admin listener
     finally:
+        if admin_dir is not None:
+            shutil.rmtree(admin_dir, ignore_errors=True)
         for listener in own:
             await trio.aclose_forcefully(listener)
         if multiproc_dir is not None:

@@ -39,6 +39,7 @@ from .. import (
     join_host_port,
     relay,
 )
+from ..state.registry import tunnels
 from ..tunnel._dial import Dialer, dial_tcp, open_checked
 from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from ..tunnel.limits import TunnelLease, TunnelLimits
@@ -234,7 +235,7 @@ class ConnectProxy:
         if self._open >= self.max_tunnels:
             raise _Busy(f"{self._open} tunnels open")
         lease = (
-            self.limits.acquire(_client_host(request), user)
+            await self.limits.acquire_async(_client_host(request), user)
             if self.limits is not None
             else None
         )
@@ -253,6 +254,9 @@ class ConnectProxy:
                 await trio.aclose_forcefully(upstream)
                 raise
             throttle = NO_THROTTLE if lease is None else lease.throttle
+            record = tunnels.open(
+                "connect", tunnel.client, tunnel.target, tunnel.user, tunnel.stats
+            )
             # A throttled tunnel keeps the task relay: the hub's limiter seam
             # is one limiter per tunnel, the limits here are per direction.
             if (
@@ -260,23 +264,26 @@ class ConnectProxy:
                 and throttle == NO_THROTTLE
                 and hijacked.can_hand_to_hub(upstream)
             ):
-                hijacked.hand_to_hub(
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=tunnel.stats,
-                    on_close=functools.partial(self._tunnel_ended, tunnel, lease),
+                record.hand_over(
+                    hijacked.hand_to_hub(
+                        upstream,
+                        idle_timeout=self.idle_timeout,
+                        stats=tunnel.stats,
+                        on_close=functools.partial(self._tunnel_ended, tunnel, lease),
+                    )
                 )
                 tunnel.handed = True
                 return None
             # Inline, not in a helper coroutine: a frame more would live as
             # long as the tunnel (~0.4 KiB per idle tunnel, measured).
-            await relay(
-                hijacked,
-                upstream,
-                idle_timeout=self.idle_timeout,
-                stats=tunnel.stats,
-                throttle=throttle,
-            )
+            with record.scope():
+                await relay(
+                    hijacked,
+                    upstream,
+                    idle_timeout=self.idle_timeout,
+                    stats=tunnel.stats,
+                    throttle=throttle,
+                )
             tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
             return None
         finally:

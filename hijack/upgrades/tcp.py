@@ -28,6 +28,7 @@ from .. import (
     join_host_port,
     relay,
 )
+from ..state.registry import tunnels
 from ..tunnel._dial import open_checked
 from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from ..tunnel.limits import TunnelLease, TunnelLimits
@@ -137,7 +138,9 @@ class TCPUpgrade:
                 user = await authenticate(request, self.users, proxy=False)
             except HTTPError as challenge:
                 return challenge.response()  # the connection stays usable
-        lease = None if self.limits is None else _acquire(self.limits, request, user)
+        lease = (
+            None if self.limits is None else await _acquire(self.limits, request, user)
+        )
         handed = False
         try:
             upstream = await self._dial(request, user)
@@ -161,6 +164,13 @@ class TCPUpgrade:
                 trio.current_time(),
             )
             throttle = NO_THROTTLE if lease is None else lease.throttle
+            record = tunnels.open(
+                "tcp",
+                format_address(request.connection.remote_address),
+                join_host_port(*self.upstream),
+                None if user is None else user.name,
+                stats,
+            )
             # A throttled stream keeps the task relay: the hub's limiter seam
             # is one limiter per tunnel, the limits here are per direction.
             if (
@@ -168,23 +178,26 @@ class TCPUpgrade:
                 and throttle == NO_THROTTLE
                 and hijacked.can_hand_to_hub(upstream)
             ):
-                hijacked.hand_to_hub(
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=stats,
-                    on_close=functools.partial(_hub_ended, log_end, lease),
+                record.hand_over(
+                    hijacked.hand_to_hub(
+                        upstream,
+                        idle_timeout=self.idle_timeout,
+                        stats=stats,
+                        on_close=functools.partial(_hub_ended, log_end, lease),
+                    )
                 )
                 handed = True
                 return None
             outcome = "error"
             try:
-                await relay(
-                    hijacked,
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=stats,
-                    throttle=throttle,
-                )
+                with record.scope():
+                    await relay(
+                        hijacked,
+                        upstream,
+                        idle_timeout=self.idle_timeout,
+                        stats=stats,
+                        throttle=throttle,
+                    )
                 outcome = "idle timeout" if stats.timed_out else "closed"
             except trio.Cancelled:
                 outcome = "cancelled"
@@ -265,10 +278,12 @@ def _host(request: Request) -> str:
     return str(address[0]) if isinstance(address, tuple) else str(address or "-")
 
 
-def _acquire(limits: TunnelLimits, request: Request, user: User | None) -> TunnelLease:
+async def _acquire(
+    limits: TunnelLimits, request: Request, user: User | None
+) -> TunnelLease:
     """Count this tunnel, or answer 429 (and log whose bound it hit)."""
     try:
-        return limits.acquire(_host(request), user)
+        return await limits.acquire_async(_host(request), user)
     except ConnectError as exc:
         logger.warning(
             "connection %d %s refused: %s",
