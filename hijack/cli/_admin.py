@@ -76,6 +76,41 @@ class LocalSource:
         return True
 
 
+class NodesSource:
+    """Every node's tunnels, through Redis: this process's own live, the
+    others' as they published them (at most a second old); ending another
+    node's tunnel asks that node, which ends it within a second (202)."""
+
+    def __init__(self, state: Any) -> None:
+        self.state = state
+        self.local = LocalSource()
+
+    async def _others(self) -> list[dict[str, Any]]:
+        try:
+            rows: list[dict[str, Any]] = await self.state.all_tunnels()
+        except Exception as exc:  # Redis away: this node's own still answer
+            logger.warning("admin: other nodes' tunnels unavailable: %s", exc)
+            return []
+        return [row for row in rows if row["node"] != tunnels.node]
+
+    async def list(self, query: dict[str, str]) -> list[dict[str, Any]]:
+        rows = await self.local.list(query)
+        for row in await self._others():
+            if all(row.get(k) == v for k, v in query.items() if k in ("user", "kind")):
+                rows.append(row)
+        return rows
+
+    async def end(self, id: str) -> bool:
+        if await self.local.end(id):
+            return True
+        for row in await self._others():
+            if row["id"] == id:
+                await self.state.ask_end(row["node"], id)
+                logger.info("tunnel %s: asked node %s to end it", id, row["node"])
+                return True
+        return False
+
+
 def read_token(path: str | None) -> bytes:
     if path is None:
         raise SystemExit("hijack: --admin needs --admin-token-file FILE")
@@ -143,6 +178,11 @@ def _per_user(rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
     return users
 
 
+def _end_local(id: str) -> bool:
+    record = tunnels.find(id)
+    return record is not None and record.end()
+
+
 # -- across workers: the supervisor asks each worker --------------------------
 
 
@@ -168,7 +208,9 @@ class WorkersSource:
         async with trio.open_nursery() as nursery:
             for path in self._sockets():
                 nursery.start_soon(ask, path)
-        return sorted(rows, key=lambda row: row["started"])
+        # With Redis every worker also answers for the other nodes: once each.
+        unique = {row["id"]: row for row in rows}
+        return sorted(unique.values(), key=lambda row: row["started"])
 
     async def end(self, id: str) -> bool:
         for path in self._sockets():
@@ -235,6 +277,15 @@ async def start_admin(nursery: trio.Nursery, args: argparse.Namespace) -> None:
     tunnels.enable()
     token = read_token(args.admin_token_file)
     source: Source = LocalSource()
+    from ..state._redis import RedisState
+    from ._state import process_state
+
+    state = process_state(args)
+    if isinstance(state, RedisState):
+        state.admin_node = tunnels.node
+        state.publish = lambda: [r.as_json(tunnels.node) for r in tunnels.records()]
+        state.end_local = _end_local
+        source = NodesSource(state)
     server = Server(admin_handler(token, source), access_log=False)
     if worker_dir:
         path = os.path.join(worker_dir, f"{os.getpid()}.sock")

@@ -171,10 +171,10 @@ def process_state(args: argparse.Namespace) -> State | None:
     return state
 
 
-async def start_state(nursery: trio.Nursery) -> None:
+async def start_state(nursery: trio.Nursery, args: argparse.Namespace) -> None:
     """Run the upkeep of this process's state (if it has one) before the
     server serves."""
-    state = _LIVE.get("state")
+    state = process_state(args) if getattr(args, "state", None) else _LIVE.get("state")
     if state is not None:
         await nursery.start(state.serve)
 

@@ -54,6 +54,12 @@ logger = logging.getLogger("hijack.state")
 #: Seconds between probes while Redis cannot be reached.
 PROBE_INTERVAL = 1.0
 PREFIX = "hijack:lease:"
+#: With the admin listener on: every node publishes its live tunnels there
+#: (refreshed every PUBLISH_INTERVAL, gone after the TTL) and takes the
+#: ids other nodes asked it to end from ``ENDS + node``.
+TUNNELS = "hijack:tunnels:"
+ENDS = "hijack:end:"
+PUBLISH_INTERVAL = 1.0
 
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -62,7 +68,8 @@ local ttl = tonumber(ARGV[2])
 for i, key in ipairs(KEYS) do
   redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
   local limit = tonumber(ARGV[i + 2])
-  if limit >= 0 and redis.call('ZCARD', key) >= limit then return {i} end
+  local count = redis.call('ZCARD', key)
+  if limit >= 0 and count >= limit then return {i, count} end
 end
 local totals = {0}
 for i, key in ipairs(KEYS) do
@@ -89,6 +96,12 @@ for i, key in ipairs(KEYS) do
   totals[i] = redis.call('ZCARD', key)
 end
 return totals
+"""
+
+_TAKE_ENDS = """
+local ids = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+return ids
 """
 
 _RELEASE = """
@@ -174,6 +187,12 @@ class RedisState(State):
         self._release_wanted = trio.Event()
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
+        #: Set by the admin listener: publish this node's tunnels (a
+        #: function giving them as JSON rows) and end those asked for.
+        self.publish: Callable[[], list[dict[str, Any]]] | None = None
+        self.end_local: Callable[[str], bool] = lambda id: False
+        self.admin_node = self.node  # the name the tunnels' rows give
+        logging.getLogger("coredis").setLevel(logging.WARNING)  # its retries
 
     # -- the upkeep -----------------------------------------------------------
 
@@ -195,21 +214,28 @@ class RedisState(State):
         self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         client = self._new_client()
+        refused = None
         async with client:
             self._client = client
             for name, source in (
                 ("acquire", _ACQUIRE),
                 ("renew", _RENEW),
                 ("release", _RELEASE),
+                ("take_ends", _TAKE_ENDS),
             ):
                 self._scripts[name] = client.register_script(source)
-            await self._first_contact()
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._release_forever)
-                task_status.started()
-                await self._renew_forever()
+            refused = await self._first_contact()
+            if refused is None:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._release_forever)
+                    nursery.start_soon(self._publish_forever)
+                    task_status.started()
+                    await self._renew_forever()
+        # Raised out here: inside, coredis's task group would wrap it.
+        if refused is not None:
+            raise refused
 
-    async def _first_contact(self) -> None:
+    async def _first_contact(self) -> StateStartError | None:
         """A refusal (password, database) stops the start; a Redis that is
         not there yet only makes the state unavailable."""
         from coredis.exceptions import (
@@ -226,10 +252,11 @@ class RedisState(State):
             if isinstance(leaf, (AuthenticationError, AuthorizationError)) or (
                 isinstance(leaf, ResponseError) and "DB index" in str(leaf)
             ):
-                raise StateStartError(f"--state {self.description}: {leaf}") from None
+                return StateStartError(f"--state {self.description}: {leaf}")
             self._unavailable(exc)
         else:
             logger.info("state: leases in %s (ttl %gs)", self.description, self.ttl)
+        return None
 
     async def _renew_forever(self) -> None:
         while True:
@@ -273,6 +300,49 @@ class RedisState(State):
                     )
             except Exception as exc:
                 self._unavailable(exc)
+
+    async def _publish_forever(self) -> None:
+        import json
+
+        while True:
+            await trio.sleep(PUBLISH_INTERVAL)
+            if self.publish is None or not self.available:
+                continue
+            rows = self.publish()
+            try:
+                with trio.fail_after(self.timeout):
+                    await self._client.set(
+                        TUNNELS + self.admin_node,
+                        json.dumps(rows),
+                        px=int(self.ttl * 1000),
+                    )
+                    ids = await self._scripts["take_ends"](
+                        keys=[ENDS + self.admin_node]
+                    )
+            except Exception as exc:
+                self._unavailable(exc)
+                continue
+            for id in ids:
+                self.end_local(id.decode() if isinstance(id, bytes) else str(id))
+
+    async def all_tunnels(self) -> list[dict[str, Any]]:
+        """Every node's published tunnels (this node's as last published)."""
+        import json
+
+        rows: list[dict[str, Any]] = []
+        with trio.fail_after(self.timeout):
+            keys = [key async for key in self._client.scan_iter(match=TUNNELS + "*")]
+            if keys:
+                for blob in await self._client.mget(keys):
+                    if blob is not None:
+                        rows.extend(json.loads(blob))
+        return rows
+
+    async def ask_end(self, node: str, id: str) -> None:
+        """Ask ``node`` to end tunnel ``id`` (it does within a second)."""
+        with trio.fail_after(self.timeout):
+            await self._client.rpush(ENDS + node, [id])
+            await self._client.pexpire(ENDS + node, int(self.ttl * 1000))
 
     def _unavailable(self, exc: BaseException) -> None:
         if not self.available:
@@ -322,6 +392,7 @@ class RedisState(State):
                 self._unavailable(exc)
             else:
                 if answer[0]:
+                    self.totals[keys[int(answer[0]) - 1]] = int(answer[1])
                     raise LimitReached(bounds[int(answer[0]) - 1])
                 for key, total in zip(keys, answer[1:], strict=True):
                     self.totals[key] = int(total)
