@@ -620,6 +620,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return 0
     setup_access_log(args.access_log_format)
+    _state.check_options(args)
     if args.workers > 1 and WORKER_FDS_ENV not in os.environ:
         run_supervisor(args, argv)
         return 0

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "add_state_options",
+    "check_options",
     "process_state",
     "release_worker",
     "run_reporting_state_errors",
@@ -106,6 +107,25 @@ def _admin_address(text: str) -> tuple[str, int]:
     from ._arguments import parse_host_port
 
     return parse_host_port(text, allow_zero=True)
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """The start-up errors of these options, found before anything starts
+    (the supervisor included): one line on stderr, exit code 2."""
+    from ._admin import read_token
+
+    try:
+        if getattr(args, "admin", None) is not None:
+            read_token(args.admin_token_file)
+        if getattr(args, "state", None):
+            if args.state_ttl <= 0 or args.state_timeout <= 0:
+                raise SystemExit("hijack: --state-ttl and --state-timeout must be > 0")
+            _password(args)
+        elif getattr(args, "state_password_file", None):
+            raise SystemExit("hijack: --state-password-file needs --state URL")
+    except SystemExit as exc:
+        print(exc.code, file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
 
 
 def _password(args: argparse.Namespace) -> str | None:
