@@ -208,7 +208,7 @@ async def _serve(
                 on_request=() if metrics is None else metrics.on_request,
                 on_accept_error=None if metrics is None else metrics.on_accept_error,
             )
-            await _state.start_state(nursery, args)
+            await _state.start_state(nursery, args, metrics)
             await _admin.start_admin(nursery, args)
             await nursery.start(
                 _call(

@@ -144,18 +144,21 @@ def _password(args: argparse.Namespace) -> str | None:
         raise SystemExit(f"hijack: --state-password-file {path}: {exc}") from None
 
 
-def _availability_metric(args: argparse.Namespace) -> Callable[[bool], None]:
-    if getattr(args, "metrics", None) is None:
-        return lambda available: None
+def _availability_metric(metrics: Any) -> Callable[[bool], None]:
+    """``hijack_state_available`` (1/0) and ``hijack_state_unavailable_total``
+    in the process's metrics."""
     import prometheus_client as prom
 
     gauge = prom.Gauge(
         "hijack_state_available",
         "1 while the shared state (Redis) answers, 0 while it does not",
         multiprocess_mode="livemin",
+        registry=metrics.registry,
     )
     outages = prom.Counter(
-        "hijack_state_unavailable", "times the shared state stopped answering"
+        "hijack_state_unavailable",
+        "times the shared state stopped answering",
+        registry=metrics.registry,
     )
     gauge.set(1)
 
@@ -181,7 +184,6 @@ def process_state(args: argparse.Namespace) -> State | None:
             ttl=args.state_ttl,
             timeout=args.state_timeout,
             fail_open=args.state_unavailable == "open",
-            on_availability=_availability_metric(args),
         )
     else:
         from ..state._shared_memory import SharedState
@@ -191,10 +193,16 @@ def process_state(args: argparse.Namespace) -> State | None:
     return state
 
 
-async def start_state(nursery: trio.Nursery, args: argparse.Namespace) -> None:
+async def start_state(
+    nursery: trio.Nursery, args: argparse.Namespace, metrics: Any = None
+) -> None:
     """Run the upkeep of this process's state (if it has one) before the
-    server serves."""
+    server serves; its availability goes into ``metrics`` (if any)."""
     state = process_state(args) if getattr(args, "state", None) else _LIVE.get("state")
+    from ..state._redis import RedisState
+
+    if isinstance(state, RedisState) and metrics is not None:
+        state.on_availability = _availability_metric(metrics)
     if state is not None:
         await nursery.start(state.serve)
 

@@ -1,0 +1,192 @@
+"""Two ``hijack proxy --state redis://`` nodes behind a real HAProxy (round
+robin) and a real redis-server: the per-user and per-client limits hold in
+total, a node killed with SIGKILL gives its tunnels back within the TTL,
+Redis stopping refuses new tunnels (503, one log line, a metric) and
+Redis coming back makes the limits hold again, with no restart."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from .daemons import Daemons, free_port
+from .helpers import connect_from, read_head, start_upstream
+from .hijack_process import HijackProcess, http_get, run_hijack
+from .redis_daemon import needs_redis, start_redis, stop
+from .test_connect import basic, connect_head, status_of
+from .test_team_cli import users_file
+
+HAPROXY = "/usr/sbin/haproxy"
+pytestmark = [
+    needs_redis,
+    pytest.mark.skipif(not os.path.exists(HAPROXY), reason="haproxy not installed"),
+]
+TTL = 2.0
+
+
+def haproxy_config(front: int, nodes: list[int]) -> str:
+    servers = "\n".join(
+        f"    server node{n} 127.0.0.1:{port} send-proxy check inter 200ms fall 1 rise 1"
+        for n, port in enumerate(nodes)
+    )
+    return f"""
+global
+    maxconn 200
+
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 2
+    option redispatch
+
+frontend front
+    bind 127.0.0.1:{front}
+    default_backend nodes
+
+backend nodes
+    balance roundrobin
+{servers}
+"""
+
+
+async def hold(stream: trio.SocketStream) -> None:
+    async for _ in stream:
+        pass
+
+
+class Cluster:
+    def __init__(self, front: int, target: str, nodes: list[HijackProcess]) -> None:
+        self.front = front
+        self.target = target
+        self.nodes = nodes
+        self.open: list[trio.SocketStream] = []
+
+    async def connect(self, source: str, user: str) -> int:
+        """A CONNECT through HAProxy from 127.0.0.``source`` as ``user``;
+        a 200's tunnel stays open (``self.open``)."""
+        stream = await connect_from(source, "127.0.0.1", self.front)
+        await stream.send_all(connect_head(self.target, basic(user, user[::-1])))
+        try:
+            head, _ = await read_head(stream)
+        except (trio.BrokenResourceError, ValueError, AssertionError):
+            await stream.aclose()
+            return 0  # HAProxy met a dead node: no answer
+        if status_of(head) == 200:
+            self.open.append(stream)
+        else:
+            await stream.aclose()
+        return status_of(head)
+
+
+@contextlib.asynccontextmanager
+async def cluster(
+    nursery: trio.Nursery, daemons: Daemons, tmp_path: Path, redis_port: int
+) -> AsyncIterator[Cluster]:
+    upstream_port = await start_upstream(nursery, hold)
+    users = tmp_path / "users.toml"
+    users_file(users, upstream_port, "alice", "bob")
+    ports = [free_port(), free_port()]
+    common = ["--proxy-protocol", "127.0.0.1", "--users", str(users)]
+    common += ["--state", f"redis://127.0.0.1:{redis_port}/0", "--state-ttl", str(TTL)]
+    common += ["--max-tunnels-per-user", "2", "--max-tunnels-per-client", "1"]
+    common += ["--metrics", "127.0.0.1:0"]
+    async with contextlib.AsyncExitStack() as stack:
+        nodes = []
+        for port in ports:
+            args = ["proxy", "--listen", f"127.0.0.1:{port}", *common]
+            nodes.append(await stack.enter_async_context(run_hijack(args)))
+        for node in nodes:
+            await node.port()
+        front = free_port()
+        config = tmp_path / "haproxy.cfg"
+        config.write_text(haproxy_config(front, ports))
+        await daemons.start(
+            [HAPROXY, "-db", "-f", str(config)], listening=[("127.0.0.1", front)]
+        )
+        state = Cluster(front, f"127.0.0.1:{upstream_port}", nodes)
+        try:
+            yield state
+        finally:
+            for stream in state.open:
+                await stream.aclose()
+
+
+async def test_two_nodes_share_limits_survive_a_dead_node_and_redis_outage(
+    nursery: trio.Nursery, daemons: Daemons, tmp_path: Path
+) -> None:
+    redis, redis_port = await start_redis(daemons, tmp_path)
+    async with cluster(nursery, daemons, tmp_path, redis_port) as nodes:
+        # Round robin: A, B, A, B... so each node sees one of alice's two
+        # tunnels, and her third (on A again) is refused for the one on B.
+        # Per user 2 in total, per client 1.
+        assert await nodes.connect("127.0.0.2", "alice") == 200  # A
+        assert await nodes.connect("127.0.0.3", "alice") == 200  # B
+        assert await nodes.connect("127.0.0.4", "alice") == 429  # A: user
+        assert await nodes.connect("127.0.0.3", "bob") == 429  # B: client
+        assert await nodes.connect("127.0.0.5", "bob") == 200  # A
+        assert await nodes.connect("127.0.0.5", "bob") == 429  # B: client
+        one, two = (node.stderr for node in nodes.nodes)
+        alice_refused = [one, two][int("user alice has 2" in two)]
+        # (the access log names the client when a tunnel opens)
+        assert "127.0.0.2 - alice" in alice_refused
+        assert "127.0.0.3 - alice" not in alice_refused
+        assert re.search(r"429 \[client 127\.0\.0\.3 has 1", one + two)
+
+        # kill -9 node A (alice from .2 and bob from .5): their leases run
+        # out within the TTL, and alice gets her second tunnel on node B.
+        a = int(alice_refused is two)
+        os.kill(nodes.nodes[a].process.pid, signal.SIGKILL)
+        with trio.fail_after(TTL + 6):
+            # Each try asks Redis, where a lease runs out silently: polled.
+            while await nodes.connect("127.0.0.6", "alice") != 200:  # noqa: ASYNC110
+                await trio.sleep(0.1)
+        assert await nodes.connect("127.0.0.7", "alice") == 429
+
+        # Redis goes: node B refuses new limited tunnels (503), says so once
+        # and in its metrics.
+        survivor = nodes.nodes[1 - a]
+        metrics = await survivor.metrics_port()
+        await stop(redis)
+        with trio.fail_after(5):
+            assert await nodes.connect("127.0.0.8", "bob") == 503
+        await survivor.wait_for(r"state: Redis \S+ unavailable", stream="stderr")
+        _, body = await http_get(metrics, "/metrics")
+        assert b"hijack_state_available 0.0" in body
+        assert b"hijack_state_unavailable_total 1.0" in body
+
+        # Redis comes back (empty): node 1 writes its live leases again, and
+        # the limits hold again with no restart.
+        await start_redis(daemons, tmp_path, port=redis_port)
+        await survivor.wait_for(r"state: Redis \S+ answers again", stream="stderr")
+        assert len(re.findall(r"state: Redis", survivor.stderr)) == 2
+        assert await nodes.connect("127.0.0.9", "alice") == 429  # 2 live on node 1
+        assert await nodes.connect("127.0.0.9", "bob") == 200
+        _, body = await http_get(metrics, "/metrics")
+        assert b"hijack_state_available 1.0" in body
+
+
+async def test_wrong_redis_password_is_one_line_and_exit_2(
+    daemons: Daemons, tmp_path: Path
+) -> None:
+    _, port = await start_redis(daemons, tmp_path, password="right-one")
+    password = tmp_path / "password"
+    password.write_text("wrong-one\n")
+    args = ["proxy", "--listen", "127.0.0.1:0", "--max-tunnels-per-client", "1"]
+    args += ["--state", f"redis://127.0.0.1:{port}/0"]
+    args += ["--state-password-file", str(password)]
+    async with run_hijack(args) as proxy:
+        assert await proxy.wait() == 2
+        await proxy.output_closed.wait()
+    lines = proxy.stderr.splitlines()
+    assert len(lines) == 1, proxy.stderr
+    assert lines[0].startswith(f"hijack: --state redis://127.0.0.1:{port}/0: ")
+    assert "wrong-one" not in proxy.stderr
