@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client,
 # haproxy and nginx's stream module the balancers in front of and behind
-# hijack for PROXY protocol).
+# hijack for PROXY protocol, redis-server the shared limit state).
 sysdeps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
@@ -22,6 +22,7 @@ sysdeps:
 	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \

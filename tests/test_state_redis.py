@@ -7,6 +7,7 @@ Redis coming back makes the limits hold again, with no restart."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -17,10 +18,11 @@ import pytest
 import trio
 
 from .daemons import Daemons, free_port
-from .helpers import connect_from, read_head, start_upstream
+from .helpers import connect_from, read_head, read_until_closed, start_upstream
 from .hijack_process import HijackProcess, http_get, run_hijack
 from .redis_daemon import needs_redis, start_redis, stop
 from .test_connect import basic, connect_head, status_of
+from .test_state_workers import TOKEN, admin, admin_port, open_tunnel
 from .test_team_cli import users_file
 
 HAPROXY = "/usr/sbin/haproxy"
@@ -190,3 +192,39 @@ async def test_wrong_redis_password_is_one_line_and_exit_2(
     assert len(lines) == 1, proxy.stderr
     assert lines[0].startswith(f"hijack: --state redis://127.0.0.1:{port}/0: ")
     assert "wrong-one" not in proxy.stderr
+
+
+async def test_admin_of_one_node_lists_and_ends_the_other_nodes_tunnels(
+    nursery: trio.Nursery, daemons: Daemons, tmp_path: Path
+) -> None:
+    _, redis_port = await start_redis(daemons, tmp_path)
+    upstream_port = await start_upstream(nursery, hold)
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    args = ["proxy", "--listen", "127.0.0.1:0", "--allow-private"]
+    args += ["--allow-port", str(upstream_port), "--max-tunnels-per-client", "4"]
+    args += ["--state", f"redis://127.0.0.1:{redis_port}/0", "--state-ttl", str(TTL)]
+    args += ["--admin", "127.0.0.1:0", "--admin-token-file", str(token)]
+    target = f"127.0.0.1:{upstream_port}"
+    async with run_hijack(args) as one, run_hijack(args) as two:
+        status, on_two = await open_tunnel(await two.port(), target)
+        assert status == 200
+        status, on_one = await open_tunnel(await one.port(), target)
+        assert status == 200
+        control = await admin_port(one)
+        # Node two publishes its tunnels every second: listed from node one.
+        with trio.fail_after(10):
+            while True:
+                _, body = await admin(control, "GET", "/tunnels")
+                rows = json.loads(body)["tunnels"]
+                if len(rows) == 2:
+                    break
+                await trio.sleep(0.1)
+        nodes = {str(row["node"]).rpartition("/")[2] for row in rows}
+        assert nodes == {str(one.process.pid), str(two.process.pid)}
+        (remote,) = [r for r in rows if r["node"].endswith(f"/{two.process.pid}")]
+        assert (await admin(control, "DELETE", f"/tunnels/{remote['id']}"))[0] == 204
+        with trio.fail_after(10):
+            assert await read_until_closed(on_two) == b""
+        await on_one.aclose()
+        await on_two.aclose()
