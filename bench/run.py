@@ -5,8 +5,8 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale, workers), ``--profile`` (sample the
-hijack servers with py-spy during their measurement windows; collapsed
+throughput, setup, echo, ws, http, idle, scale, workers, state), ``--profile``
+(sample the hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
 
@@ -48,6 +48,7 @@ from procs import (
     free_port,
 )
 from profile_summary import summarize
+from state_rows import row_state
 from workers import row_workers
 
 VENV_BIN = BENCH / ".venv" / "bin"
@@ -470,6 +471,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "scale": row_scale,
     "interactive": row_interactive,
     "workers": row_workers,
+    "state": row_state,  # bench/state_rows.py
 }
 
 

@@ -1,0 +1,123 @@
+"""The shared-state rows (``python bench/run.py --rows state``): what
+counting the limits elsewhere costs a tunnel set-up.
+
+* ``tunnel setup, limits in Redis``: ``hijack proxy`` with a per-client
+  limit counted in the process, against the same with ``--state redis://``
+  (a local redis-server): two Redis round trips per tunnel (take the
+  lease, give it back in the background). Target >= 0.8x the rate.
+* ``tunnel setup, --workers 2, per-client limit``: ``--workers 2`` without
+  a limit against ``--workers 2 --max-tunnels-per-client`` (the
+  supervisor's shared-memory table). Target >= 0.9x.
+
+The servers are the real command (``python -m hijack proxy``), in the bench
+virtualenv; the limit is high enough never to refuse (the load generator
+runs 32 tunnels at once from one address), so every tunnel takes and gives
+back one lease. The note gives the server CPU per tunnel and, for Redis,
+redis-server's own CPU per tunnel.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import loadgen
+from procs import BENCH_PY, ServerProc, free_port
+
+if TYPE_CHECKING:
+    from run import Bench
+
+LIMIT = ["--max-tunnels-per-client", "100000"]
+REDIS = "/usr/bin/redis-server"
+
+
+def _proxy(port: int, echo_port: int, *extra: str) -> list[str]:
+    return [
+        str(BENCH_PY), "-m", "hijack", "--log-level", "WARNING", "proxy",
+        "--listen", f"127.0.0.1:{port}", "--allow-private",
+        "--allow-port", str(echo_port), "--access-log-format", "off", *extra,
+    ]  # fmt: skip
+
+
+def row_state(b: Bench) -> None:
+    from run import _background, _per, upstream
+
+    echo_port = free_port()
+    redis_port = free_port()
+    redis_argv = [REDIS, "--port", str(redis_port), "--bind", "127.0.0.1",
+                  "--save", "", "--appendonly", "no"]  # fmt: skip
+    with (
+        ServerProc("echo-upstream-state", upstream("echo", echo_port), echo_port),
+        ServerProc("redis-state", redis_argv, redis_port) as redis,
+    ):
+        port = free_port()
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        workload = "CONNECT + 4-byte round trip + close, 32 at once"
+        cases = [
+            ("tunnel setup, limits in Redis", [
+                ("in-process limit", _proxy(port, echo_port, *LIMIT)),
+                ("--state redis://", _proxy(port, echo_port, *LIMIT,
+                                            "--state", redis_url)),
+            ], 0.8),
+            ("tunnel setup, --workers 2, per-client limit", [
+                ("--workers 2, no limit", _proxy(port, echo_port, "--workers", "2")),
+                ("--workers 2, limit", _proxy(port, echo_port, "--workers", "2",
+                                              *LIMIT)),
+            ], 0.9),
+        ]  # fmt: skip
+        for row, subjects, target in cases:
+            for name, argv in b.cfg.rounds * subjects:
+                with b.guard(row, name), b.server(row, name, argv, port) as proc:
+                    if "--workers" in argv:
+                        _wait_listening_line(proc.log)
+                    window = b.cfg.window()
+                    job = _background(
+                        loadgen.tunnel_setup, port, echo_port, 32, 4, window
+                    )
+                    redis_cpu = redis.cpu_seconds()
+                    cpu = b.observe(proc, row, window)
+                    redis_cpu = redis.cpu_seconds() - redis_cpu
+                    rate, failures = job()
+                    note = f"{failures} failed batches" if failures else ""
+                    if "--state" in argv and rate:
+                        per = redis_cpu / (rate * window.duration) * 1e6
+                        note = f"{note}; " if note else ""
+                        note += f"redis-server CPU {per:.0f} us/tunnel"
+                    b.add(row, workload, name, rate, "tunnels/s", note,
+                          cpu=_per(cpu, rate, window), cpu_unit="tunnel")  # fmt: skip
+            _verdict(b, row, [name for name, _ in subjects], target)
+
+
+def _wait_listening_line(log: Path) -> None:
+    """The supervisor prints its line once every worker serves."""
+    import time
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if log.exists() and "listening on" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"workers not ready after 30s; see {log}")
+
+
+def _verdict(b: Bench, row: str, names: list[str], target: float) -> None:
+    base, other = (
+        next((r for r in b.results if r.row == row and r.server == n), None)
+        for n in names
+    )
+    if base is None or other is None or not base.value:
+        return
+    ratio = other.value / base.value
+    extra = ""
+    if base.best_cpu is not None and other.best_cpu is not None:
+        extra = (
+            f"; server CPU {(other.best_cpu - base.best_cpu) * 1e6:+.0f} us per tunnel"
+        )
+    verdict = "MET" if ratio >= target else "MISSED"
+    b.notes.append(
+        f"{verdict}: {row}: {names[1]} = {ratio:.2f}x {names[0]} "
+        f"(target >= {target}x){extra}"
+    )
