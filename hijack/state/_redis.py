@@ -60,24 +60,49 @@ PREFIX = "hijack:lease:"
 TUNNELS = "hijack:tunnels:"
 ENDS = "hijack:end:"
 PUBLISH_INTERVAL = 1.0
+#: Seconds a lease given back may wait for an acquire call to ride with.
+RELEASE_DELAY = 0.05
 
+# Every lease asked for while the previous call was on its way, in one
+# call, with the leases given back meanwhile: ARGV = ttl, the number r of
+# leases given back and their ids (their keys are the first r of KEYS),
+# then per lease asked for its id, its number of keys n and their n bounds
+# (-1: none); its n keys are the next n of KEYS. Each lease is all or
+# nothing: {0, total...} when taken, {i, count} when refused at key i.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[2])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
-  local limit = tonumber(ARGV[i + 2])
-  local count = redis.call('ZCARD', key)
-  if limit >= 0 and count >= limit then return {i, count} end
+local ttl = tonumber(ARGV[1])
+local released = tonumber(ARGV[2])
+for i = 1, released do redis.call('ZREM', KEYS[i], ARGV[2 + i]) end
+local out = {}
+local a, k = 3 + released, 1 + released
+while a <= #ARGV do
+  local id, n = ARGV[a], tonumber(ARGV[a + 1])
+  local answer = {0}
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    local count = redis.call('ZCARD', key)
+    local limit = tonumber(ARGV[a + 2 + i])
+    if limit >= 0 and count >= limit then
+      answer = {i + 1, count}
+      break
+    end
+  end
+  if answer[1] == 0 then
+    for i = 0, n - 1 do
+      local key = KEYS[k + i]
+      redis.call('ZADD', key, now + ttl, id)
+      redis.call('PEXPIRE', key, ttl * 2)
+      answer[i + 2] = redis.call('ZCARD', key)
+    end
+  end
+  out[#out + 1] = answer
+  a = a + 2 + n
+  k = k + n
 end
-local totals = {0}
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[1])
-  redis.call('PEXPIRE', key, ttl * 2)
-  totals[i + 1] = redis.call('ZCARD', key)
-end
-return totals
+return out
 """
 
 # KEYS[i] and ARGV[i + 1] (a lease id) go together; one call renews (or
@@ -184,6 +209,8 @@ class RedisState(State):
         self.local = LocalState()
         self.totals: dict[str, int] = {}
         self._to_release: list[tuple[str, str]] = []
+        self._asked: list[_Asked] = []
+        self._acquire_wanted = trio.Event()
         self._release_wanted = trio.Event()
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
@@ -227,6 +254,7 @@ class RedisState(State):
             refused = await self._first_contact()
             if refused is None:
                 async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._acquire_forever)
                     nursery.start_soon(self._release_forever)
                     nursery.start_soon(self._publish_forever)
                     task_status.started()
@@ -286,9 +314,43 @@ class RedisState(State):
         for (key, _), total in zip(pairs, totals, strict=True):
             self.totals[key] = int(total)
 
+    async def _acquire_forever(self) -> None:
+        """One call at a time, with every lease asked for meanwhile: under
+        load a call carries many leases, and the client's cost per call
+        (most of the CPU of a Redis lease) is shared by them."""
+        while True:
+            await self._acquire_wanted.wait()
+            self._acquire_wanted = trio.Event()
+            batch, self._asked = self._asked, []
+            if not batch:
+                continue
+            answers: list[list[int]] | None = None
+            if self.available:
+                given_back, self._to_release = self._to_release, []
+                args: list[str | int] = [int(self.ttl * 1000), len(given_back)]
+                args += [id for _, id in given_back]
+                for asked in batch:
+                    args += [asked.id, len(asked.keys), *asked.limits]
+                keys = [key for key, _ in given_back]
+                keys += [key for asked in batch for key in asked.keys]
+                try:
+                    with trio.fail_after(self.timeout):
+                        answers = await self._scripts["acquire"](keys=keys, args=args)
+                except Exception as exc:
+                    self._unavailable(exc)
+            for n, asked in enumerate(batch):
+                asked.answer = None if answers is None else answers[n]
+                if asked.abandoned and asked.answer and not asked.answer[0]:
+                    self._to_release.extend((key, asked.id) for key in asked.keys)
+                    self._release_wanted.set()
+                asked.done.set()
+
     async def _release_forever(self) -> None:
+        """Leases given back go with the next acquire call; when none comes
+        within RELEASE_DELAY, in a call of their own."""
         while True:
             await self._release_wanted.wait()
+            await trio.sleep(RELEASE_DELAY)
             self._release_wanted = trio.Event()
             batch, self._to_release = self._to_release, []
             if not self.available or not batch:
@@ -376,28 +438,29 @@ class RedisState(State):
 
     async def take(self, bounds: Sequence[Bound]) -> Lease:
         if self.available and self._client is not None:
-            id = f"{self.node}:{next(self._ids)}"
-            keys = [PREFIX + bound.key for bound in bounds]
+            asked = _Asked(
+                f"{self.node}:{next(self._ids)}",
+                [PREFIX + bound.key for bound in bounds],
+                [-1 if b.limit is None else b.limit for b in bounds],
+            )
+            self._asked.append(asked)
+            self._acquire_wanted.set()
             try:
-                with trio.fail_after(self.timeout):
-                    answer = await self._scripts["acquire"](
-                        keys=keys,
-                        args=[
-                            id,
-                            int(self.ttl * 1000),
-                            *(-1 if b.limit is None else b.limit for b in bounds),
-                        ],
-                    )
-            except Exception as exc:
-                self._unavailable(exc)
-            else:
+                await asked.done.wait()  # the batch's call is bounded
+            finally:
+                # Cancelled (the client left): a lease granted after all is
+                # given back by the batch.
+                asked.abandoned = not asked.done.is_set()
+            answer = asked.answer
+            if answer is not None:
+                keys = asked.keys
                 if answer[0]:
                     self.totals[keys[int(answer[0]) - 1]] = int(answer[1])
                     raise LimitReached(bounds[int(answer[0]) - 1])
                 for key, total in zip(keys, answer[1:], strict=True):
                     self.totals[key] = int(total)
                 local = self.local.take_now([Bound(b.key, None) for b in bounds])
-                lease = self.leases[id] = _RedisLease(self, id, keys, local)
+                lease = self.leases[asked.id] = _RedisLease(self, asked.id, keys, local)
                 return lease
         if not self.fail_open:
             raise StateUnavailable(f"Redis {self.description} unavailable")
@@ -421,6 +484,20 @@ class RedisState(State):
     def counts(self) -> collections.Counter[str]:
         """This node's own leases per key."""
         return self.local.counts
+
+
+class _Asked:
+    """One lease waiting for the next acquire call."""
+
+    __slots__ = ("abandoned", "answer", "done", "id", "keys", "limits")
+
+    def __init__(self, id: str, keys: list[str], limits: list[int]) -> None:
+        self.id = id
+        self.keys = keys
+        self.limits = limits
+        self.done = trio.Event()
+        self.answer: list[int] | None = None
+        self.abandoned = False
 
 
 class _RedisLease(Lease):
