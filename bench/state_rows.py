@@ -101,10 +101,13 @@ def _children_cpu(pid: int) -> float:
 
     ticks = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return 0.0
+    children: list[str] = []
+    # Per thread: trio starts processes from a worker thread.
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children += (task / "children").read_text().split()
+        except OSError:
+            continue
     for child in children:
         try:
             fields = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()

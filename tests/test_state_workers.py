@@ -204,3 +204,28 @@ async def test_admin_needs_a_token_file_one_line_exit_2(tmp_path: Path) -> None:
             await proxy.output_closed.wait()
         assert problem in proxy.stderr
         assert len(proxy.stderr.splitlines()) == 1, proxy.stderr
+
+
+async def test_counts_survive_a_sighup_rolling_restart(nursery: trio.Nursery) -> None:
+    """The table is the supervisor's: after every worker is replaced, the
+    old worker's tunnel (still draining) is still counted."""
+    upstream_port = await start_upstream(nursery, hold)
+    target = f"127.0.0.1:{upstream_port}"
+    args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "1")
+    async with run_hijack([*args, "--shutdown-grace", "30"]) as proxy:
+        port = await proxy.port()
+        status, tunnel = await open_tunnel(port, target)
+        assert status == 200
+        proxy.signal(signal.SIGHUP)
+        await proxy.wait_for(r"reload done", stream="stderr")
+        status, refused = await open_tunnel(port, target)
+        assert status == 429
+        await refused.aclose()
+        await tunnel.aclose()  # the old worker's tunnel ends: given back
+        with trio.fail_after(10):
+            while True:  # the end travels through the old worker: polled
+                status, stream = await open_tunnel(port, target)
+                await stream.aclose()
+                if status == 200:
+                    break
+                await trio.sleep(0.05)
