@@ -35,6 +35,7 @@ import trio
 from .._message import HTTPError, Request, Response
 from .._server import Server
 from ..state.registry import tunnels
+from ._state import read_token
 
 __all__ = [
     "ADMIN_DIR_ENV",
@@ -109,22 +110,6 @@ class NodesSource:
                 logger.info("tunnel %s: asked node %s to end it", id, row["node"])
                 return True
         return False
-
-
-def read_token(path: str | None) -> bytes:
-    if path is None:
-        raise SystemExit("hijack: --admin needs --admin-token-file FILE")
-    try:
-        with open(path, "rb") as file:
-            token = file.readline().strip()
-    except OSError as exc:
-        raise SystemExit(f"hijack: --admin-token-file {path}: {exc}") from None
-    if len(token) < 16:
-        raise SystemExit(
-            f"hijack: --admin-token-file {path}: the token needs 16 characters "
-            "or more (try: head -c 24 /dev/urandom | base64)"
-        )
-    return token
 
 
 def admin_handler(

@@ -358,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     chaining, team = _team.chaining_parser(), _team.team_parser()
     _state.add_state_options(team)
+    _state.add_admin_options(team)
     proxy = commands.add_parser(
         "proxy",
         parents=[listen, idle, chaining, team],
@@ -524,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         "repeatable; default: any). Clients that send no Origin (not browsers) "
         "are then refused too",
     )
+    _state.add_admin_options(wsbridge)
     wsbridge.set_defaults(run=_wsbridge_handler)
 
     forward = commands.add_parser(

@@ -26,9 +26,11 @@ if TYPE_CHECKING:
     from ..state._shared_memory import Table
 
 __all__ = [
+    "add_admin_options",
     "add_state_options",
     "check_options",
     "process_state",
+    "read_token",
     "release_worker",
     "run_reporting_state_errors",
     "shared_table",
@@ -52,7 +54,7 @@ def _state_url(text: str) -> str:
 
 
 def add_state_options(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("shared limits and the admin listener")
+    group = parser.add_argument_group("shared limits")
     group.add_argument(
         "--state",
         type=_state_url,
@@ -89,6 +91,10 @@ def add_state_options(parser: argparse.ArgumentParser) -> None:
         help="while Redis cannot be reached: closed refuses new limited "
         "tunnels (503); open counts per node (default: closed)",
     )
+
+
+def add_admin_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("the admin listener")
     group.add_argument(
         "--admin",
         type=_admin_address,
@@ -109,11 +115,25 @@ def _admin_address(text: str) -> tuple[str, int]:
     return parse_host_port(text, allow_zero=True)
 
 
+def read_token(path: str | None) -> bytes:
+    if path is None:
+        raise SystemExit("hijack: --admin needs --admin-token-file FILE")
+    try:
+        with open(path, "rb") as file:
+            token = file.readline().strip()
+    except OSError as exc:
+        raise SystemExit(f"hijack: --admin-token-file {path}: {exc}") from None
+    if len(token) < 16:
+        raise SystemExit(
+            f"hijack: --admin-token-file {path}: the token needs 16 characters "
+            "or more (try: head -c 24 /dev/urandom | base64)"
+        )
+    return token
+
+
 def check_options(args: argparse.Namespace) -> None:
     """The start-up errors of these options, found before anything starts
     (the supervisor included): one line on stderr, exit code 2."""
-    from ._admin import read_token
-
     try:
         if getattr(args, "admin", None) is not None:
             read_token(args.admin_token_file)

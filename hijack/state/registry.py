@@ -151,6 +151,7 @@ class TunnelRegistry:
         self._records: dict[str, TunnelRecord] = {}
         self._prune_at = 64
         self._null = TunnelRecord(None, "", "", "", "", None, RelayStats())
+        self._null.state = "closed"  # nothing to end
 
     def enable(self) -> None:
         self.enabled = True

@@ -42,6 +42,7 @@ from .. import (
     join_host_port,
     relay,
 )
+from ..state.registry import tunnels
 from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from ..tunnel.policy import ConnectError, ConnectPolicy, parse_connect_target
 from .websocket import (
@@ -334,7 +335,16 @@ class WebSocketBridge:
             except BaseException:
                 await trio.aclose_forcefully(upstream)
                 raise
-            await self._relay(websocket, upstream, tunnel)
+            tunnel.stats = RelayStats()
+            record = tunnels.open(
+                "wsbridge",
+                format_address(request.connection.remote_address),
+                tunnel.target,
+                None,
+                tunnel.stats,
+            )
+            with record.scope():
+                await self._relay(websocket, upstream, tunnel)
         except WebSocketHandshakeError as exc:
             tunnel.outcome = str(exc.status)
             return exc.response()
@@ -395,7 +405,7 @@ class WebSocketBridge:
     async def _relay(
         self, websocket: WebSocket, upstream: trio.abc.Stream, tunnel: _Tunnel
     ) -> None:
-        stats = tunnel.stats = RelayStats()
+        stats = tunnel.stats = tunnel.stats or RelayStats()
         # ``async with``: the server's graceful shutdown closes with 1001 (and
         # the upstream then gets its EOF like after any close).
         async with websocket:

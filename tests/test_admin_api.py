@@ -1,0 +1,135 @@
+"""The registry of live tunnels and the admin API in one process: CONNECT
+(relayed by a task, or by the relay hub), Upgrade: tcp and the WebSocket
+bridge register their tunnels; DELETE ends them (the client sees the end);
+a bearer token guards everything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pytest
+import trio
+
+from hijack.cli._admin import LocalSource, admin_handler
+from hijack.state.registry import tunnels
+from hijack.upgrades.connect import ConnectProxy
+from hijack.upgrades.tcp import TCPUpgrade
+from hijack.upgrades.wsbridge import WebSocketBridge
+
+from .conftest import StartServer
+from .helpers import read_head, read_until_closed, start_upstream
+from .test_connect import connect_head, loopback_policy, status_of
+from .test_state_workers import TOKEN, admin, hold
+from .test_wsbridge import connect
+from .ws_test_client import Closed
+
+
+@pytest.fixture
+def registry_on() -> Iterator[None]:
+    tunnels.enable()
+    yield
+    tunnels.enabled = False
+
+
+def test_the_registry_is_off_by_default_and_costs_one_shared_record() -> None:
+    assert not tunnels.enabled
+    record = tunnels.open("connect", "c", "t", None, object())  # type: ignore[arg-type]
+    assert record is tunnels.open("tcp", "c", "t", None, object())  # type: ignore[arg-type]
+    assert not record.end()
+    assert list(tunnels.records()) == []
+
+
+async def start_admin(start_server: StartServer) -> int:
+    handler = admin_handler(TOKEN.encode(), LocalSource())
+    _, port = await start_server(handler)
+    return port
+
+
+async def listed(port: int, query: str = "") -> list[dict[str, object]]:
+    status, body = await admin(port, "GET", f"/tunnels{query}")
+    assert status == 200
+    rows: list[dict[str, object]] = json.loads(body)["tunnels"]
+    return rows
+
+
+@pytest.mark.parametrize("hand_over", [False, True])
+async def test_delete_ends_a_connect_tunnel_and_its_client_sees_eof(
+    nursery: trio.Nursery, start_server: StartServer, registry_on: None, hand_over: bool
+) -> None:
+    upstream_port = await start_upstream(nursery, hold)
+    proxy = ConnectProxy(loopback_policy(upstream_port), hand_over=hand_over)
+    _, port = await start_server(proxy)
+    control = await start_admin(start_server)
+    target = f"127.0.0.1:{upstream_port}"
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    await client.send_all(connect_head(target))
+    head, _ = await read_head(client)
+    assert status_of(head) == 200
+    await client.send_all(b"hello")
+    (row,) = await listed(control, "?kind=connect")
+    assert row["target"] == target and row["state"] == "open"
+    assert str(row["client"]).endswith(f":{client.socket.getsockname()[1]}")
+    assert await listed(control, "?kind=tcp") == []
+    assert await listed(control, "?user=nobody") == []
+    _, body = await admin(control, "GET", "/users")
+    assert json.loads(body)["users"]["-"]["tunnels"] == 1
+    assert (await admin(control, "DELETE", f"/tunnels/{row['id']}"))[0] == 204
+    with trio.fail_after(5):
+        assert await read_until_closed(client) == b""
+    await client.aclose()
+    with trio.fail_after(5):
+        while await listed(control):  # noqa: ASYNC110 (the hub ends it in its own time)
+            await trio.sleep(0.01)
+    assert (await admin(control, "DELETE", f"/tunnels/{row['id']}"))[0] == 404
+
+
+async def test_tcp_upgrade_and_wsbridge_tunnels_are_listed_and_ended(
+    nursery: trio.Nursery, start_server: StartServer, registry_on: None
+) -> None:
+    upstream_port = await start_upstream(nursery, hold)
+    _, tcp_port = await start_server(TCPUpgrade(("127.0.0.1", upstream_port)))
+    _, bridge_port = await start_server(WebSocketBridge(("127.0.0.1", upstream_port)))
+    control = await start_admin(start_server)
+    raw = await trio.open_tcp_stream("127.0.0.1", tcp_port)
+    await raw.send_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: tcp\r\n\r\n"
+    )
+    head, _ = await read_head(raw)
+    assert status_of(head) == 101
+    ws = await connect(bridge_port, subprotocols=["binary"])
+    with trio.fail_after(5):
+        while len(rows := await listed(control)) < 2:  # noqa: ASYNC110
+            await trio.sleep(0.01)  # the bridge registers after its 101
+    kinds = {str(row["kind"]): str(row["id"]) for row in rows}
+    assert set(kinds) == {"tcp", "wsbridge"}
+    assert (await admin(control, "DELETE", f"/tunnels/{kinds['tcp']}"))[0] == 204
+    assert (await admin(control, "DELETE", f"/tunnels/{kinds['wsbridge']}"))[0] == 204
+    with trio.fail_after(5):
+        assert await read_until_closed(raw) == b""
+        with pytest.raises(Closed):
+            await ws.receive()
+    await raw.aclose()
+    await ws.stream.aclose()
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer wrong-token-of-some-length", f"Basic {TOKEN}", f"bearer {TOKEN}x"],
+)
+async def test_the_admin_api_needs_the_bearer_token(
+    start_server: StartServer, authorization: str | None
+) -> None:
+    control = await start_admin(start_server)
+    lines = ["GET /tunnels HTTP/1.1", "Host: a", "Connection: close"]
+    if authorization is not None:
+        lines.append(f"Authorization: {authorization}")
+    stream = await trio.open_tcp_stream("127.0.0.1", control)
+    async with stream:
+        await stream.send_all(("\r\n".join(lines) + "\r\n\r\n").encode())
+        answer = await read_until_closed(stream)
+    assert answer.startswith(b"HTTP/1.1 401 ")
+    assert b'www-authenticate: bearer realm="hijack admin"' in answer.lower()
+    assert (await admin(control, "GET", "/tunnels"))[0] == 200
+    assert (await admin(control, "GET", "/nothing"))[0] == 404
+    assert (await admin(control, "POST", "/tunnels"))[0] == 405
