@@ -302,3 +302,24 @@ async def test_tunnel_limits_split_a_users_bandwidth_between_nodes(
     # read at each lease, so its first lease's bucket sees them now.
     assert lease_one.throttle[0] is not None
     assert lease_one.throttle[0].buckets[0].rate == 66_666
+
+
+@needs_redis
+async def test_redis_over_a_unix_socket_with_the_password_given_apart(
+    daemons: Daemons, tmp_path: Path, serve_state: ServeState
+) -> None:
+    from .redis_daemon import REDIS
+
+    path = tmp_path / "redis.sock"
+    await daemons.start(
+        [REDIS, "--port", "0", "--unixsocket", str(path), "--requirepass", "pw-x",
+         "--save", "", "--appendonly", "no", "--dir", str(tmp_path)]
+    )  # fmt: skip
+    with trio.fail_after(10):
+        while not path.exists():  # noqa: ASYNC110 (a daemon's start, bounded)
+            await trio.sleep(0.02)
+    state = await serve_state(f"unix://{path}?db=2", password="pw-x")
+    assert state.available
+    await state.take([CLIENT])
+    with pytest.raises(LimitReached):
+        await state.take([CLIENT])

@@ -9,10 +9,15 @@ Leases. Each counted key (``client:ADDR``, ``user:NAME``) is a sorted set
 of lease ids scored by their expiry (Redis's own clock, ``TIME``, so the
 nodes' clocks do not matter). Taking a lease is one Lua script: drop the
 expired members of every key, refuse if one is at its bound, else add the
-lease to all of them. The node renews its live leases every third of the
-time to live (one script call for all of them); a node that dies stops
-renewing, and its leases drop out within the TTL. Giving one back is a
-ZREM sent in the background: if it fails, the lease runs out with the TTL.
+lease to all of them. One call at a time carries every lease asked for
+while the previous one was on its way, and the leases given back
+meanwhile (a ZREM each): under load the client's cost per call, most of
+what a Redis lease costs, is shared (measured in ``bench/state_rows.py``).
+A lease given back with no lease asked for within ``RELEASE_DELAY`` goes
+in a call of its own; if that fails, the lease runs out with the TTL. The
+node renews its live leases every third of the time to live (one call for
+all of them); a node that dies stops renewing, and its leases drop out
+within the TTL.
 
 Bandwidth per user: a fair split. Each node gives a user
 ``rate * (the user's tunnels here) / (the user's tunnels everywhere)``,
@@ -473,6 +478,9 @@ class RedisState(State):
 
     def _given_back(self, lease: _RedisLease) -> None:
         self.leases.pop(lease.id, None)
+        for key in lease.keys:  # no entry per client seen long ago
+            if key.removeprefix(PREFIX) not in self.local.counts:
+                self.totals.pop(key, None)
         self._to_release.extend((key, lease.id) for key in lease.keys)
         self._release_wanted.set()
 
