@@ -303,7 +303,10 @@ def row_setup(b: Bench) -> None:
     with ServerProc("echo-upstream", upstream("echo", echo_port), echo_port):
         port = free_port()
         subjects = proxies(port, [echo_port])
-        subjects.insert(1, task_relay_proxy(port, echo_port))
+        subjects[1:1] = [
+            task_relay_proxy(port, echo_port),
+            *command_proxies(port, echo_port),
+        ]
         for name, argv in b.cfg.rounds * subjects:
             with b.guard(row, name), b.server(row, name, argv, port) as proc:
                 window = b.cfg.window()
@@ -418,6 +421,23 @@ def task_relay_proxy(port: int, echo_port: int) -> tuple[str, list[str]]:
     """hijack without the hub: each tunnel awaits relay() in its handler."""
     allow = ["--allow-port", str(echo_port), "--task-relay"]
     return f"{HIJACK} (task relay)", hijack_server("connect", port, *allow)
+
+
+def command_proxies(port: int, echo_port: int) -> list[tuple[str, list[str]]]:
+    """``hijack proxy`` as the docs start it (INFO: a line per tunnel and an
+    access line, into the log file), and with its tunnel lines off."""
+    command = [str(VENV_BIN / "hijack")]
+    proxy = [
+        "proxy", "--listen", f"127.0.0.1:{port}",
+        "--allow-port", str(echo_port), "--allow-private",
+    ]  # fmt: skip
+    return [
+        (f"{HIJACK} proxy (command)", [*command, *proxy]),
+        (
+            f"{HIJACK} proxy (command, WARNING)",
+            [*command, "--log-level", "WARNING", *proxy],
+        ),
+    ]
 
 
 def row_idle(b: Bench) -> None:

@@ -12,6 +12,7 @@ from ._config import Limits as Limits
 from ._connection import Connection as Connection
 from ._connection import ConnState as ConnState
 from ._connection import PeerCredentials as PeerCredentials
+from ._connection import PeerInfo as PeerInfo
 from ._connection import TLSInfo as TLSInfo
 from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import HijackError as HijackError
@@ -37,7 +38,6 @@ from ._proxyproto import encode_proxy_header as encode_proxy_header
 from ._proxyproto import parse_proxy_header as parse_proxy_header
 from ._proxyproto import proxy_header_for as proxy_header_for
 from ._relay import RelayStats as RelayStats
-from ._relay import TunnelHook as TunnelHook
 from ._relay import relay as relay
 from ._replay import ReplayStream as ReplayStream
 from ._server import Server as Server
@@ -45,6 +45,10 @@ from ._systemd import listeners_from_fds as listeners_from_fds
 from ._systemd import systemd_listen_fds as systemd_listen_fds
 from ._throttle import Throttle as Throttle
 from ._throttle import TokenBucket as TokenBucket
+
+#: The release; the distribution is ``trio-hijack`` (``pip install
+#: trio-hijack``), the import name ``hijack``.
+__version__ = "0.1.0"
 
 __all__ = [
     "AccessRecord",
@@ -62,6 +66,7 @@ __all__ = [
     "Limiter",
     "Limits",
     "PeerCredentials",
+    "PeerInfo",
     "ProxyHeader",
     "ProxyProtocol",
     "ProxyProtocolError",
@@ -74,7 +79,6 @@ __all__ = [
     "TLSInfo",
     "Throttle",
     "TokenBucket",
-    "TunnelHook",
     "UnixSocketListener",
     "UsageError",
     "copy_tcp_keepalive",

@@ -8,7 +8,7 @@ server answers a bad head itself (method and target then ``-``).
 The message is in Common Log Format (the client address first:
 ``connection.remote_address``, which is the balancer's client once PROXY
 protocol is in use). Each log record also carries the fields as
-``record.access`` (a dict), which :class:`JSONAccessFormatter` writes as one
+``record.access`` (a mapping), which :class:`JSONAccessFormatter` writes as one
 JSON object per line. Library users configure the logger like any other:
 nothing is printed unless it (or the root logger) has a handler at INFO.
 """
@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,8 +121,9 @@ def make_record(
     )
 
 
-def format_clf(record: AccessRecord) -> str:
-    """``host ident user [time] "request line" status bytes``."""
+def format_clf(record: AccessRecord, user: str | None = None) -> str:
+    """``host ident user [time] "request line" status bytes`` (``user``:
+    the record's own unless given)."""
     when = time.strftime("%d/%b/%Y:%H:%M:%S %z", time.localtime(record.started))
     if record.method == "-":
         line = "-"
@@ -132,14 +133,51 @@ def format_clf(record: AccessRecord) -> str:
     line = line.encode("unicode_escape").decode("ascii").replace('"', '\\"')
     status = "-" if record.status is None else str(record.status)
     size = str(record.body_bytes) if record.body_bytes else "-"
-    user = record.user.encode("unicode_escape").decode("ascii").replace(" ", "_")
+    user = record.user if user is None else user
+    user = user.encode("unicode_escape").decode("ascii").replace(" ", "_")
     return f'{record.client} - {user} [{when}] "{line}" {status} {size}'
 
 
 def log_access(record: AccessRecord) -> None:
-    """Emit ``record`` on ``hijack.access`` (a no-op unless INFO is on)."""
+    """Emit ``record`` on ``hijack.access`` (a no-op unless INFO is on).
+
+    The line and the fields are made when a handler formats the record, not
+    here: a handler that writes from a thread of its own (the command's)
+    takes that work off the connection's path. What could change by then
+    (the user a later request on the same connection authenticates as) is
+    read now."""
     if access_logger.isEnabledFor(logging.INFO):
-        access_logger.info(format_clf(record), extra={"access": record.as_dict()})
+        fields = _AccessFields(record)
+        access_logger.info(fields, extra={"access": fields})
+
+
+class _AccessFields(Mapping[str, Any]):
+    """An access record's fields (``AccessRecord.as_dict()``), made on first
+    use; ``str()`` is its Common Log Format line."""
+
+    __slots__ = ("_fields", "_record", "_user")
+
+    def __init__(self, record: AccessRecord) -> None:
+        self._record = record
+        self._user = record.user
+        self._fields: dict[str, Any] | None = None
+
+    def _made(self) -> dict[str, Any]:
+        if self._fields is None:
+            self._fields = {**self._record.as_dict(), "user": self._user}
+        return self._fields
+
+    def __getitem__(self, key: str) -> Any:
+        return self._made()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._made())
+
+    def __len__(self) -> int:
+        return len(self._made())
+
+    def __str__(self) -> str:
+        return format_clf(self._record, self._user)
 
 
 class JSONAccessFormatter(logging.Formatter):
@@ -149,7 +187,7 @@ class JSONAccessFormatter(logging.Formatter):
         fields = getattr(record, "access", None)
         if fields is None:
             return super().format(record)
-        return json.dumps(fields, separators=(",", ":"))
+        return json.dumps(dict(fields), separators=(",", ":"))
 
 
 def _iso_time(when: float) -> str:

@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("hijack")
 
-__all__ = ["ConnState", "Connection", "PeerCredentials", "StateHook", "TLSInfo"]
+__all__ = [
+    "ConnState",
+    "Connection",
+    "PeerCredentials",
+    "PeerInfo",
+    "StateHook",
+    "TLSInfo",
+]
 
 
 class ConnState(enum.Enum):
@@ -104,6 +111,24 @@ def read_peer_credentials(sock: trio.socket.SocketType) -> PeerCredentials | Non
     return PeerCredentials(pid=pid, uid=uid, gid=gid)
 
 
+@dataclass(frozen=True, slots=True)
+class PeerInfo:
+    """Who is at the other end of a stream that has no socket to ask (an
+    in-memory test stream, a stream your own transport made).
+
+    A transport stream with a ``describe_peer(connection) -> PeerInfo``
+    method is asked once, when its Connection is made and before any hook
+    sees it; the Connection then shows these fields (``remote_address`` is
+    also its ``peer_address``: no balancer; ``tls`` is what
+    ``connection.tls`` answers). Unset fields are what a memory stream
+    gives: None. ``hijack.testing``'s streams are such streams."""
+
+    remote_address: Any = None
+    local_address: Any = None
+    peer_credentials: PeerCredentials | None = None
+    tls: TLSInfo | None = None
+
+
 class Connection:
     """One accepted stream, reachable from every request as ``request.connection``.
 
@@ -127,8 +152,8 @@ class Connection:
     __slots__ = (
         "_closed",
         "_closed_event",
+        "_described_tls",
         "_driver",
-        "_fake_tls",
         "_hijacked",
         "_hooks",
         "_on_close",
@@ -179,15 +204,17 @@ class Connection:
             if proxy_header is not None and proxy_header.source is not None
             else self.peer_address
         )
-        self._fake_tls: TLSInfo | None = None
-        # hijack.testing's in-memory streams carry the identity a test gives
-        # the connection (no socket to read it from): testing._Identity.
+        self._described_tls: TLSInfo | None = None
         transport = (
             stream.transport_stream if isinstance(stream, trio.SSLStream) else stream
         )
-        identity = getattr(transport, "_hijack_test_identity", None)
-        if identity is not None:
-            identity.apply(self)
+        describe_peer = getattr(transport, "describe_peer", None)
+        if describe_peer is not None:  # no socket to ask: see PeerInfo
+            peer: PeerInfo = describe_peer(self)
+            self.remote_address = self.peer_address = peer.remote_address
+            self.local_address = peer.local_address
+            self.peer_credentials = peer.peer_credentials
+            self._described_tls = peer.tls
         self._state = ConnState.NEW
         self._hooks = hooks
         # Who holds the stream: the HTTP driver (anything with a
@@ -243,7 +270,7 @@ class Connection:
         """TLS details once the handshake is done, None on plain streams."""
         stream = self.stream
         if not isinstance(stream, trio.SSLStream):
-            return self._fake_tls
+            return self._described_tls
         try:  # trio forwards these to the SSLObject once the handshake is done
             cipher = stream.cipher()
             return TLSInfo(

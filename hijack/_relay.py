@@ -22,7 +22,7 @@ from ._closing import aclose_gracefully
 from ._replay import ReplayStream, close_socket_now
 from ._throttle import Throttle
 
-__all__ = ["RelayStats", "TunnelHook", "relay"]
+__all__ = ["RelayStats", "relay"]
 
 #: Large reads: per-chunk overhead (a trip through the scheduler, a bytes
 #: object) dominates a copy loop, so read as much as the kernel has.
@@ -36,12 +36,6 @@ class RelayStats:
     a_to_b: int = 0
     b_to_a: int = 0
     timed_out: bool = False
-
-
-#: ``on_tunnel(outcome, destination_port, stats, user)``: called by the
-#: upgrades that relay (CONNECT, Upgrade: tcp) once per tunnel, when it ends;
-#: ``user`` is the authenticated user's name, None without a users file.
-TunnelHook = Callable[[str, int | None, RelayStats, str | None], None]
 
 
 async def relay(

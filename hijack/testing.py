@@ -46,7 +46,7 @@ from websockets.http11 import Response as WSResponse
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from ._connection import Connection, PeerCredentials, TLSInfo
+from ._connection import Connection, PeerInfo
 from ._http import Handler
 from ._message import Headers
 from ._replay import ReplayStream
@@ -70,38 +70,22 @@ RECEIVE_SIZE = 65536
 DEFAULT_HOST = "testserver"
 
 
-@dataclass(frozen=True)
-class Peer:
-    """The identity a test connection shows to the server, in place of what
-    a socket would tell: ``connection.remote_address``, ``local_address``,
-    ``peer_credentials`` and ``tls`` (a :class:`~hijack.TLSInfo`, for a
-    handler that reads ``connection.tls`` without a real handshake).
-    Unset fields are what a memory stream gives: ``None``."""
-
-    remote_address: Any = None
-    local_address: Any = None
-    peer_credentials: PeerCredentials | None = None
-    tls: TLSInfo | None = None
+#: The identity a test connection shows to the server, in place of what a
+#: socket would tell: ``connection.remote_address``, ``local_address``,
+#: ``peer_credentials`` and ``tls`` (a :class:`~hijack.TLSInfo`, for a
+#: handler that reads ``connection.tls`` without a real handshake). The
+#: core's :class:`~hijack.PeerInfo`, which any stream may describe.
+Peer = PeerInfo
 
 
 class _Identity:
-    """What the server end of a test stream carries to the Connection made
-    for it (``Connection.__init__`` calls :meth:`apply`); it also tells the
-    test client which Connection that is."""
+    """What the server end of a test stream tells its Connection, and
+    which Connection that is (for the test client)."""
 
     def __init__(self, peer: Peer) -> None:
         self.peer = peer
         self.connection: Connection | None = None
         self.applied = trio.Event()
-
-    def apply(self, connection: Connection) -> None:
-        connection.remote_address = self.peer.remote_address
-        connection.peer_address = self.peer.remote_address  # no balancer here
-        connection.local_address = self.peer.local_address
-        connection.peer_credentials = self.peer.peer_credentials
-        connection._fake_tls = self.peer.tls
-        self.connection = connection
-        self.applied.set()
 
 
 class _ServerEnd(trio.abc.HalfCloseableStream):
@@ -110,7 +94,13 @@ class _ServerEnd(trio.abc.HalfCloseableStream):
 
     def __init__(self, stapled: trio.abc.HalfCloseableStream, peer: Peer) -> None:
         self._stapled = stapled
-        self._hijack_test_identity = _Identity(peer)
+        self.identity = _Identity(peer)
+
+    def describe_peer(self, connection: Connection) -> PeerInfo:
+        """Asked by the Connection made for this stream (see PeerInfo)."""
+        self.identity.connection = connection
+        self.identity.applied.set()
+        return self.identity.peer
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         await self._stapled.send_all(data)
@@ -163,7 +153,7 @@ class MemoryListener(trio.abc.Listener[trio.abc.Stream]):
             await self._send.send(end)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise trio.BrokenResourceError("the server is not accepting") from None
-        return client, end._hijack_test_identity
+        return client, end.identity
 
     async def accept(self) -> trio.abc.Stream:
         try:
@@ -315,9 +305,7 @@ class TestConnection:
         extra: list[tuple[str, str]],
         host: str = DEFAULT_HOST,
     ) -> TestResponse:
-        conn = self._h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
+        conn = self._next_cycle()
         request = h11.Request(
             method=method, target=target, headers=_encode_headers(headers, host, extra)
         )
@@ -329,11 +317,29 @@ class TestConnection:
         await self.stream.send_all(data)
         return await self.read_response()
 
+    def _next_cycle(self) -> h11.Connection:
+        """The client parser, ready for the next request/response pair."""
+        conn = self._h11
+        if conn.their_state is h11.DONE and conn.our_state is h11.DONE:
+            conn.start_next_cycle()
+        elif conn.their_state is h11.DONE and conn.our_state is h11.IDLE:
+            # The request went out by send_raw(): h11 never saw it, so it
+            # cannot start a next cycle. A fresh parser reads on, from the
+            # bytes already received (a pipelined answer may be there).
+            received, closed = conn.trailing_data
+            conn = self._h11 = h11.Connection(h11.CLIENT)
+            if received:
+                conn.receive_data(received)
+            if closed:
+                conn.receive_data(b"")  # b"" is EOF to h11
+        return conn
+
     async def read_response(self) -> TestResponse:
-        """Read one response (after :meth:`send_raw`, say). Raises
+        """Read one response (after :meth:`send_raw`, say: then read as the
+        answer to a GET, whose body is read to its length). Raises
         ``trio.BrokenResourceError`` if the server closes before answering,
         ``h11.RemoteProtocolError`` for a malformed or truncated answer."""
-        conn = self._h11
+        conn = self._next_cycle()
         head: h11.Response | h11.InformationalResponse | None = None
         body = bytearray()
         while True:

@@ -6,8 +6,10 @@ import contextlib
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import trio
 
@@ -86,17 +88,20 @@ async def run_hijack(
     *,
     env: dict[str, str] | None = None,
     stop_signal: int | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    entry: Sequence[str] = (sys.executable, "-m", "hijack"),
 ) -> AsyncIterator[HijackProcess]:
-    """Start ``python -m hijack ARGS``; on exit, SIGKILL it (and its whole
-    session: workers) if it is still running. With ``stop_signal`` it is
-    first asked to stop with that signal (bounded by STOP_TIMEOUT): a
-    graceful exit also writes the child's coverage data."""
+    """Start ``python -m hijack ARGS`` (or ``entry ARGS``); on exit, SIGKILL
+    it (and its whole session: workers) if it is still running. With
+    ``stop_signal`` it is first asked to stop with that signal (bounded by
+    STOP_TIMEOUT): a graceful exit also writes the child's coverage data."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "hijack", *args],
+        [*entry, *args],
         stdout=-1,
         stderr=-1,
         env=dict(os.environ, **(env or {})),
         start_new_session=True,
+        cwd=cwd,
     )
     runner = HijackProcess(process)
     try:
@@ -127,3 +132,41 @@ async def http_get(port: int, path: str = "/") -> tuple[int, bytes]:
     request = f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     response = await ask(port, request.encode())
     return response.status, response.body
+
+
+def _proc_net_address(address: tuple[str, int]) -> str:
+    """``("127.0.0.1", 8080)`` as /proc/net/tcp writes it: ``0100007F:1F90``."""
+    packed = socket.inet_aton(address[0])
+    return f"{int.from_bytes(packed, 'little'):08X}:{address[1]:04X}"
+
+
+async def read_by_peer(stream: trio.SocketStream) -> None:
+    """Wait until the process at the other end of ``stream`` (IPv4) has read
+    every byte sent on it: its socket's receive queue, as /proc/net/tcp
+    shows it, is empty. No event crosses the process boundary for that, so
+    the queue is looked at until it is (bounded); nothing is assumed about
+    how long the other process takes."""
+    ours = _proc_net_address(stream.socket.getsockname())
+    theirs = _proc_net_address(stream.socket.getpeername())
+    with trio.fail_after(START_TIMEOUT):
+        while True:
+            for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+                fields = line.split()
+                unread = int(fields[4].partition(":")[2], 16)
+                if fields[1] == theirs and fields[2] == ours and unread == 0:
+                    return
+            await trio.sleep(0.01)
+
+
+async def exited(pid: int) -> None:
+    """Wait until ``pid`` exited, even if it is not our child: its pidfd
+    turns readable then."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        with trio.fail_after(START_TIMEOUT):
+            await trio.lowlevel.wait_readable(fd)
+    finally:
+        os.close(fd)

@@ -108,3 +108,40 @@ async def test_cli_access_log_off_and_clf_default() -> None:
         hijack.signal(2)
         await hijack.wait()
         assert "hijack.access" not in hijack.stderr
+
+
+def test_a_record_formatted_later_shows_the_user_at_its_end() -> None:
+    """The line is made when a handler formats it (the command's handler
+    does so from its own thread, later); the user is the one of the
+    exchange, not of a later request on the same connection."""
+    from hijack._access_log import log_access
+
+    class Connection:  # what a record reads of its connection
+        def __init__(self) -> None:
+            self.id = 1
+            self.remote_address = ("192.0.2.1", 5555)
+            self.context: dict[str, object] = {"hijack.user": "alice"}
+
+    connection = Connection()
+    record = AccessRecord(connection, "GET", "/", "1.1", 200, 2, 0.0, 0.001)  # type: ignore[arg-type]
+    kept: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kept.append(record)
+
+    handler = Keep()
+    logger = logging.getLogger("hijack.access")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        log_access(record)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    connection.context["hijack.user"] = "bob"  # the next request's user
+    (line,) = kept
+    assert " - alice [" in line.getMessage()
+    fields = json.loads(JSONAccessFormatter().format(line))
+    assert (fields["user"], fields["status"], fields["target"]) == ("alice", 200, "/")

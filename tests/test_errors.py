@@ -24,6 +24,7 @@ from hijack import (
 )
 from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
+from hijack.upgrades.wsbridge import WebSocketBridge
 
 from .conftest import StartServer
 from .helpers import read_until, read_until_closed, reset, tls_contexts
@@ -229,6 +230,12 @@ def test_http_error_response() -> None:
             426,
             b"this endpoint needs Connection: Upgrade, Upgrade: tcp",
             b"Upgrade: tcp",
+        ),
+        (
+            WebSocketBridge(("127.0.0.1", 9)),
+            426,
+            b"this is a WebSocket bridge: connect with a WebSocket client",
+            b"Upgrade: websocket",
         ),
     ],
 )

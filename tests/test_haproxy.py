@@ -168,5 +168,5 @@ async def test_cli_proxy_between_two_haproxies(haproxy: StartHAProxy) -> None:
         assert data.startswith(b"HTTP/1.1 200 "), data
         assert data.endswith(f"client=127.0.0.7:{client_port}\n".encode())
         await hijack.wait_for(
-            rf"CONNECT 127\.0\.0\.7:{client_port} -> ", stream="stderr"
+            rf"connect 127\.0\.0\.7:{client_port} -> ", stream="stderr"
         )

@@ -5,6 +5,7 @@ client address and per user (429)."""
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -213,9 +214,11 @@ async def second_gets_429(port: int, request: bytes, *, first_status: int) -> No
 
 
 async def wait_for_zero(count: Callable[[], int]) -> None:
+    """Until ``count()`` is 0: the server's tasks (in this process) finish
+    on their own; look each time every task is blocked, I/O seen."""
     with trio.fail_after(5):
-        while count():  # noqa: ASYNC110 - the server's tasks finish on their own
-            await trio.sleep(0.01)
+        while count():
+            await trio.testing.wait_all_tasks_blocked()
 
 
 async def test_too_many_tunnels_per_user_gets_429(
@@ -282,6 +285,7 @@ async def test_tcp_upgrade_per_client_limit_gets_429(
     async def upstream(stream: trio.SocketStream) -> None:
         await read_until_closed(stream)
 
+    caplog.set_level(logging.INFO, logger="hijack.tcp")  # the tunnel's end line
     upstream_port = await start_upstream(nursery, upstream)
     limits = TunnelLimits(per_client=1)
     handler = TCPUpgrade(("127.0.0.1", upstream_port), limits=limits)

@@ -136,14 +136,13 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         answer = await read_until_closed(closed)
         await closed.aclose()
         tunnel = await _open_tunnel(port)
+        connect_ok = {"kind": "connect", "outcome": "ok", "port": str(port)}
         with trio.fail_after(10):  # gauges are sampled every second
             while True:
                 samples = await _scrape(metrics_port)
                 if (
                     _value(samples, "hijack_hijacked_open") == 1
-                    and _value(
-                        samples, "hijack_tunnels_total", outcome="ok", port=str(port)
-                    )
+                    and _value(samples, "hijack_tunnels_total", **connect_ok)
                     and _value(
                         samples, "hijack_websocket_messages_total", direction="out"
                     )
@@ -151,9 +150,7 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
                     break
                 await trio.sleep(0.2)
         assert _value(samples, "hijack_connections", state="hijacked") == 1
-        assert (
-            _value(samples, "hijack_tunnels_total", outcome="ok", port=str(port)) == 1
-        )
+        assert _value(samples, "hijack_tunnels_total", **connect_ok) == 1
         assert _value(samples, "hijack_relay_bytes_total", direction="up") == len(hello)
         assert _value(samples, "hijack_relay_bytes_total", direction="down") == len(
             answer
@@ -172,10 +169,9 @@ async def test_metrics_summed_over_workers_and_readiness_through_shutdown() -> N
         assert len(re.findall(r"worker \d+ serving", hijack.stderr)) == 2
 
         hijack.signal(signal.SIGTERM)
-        with trio.fail_after(20):  # not ready from the start of the drain
-            # Polling, as a balancer does: there is no event to wait on.
-            while (await http_get(metrics_port, "/readyz"))[0] != 503:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+        # A worker drains only after the supervisor stopped being ready.
+        await hijack.wait_for("shutting down", stream="stderr")
+        assert (await http_get(metrics_port, "/readyz"))[0] == 503
         assert (await http_get(metrics_port, "/healthz"))[0] == 200
         # The tunnel still works during the drain; closing it ends it.
         await tunnel.send_all(hello)
@@ -196,10 +192,9 @@ async def test_one_process_readyz_turns_503_before_the_drain_ends() -> None:
         # The server is reading it (gauges are sampled every second).
         await _sampled(metrics_port, "hijack_connections", 1, state="active")
         hijack.signal(signal.SIGTERM)
-        with trio.fail_after(20):
-            # Polling, as a balancer does: there is no event to wait on.
-            while (await http_get(metrics_port, "/readyz"))[0] != 503:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+        # Said once readiness is off, before the drain.
+        await hijack.wait_for("shutting down", stream="stderr")
+        assert (await http_get(metrics_port, "/readyz"))[0] == 503
         assert (await http_get(metrics_port, "/healthz"))[0] == 200
         await busy.send_all(b"\r\n")
         assert (await read_until_closed(busy)).startswith(b"HTTP/1.1 200 ")
@@ -239,3 +234,17 @@ async def test_accept_errors_are_counted(
         assert (await read_until_closed(client)).startswith(b"HTTP/1.1 200 ")
     assert metrics.registry.get_sample_value("hijack_accept_errors_total") == 1
     await server.shutdown(grace=0)
+
+
+async def test_an_ipv6_metrics_address_is_printed_as_a_url() -> None:
+    """``http://[::1]:PORT/metrics``, which a browser or curl opens, not
+    ``http://::1:PORT/metrics``."""
+    args = ["echo", "--listen", "127.0.0.1:0", "--metrics", "[::1]:0"]
+    async with run_hijack(args, stop_signal=signal.SIGTERM) as hijack:
+        url = (await hijack.wait_for(r"metrics on (\S+)"))[1]
+        assert re.fullmatch(r"http://\[::1\]:\d+/metrics", url), url
+        done = await trio.run_process(
+            ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", url],
+            capture_stdout=True,
+        )
+        assert done.stdout == b"200"

@@ -271,7 +271,7 @@ async def test_parent_answering_garbage_gets_502(
     response = await exchange(port, connect_head("8.8.8.8:443"))
     assert status_of(response) == 502
     line = await tunnel_line(tunnel_log)
-    assert " 502 [" in line and f"parent proxy {url}" in line, line
+    assert " unreachable [" in line and f"parent proxy {url}" in line, line
 
 
 async def test_unreachable_parent_gets_502(

@@ -136,12 +136,14 @@ async def test_two_nodes_share_limits_survive_a_dead_node_and_redis_outage(
         assert await nodes.connect("127.0.0.3", "bob") == 429  # B: client
         assert await nodes.connect("127.0.0.5", "bob") == 200  # A
         assert await nodes.connect("127.0.0.5", "bob") == 429  # B: client
+        for node in nodes.nodes:  # three requests each; logged in batches
+            await node.wait_for(r'(?s)("CONNECT .*){3}', stream="stderr")
         one, two = (node.stderr for node in nodes.nodes)
         alice_refused = [one, two][int("user alice has 2" in two)]
         # (the access log names the client when a tunnel opens)
         assert "127.0.0.2 - alice" in alice_refused
         assert "127.0.0.3 - alice" not in alice_refused
-        assert re.search(r"429 \[client 127\.0\.0\.3 has 1", one + two)
+        assert re.search(r"limited \[client 127\.0\.0\.3 has 1", one + two)
 
         # kill -9 node A (alice from .2 and bob from .5): their leases run
         # out within the TTL, and alice gets her second tunnel on node B.
@@ -190,7 +192,7 @@ async def test_wrong_redis_password_is_one_line_and_exit_2(
         await proxy.output_closed.wait()
     lines = proxy.stderr.splitlines()
     assert len(lines) == 1, proxy.stderr
-    assert lines[0].startswith(f"hijack: --state redis://127.0.0.1:{port}/0: ")
+    assert lines[0].startswith(f"hijack proxy: --state redis://127.0.0.1:{port}/0: ")
     assert "wrong-one" not in proxy.stderr
 
 

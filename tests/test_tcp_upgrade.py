@@ -230,5 +230,5 @@ async def test_one_log_line_per_stream(
         assert server.open_hijacked_connections == 0
     assert len(log.records) == 1
     message = log.records[0].getMessage()
-    assert f"127.0.0.1:{upstream_port} closed" in message
-    assert "5 bytes up, 5 down" in message
+    assert f"127.0.0.1:{upstream_port} ok" in message
+    assert "up=5 down=5" in message

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from hijack.cli._command import StartupError
 from hijack.cli._main import build_parser
 from hijack.cli._team import byte_rate
 from hijack.tunnel.users import PasswordHash, hash_password
@@ -63,7 +64,7 @@ def test_bad_byte_rates(text: str) -> None:
 
 
 @pytest.mark.parametrize("command", ["proxy", "tcp", "forward"])
-def test_upstream_proxy_flag(command: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_upstream_proxy_flag(command: str) -> None:
     base = {"proxy": [], "tcp": ["--upstream", "h:1"], "forward": ["--via", "h:1"]}[
         command
     ]
@@ -71,9 +72,8 @@ def test_upstream_proxy_flag(command: str, capsys: pytest.CaptureFixture[str]) -
         [command, *base, "--upstream-proxy", "socks5h://u:p@h:1080"]
     )
     assert str(args.upstream_proxy) == "socks5h://u:***@h:1080"
-    with pytest.raises(SystemExit):
+    with pytest.raises(StartupError, match="scheme must be http, socks5 or socks5h"):
         build_parser().parse_args([command, *base, "--upstream-proxy", "ftp://h:1"])
-    assert "scheme must be http, socks5 or socks5h" in capsys.readouterr().err
 
 
 def test_help_explains_the_team_flags() -> None:
@@ -128,7 +128,7 @@ async def test_proxy_users_reload_on_sighup(
         proxy.signal(signal.SIGINT)
         assert await proxy.wait() == 0
         await proxy.output_closed.wait()
-    assert re.search(r"CONNECT 127\.0\.0\.1:\d+ user=alice -> ", proxy.stderr), (
+    assert re.search(r"connect 127\.0\.0\.1:\d+ user=alice -> ", proxy.stderr), (
         proxy.stderr
     )
 
@@ -158,9 +158,8 @@ async def _reload_users(
             assert await status("bob") == 407
             users_file(path, upstream_port, "bob")
             proxy.signal(signal.SIGHUP)
-            # The reload happens in another process: poll it (bounded above).
-            while await status("bob") != 200:  # noqa: ASYNC110
-                await trio.sleep(0.05)
+            await proxy.wait_for(r"INFO reloaded", stream="stderr")
+            assert await status("bob") == 200
             assert await status("alice") == 407
             # Alice's open tunnel was not dropped by the reload.
             await alice_tunnel.send_all(b"still here")
@@ -168,28 +167,31 @@ async def _reload_users(
 
             path.write_text("[users.mallory]\npassword = 'plain text'\n")
             proxy.signal(signal.SIGHUP)
-            await proxy.wait_for("keeping the old users", stream="stderr")
+            await proxy.wait_for(
+                "reload failed, keeping the running configuration: --users",
+                stream="stderr",
+            )
             assert await status("bob") == 200
             assert "mallory" in proxy.stderr
             assert "not a hijack password hash" in proxy.stderr
 
 
-def test_reloads_keep_one_users_and_one_limits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_reloads_keep_one_users_and_one_limits(tmp_path: Path) -> None:
     """What a SIGHUP does to the team options: the same Users re-reads its
     file, the same TunnelLimits takes the new bounds (open tunnels stay
     counted), a broken users file fails the reload."""
     from hijack.cli import _team as _team_cli
+    from hijack.cli._command import HandlerContext
 
-    monkeypatch.setattr(_team_cli, "_LIVE", {})
+    context = HandlerContext("proxy", port=None)  # one Service's
     path = tmp_path / "users.toml"
     users_file(path, 443, "alice")
     parser = build_parser()
     first = _team_cli.handler_options(
         parser.parse_args(
             ["proxy", "--users", str(path), "--max-tunnels-per-client", "2"]
-        )
+        ),
+        context,
     )
     users_file(path, 443, "bob")
     args = [
@@ -198,18 +200,21 @@ def test_reloads_keep_one_users_and_one_limits(
         str(path),
         "--max-tunnels-per-client",
         "5",
+        "--upstream-proxy",
+        "http://127.0.0.1:1",
         "--direct",
         "x.example",
     ]
-    second = _team_cli.handler_options(parser.parse_args(args))
+    second = _team_cli.handler_options(parser.parse_args(args), context)
     assert second["users"] is first["users"] and second["users"].names == ["bob"]
     assert second["limits"] is first["limits"] and second["limits"].per_client == 5
-    assert second["routes"].parent is None  # --direct alone: everything direct
+    assert second["routes"].parent_for("x.example") is None
     path.write_text("[users.bob\n")
-    with pytest.raises(SystemExit, match="not reloaded"):
-        _team_cli.handler_options(parser.parse_args(args))
+    with pytest.raises(StartupError, match=r"--users .*users\.toml"):
+        _team_cli.handler_options(parser.parse_args(args), context)
     assert first["users"].names == ["bob"]  # the running rules stay
-    with pytest.raises(SystemExit, match=r"users\.toml\.new"):
+    with pytest.raises(StartupError, match=r"users\.toml\.new"):
         _team_cli.handler_options(
-            parser.parse_args(["proxy", "--users", str(tmp_path / "users.toml.new")])
+            parser.parse_args(["proxy", "--users", str(tmp_path / "users.toml.new")]),
+            context,
         )

@@ -15,6 +15,7 @@ from hijack import (
     ConnState,
     Limits,
     PeerCredentials,
+    PeerInfo,
     Request,
     Response,
     Server,
@@ -302,3 +303,98 @@ async def test_websocket_frame_in_the_same_read_as_the_101() -> None:
         client.websocket("/") as ws,
     ):
         assert await ws.receive() == "welcome"
+
+
+async def test_send_raw_then_read_response_again_and_again() -> None:
+    """On a kept connection, each raw request gets its own answer read (the
+    second pair used to raise "the server closed mid-response"), pipelined
+    ones too, and a request() after them still works."""
+
+    async def echo_path(request: Request) -> Response:
+        return Response(200, {}, request.path.encode())
+
+    async with open_test_client(echo_path) as client, client.connection() as conn:
+        for path in ("/a", "/b"):
+            await conn.send_raw(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            assert (await conn.read_response()).body == path.encode()
+        await conn.send_raw(
+            b"GET /c HTTP/1.1\r\nHost: x\r\n\r\nGET /d HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert (await conn.read_response()).body == b"/c"
+        assert (await conn.read_response()).body == b"/d"
+        assert (await conn.request("GET", "/e")).body == b"/e"
+        await conn.send_raw(b"GET /f HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await conn.read_response()).body == b"/f"
+
+
+class _DescribedStream(trio.abc.HalfCloseableStream):
+    """A stream of the test's own (not the kit's) that says who is at its
+    other end, through the core's public describe_peer()."""
+
+    def __init__(self, inner: trio.abc.HalfCloseableStream, peer: PeerInfo) -> None:
+        self.inner = inner
+        self.peer = peer
+        self.asked: list[Connection] = []
+
+    def describe_peer(self, connection: Connection) -> PeerInfo:
+        self.asked.append(connection)
+        return self.peer
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.inner.wait_send_all_might_not_block()
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self.inner.receive_some(max_bytes)
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _OneStream(trio.abc.Listener[trio.abc.Stream]):
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream: trio.abc.Stream | None = stream
+
+    async def accept(self) -> trio.abc.Stream:
+        stream, self.stream = self.stream, None
+        if stream is None:
+            await trio.sleep_forever()
+        assert stream is not None
+        return stream
+
+    async def aclose(self) -> None:
+        await trio.lowlevel.checkpoint()
+
+
+async def test_any_stream_may_describe_its_peer(nursery: trio.Nursery) -> None:
+    """The core learns a socketless stream's peer through the public
+    describe_peer() (what the test kit's own streams use too), once, before
+    the NEW hook sees the connection."""
+    seen_by_hook: list[object] = []
+
+    async def handler(request: Request) -> Response:
+        connection = request.connection
+        text = f"{connection.remote_address} {connection.peer_address}"
+        return Response(200, {}, text.encode())
+
+    client, server_end = trio.testing.memory_stream_pair()
+    peer = PeerInfo(remote_address=("192.0.2.7", 4242), local_address=("x", 1))
+    stream = _DescribedStream(server_end, peer)
+    server = Server(
+        handler,
+        on_state=lambda c, state: seen_by_hook.append(c.remote_address),
+    )
+    await nursery.start(server.serve_listeners, [_OneStream(stream)])
+    await client.send_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while chunk := await client.receive_some():
+        answer += chunk
+    assert answer.endswith(b"('192.0.2.7', 4242) ('192.0.2.7', 4242)")
+    assert len(stream.asked) == 1 and stream.asked[0].local_address == ("x", 1)
+    assert seen_by_hook[0] == ("192.0.2.7", 4242)  # NEW, already described
+    await server.shutdown()

@@ -11,10 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 from .helpers import read_until, read_until_closed
-from .hijack_process import http_get, run_hijack
+from .hijack_process import exited, http_get, read_by_peer, run_hijack
 
 ECHO = ["echo", "--listen", "127.0.0.1:0", "--workers", "2"]
 
@@ -60,17 +61,13 @@ async def test_sigterm_drains_a_request_in_flight() -> None:
         # A request in flight: its head half sent, so a worker is reading it.
         busy = await trio.open_tcp_stream("127.0.0.1", port)
         await busy.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        await trio.sleep(0.2)  # real time: let the worker read the first half
+        await read_by_peer(busy)  # a worker is reading the request
         hijack.signal(signal.SIGTERM)
-        # Drain has begun everywhere once nobody accepts any more.
-        with trio.fail_after(20):
-            while True:
-                try:
-                    probe = await trio.open_tcp_stream("127.0.0.1", port)
-                except OSError:
-                    break
-                await probe.aclose()
-                await trio.sleep(0.05)
+        # Both workers said they drain (after the supervisor stopped being
+        # ready): the request is in flight through a shutdown.
+        await hijack.wait_for(
+            r"shutting down.*\n(?:.*\n)*?.*shutting down", stream="stderr"
+        )
         assert hijack.process.returncode is None  # still draining the request
         await busy.send_all(b"\r\n")
         data = await read_until_closed(busy)
@@ -135,7 +132,7 @@ async def test_one_worker_keeps_serving_a_keep_alive_connection_through_reload()
         stream = await trio.open_tcp_stream("127.0.0.1", port)
         async with stream:
             await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-            await trio.sleep(0.2)  # real time: a worker is reading this head
+            await read_by_peer(stream)  # a worker is reading this head
             hijack.signal(signal.SIGHUP)
             await hijack.wait_for(r"reload done", stream="stderr")
             await stream.send_all(b"\r\n")
@@ -170,21 +167,52 @@ async def test_workers_stop_when_the_supervisor_is_gone() -> None:
             await hijack.output_closed.wait()
         # Each worker saw its lifeline close and drained.
         assert hijack.stderr.count("the supervisor is gone: shutting down") == 2
-        with trio.fail_after(20):  # after stderr, atexit work (coverage) may run
-            while True:  # not our children: no event tells of their exit
-                if not any(_alive(pid) for pid in pids):
-                    break
-                await trio.sleep(0.05)
+        for pid in pids:  # after stderr, atexit work (coverage) may run
+            await exited(pid)
+        assert not any(_alive(pid) for pid in pids)
 
 
-def test_a_worker_that_cannot_start_is_one_clear_error(tmp_path: Path) -> None:
-    # demo needs a TCP port; each worker fails while building its handler.
+def test_a_bad_configuration_is_refused_before_any_worker(tmp_path: Path) -> None:
+    """The supervisor checks what each worker would: one line, exit 2, and
+    no worker started to say it again."""
     command = [sys.executable, "-m", "hijack", "demo", "--unix", str(tmp_path / "s")]
     done = subprocess.run(
         [*command, "--workers", "2"], capture_output=True, text=True, timeout=60
     )
-    assert done.returncode == 1
-    assert "needs --listen" in done.stderr
-    assert re.search(
-        r"hijack: worker \d+ did not start; see its error above", done.stderr
+    assert done.returncode == 2
+    assert done.stderr == (
+        "hijack demo: --unix: the demo tunnels to itself over TCP; use --listen\n"
     )
+    assert not (tmp_path / "s").exists()
+
+
+async def test_a_worker_that_cannot_start_is_a_startup_error() -> None:
+    """A worker that exits before it serves: WorkerStartError (a
+    StartupError: the command prints it in one line and exits 2)."""
+    from hijack.cli._command import StartupError
+    from hijack.cli._supervisor import Supervisor, WorkerStartError
+
+    assert issubclass(WorkerStartError, StartupError)
+    supervisor = Supervisor([sys.executable, "-c", "pass"], [], 2, grace=1)
+    with pytest.RaisesGroup(WorkerStartError, flatten_subgroups=True):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(supervisor.run)
+
+
+async def test_workers_run_the_installed_package_not_the_working_directory(
+    tmp_path: Path,
+) -> None:
+    """A ``hijack.py`` in the current directory must not stand in for the
+    package in the workers (``python -m hijack`` would import it first)."""
+    (tmp_path / "hijack.py").write_text(
+        "raise SystemExit('the hijack.py of the working directory ran')\n"
+    )
+    script = Path(sys.executable).with_name("hijack")  # the installed command
+    async with run_hijack(
+        ECHO, cwd=tmp_path, entry=[str(script)], stop_signal=signal.SIGTERM
+    ) as echo:
+        port = await echo.port()
+        assert (await http_get(port))[0] == 200
+        echo.signal(signal.SIGTERM)
+        assert await echo.wait() == 0
+    assert "working directory" not in echo.stderr

@@ -172,7 +172,7 @@ async def test_after_the_websocket_closed_the_upstream_gets_eof_then_is_cut(
         await bridge_log.logged.wait()
     # An upstream that ignores EOF gets close_timeout to close, then is cut.
     assert trio.current_time() - start == (0 if upstream_talks else 7)
-    assert "3 bytes up, 0 down" in bridge_log.records[-1].getMessage()
+    assert "up=3 down=0" in bridge_log.records[-1].getMessage()
     with pytest.raises(trio.BrokenResourceError):
         await client_end.send_all(b"cut")
     await client_end.aclose()
@@ -367,7 +367,7 @@ async def test_refused_upstream_is_502_before_the_handshake(
         await connect(port)
     assert refused.value.status == 502
     lines = [r.getMessage() for r in caplog.records if r.name == "hijack.wsbridge"]
-    assert any(f"127.0.0.1:{upstream} 502" in line for line in lines), lines
+    assert any(f"127.0.0.1:{upstream} unreachable" in line for line in lines), lines
 
 
 @pytest.mark.parametrize(
@@ -547,3 +547,32 @@ def test_wsbridge_command_refuses_bad_setups(
     )
     assert result.returncode != 0
     assert words in result.stderr.decode()
+
+
+def test_a_broken_target_file_is_reported_once_per_change(
+    token_file: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every handshake looks the token up; a broken file must not log a
+    warning at each one (any client could flood the log), only when it
+    changes, and the table that worked stays in use meanwhile."""
+    token_file.write_text("vnc: 127.0.0.1:5900\n")
+    targets = TargetFile(token_file)
+
+    def warnings() -> int:
+        return sum("keeping the previous targets" in r.message for r in caplog.records)
+
+    token_file.write_text("vnc 127.0.0.1\n")
+    for _ in range(5):
+        assert targets.lookup("vnc") == ("127.0.0.1", 5900)
+    assert warnings() == 1
+    token_file.write_text("still broken, and longer\n")  # a new size: a change
+    for _ in range(5):
+        targets.lookup("vnc")
+    assert warnings() == 2
+    token_file.unlink()
+    for _ in range(5):
+        assert targets.lookup("vnc") == ("127.0.0.1", 5900)
+    assert warnings() == 3
+    token_file.write_text("vnc: 127.0.0.1:5901\n")
+    assert targets.lookup("vnc") == ("127.0.0.1", 5901)
+    assert warnings() == 3

@@ -32,18 +32,19 @@ from typing import Any, Protocol
 import h11
 import trio
 
+from .._address import join_host_port
 from .._message import HTTPError, Request, Response
 from .._server import Server
 from ..state.registry import tunnels
+from ._command import Command, CommandLine, StartupError
 from ._state import read_token
 
 __all__ = [
     "ADMIN_DIR_ENV",
-    "add_tunnels_command",
+    "TUNNELS_COMMAND",
     "admin_handler",
     "start_admin",
     "start_supervisor_admin",
-    "tunnels_command",
     "workers_admin_dir",
 ]
 
@@ -252,10 +253,13 @@ async def http_request(
 # -- starting the listeners -------------------------------------------------------
 
 
-async def start_admin(nursery: trio.Nursery, args: argparse.Namespace) -> None:
+async def start_admin(
+    nursery: trio.Nursery, args: argparse.Namespace, state: Any = None
+) -> None:
     """In a server process: register tunnels; serve the admin API on
     ``--admin`` (one process) or on this worker's socket for the
-    supervisor (``HIJACK_ADMIN_DIR``)."""
+    supervisor (``HIJACK_ADMIN_DIR``). With a Redis ``state`` it also
+    answers for (and reaches) every other node."""
     worker_dir = os.environ.pop(ADMIN_DIR_ENV, "")
     if getattr(args, "admin", None) is None and not worker_dir:
         return
@@ -263,9 +267,7 @@ async def start_admin(nursery: trio.Nursery, args: argparse.Namespace) -> None:
     token = read_token(args.admin_token_file)
     source: Source = LocalSource()
     from ..state._redis import RedisState
-    from ._state import process_state
 
-    state = process_state(args)
     if isinstance(state, RedisState):
         state.admin_node = tunnels.node
         state.publish = lambda: [r.as_json(tunnels.node) for r in tunnels.records()]
@@ -276,9 +278,20 @@ async def start_admin(nursery: trio.Nursery, args: argparse.Namespace) -> None:
         path = os.path.join(worker_dir, f"{os.getpid()}.sock")
         await nursery.start(server.serve_unix, path)
         return
-    host, port = args.admin
-    listeners = await nursery.start(server.serve_tcp, port, host)
-    _announce(listeners)
+    await _serve_admin(nursery, server, args.admin)
+
+
+async def _serve_admin(
+    nursery: trio.Nursery, server: Server, address: tuple[str, int]
+) -> None:
+    host, port = address
+    try:
+        listeners = await nursery.start(server.serve_tcp, port, host)
+    except OSError as exc:
+        where = join_host_port(host, port)
+        raise StartupError(f"--admin {where}: {exc.strerror or exc}") from None
+    name = listeners[0].socket.getsockname()
+    print(f"admin on http://{join_host_port(*name[:2])}/tunnels", flush=True)
 
 
 def workers_admin_dir(args: argparse.Namespace) -> str | None:
@@ -302,52 +315,36 @@ async def start_supervisor_admin(
     server = Server(
         admin_handler(token, WorkersSource(workers_dir, token)), access_log=False
     )
-    host, port = args.admin
-    listeners = await nursery.start(server.serve_tcp, port, host)
-    _announce(listeners)
-
-
-def _announce(listeners: list[Any]) -> None:
-    name = listeners[0].socket.getsockname()
-    print(f"admin on http://{name[0]}:{name[1]}/tunnels", flush=True)
+    await _serve_admin(nursery, server, args.admin)
 
 
 # -- hijack tunnels ------------------------------------------------------------------
 
 
-def add_tunnels_command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    tunnels_parser = commands.add_parser(
-        "tunnels",
-        help="list the live tunnels of a hijack server (its --admin API), or end one",
-        description="List the live tunnels of a hijack server through its "
-        "admin API (--admin), as a table, or end one with --end ID.",
-    )
-    tunnels_parser.add_argument(
+def add_tunnels_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
         "--admin",
         required=True,
         metavar="HOST:PORT",
         help="the server's admin listener (its --admin)",
     )
-    tunnels_parser.add_argument(
+    parser.add_argument(
         "--admin-token-file",
         required=True,
         metavar="FILE",
         help="the admin token, first line of FILE",
     )
-    tunnels_parser.add_argument("--user", help="only this user's tunnels")
-    tunnels_parser.add_argument(
+    parser.add_argument("--user", help="only this user's tunnels")
+    parser.add_argument(
         "--kind", choices=["connect", "tcp", "wsbridge"], help="only this kind"
     )
-    tunnels_parser.add_argument(
+    parser.add_argument(
         "--json", action="store_true", help="print the JSON as the API answers it"
     )
-    tunnels_parser.add_argument("--end", metavar="ID", help="end the tunnel ID")
-    tunnels_parser.set_defaults(run=None)
+    parser.add_argument("--end", metavar="ID", help="end the tunnel ID")
 
 
-def tunnels_command(args: argparse.Namespace) -> int:
+def tunnels_command(args: argparse.Namespace, line: CommandLine) -> int:
     import urllib.error
     import urllib.request
 
@@ -410,3 +407,13 @@ def _table(rows: list[dict[str, Any]]) -> str:
         "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells
     ]
     return "\n".join(line.rstrip() for line in lines)
+
+
+TUNNELS_COMMAND = Command(
+    name="tunnels",
+    help="list the live tunnels of a hijack server (its --admin API), or end one",
+    description="List the live tunnels of a hijack server through its admin "
+    "API (--admin), as a table, or end one with --end ID.",
+    add_arguments=add_tunnels_arguments,
+    run=tunnels_command,
+)

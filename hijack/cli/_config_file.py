@@ -36,7 +36,9 @@ def with_config_file(parser: argparse.ArgumentParser, argv: Sequence[str]) -> li
     try:
         with open(path, "rb") as file:
             table = tomllib.load(file)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+    except OSError as exc:
+        subparser.error(f"--config {path}: {exc.strerror or exc}")
+    except ValueError as exc:  # TOMLDecodeError, UnicodeDecodeError
         subparser.error(f"--config {path}: {exc}")
     given = _given_options(subparser, rest)
     given_before = _given_options(parser, argv[:command])
@@ -122,5 +124,22 @@ def _tokens(
     for item in values:
         if isinstance(item, dict | list | bool):
             parser.error(f"--config {path}: {key}: expected a string or number")
+        _check_value(parser, path, key, action, str(item))
         out.append(f"{flag}={item}")
     return out
+
+
+def _check_value(
+    parser: argparse.ArgumentParser,
+    path: str,
+    key: str,
+    action: argparse.Action,
+    text: str,
+) -> None:
+    """Convert and check ``text`` as argparse will, now, so a bad value is
+    reported with the file and the key it came from (argparse would name
+    only the flag, as if it had been typed)."""
+    try:
+        parser._check_value(action, parser._get_value(action, text))
+    except argparse.ArgumentError as exc:
+        parser.error(f"--config {path}: {key}: {exc.message}")

@@ -1,6 +1,6 @@
 """Prometheus metrics, ``/healthz`` and ``/readyz`` (``--metrics HOST:PORT``).
 
-prometheus-client is an optional extra (``pip install 'hijack[metrics]'``):
+prometheus-client is an optional extra (``pip install 'trio-hijack[metrics]'``):
 the exposition format, histograms and, above all, its multiprocess mode are
 what we would otherwise rewrite. With ``--workers`` every worker writes its
 samples into memory-mapped files in ``PROMETHEUS_MULTIPROC_DIR`` (set by the
@@ -40,7 +40,8 @@ import trio
 from .._access_log import AccessRecord
 from .._connection import Connection, ConnState
 from .._message import Request, Response
-from .._relay import RelayStats
+from ..tunnel.lifecycle import TunnelRecord
+from ._command import StartupError
 
 if TYPE_CHECKING:
     from .._server import Server
@@ -63,8 +64,8 @@ def _import_prometheus() -> Any:
     try:
         import prometheus_client
     except ImportError:
-        raise RuntimeError(
-            "--metrics needs prometheus-client: pip install 'hijack[metrics]'"
+        raise StartupError(
+            "--metrics needs prometheus-client: pip install 'trio-hijack[metrics]'"
         ) from None
     return prometheus_client
 
@@ -99,8 +100,10 @@ class Metrics:
             buckets=DURATION_BUCKETS, registry=r,
         )  # fmt: skip
         self.tunnels = prom.Counter(
-            "hijack_tunnels", "Tunnels ended, by outcome and destination port",
-            ["outcome", "port"], registry=r,
+            "hijack_tunnels",
+            "Tunnels ended, by kind (connect, tcp, wsbridge, ...), outcome "
+            "(hijack.tunnel.lifecycle.Outcome) and destination port",
+            ["kind", "outcome", "port"], registry=r,
         )  # fmt: skip
         # Labelled by user only for users of the users file: its size bounds
         # the cardinality (an unauthenticated tunnel has no user label).
@@ -152,14 +155,14 @@ class Metrics:
         if record.status == 101 and record.upgrade == "websocket":
             self.websockets.inc()
 
-    def on_tunnel(
-        self, outcome: str, port: int | None, stats: RelayStats, user: str | None
-    ) -> None:
-        self.tunnels.labels(outcome, "-" if port is None else str(port)).inc()
-        if user is not None:
-            self.user_tunnels.labels(user, outcome).inc()
-        self.relay_bytes.labels("up").inc(stats.a_to_b)
-        self.relay_bytes.labels("down").inc(stats.b_to_a)
+    def on_tunnel(self, record: TunnelRecord) -> None:
+        """For the upgrades' ``on_tunnel``: one tunnel ended (or was refused)."""
+        port = "-" if record.port is None else str(record.port)
+        self.tunnels.labels(record.kind, record.outcome.value, port).inc()
+        if record.user:
+            self.user_tunnels.labels(record.user, record.outcome.value).inc()
+        self.relay_bytes.labels("up").inc(record.stats.a_to_b)
+        self.relay_bytes.labels("down").inc(record.stats.b_to_a)
 
     def on_websocket_close(self, ws: Any) -> None:
         """For ``websocket_handler(on_close=...)``: ``ws`` is a WebSocket."""

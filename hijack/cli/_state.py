@@ -1,7 +1,9 @@
-"""The command's options for shared limit state and the admin listener:
-``--state``, ``--state-password-file``, ``--state-ttl``,
-``--state-timeout``, ``--state-unavailable``, ``--admin``,
-``--admin-token-file``; and the state object of this process.
+"""The command's options for shared limit state and the admin listener
+(option groups ``state`` and ``admin``: ``--state``,
+``--state-password-file``, ``--state-ttl``, ``--state-timeout``,
+``--state-unavailable``, ``--admin``, ``--admin-token-file``), their
+start-up checks, and the state object of a serving process (kept by the
+Service in ``context.kept["state"]``).
 
 Which state a process counts in: ``--state redis://...`` (every node, and
 every worker, talks to Redis); else, in a worker of ``--workers N``, the
@@ -21,26 +23,23 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from ..state import State
+from ._command import StartupError
 
 if TYPE_CHECKING:
     from ..state._shared_memory import Table
 
 __all__ = [
-    "add_admin_options",
-    "add_state_options",
-    "check_options",
-    "process_state",
+    "admin_group",
+    "check",
+    "open_state",
     "read_token",
     "release_worker",
-    "run_reporting_state_errors",
     "shared_table",
     "start_state",
+    "state_group",
 ]
 
 logger = logging.getLogger("hijack.state")
-
-#: One state per process, kept across SIGHUP reloads (leases live in it).
-_LIVE: dict[str, State | None] = {}
 
 
 def _state_url(text: str) -> str:
@@ -53,7 +52,9 @@ def _state_url(text: str) -> str:
     return text
 
 
-def add_state_options(parser: argparse.ArgumentParser) -> None:
+def state_group() -> argparse.ArgumentParser:
+    """Where the limits are counted (proxy and tcp)."""
+    parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("shared limits")
     group.add_argument(
         "--state",
@@ -91,9 +92,12 @@ def add_state_options(parser: argparse.ArgumentParser) -> None:
         help="while Redis cannot be reached: closed refuses new limited "
         "tunnels (503); open counts per node (default: closed)",
     )
+    return parser
 
 
-def add_admin_options(parser: argparse.ArgumentParser) -> None:
+def admin_group() -> argparse.ArgumentParser:
+    """The admin listener (proxy, tcp and wsbridge)."""
+    parser = argparse.ArgumentParser(add_help=False)
     group = parser.add_argument_group("the admin listener")
     group.add_argument(
         "--admin",
@@ -107,6 +111,7 @@ def add_admin_options(parser: argparse.ArgumentParser) -> None:
         metavar="FILE",
         help="the admin API's bearer token, first line of FILE",
     )
+    return parser
 
 
 def _admin_address(text: str) -> tuple[str, int]:
@@ -116,36 +121,41 @@ def _admin_address(text: str) -> tuple[str, int]:
 
 
 def read_token(path: str | None) -> bytes:
+    """The admin token: the first line of ``path`` (StartupError if none)."""
     if path is None:
-        raise SystemExit("hijack: --admin needs --admin-token-file FILE")
+        raise StartupError("--admin needs --admin-token-file FILE")
     try:
         with open(path, "rb") as file:
             token = file.readline().strip()
     except OSError as exc:
-        raise SystemExit(f"hijack: --admin-token-file {path}: {exc}") from None
+        raise StartupError(
+            f"--admin-token-file {path}: {exc.strerror or exc}"
+        ) from None
     if len(token) < 16:
-        raise SystemExit(
-            f"hijack: --admin-token-file {path}: the token needs 16 characters "
-            "or more (try: head -c 24 /dev/urandom | base64)"
+        raise StartupError(
+            f"--admin-token-file {path}: the token needs 16 characters or more "
+            "(try: head -c 24 /dev/urandom | base64)"
         )
     return token
 
 
-def check_options(args: argparse.Namespace) -> None:
-    """The start-up errors of these options, found before anything starts
-    (the supervisor included): one line on stderr, exit code 2."""
-    try:
-        if getattr(args, "admin", None) is not None:
-            read_token(args.admin_token_file)
-        if getattr(args, "state", None):
-            if args.state_ttl <= 0 or args.state_timeout <= 0:
-                raise SystemExit("hijack: --state-ttl and --state-timeout must be > 0")
-            _password(args)
-        elif getattr(args, "state_password_file", None):
-            raise SystemExit("hijack: --state-password-file needs --state URL")
-    except SystemExit as exc:
-        print(exc.code, file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+def check(args: argparse.Namespace) -> None:
+    """What the state and admin options refuse (StartupError), before
+    anything is bound; again on every reload."""
+    if getattr(args, "admin", None) is not None:
+        read_token(args.admin_token_file)
+    if getattr(args, "state", None):
+        if args.state_ttl <= 0 or args.state_timeout <= 0:
+            raise StartupError("--state-ttl and --state-timeout must be > 0")
+        try:
+            import coredis  # noqa: F401
+        except ImportError:
+            raise StartupError(
+                "--state redis:// needs coredis: pip install 'hijack[redis]'"
+            ) from None
+        _password(args)
+    elif getattr(args, "state_password_file", None):
+        raise StartupError("--state-password-file needs --state URL")
 
 
 def _password(args: argparse.Namespace) -> str | None:
@@ -161,7 +171,9 @@ def _password(args: argparse.Namespace) -> str | None:
         with open(path) as file:
             return file.readline().rstrip("\r\n")
     except OSError as exc:
-        raise SystemExit(f"hijack: --state-password-file {path}: {exc}") from None
+        raise StartupError(
+            f"--state-password-file {path}: {exc.strerror or exc}"
+        ) from None
 
 
 def _availability_metric(metrics: Any) -> Callable[[bool], None]:
@@ -190,63 +202,41 @@ def _availability_metric(metrics: Any) -> Callable[[bool], None]:
     return on_availability
 
 
-def process_state(args: argparse.Namespace) -> State | None:
-    """This process's state (made once; the same after a reload)."""
-    if "state" in _LIVE:
-        return _LIVE["state"]
-    state: State | None = None
+def open_state(args: argparse.Namespace) -> State | None:
+    """The state a serving process counts its limits in: Redis with
+    ``--state``; in a worker of ``--workers N`` with limits, the
+    supervisor's table; else None (the limits count in the process)."""
     if getattr(args, "state", None):
         from ..state._redis import RedisState
 
-        state = RedisState(
+        return RedisState(
             args.state,
             password=_password(args),
             ttl=args.state_ttl,
             timeout=args.state_timeout,
             fail_open=args.state_unavailable == "open",
         )
-    else:
-        from ..state._shared_memory import SharedState
+    from ..state._shared_memory import SharedState
 
-        state = SharedState.from_environment()
-    _LIVE["state"] = state
-    return state
+    return SharedState.from_environment()
 
 
 async def start_state(
-    nursery: trio.Nursery, args: argparse.Namespace, metrics: Any = None
+    nursery: trio.Nursery, state: State | None, metrics: Any = None
 ) -> None:
-    """Run the upkeep of this process's state (if it has one) before the
-    server serves; its availability goes into ``metrics`` (if any)."""
-    state = process_state(args) if getattr(args, "state", None) else _LIVE.get("state")
-    from ..state._redis import RedisState
+    """Run the upkeep of ``state`` before the server serves; its
+    availability goes into ``metrics`` (if any). Redis refusing us (a wrong
+    password, a wrong database) is a StartupError."""
+    if state is None:
+        return
+    from ..state._redis import RedisState, StateStartError
 
     if isinstance(state, RedisState) and metrics is not None:
         state.on_availability = _availability_metric(metrics)
-    if state is not None:
-        await nursery.start(state.serve)
-
-
-def run_reporting_state_errors(fn: Callable[..., Any], *args: Any) -> int:
-    """``trio.run(fn, *args)``; Redis refusing us at start is one line on
-    stderr and exit code 2."""
-    from ..state._redis import StateStartError
-
     try:
-        trio.run(fn, *args)
-    except BaseExceptionGroup as group:
-        refused = group.subgroup(StateStartError)
-        if refused is None:
-            raise
-        first: BaseException = refused
-        while isinstance(first, BaseExceptionGroup):
-            first = first.exceptions[0]
-        print(f"hijack: {first}", file=sys.stderr, flush=True)
-        return 2
+        await nursery.start(state.serve)
     except StateStartError as exc:
-        print(f"hijack: {exc}", file=sys.stderr, flush=True)
-        return 2
-    return 0
+        raise StartupError(str(exc)) from None
 
 
 # -- the supervisor's side (--workers N) ----------------------------------------

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 import trio
 
 from .._systemd import notify
+from ._command import StartupError
 
 __all__ = [
     "WORKER_FDS_ENV",
@@ -86,7 +87,7 @@ def signal_ready() -> None:
             os.close(int(fd_text))
 
 
-class WorkerStartError(RuntimeError):
+class WorkerStartError(StartupError):
     """A worker exited or hung before it served."""
 
 
@@ -104,6 +105,8 @@ class Supervisor:
     ``command`` is the argv that starts one worker (the same ``hijack``
     command line). ``on_readiness(ready)`` is told when the service becomes
     ready (all workers serve) and when it stops being ready (shutdown).
+    ``check_reload()`` runs on SIGHUP before any worker is replaced: a
+    StartupError from it is logged and the running workers stay.
     ``new_session``: start workers in their own session, so a terminal's
     Ctrl-C reaches the supervisor only (a benchmark turns it off to count
     the workers' CPU with the supervisor's process group).
@@ -119,6 +122,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         on_readiness: Callable[[bool], None] = lambda ready: None,
         on_worker_exit: Callable[[int], None] = lambda pid: None,
+        check_reload: Callable[[], None] = lambda: None,
         new_session: bool = True,
         pass_fds: Sequence[int] = (),
     ) -> None:
@@ -133,6 +137,7 @@ class Supervisor:
         self.env.pop("NOTIFY_SOCKET", None)  # the supervisor speaks for all
         self.on_readiness = on_readiness
         self.on_worker_exit = on_worker_exit
+        self.check_reload = check_reload
         self.new_session = new_session
         self.pass_fds = tuple(pass_fds)  # more fds every worker inherits
         self.workers: list[_Worker] = []  # the current generation, in slots
@@ -157,6 +162,9 @@ class Supervisor:
             await self._run(task_status)
         finally:
             self._kill_all()  # only if something failed: else all are gone
+            with trio.CancelScope(shield=True):  # reap them: no zombie left
+                for worker in list(self._alive):
+                    await worker.process.wait()
             os.close(self._lifeline_read)
             os.close(self._lifeline_write)
 
@@ -268,6 +276,11 @@ class Supervisor:
             self._reloading = False
 
     async def _replace_each(self) -> None:
+        try:
+            self.check_reload()
+        except StartupError as exc:
+            logger.error("reload failed, keeping the running workers: %s", exc)
+            return
         logger.info("reloading: replacing %d workers one by one", len(self.workers))
         for slot, old in enumerate(list(self.workers)):
             if self.stopping:
@@ -312,5 +325,10 @@ def _describe(code: int) -> str:
 
 
 def worker_command(argv: Sequence[str]) -> list[str]:
-    """The argv of one worker: this same command, run by this interpreter."""
-    return [sys.executable, "-m", "hijack", *argv]
+    """The argv of one worker: this same command, run by this interpreter.
+
+    ``-P``: the current directory is not put on ``sys.path``, so a
+    ``hijack.py`` or ``hijack/`` there cannot stand in for the installed
+    package the supervisor runs (``PYTHONPATH`` and site-packages, which
+    the supervisor used too, still count)."""
+    return [sys.executable, "-P", "-m", "hijack", *argv]

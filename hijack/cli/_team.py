@@ -1,25 +1,26 @@
 """The ``hijack`` command's options for a proxy shared by a team: users,
 parent proxies and limits (``--users``, ``--upstream-proxy``, ``--direct``,
-``--max-tunnels-per-*``, ``--*-bandwidth``), how they survive a SIGHUP reload,
-and ``hijack hash-password``. Kept apart from ``_cli`` so the command's
-core stays readable; ``_cli`` adds these parsers as parents."""
+``--max-tunnels-per-*``, ``--*-bandwidth``),
+as option groups (``chaining``, ``team``) the proxy and tcp commands
+take, and how those options survive a SIGHUP reload."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
+from ._arguments import host_or_net, positive_int
+from ._command import HandlerContext, StartupError
+
 __all__ = [
-    "add_hash_password",
     "byte_rate",
-    "chaining_parser",
+    "chaining_group",
+    "check",
     "handler_options",
-    "hash_password_command",
     "parent_proxy",
-    "team_parser",
+    "team_group",
 ]
 
 
@@ -47,35 +48,34 @@ def parent_proxy(text: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-#: One Users and one TunnelLimits per process, kept across SIGHUP reloads:
-#: the command rebuilds its handler from the re-read options, and the open
-#: tunnels must stay counted (and their user's buckets shared) by the limits
-#: the new handler uses.
-_LIVE: dict[str, Any] = {}
-
-
-def handler_options(args: argparse.Namespace) -> dict[str, Any]:
+def handler_options(
+    args: argparse.Namespace, context: HandlerContext
+) -> dict[str, Any]:
     """users, routes and limits for the proxy and tcp handlers. Called again
     on every reload (SIGHUP): the users file is re-read into the same
-    ``Users`` (a broken file fails the reload, the running rules stay, and
-    the reason is logged), the limits object is kept and takes the new
-    bounds."""
+    ``Users`` and the same ``TunnelLimits`` takes the new bounds, both kept
+    in ``context.kept``, so the open tunnels stay counted (and their user's
+    buckets shared) by the limits the new handler uses. A broken users file
+    raises StartupError: at start-up the command stops, on a reload the
+    running rules stay."""
     from ..tunnel.limits import TunnelLimits
     from ..tunnel.parent_proxy import Routes
-    from ..tunnel.users import Users, UsersFileError
+    from ..tunnel.users import Users, UsersFileError, load_users
 
     options: dict[str, Any] = {}
+    kept = context.kept
     if args.users:
         path = Path(args.users).resolve()
-        users = _LIVE.get("users")
-        if users is None or users.path != path:
-            try:
+        users = kept.get("users")
+        try:
+            if users is None or users.path != path:
                 users = Users(path)
-            except UsersFileError as exc:
-                raise SystemExit(f"hijack {args.command}: {exc}") from None
-        elif not users.reload():
-            raise SystemExit(f"hijack {args.command}: users file {path} not reloaded")
-        options["users"] = _LIVE["users"] = users
+            else:
+                load_users(path)  # a broken file fails the reload, said once
+                users.reload()
+        except UsersFileError as exc:
+            raise StartupError(f"--users {exc}") from None
+        options["users"] = kept["users"] = users
     if args.upstream_proxy or args.direct:
         options["routes"] = Routes(args.upstream_proxy, direct=args.direct)
         logging.getLogger("hijack.parent").info("routes: %r", options["routes"])
@@ -86,20 +86,35 @@ def handler_options(args: argparse.Namespace) -> dict[str, Any]:
         "user_bandwidth": args.user_bandwidth,
     }
     if any(v is not None for v in bounds.values()) or args.users:
-        limits = _LIVE.get("limits")
+        limits = kept.get("limits")
         if limits is None:
-            from ._state import process_state
-
-            limits = _LIVE["limits"] = TunnelLimits(**bounds, state=process_state(args))
+            # Counted in the process's state if the Service gave it one
+            # (the workers' table, Redis); else here.
+            limits = kept["limits"] = TunnelLimits(**bounds, state=kept.get("state"))
         else:
-            TunnelLimits(**bounds)  # the new values are checked first
             for name, value in bounds.items():
                 setattr(limits, name, value)
         options["limits"] = limits
     return options
 
 
-def chaining_parser() -> argparse.ArgumentParser:
+def check(args: argparse.Namespace) -> None:
+    """What the team options refuse together."""
+    if args.direct and args.upstream_proxy is None:
+        raise StartupError(
+            "--direct names what bypasses --upstream-proxy; give --upstream-proxy"
+        )
+
+
+def check_with_state(args: argparse.Namespace) -> None:
+    """The team options' checks, then the state and admin options'."""
+    from . import _state
+
+    check(args)
+    _state.check(args)
+
+
+def chaining_group() -> argparse.ArgumentParser:
     """``--upstream-proxy`` (proxy, tcp and forward)."""
     chaining = argparse.ArgumentParser(add_help=False)
     chaining.add_argument(
@@ -114,11 +129,12 @@ def chaining_parser() -> argparse.ArgumentParser:
     return chaining
 
 
-def team_parser() -> argparse.ArgumentParser:
+def team_group() -> argparse.ArgumentParser:
     """Users, routes and limits (proxy and tcp)."""
     team = argparse.ArgumentParser(add_help=False)
     team.add_argument(
         "--direct",
+        type=host_or_net,
         action="append",
         default=[],
         metavar="HOST_OR_NET",
@@ -134,13 +150,13 @@ def team_parser() -> argparse.ArgumentParser:
     )
     team.add_argument(
         "--max-tunnels-per-client",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="tunnels one client address may have open (429 beyond)",
     )
     team.add_argument(
         "--max-tunnels-per-user",
-        type=int,
+        type=positive_int,
         metavar="N",
         help="tunnels one user may have open (429 beyond; max_tunnels in the "
         "users file overrides it per user)",
@@ -159,36 +175,3 @@ def team_parser() -> argparse.ArgumentParser:
         "(bandwidth in the users file overrides it per user)",
     )
     return team
-
-
-def add_hash_password(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser],
-) -> None:
-    """The ``hash-password`` subcommand."""
-    hash_password = commands.add_parser(
-        "hash-password",
-        help="print a password hash for a users file",
-        description="Read a password (prompted twice on a terminal, else the "
-        "first line of stdin) and print its salted scrypt hash, for the "
-        "'password' key of a users file.",
-    )
-    hash_password.set_defaults(run=None)
-
-
-def hash_password_command() -> int:
-    import getpass
-
-    from ..tunnel.users import hash_password
-
-    if sys.stdin.isatty():
-        password = getpass.getpass("password: ")
-        if getpass.getpass("again: ") != password:
-            print("hijack hash-password: the passwords differ", file=sys.stderr)
-            return 1
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
-    if not password:
-        print("hijack hash-password: empty password", file=sys.stderr)
-        return 1
-    print(hash_password(password))
-    return 0

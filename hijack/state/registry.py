@@ -3,7 +3,7 @@
 Off by default (``tunnels.enabled`` is False): :meth:`TunnelRegistry.open`
 then gives one shared record that does nothing, so a server without
 ``--admin`` pays one attribute test per tunnel. With it on, every tunnel
-the upgrades start is a :class:`TunnelRecord` until it ends; its owner
+the upgrades start is a :class:`LiveTunnel` until it ends; its owner
 says how to end it, either a cancel scope around its relay
 (``with record.scope(): await relay(...)``) or the relay hub's tunnel
 (``record.hand_over(hub_tunnel)``), and ``record.end()`` (the admin's
@@ -27,15 +27,16 @@ import trio
 from .._hub import HubTunnel
 from .._relay import RelayStats
 
-__all__ = ["TunnelRecord", "TunnelRegistry", "tunnels"]
+__all__ = ["LiveTunnel", "TunnelRegistry", "tunnels"]
 
 
-class TunnelRecord:
+class LiveTunnel:
     """One live tunnel: who, where to, since when, bytes so far, and how to
     end it. ``state``: ``open`` while relaying, ``ending`` once asked to
     end, ``closed`` after."""
 
     __slots__ = (
+        "_asked_to_end",
         "_hub",
         "_registry",
         "_scope",
@@ -69,6 +70,7 @@ class TunnelRecord:
         self.started = time.time()
         self.state = "open"
         self._scope: trio.CancelScope | None = None
+        self._asked_to_end = False
         self._hub: HubTunnel | None = None
 
     def scope(self) -> _RecordScope | contextlib.nullcontext[None]:
@@ -83,6 +85,11 @@ class TunnelRecord:
             self._hub = hub_tunnel
 
     @property
+    def ended(self) -> bool:
+        """Ended through :meth:`end` (an operator), not by itself."""
+        return self._asked_to_end
+
+    @property
     def closed(self) -> bool:
         return self.state == "closed" or (self._hub is not None and self._hub.closed)
 
@@ -91,6 +98,7 @@ class TunnelRecord:
         if self.closed:
             return False
         self.state = "ending"
+        self._asked_to_end = True
         if self._hub is not None:
             self._hub.close()
         elif self._scope is not None:
@@ -123,7 +131,7 @@ _NO_SCOPE = contextlib.nullcontext()
 class _RecordScope:
     __slots__ = ("_cancel", "_record")
 
-    def __init__(self, record: TunnelRecord) -> None:
+    def __init__(self, record: LiveTunnel) -> None:
         self._record = record
         self._cancel = trio.CancelScope()
 
@@ -148,9 +156,9 @@ class TunnelRegistry:
         self.node = f"{socket.gethostname()}/{os.getpid()}"
         self._prefix = secrets.token_hex(3)
         self._ids = itertools.count(1)
-        self._records: dict[str, TunnelRecord] = {}
+        self._records: dict[str, LiveTunnel] = {}
         self._prune_at = 64
-        self._null = TunnelRecord(None, "", "", "", "", None, RelayStats())
+        self._null = LiveTunnel(None, "", "", "", "", None, RelayStats())
         self._null.state = "closed"  # nothing to end
 
     def enable(self) -> None:
@@ -159,12 +167,12 @@ class TunnelRegistry:
 
     def open(
         self, kind: str, client: str, target: str, user: str | None, stats: RelayStats
-    ) -> TunnelRecord:
+    ) -> LiveTunnel:
         """Register a tunnel that starts relaying now (or get the shared
         record that does nothing, when the registry is off)."""
         if not self.enabled:
             return self._null
-        record = TunnelRecord(
+        record = LiveTunnel(
             self, f"{self._prefix}-{next(self._ids)}", kind, client, target, user, stats
         )
         self._records[record.id] = record
@@ -178,13 +186,13 @@ class TunnelRegistry:
             record.close()
         self._prune_at = max(64, 2 * len(self._records))
 
-    def find(self, id: str) -> TunnelRecord | None:
+    def find(self, id: str) -> LiveTunnel | None:
         record = self._records.get(id)
         return None if record is None or record.closed else record
 
     def records(
         self, *, user: str | None = None, kind: str | None = None
-    ) -> Iterator[TunnelRecord]:
+    ) -> Iterator[LiveTunnel]:
         self._prune()
         for record in list(self._records.values()):
             if (user is None or record.user == user) and (

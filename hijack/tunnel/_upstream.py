@@ -6,7 +6,7 @@ from typing import Literal
 
 import trio
 
-from .. import Request, copy_tcp_keepalive, proxy_header_for
+from .. import Connection, copy_tcp_keepalive, proxy_header_for
 
 __all__ = ["ProxyVersion", "check_proxy_version", "prepare_upstream"]
 
@@ -20,7 +20,7 @@ def check_proxy_version(version: int | None) -> ProxyVersion | None:
 
 
 async def prepare_upstream(
-    request: Request,
+    connection: Connection,
     upstream: trio.abc.Stream,
     send_proxy_protocol: ProxyVersion | None,
 ) -> None:
@@ -29,7 +29,7 @@ async def prepare_upstream(
 
     Errors: the upstream's (``trio.BrokenResourceError``, ``OSError``); the
     caller owns ``upstream`` and closes it."""
-    copy_tcp_keepalive(request.connection, upstream)
+    copy_tcp_keepalive(connection, upstream)
     if send_proxy_protocol is not None:
-        header = proxy_header_for(request.connection, send_proxy_protocol)
+        header = proxy_header_for(connection, send_proxy_protocol)
         await upstream.send_all(header)

@@ -35,9 +35,9 @@ import trio
 from python_socks import ProxyError, ProxyType
 from python_socks.async_.trio import Proxy as TrioSocksProxy
 
-from .. import ReplayStream
+from .. import ReplayStream, join_host_port
 from ._http_tunnel import TunnelError, open_http_tunnel
-from .policy import UpstreamError, _Rules, literal_address
+from .policy import HostRules, UpstreamError, literal_address
 
 __all__ = ["ParentProxy", "ParentProxyError", "Routes"]
 
@@ -90,9 +90,8 @@ class ParentProxy:
         return cls(scheme, parts.hostname, port, username, password)  # type: ignore[arg-type]
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
         user = f"{self.username}:***@" if self.username is not None else ""
-        return f"{self.scheme}://{user}{host}:{self.port}"
+        return f"{self.scheme}://{user}{join_host_port(self.host, self.port)}"
 
     @property
     def resolves_names(self) -> bool:
@@ -163,7 +162,7 @@ class Routes:
             raise TypeError("direct takes a collection of entries, not a str")
         self.parent = parent
         self.direct = tuple(direct)
-        self._direct = _Rules.parse(self.direct)
+        self._direct = HostRules.parse(self.direct)
 
     def __repr__(self) -> str:
         return f"<Routes parent={self.parent} direct={list(self.direct)}>"

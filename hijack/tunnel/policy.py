@@ -30,6 +30,7 @@ __all__ = [
     "ConnectError",
     "ConnectPolicy",
     "ConnectRefused",
+    "HostRules",
     "IPAddress",
     "Resolver",
     "UpstreamError",
@@ -180,15 +181,17 @@ def is_non_global(address: IPAddress) -> bool:
 
 
 @dataclass(frozen=True, slots=True)
-class _Rules:
-    """Parsed allow or deny entries: host names and networks."""
+class HostRules:
+    """Parsed allow, deny or direct entries: host names (``example.com``;
+    ``.example.com`` with its subdomains) and networks (``10.0.0.0/8``,
+    ``::1``, ``[::1]``). ``parse`` raises ValueError naming a bad entry."""
 
     names: frozenset[str]
     suffixes: tuple[str, ...]  # ".example.com": the name and its subdomains
     networks: tuple[IPNetwork, ...]
 
     @classmethod
-    def parse(cls, entries: Iterable[str]) -> _Rules:
+    def parse(cls, entries: Iterable[str]) -> HostRules:
         names: set[str] = set()
         suffixes: list[str] = []
         networks: list[IPNetwork] = []
@@ -256,8 +259,8 @@ class ConnectPolicy:
     allow_public: bool = True
     allow: Collection[str] = ()
     deny: Collection[str] = ()
-    _allow: _Rules = field(init=False, repr=False, compare=False)
-    _deny: _Rules = field(init=False, repr=False, compare=False)
+    _allow: HostRules = field(init=False, repr=False, compare=False)
+    _deny: HostRules = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Frozen: normalise through object.__setattr__ so a list passed in
@@ -271,8 +274,8 @@ class ConnectPolicy:
             object.__setattr__(self, "allowed_ports", ports)
         object.__setattr__(self, "allow", tuple(self.allow))
         object.__setattr__(self, "deny", tuple(self.deny))
-        object.__setattr__(self, "_allow", _Rules.parse(self.allow))
-        object.__setattr__(self, "_deny", _Rules.parse(self.deny))
+        object.__setattr__(self, "_allow", HostRules.parse(self.allow))
+        object.__setattr__(self, "_deny", HostRules.parse(self.deny))
 
     def check_port(self, port: int) -> None:
         """Raise :class:`ConnectRefused` if ``port`` is not allowed."""

@@ -18,31 +18,17 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import logging
-from dataclasses import dataclass, field
 
 import trio
 
-from .. import (
-    Handler,
-    HTTPError,
-    HubTunnel,
-    RelayStats,
-    Request,
-    Response,
-    Throttle,
-    TunnelHook,
-    format_address,
-    join_host_port,
-    relay,
-)
-from ..state.registry import tunnels
-from ..tunnel._dial import Dialer, dial_tcp, open_checked
-from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
-from ..tunnel.limits import TunnelLease, TunnelLimits
+from .. import Handler, HTTPError, Request, Response
+from ..tunnel._dial import Dialer, dial_tcp
+from ..tunnel._upstream import ProxyVersion
+from ..tunnel.lifecycle import TunnelHook, TunnelLife, TunnelRecord
+from ..tunnel.limits import TunnelLimits
 from ..tunnel.parent_proxy import Routes
 from ..tunnel.policy import (
     BadConnectTarget,
@@ -72,25 +58,7 @@ __all__ = [
 logger = logging.getLogger("hijack.connect")
 
 DEFAULT_POLICY = ConnectPolicy()  # frozen: safe to share
-NO_THROTTLE: tuple[Throttle | None, Throttle | None] = (None, None)
-
-
-@dataclass(slots=True)
-class _Tunnel:
-    """What the log line of one CONNECT says."""
-
-    client: str
-    target: str
-    started: float
-    outcome: str = "error"
-    reason: str = ""
-    address: str = ""
-    user: str = ""
-    route: str = ""
-    port: int | None = None
-    stats: RelayStats = field(default_factory=RelayStats)
-    #: Handed to the server's relay hub: its end is logged from on_close.
-    handed: bool = False
+ESTABLISHED = Response(200, reason="Connection established")
 
 
 class ConnectProxy:
@@ -106,9 +74,10 @@ class ConnectProxy:
     tests. ``send_proxy_protocol=1`` or ``2`` begins every tunnel with a
     PROXY protocol header of that version naming the client
     (``connection.remote_address``) for an upstream that accepts one.
-    ``on_tunnel(outcome, port, stats, user)`` is called when each CONNECT
-    ends (metrics use it), with the outcome of its log line and the user
-    (None without a users file).
+    ``on_tunnel(record)`` gets each CONNECT's
+    :class:`~hijack.tunnel.lifecycle.TunnelRecord` when it ends (metrics use
+    it); the steps, outcomes and the log line are
+    :class:`~hijack.tunnel.lifecycle.TunnelLife`'s, shared by every tunnel.
 
     ``users`` (:class:`~hijack.tunnel.users.Users`) replaces ``auth``: each
     user has a password and rules on top of ``policy`` (407, then 403).
@@ -152,24 +121,26 @@ class ConnectProxy:
             raise ValueError(
                 f"realm must not contain quotes or control bytes: {realm!r}"
             )
-        if max_tunnels < 1:
-            raise ValueError("max_tunnels must be >= 1")
-        self.policy = policy
-        self.realm = realm
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
-        self.max_tunnels = max_tunnels
-        self.fallback = fallback
-        self.hand_over = hand_over
-        self._resolver = resolver
-        self._dial = dial
         if users is not None and auth is not None:
             raise ValueError("give auth (one user) or users, not both")
+        self.policy = policy
+        self.realm = realm
+        self.fallback = fallback
         self.users = users
-        self.routes = routes
-        self.limits = limits
-        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
-        self.on_tunnel = on_tunnel
+        self.life = TunnelLife(
+            "connect",
+            logger,
+            max_tunnels=max_tunnels,
+            limits=limits,
+            routes=routes,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            send_proxy_protocol=send_proxy_protocol,
+            on_tunnel=on_tunnel,
+            hand_over=hand_over,
+            resolver=resolver,
+            dial=dial,
+        )
         self._credentials: bytes | None = None
         if auth is not None:
             user, password = auth
@@ -178,12 +149,11 @@ class ConnectProxy:
             # Compare digests: constant time, and the length leaks nothing.
             token = f"{user}:{password}".encode()
             self._credentials = hashlib.sha256(token).digest()
-        self._open = 0
 
     @property
     def open_tunnels(self) -> int:
         """Tunnels being set up (past the auth check) or relaying now."""
-        return self._open
+        return self.life.open_tunnels
 
     async def __call__(self, request: Request) -> Response | None:
         if request.method != "CONNECT":
@@ -191,26 +161,20 @@ class ConnectProxy:
                 return await self.fallback(request)
             refusal = HTTPError(405, "this is a CONNECT proxy", {"allow": "CONNECT"})
             return refusal.response()
-        tunnel = _Tunnel(
-            client=format_address(request.connection.remote_address),
-            target=request.target,
-            started=trio.current_time(),
-        )
+        record = self.life.begin(request.connection, request.target)
         try:
-            return await self._connect(request, tunnel)
+            return await self._connect(request, record)
         except ConnectError as exc:
-            tunnel.outcome = str(exc.status)
-            tunnel.reason = exc.reason
+            record.refuse(exc.status, exc.reason)
             # Do not tell the client what a name resolved to.
             detail = "destination not allowed" if exc.status == 403 else exc.reason
             raise HTTPError(exc.status, detail) from None
         finally:
-            if not tunnel.handed:
-                self._log(tunnel)
+            self.life.end(record)
 
-    async def _connect(self, request: Request, tunnel: _Tunnel) -> Response | None:
+    async def _connect(self, request: Request, record: TunnelRecord) -> Response | None:
         host, port = parse_connect_target(request.target)
-        tunnel.port = port
+        record.port = port
         if request.has_body:
             raise BadConnectTarget("a CONNECT request must not have a body")
         policy = self.policy
@@ -221,116 +185,28 @@ class ConnectProxy:
                     request, self.users, proxy=True, realm=self.realm
                 )
             except HTTPError as challenge:
-                tunnel.outcome = "407"
-                tunnel.reason = "proxy authentication required"
+                record.refuse(407, "proxy authentication required")
                 # Returned, not raised: the client may retry on this
                 # connection with credentials.
                 return challenge.response()
-            tunnel.user = user.name
             policy = self.users.policy_for(user, policy)
         elif not self._authorized(request):
-            tunnel.outcome = "407"
-            tunnel.reason = "proxy authentication required"
+            record.refuse(407, "proxy authentication required")
             return self._challenge()
-        if self._open >= self.max_tunnels:
-            raise _Busy(f"{self._open} tunnels open")
-        lease = (
-            await self.limits.acquire_async(_client_host(request), user)
-            if self.limits is not None
-            else None
+
+        async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
+            return await request.hijack(ESTABLISHED)
+
+        await self.life.run(
+            record,
+            request.connection,
+            host=host,
+            port=port,
+            policy=policy,
+            user=user,
+            answer=answer,
         )
-        self._open += 1
-        try:
-            upstream = await self._open_upstream(host, port, policy, tunnel)
-            try:
-                try:
-                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
-                except (trio.BrokenResourceError, OSError) as exc:
-                    raise UpstreamError(f"upstream {tunnel.address}: {exc}") from None
-                hijacked = await request.hijack(
-                    Response(200, reason="Connection established")
-                )
-            except BaseException:
-                await trio.aclose_forcefully(upstream)
-                raise
-            throttle = NO_THROTTLE if lease is None else lease.throttle
-            record = tunnels.open(
-                "connect", tunnel.client, tunnel.target, tunnel.user, tunnel.stats
-            )
-            # A throttled tunnel keeps the task relay: the hub's limiter seam
-            # is one limiter per tunnel, the limits here are per direction.
-            if (
-                self.hand_over
-                and throttle == NO_THROTTLE
-                and hijacked.can_hand_to_hub(upstream)
-            ):
-                record.hand_over(
-                    hijacked.hand_to_hub(
-                        upstream,
-                        idle_timeout=self.idle_timeout,
-                        stats=tunnel.stats,
-                        on_close=functools.partial(self._tunnel_ended, tunnel, lease),
-                    )
-                )
-                tunnel.handed = True
-                return None
-            # Inline, not in a helper coroutine: a frame more would live as
-            # long as the tunnel (~0.4 KiB per idle tunnel, measured).
-            with record.scope():
-                await relay(
-                    hijacked,
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=tunnel.stats,
-                    throttle=throttle,
-                )
-            tunnel.outcome = "idle-timeout" if tunnel.stats.timed_out else "ok"
-            return None
-        finally:
-            if not tunnel.handed:
-                self._open -= 1
-                if lease is not None:
-                    lease.release()
-
-    def _tunnel_ended(
-        self, tunnel: _Tunnel, lease: TunnelLease | None, ended: HubTunnel
-    ) -> None:
-        """The hub closed a handed-over tunnel: count and log it as a relay
-        that returned (or, at the end of a shutdown grace, was cancelled)."""
-        self._open -= 1
-        if lease is not None:
-            lease.release()
-        tunnel.outcome = _HUB_OUTCOMES.get(ended.reason, "ok")
-        self._log(tunnel)
-
-    async def _open_upstream(
-        self, host: str, port: int, policy: ConnectPolicy, tunnel: _Tunnel
-    ) -> trio.abc.Stream:
-        """Check, resolve once, dial a checked address (directly or through
-        a parent): the caller owns the stream returned. The deadline covers
-        the lookup and every dial."""
-        if self.routes is not None:
-            tunnel.route = "direct"
-            parent = self.routes.parent_for(host)
-            if parent is not None:
-                tunnel.route = f"via {parent}"
-        try:
-            with trio.fail_after(self.connect_timeout):
-                dialed = await open_checked(
-                    host,
-                    port,
-                    policy,
-                    routes=self.routes,
-                    resolver=self._resolver,
-                    dial=self._dial,
-                )
-                tunnel.address = dialed.address
-                return dialed.stream
-        except trio.TooSlowError:
-            raise _Timeout(
-                f"no connection to {join_host_port(host, port)} within "
-                f"{self.connect_timeout}s"
-            ) from None
+        return None
 
     def _authorized(self, request: Request) -> bool:
         if self._credentials is None:
@@ -351,53 +227,3 @@ class ConnectProxy:
         # Returned, not raised: the client retries on this connection.
         challenge = {"proxy-authenticate": f'Basic realm="{self.realm}"'}
         return HTTPError(407, headers=challenge).response()
-
-    def _log(self, tunnel: _Tunnel) -> None:
-        duration = trio.current_time() - tunnel.started
-        stats = tunnel.stats
-        if self.on_tunnel is not None:
-            self.on_tunnel(tunnel.outcome, tunnel.port, stats, tunnel.user or None)
-        logger.info(
-            "CONNECT %s%s -> %s%s%s %s%s up=%d down=%d %.3fs",
-            tunnel.client,
-            f" user={tunnel.user}" if tunnel.user else "",
-            tunnel.target,
-            f" ({tunnel.address})" if tunnel.address else "",
-            f" {tunnel.route}" if tunnel.route else "",
-            tunnel.outcome,
-            f" [{tunnel.reason}]" if tunnel.reason else "",
-            stats.a_to_b,
-            stats.b_to_a,
-            duration,
-            extra={
-                "client": tunnel.client,
-                "user": tunnel.user,
-                "route": tunnel.route,
-                "target": tunnel.target,
-                "outcome": tunnel.outcome,
-                "upstream_address": tunnel.address,
-                "bytes_up": stats.a_to_b,
-                "bytes_down": stats.b_to_a,
-                "duration": duration,
-            },
-        )
-
-
-def _client_host(request: Request) -> str:
-    """The client's address without its port: what per-client limits count."""
-    address = request.connection.remote_address
-    if isinstance(address, tuple) and address:
-        return str(address[0])
-    return str(address or "-")
-
-
-# A hub tunnel's end reason -> the outcome a relay() would have logged.
-_HUB_OUTCOMES = {"idle-timeout": "idle-timeout", "closed": "error"}
-
-
-class _Busy(ConnectError):
-    status = 503
-
-
-class _Timeout(ConnectError):
-    status = 504

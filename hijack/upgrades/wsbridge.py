@@ -27,24 +27,20 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import trio
 
-from .. import (
-    HTTPError,
-    RelayStats,
-    Request,
-    Response,
-    format_address,
-    join_host_port,
-    relay,
+from .. import HTTPError, RelayStats, Request, Response, join_host_port, relay
+from ..tunnel._upstream import ProxyVersion
+from ..tunnel.lifecycle import Outcome, TunnelHook, TunnelLife
+from ..tunnel.policy import (
+    ConnectError,
+    ConnectPolicy,
+    IPAddress,
+    parse_connect_target,
 )
-from ..state.registry import tunnels
-from ..tunnel._upstream import ProxyVersion, check_proxy_version, prepare_upstream
-from ..tunnel.policy import ConnectError, ConnectPolicy, parse_connect_target
 from .websocket import (
     PING_INTERVAL,
     PING_TIMEOUT,
@@ -188,7 +184,7 @@ class TargetFile:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self._stamp = self._stat()
+        self._stamp: tuple[int, int] | None = self._stat()
         self._targets = parse_targets(self.path.read_text(), str(self.path))
 
     def _stat(self) -> tuple[int, int]:
@@ -199,24 +195,24 @@ class TargetFile:
         """The target of ``token`` (None if unknown), after re-reading the
         file if it changed. Blocking (a stat, maybe a read): call it from a
         thread."""
+        problem: Exception | None = None
         try:
-            stamp = self._stat()
-            if stamp != self._stamp:
-                self._targets = parse_targets(self.path.read_text(), str(self.path))
-                self._stamp = stamp
-        except (OSError, ValueError) as exc:
-            logger.warning("keeping the previous targets: %s", exc)
+            stamp: tuple[int, int] | None = self._stat()
+        except OSError as exc:
+            stamp, problem = None, exc  # gone: said once, until it is back
+        # The stamp is recorded first: a broken version is reported once,
+        # not at every handshake until the file changes again.
+        if stamp != self._stamp:
+            self._stamp = stamp
+            if problem is None:
+                try:
+                    text = self.path.read_text()
+                    self._targets = parse_targets(text, str(self.path))
+                except (OSError, ValueError) as exc:
+                    problem = exc
+            if problem is not None:
+                logger.warning("keeping the previous targets: %s", problem)
         return self._targets.get(token)
-
-
-@dataclass(slots=True)
-class _Tunnel:
-    """What the log line of one bridged connection says."""
-
-    target: str
-    started: float
-    outcome: str = "error"
-    stats: RelayStats | None = None
 
 
 class WebSocketBridge:
@@ -266,6 +262,7 @@ class WebSocketBridge:
         ping_timeout: float | None = PING_TIMEOUT,
         dial: Dial = trio.open_tcp_stream,
         send_proxy_protocol: ProxyVersion | None = None,
+        on_tunnel: TunnelHook | None = None,
     ) -> None:
         if (upstream is None) == (targets is None):
             raise ValueError("give either upstream or targets, not both or neither")
@@ -274,15 +271,26 @@ class WebSocketBridge:
         self.upstream = upstream
         self.targets = targets
         self.policy = policy if policy is not None else ConnectPolicy()
-        self.connect_timeout = connect_timeout
-        self.idle_timeout = idle_timeout
         self.max_message_size = max_message_size
         self.allowed_origins = allowed_origins
         self.close_timeout = close_timeout
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
         self._dial = dial
-        self.send_proxy_protocol = check_proxy_version(send_proxy_protocol)
+
+        async def dial_checked(address: IPAddress, port: int) -> trio.abc.Stream:
+            return await dial(str(address), port)
+
+        self.life = TunnelLife(
+            "wsbridge",
+            logger,
+            connect_timeout=connect_timeout,
+            idle_timeout=idle_timeout,
+            send_proxy_protocol=send_proxy_protocol,
+            on_tunnel=on_tunnel,
+            dial=dial_checked,
+            open_stream=dial,
+        )
 
     def __repr__(self) -> str:
         if self.upstream is not None:
@@ -292,33 +300,26 @@ class WebSocketBridge:
 
     async def __call__(self, request: Request) -> Response | None:
         if not is_websocket_request(request):
-            return Response(
+            return HTTPError(
                 426,
+                "this is a WebSocket bridge: connect with a WebSocket client",
                 [
                     ("Upgrade", "websocket"),
                     ("Connection", "Upgrade"),
                     ("Sec-WebSocket-Version", "13"),
-                    ("Content-Type", "text/plain; charset=utf-8"),
                 ],
-                b"426 Upgrade Required\nthis is a WebSocket bridge: "
-                b"connect with a WebSocket client\n",
-            )
-        tunnel = _Tunnel("-", trio.current_time())
+            ).response()
+        record = self.life.begin(request.connection, "-")
         try:
             # Every check before the upstream sees a connection: a refused
             # Origin must not reach it (a VNC server may count such connects
             # as failed logins).
             check_websocket_request(request, allowed_origins=self.allowed_origins)
             _check_subprotocols(request)
-            target, addresses = await self._destination(request)
-            tunnel.target = join_host_port(*target)
-            upstream = await self._open_upstream(target, addresses)
-            try:
-                try:
-                    await prepare_upstream(request, upstream, self.send_proxy_protocol)
-                except (trio.BrokenResourceError, OSError) as exc:
-                    logger.warning("upstream %s failed: %s", tunnel.target, exc)
-                    raise HTTPError(502, f"upstream {tunnel.target} failed") from None
+            host, port = await self._destination(request)
+            record.target = join_host_port(host, port)
+
+            async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
                 websocket = await accept_websocket(
                     request,
                     subprotocols=[SUBPROTOCOL],
@@ -332,39 +333,39 @@ class WebSocketBridge:
                     ping_interval=self.ping_interval,
                     ping_timeout=self.ping_timeout,
                 )
-            except BaseException:
-                await trio.aclose_forcefully(upstream)
-                raise
-            tunnel.stats = RelayStats()
-            record = tunnels.open(
-                "wsbridge",
-                format_address(request.connection.remote_address),
-                tunnel.target,
-                None,
-                tunnel.stats,
+                return WebSocketStream(websocket)
+
+            await self.life.run(
+                record,
+                request.connection,
+                host=host,
+                port=port,
+                # A fixed upstream is the operator's: dialled as configured.
+                policy=None if self.upstream is not None else self.policy,
+                user=None,
+                answer=answer,
+                own_relay=self._relay,
             )
-            with record.scope():
-                await self._relay(websocket, upstream, tunnel)
         except WebSocketHandshakeError as exc:
-            tunnel.outcome = str(exc.status)
+            record.refuse(exc.status, str(exc))
             return exc.response()
         except HTTPError as exc:
-            tunnel.outcome = str(exc.status)
+            record.refuse(exc.status, exc.detail)
             raise
-        except trio.Cancelled:
-            tunnel.outcome = "cancelled"
-            raise
+        except ConnectError as exc:
+            record.refuse(exc.status, exc.reason)
+            # No OS detail, nor what a name resolved to: the log line has them.
+            detail = _FAILURES.get(exc.status, "{}").format(record.target)
+            raise HTTPError(exc.status, detail) from None
         finally:
-            self._log(request, tunnel)
+            self.life.end(record)
         return None
 
-    async def _destination(
-        self, request: Request
-    ) -> tuple[tuple[str, int], list[str] | None]:
-        """Where this connection goes, and the checked addresses to dial
-        (None: dial the fixed upstream as configured)."""
+    async def _destination(self, request: Request) -> tuple[str, int]:
+        """Where this connection goes: the fixed upstream, or the target of
+        the token the client names."""
         if self.upstream is not None:
-            return self.upstream, None
+            return self.upstream
         assert self.targets is not None
         tokens = parse_qs(request.query).get("token", [])
         if len(tokens) != 1 or not tokens[0]:
@@ -372,40 +373,13 @@ class WebSocketBridge:
         target = await trio.to_thread.run_sync(self.targets.lookup, tokens[0])
         if target is None:
             raise HTTPError(404, "unknown token")
-        try:
-            with trio.fail_after(self.connect_timeout):
-                addresses = await self.policy.resolve(*target)
-        except trio.TooSlowError:
-            raise HTTPError(504, "the target name did not resolve in time") from None
-        except ConnectError as exc:
-            # Do not tell the client what a name resolved to.
-            detail = "destination not allowed" if exc.status == 403 else exc.reason
-            raise HTTPError(exc.status, detail) from None
-        return target, [str(address) for address in addresses]
-
-    async def _open_upstream(
-        self, target: tuple[str, int], addresses: list[str] | None
-    ) -> trio.abc.Stream:
-        host, port = target
-        where = join_host_port(*target)
-        errors = []
-        try:
-            with trio.fail_after(self.connect_timeout):
-                for address in addresses or [host]:
-                    try:
-                        return await self._dial(address, port)
-                    except OSError as exc:
-                        errors.append(f"{address}: {exc.strerror or exc}")
-        except trio.TooSlowError:
-            raise HTTPError(504, f"{where} did not answer in time") from None
-        # The client gets no OS detail; the log line does.
-        logger.warning("cannot connect to %s: %s", where, "; ".join(errors))
-        raise HTTPError(502, f"cannot connect to {where}")
+        return target
 
     async def _relay(
-        self, websocket: WebSocket, upstream: trio.abc.Stream, tunnel: _Tunnel
-    ) -> None:
-        stats = tunnel.stats = tunnel.stats or RelayStats()
+        self, client: trio.abc.Stream, upstream: trio.abc.Stream, stats: RelayStats
+    ) -> tuple[Outcome, str]:
+        assert isinstance(client, WebSocketStream)
+        websocket = client.websocket
         # ``async with``: the server's graceful shutdown closes with 1001 (and
         # the upstream then gets its EOF like after any close).
         async with websocket:
@@ -419,27 +393,20 @@ class WebSocketBridge:
 
                 stream = WebSocketStream(websocket, on_eof=websocket_ended)
                 await relay(
-                    stream, upstream, idle_timeout=self.idle_timeout, stats=stats
+                    stream, upstream, idle_timeout=self.life.idle_timeout, stats=stats
                 )
         if stats.timed_out:
-            tunnel.outcome = "idle-timeout"
-        elif linger.cancelled_caught:
-            tunnel.outcome = "upstream-linger-cut"
-        else:
-            tunnel.outcome = f"ok {websocket.close_code}"
+            return Outcome.IDLE_TIMEOUT, ""
+        if linger.cancelled_caught:
+            return Outcome.OK, "upstream cut after close_timeout"
+        return Outcome.OK, f"close {websocket.close_code}"
 
-    def _log(self, request: Request, tunnel: _Tunnel) -> None:
-        stats = tunnel.stats or RelayStats()
-        logger.info(
-            "connection %d %s -> %s %s: %d bytes up, %d down, %.3fs",
-            request.connection.id,
-            format_address(request.connection.remote_address),
-            tunnel.target,
-            tunnel.outcome,
-            stats.a_to_b,
-            stats.b_to_a,
-            trio.current_time() - tunnel.started,
-        )
+
+_FAILURES = {
+    403: "destination not allowed",
+    502: "cannot connect to {}",
+    504: "{} did not answer in time",
+}
 
 
 def _check_subprotocols(request: Request) -> None:
