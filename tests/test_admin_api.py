@@ -133,3 +133,10 @@ async def test_the_admin_api_needs_the_bearer_token(
     assert (await admin(control, "GET", "/tunnels"))[0] == 200
     assert (await admin(control, "GET", "/nothing"))[0] == 404
     assert (await admin(control, "POST", "/tunnels"))[0] == 405
+
+
+def test_admin_address_is_loopback_unless_told() -> None:
+    from hijack.cli._state import _admin_address
+
+    assert _admin_address("9200") == ("127.0.0.1", 9200)
+    assert _admin_address("0.0.0.0:9200") == ("0.0.0.0", 9200)

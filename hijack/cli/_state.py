@@ -102,9 +102,9 @@ def admin_group() -> argparse.ArgumentParser:
     group.add_argument(
         "--admin",
         type=_admin_address,
-        metavar="HOST:PORT",
+        metavar="[HOST:]PORT",
         help="serve the admin API (GET /tunnels, DELETE /tunnels/ID, GET "
-        "/users) there; needs --admin-token-file",
+        "/users) there (a bare PORT: on 127.0.0.1); needs --admin-token-file",
     )
     group.add_argument(
         "--admin-token-file",
@@ -115,8 +115,11 @@ def admin_group() -> argparse.ArgumentParser:
 
 
 def _admin_address(text: str) -> tuple[str, int]:
+    """``HOST:PORT``, or a bare ``PORT`` on loopback (the default host)."""
     from ._arguments import parse_host_port
 
+    if text.isdigit():
+        text = f"127.0.0.1:{text}"
     return parse_host_port(text, allow_zero=True)
 
 
