@@ -3,12 +3,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check sysdeps bench bench-venv soak autobahn clean
+.PHONY: demo test check docs sysdeps bench bench-venv soak autobahn clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,metrics]'
+	$(PY) -m pip install -q -e '.[test,metrics,docs]'
 	touch $(STAMP)
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client,
@@ -39,13 +39,20 @@ demo: $(STAMP)
 # The floors of the package (core <- tunnel <- upgrades/client <- cli) and no
 # import loop: tools/check_layers.py says which import breaks them.
 check: $(STAMP)
-	$(VENV)/bin/ruff check hijack tests examples bench autobahn tools pytest_hijack.py
-	$(VENV)/bin/ruff format --check hijack tests examples bench autobahn tools pytest_hijack.py
-	$(VENV)/bin/mypy --strict hijack examples bench tests autobahn tools pytest_hijack.py
+	$(VENV)/bin/ruff check hijack tests examples bench autobahn tools docs/conf.py docs/_ext pytest_hijack.py
+	$(VENV)/bin/ruff format --check hijack tests examples bench autobahn tools docs/conf.py docs/_ext pytest_hijack.py
+	$(VENV)/bin/mypy --strict hijack examples bench tests autobahn tools docs/conf.py docs/_ext pytest_hijack.py
 	$(PY) tools/check_layers.py
 
+# The manual (docs/, Sphinx + MyST): warnings are errors, every cross reference
+# and internal link is checked (-n), nothing is fetched from the network; the
+# command reference, config keys, metrics and benchmark charts are written
+# from the code at build time. Output: docs/_build/html.
+docs: $(STAMP)
+	$(VENV)/bin/sphinx-build -E -n -W --keep-going -q -b html docs docs/_build/html
+
 # Branch coverage is measured on every run (gate: fail_under in pyproject.toml).
-test: $(STAMP) sysdeps $(NODE_CLIENTS) check
+test: $(STAMP) sysdeps $(NODE_CLIENTS) check docs
 	$(PY) -m pytest -q --cov --cov-report=term
 
 # Peers go into their own virtualenv, never into the project's.
@@ -87,4 +94,4 @@ autobahn: $(STAMP) $(AUTOBAHN_VENV)/.installed
 	$(AUTOBAHN_VENV)/bin/python autobahn/run_cases.py --hijack $(VENV)/bin/hijack
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache docs/_build docs/_generated

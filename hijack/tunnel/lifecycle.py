@@ -44,6 +44,8 @@ from .. import (
     Hijacked,
     HubTunnel,
     RelayStats,
+    Request,
+    Response,
     Throttle,
     format_address,
     join_host_port,
@@ -58,11 +60,18 @@ from .policy import ConnectError, ConnectPolicy, Resolver, UpstreamError
 from .users import User
 
 __all__ = [
+    "TRUSTED_UPSTREAM",
+    "Answer",
+    "OpenStream",
     "Outcome",
+    "OwnRelay",
     "TunnelBusy",
+    "TunnelHook",
     "TunnelLife",
     "TunnelRecord",
     "TunnelTimeout",
+    "client_host",
+    "hijack_with",
     "outcome_for_status",
 ]
 
@@ -183,6 +192,16 @@ TunnelHook = Callable[[TunnelRecord], None]
 #: The protocol's yes, given the open upstream: returns the client's side
 #: of the tunnel (a :class:`~hijack.Hijacked`, a stream).
 Answer = Callable[[trio.abc.Stream], Awaitable[trio.abc.Stream]]
+
+
+def hijack_with(request: Request, response: Response) -> Answer:
+    """The answer of an HTTP upgrade: ``request.hijack(response)``."""
+
+    async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
+        return await request.hijack(response)
+
+    return answer
+
 
 #: A protocol's own relay (a WebSocket's): moves bytes until the tunnel ends,
 #: closes both streams, returns the outcome and a detail for the log.

@@ -27,7 +27,7 @@ import trio
 from .. import Handler, HTTPError, Request, Response
 from ..tunnel._dial import Dialer, dial_tcp
 from ..tunnel._upstream import ProxyVersion
-from ..tunnel.lifecycle import TunnelHook, TunnelLife, TunnelRecord
+from ..tunnel.lifecycle import TunnelHook, TunnelLife, TunnelRecord, hijack_with
 from ..tunnel.limits import TunnelLimits
 from ..tunnel.parent_proxy import Routes
 from ..tunnel.policy import (
@@ -194,9 +194,6 @@ class ConnectProxy:
             record.refuse(407, "proxy authentication required")
             return self._challenge()
 
-        async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
-            return await request.hijack(ESTABLISHED)
-
         await self.life.run(
             record,
             request.connection,
@@ -204,7 +201,7 @@ class ConnectProxy:
             port=port,
             policy=policy,
             user=user,
-            answer=answer,
+            answer=hijack_with(request, ESTABLISHED),
         )
         return None
 

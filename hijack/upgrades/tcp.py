@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import logging
 
-import trio
-
 from .. import Handler, HTTPError, Request, Response, join_host_port
 from ..tunnel._upstream import ProxyVersion
-from ..tunnel.lifecycle import TRUSTED_UPSTREAM, TunnelHook, TunnelLife
+from ..tunnel.lifecycle import TRUSTED_UPSTREAM, TunnelHook, TunnelLife, hijack_with
 from ..tunnel.limits import TunnelLimits
 from ..tunnel.parent_proxy import Routes
 from ..tunnel.policy import ConnectError, ConnectPolicy
@@ -27,9 +25,10 @@ logger = logging.getLogger("hijack.tcp")
 
 
 UPGRADE_HEADERS = [("Connection", "Upgrade"), ("Upgrade", "tcp")]
+SWITCHED = Response(101, headers=UPGRADE_HEADERS)
 
 #: The operator chose the upstream, so any port and address may be reached;
-#: a user's own deny entries and ports still apply on top of this.
+#: a user's own deny, ports and allow_public = false still apply on top of this.
 UPSTREAM_POLICY: ConnectPolicy = TRUSTED_UPSTREAM
 
 
@@ -65,7 +64,8 @@ class TCPUpgrade:
 
     ``users``: require ``Authorization: Basic`` (401 with
     ``WWW-Authenticate``: this endpoint is an origin server to its client),
-    and refuse (403) a user whose rules (deny, ports) exclude the upstream.
+    and refuse (403) a user whose rules (deny, ports, allow_public = false)
+    exclude the upstream.
     ``routes``: reach the upstream through a parent proxy. ``limits``: tunnels
     per client address and per user (429) and bandwidth.
     """
@@ -124,10 +124,6 @@ class TCPUpgrade:
                     record.refuse(401, "authentication required")
                     return challenge.response()  # the connection stays usable
                 policy = self.users.policy_for(user, UPSTREAM_POLICY)
-
-            async def answer(upstream: trio.abc.Stream) -> trio.abc.Stream:
-                return await request.hijack(Response(101, headers=UPGRADE_HEADERS))
-
             await self.life.run(
                 record,
                 request.connection,
@@ -135,7 +131,7 @@ class TCPUpgrade:
                 port=port,
                 policy=policy,
                 user=user,
-                answer=answer,
+                answer=hijack_with(request, SWITCHED),
             )
         except ConnectError as exc:
             record.refuse(exc.status, exc.reason)
