@@ -65,7 +65,7 @@ class Lease(abc.ABC):
 
 class State:
     """Where leases are counted. ``immediate`` backends answer
-    :meth:`take_now` without waiting (in-process, shared memory); the others
+    ``take_now()`` without waiting (in-process, shared memory); the others
     need ``await take()``. :meth:`share` says which part of a key's leases
     this process holds (the per-user bandwidth is split by it); :meth:`serve`
     runs whatever upkeep the backend needs (renewals, reconnects) until
