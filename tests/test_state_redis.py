@@ -136,9 +136,15 @@ async def test_two_nodes_share_limits_survive_a_dead_node_and_redis_outage(
         assert await nodes.connect("127.0.0.3", "bob") == 429  # B: client
         assert await nodes.connect("127.0.0.5", "bob") == 200  # A
         assert await nodes.connect("127.0.0.5", "bob") == 429  # B: client
-        for node in nodes.nodes:  # three requests each; logged in batches
-            await node.wait_for(r'(?s)("CONNECT .*){3}', stream="stderr")
+        with trio.fail_after(30):  # the six access lines, written in batches
+            # Another process's output: polled.
+            while sum(n.stderr.count('"CONNECT ') for n in nodes.nodes) < 6:  # noqa: ASYNC110
+                await trio.sleep(0.05)
         one, two = (node.stderr for node in nodes.nodes)
+        assert "127.0.0.2 - alice" in one + two and "127.0.0.3 - alice" in one + two
+        assert ("127.0.0.2 - alice" in one) != ("127.0.0.3 - alice" in one), (
+            "round robin put both of alice's tunnels on one node"
+        )
         alice_refused = [one, two][int("user alice has 2" in two)]
         # (the access log names the client when a tunnel opens)
         assert "127.0.0.2 - alice" in alice_refused
