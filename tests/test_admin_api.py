@@ -6,12 +6,17 @@ a bearer token guards everything."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 
-from hijack.cli._admin import LocalSource, admin_handler
+from hijack.cli._admin import LocalSource, admin_handler, tunnels_command
+from hijack.cli._command import CommandLine, StartupError
+from hijack.cli._main import build_parser
+from hijack.cli._team import check_with_state
 from hijack.state.registry import tunnels
 from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
@@ -140,3 +145,72 @@ def test_admin_address_is_loopback_unless_told() -> None:
 
     assert _admin_address("9200") == ("127.0.0.1", 9200)
     assert _admin_address("0.0.0.0:9200") == ("0.0.0.0", 9200)
+
+
+async def test_hijack_tunnels_prints_a_table_json_ends_and_says_what_failed(
+    nursery: trio.Nursery,
+    start_server: StartServer,
+    registry_on: None,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    upstream_port = await start_upstream(nursery, hold)
+    _, port = await start_server(ConnectProxy(loopback_policy(upstream_port)))
+    control = await start_admin(start_server)
+    client = await trio.open_tcp_stream("127.0.0.1", port)
+    await client.send_all(connect_head(f"127.0.0.1:{upstream_port}"))
+    assert status_of((await read_head(client))[0]) == 200
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+
+    async def tunnels(*more: str, token_file: Path = token) -> int:
+        argv = ["tunnels", "--admin", f"127.0.0.1:{control}"]
+        argv += ["--admin-token-file", str(token_file), *more]
+        args = build_parser().parse_args(argv)
+        line = CommandLine(argv, lambda: args)
+        return await trio.to_thread.run_sync(tunnels_command, args, line)
+
+    assert await tunnels() == 0
+    header, row = capsys.readouterr().out.splitlines()
+    assert header.split()[:3] == ["ID", "KIND", "USER"]
+    assert row.split()[1:3] == ["connect", "-"]
+    assert await tunnels("--kind", "tcp") == 0
+    assert capsys.readouterr().out.splitlines()[1:] == []
+    assert await tunnels("--json") == 0
+    (listed,) = json.loads(capsys.readouterr().out)["tunnels"]
+    assert await tunnels("--end", str(listed["id"])) == 0
+    assert capsys.readouterr().out == f"ended {listed['id']}\n"
+    with trio.fail_after(5):
+        assert await read_until_closed(client) == b""
+    await client.aclose()
+    assert await tunnels("--end", str(listed["id"])) == 1
+    assert "404 Not Found" in capsys.readouterr().err
+    wrong = tmp_path / "wrong"
+    wrong.write_text("x" * 20)
+    assert await tunnels(token_file=wrong) == 1
+    assert "401 Unauthorized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "problem"),
+    [
+        (["--state-password-file", "/nonexistent"], "needs --state URL"),
+        (["--state", "redis://h:1/0", "--state-ttl", "0"], "must be > 0"),
+        (
+            ["--state", "redis://h:1/0", "--state-password-file", "/nonexistent"],
+            "--state-password-file /nonexistent: No such file",
+        ),
+        (["--admin", "9200"], "--admin needs --admin-token-file"),
+    ],
+)
+def test_state_and_admin_options_refuse_what_cannot_work(
+    argv: list[str], problem: str
+) -> None:
+    args = build_parser().parse_args(["proxy", *argv])
+    with pytest.raises(StartupError, match=re.escape(problem)):
+        check_with_state(args)
+
+
+def test_a_state_url_must_be_redis() -> None:
+    with pytest.raises(StartupError, match="expected redis://"):
+        build_parser().parse_args(["proxy", "--state", "http://h/"])

@@ -105,7 +105,11 @@ async def cluster(
         nodes = []
         for port in ports:
             args = ["proxy", "--listen", f"127.0.0.1:{port}", *common]
-            nodes.append(await stack.enter_async_context(run_hijack(args)))
+            nodes.append(
+                await stack.enter_async_context(
+                    run_hijack(args, stop_signal=signal.SIGINT)
+                )
+            )
         for node in nodes:
             await node.port()
         front = free_port()
@@ -214,7 +218,10 @@ async def test_admin_of_one_node_lists_and_ends_the_other_nodes_tunnels(
     args += ["--state", f"redis://127.0.0.1:{redis_port}/0", "--state-ttl", str(TTL)]
     args += ["--admin", "127.0.0.1:0", "--admin-token-file", str(token)]
     target = f"127.0.0.1:{upstream_port}"
-    async with run_hijack(args) as one, run_hijack(args) as two:
+    async with (
+        run_hijack(args, stop_signal=signal.SIGINT) as one,
+        run_hijack(args, stop_signal=signal.SIGINT) as two,
+    ):
         status, on_two = await open_tunnel(await two.port(), target)
         assert status == 200
         status, on_one = await open_tunnel(await one.port(), target)

@@ -49,7 +49,7 @@ async def test_workers_hold_a_per_client_limit_of_one(nursery: trio.Nursery) -> 
     """The issue's repro: six CONNECTs in a row, three workers, one tunnel."""
     upstream_port = await start_upstream(nursery, hold)
     args = proxy_args(upstream_port, "--workers", "3", "--max-tunnels-per-client", "1")
-    async with run_hijack(args) as proxy:
+    async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
         port = await proxy.port()
         streams = []
         statuses = []
@@ -90,7 +90,7 @@ async def test_admin_across_workers_lists_ends_and_a_killed_worker_gives_back(
     target = f"127.0.0.1:{upstream_port}"
     args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "8")
     args += ["--admin", "127.0.0.1:0", "--admin-token-file", str(token_file)]
-    async with run_hijack(args) as proxy:
+    async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
         port, control = await proxy.port(), await admin_port(proxy)
         pids = await proxy.pids()
         # 401: no token, a wrong one, another scheme.
@@ -170,7 +170,7 @@ async def test_a_killed_worker_gives_its_tunnel_back(
     token_file.write_text(TOKEN)
     args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "1")
     args += ["--admin", "127.0.0.1:0", "--admin-token-file", str(token_file)]
-    async with run_hijack(args) as proxy:
+    async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
         port, control = await proxy.port(), await admin_port(proxy)
         status, tunnel = await open_tunnel(port, target)
         assert status == 200
@@ -212,7 +212,9 @@ async def test_counts_survive_a_sighup_rolling_restart(nursery: trio.Nursery) ->
     upstream_port = await start_upstream(nursery, hold)
     target = f"127.0.0.1:{upstream_port}"
     args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "1")
-    async with run_hijack([*args, "--shutdown-grace", "30"]) as proxy:
+    async with run_hijack(
+        [*args, "--shutdown-grace", "30"], stop_signal=signal.SIGINT
+    ) as proxy:
         port = await proxy.port()
         status, tunnel = await open_tunnel(port, target)
         assert status == 200

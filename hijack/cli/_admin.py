@@ -399,7 +399,9 @@ def _table(rows: list[dict[str, Any]]) -> str:
         ]
         for row in rows
     ]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(_COLUMNS)]
+    widths = [
+        max([len(c), *(len(r[i]) for r in cells)]) for i, c in enumerate(_COLUMNS)
+    ]
     lines = [
         "  ".join(c.upper().ljust(w) for c, w in zip(_COLUMNS, widths, strict=True))
     ]
