@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check docs sysdeps bench bench-venv soak autobahn clean
+.PHONY: demo test check docs sysdeps bench bench-venv bench-reverse soak autobahn clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -13,7 +13,10 @@ $(STAMP): pyproject.toml
 
 # Debian packages the end-to-end tests drive (curl is the CONNECT client,
 # haproxy and nginx's stream module the balancers in front of and behind
-# hijack for PROXY protocol, redis-server the shared limit state).
+# hijack for PROXY protocol; proxychains4, ncat, Dante's socksify, kdig and
+# dig the SOCKS5 and UDP clients, dnsmasq and redis-server their servers;
+# Redis, OpenSSH and Chromium the services and clients of the reverse-tunnel
+# tests).
 sysdeps:
 	@missing=""; \
 	command -v curl >/dev/null || missing="$$missing curl"; \
@@ -22,7 +25,17 @@ sysdeps:
 	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
-	test -x /usr/bin/redis-server || missing="$$missing redis-server"; \
+	command -v proxychains4 >/dev/null || missing="$$missing proxychains4"; \
+	command -v ncat >/dev/null || missing="$$missing ncat"; \
+	command -v socksify >/dev/null || missing="$$missing dante-client"; \
+	command -v kdig >/dev/null || missing="$$missing knot-dnsutils"; \
+	command -v dig >/dev/null || missing="$$missing bind9-dnsutils"; \
+	test -x /usr/sbin/dnsmasq || missing="$$missing dnsmasq-base"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	test -x /usr/sbin/sshd || missing="$$missing openssh-server"; \
+	command -v ssh >/dev/null || missing="$$missing openssh-client"; \
+	command -v redis-benchmark >/dev/null || missing="$$missing redis-tools"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
@@ -64,6 +77,10 @@ $(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
 	touch $@
 
 bench-venv: $(BENCH_VENV)/.installed
+
+# Reverse tunnels against OpenSSH's ssh -R; writes bench/RESULTS-reverse.md.
+bench-reverse: $(STAMP) sysdeps
+	$(PY) bench/reverse_rows.py
 
 # Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
 bench: $(STAMP) bench-venv bench/goproxy/goproxy

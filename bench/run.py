@@ -5,7 +5,8 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale, workers, state), ``--profile``
+throughput, setup, echo, ws, http, idle, scale, workers, socks, state),
+``--profile``
 (sample the hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import hub_rows
 import loadgen
+import socks_rows
 import websocket_echo
 from loadgen import TunnelHolder, Window
 from procs import (
@@ -136,6 +138,12 @@ TARGETS = [
     Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
     Target("interactive tunnel", "pproxy", 1.3),
+    # Issue 18 (bench/socks_rows.py); danted is stated, not a target there.
+    Target("socks setup", "pproxy", 1.3),
+    Target("socks throughput", "pproxy", 3.0),
+    Target("socks throughput", "danted", 1.0),
+    Target("udp associate", "danted", 0.5),
+    Target("proxy --socks", "hijack proxy", 0.95),
 ]
 
 
@@ -491,6 +499,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "scale": row_scale,
     "interactive": row_interactive,
     "workers": row_workers,
+    "socks": socks_rows.row_socks,  # bench/socks_rows.py
     "state": row_state,  # bench/state_rows.py
 }
 

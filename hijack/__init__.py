@@ -18,6 +18,8 @@ from ._errors import ClientDisconnected as ClientDisconnected
 from ._errors import HijackError as HijackError
 from ._errors import UsageError as UsageError
 from ._exchange import Handler as Handler
+from ._exchange import Sniffer as Sniffer
+from ._exchange import StreamHandler as StreamHandler
 from ._hijack import Hijacked as Hijacked
 from ._hub import Hub as Hub
 from ._hub import HubTunnel as HubTunnel
@@ -76,6 +78,8 @@ __all__ = [
     "Request",
     "Response",
     "Server",
+    "Sniffer",
+    "StreamHandler",
     "TLSInfo",
     "Throttle",
     "TokenBucket",

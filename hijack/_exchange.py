@@ -29,11 +29,16 @@ from ._message import BYTES_LIKE, Headers, HTTPError, Request, Response
 from ._request_head import protocol_error_status
 from ._response_head import hijack_head, response_headers
 
-__all__ = ["Exchange", "Handler"]
+__all__ = ["Exchange", "Handler", "Sniffer", "StreamHandler"]
 
 logger = logging.getLogger("hijack")
 
 Handler = Callable[[Request], Awaitable[Response | None]]
+#: Takes a whole connection that is not HTTP (see ``Server(sniff=...)``).
+StreamHandler = Callable[[Hijacked], Awaitable[None]]
+#: Looks at a connection's first bytes: a StreamHandler to take it, or None
+#: to serve it as HTTP.
+Sniffer = Callable[[bytes], StreamHandler | None]
 
 # After the handler returns with body bytes unread, read (and drop) this many
 # to keep the connection alive; past it, close instead (Go does the same).
@@ -45,6 +50,7 @@ class ServerSide(Protocol):
 
     limits: Limits
     handler: Handler
+    sniff: Sniffer | None
 
     @property
     def shutting_down(self) -> bool: ...

@@ -22,7 +22,7 @@ from ._access_log import make_record
 from ._closing import aclose_gracefully
 from ._connection import Connection, ConnState
 from ._errors import ClientDisconnected, UsageError
-from ._exchange import Exchange, Handler, ServerSide
+from ._exchange import Exchange, Handler, ServerSide, StreamHandler
 from ._hijack import Hijacked
 from ._message import HTTPError
 from ._plain_socket import plain_socket, receive, send_now
@@ -61,6 +61,7 @@ class HTTPConnection:
         "linger",
         "server",
         "stream",
+        "taken_by",
     )
 
     def __init__(self, server: ServerSide, connection: Connection) -> None:
@@ -80,6 +81,8 @@ class HTTPConnection:
         self.linger = False
         #: A write or read failed: the client is gone.
         self.broken = False
+        #: The server's sniff gave the connection to this stream handler.
+        self.taken_by: StreamHandler | None = None
 
     @property
     def parser(self) -> h11.Connection:
@@ -117,6 +120,8 @@ class HTTPConnection:
             while True:
                 exchange = await self._next_exchange(first)
                 if exchange is None:
+                    if self.taken_by is not None:
+                        await self._give_to(self.taken_by)
                     return
                 first = False
                 try:
@@ -188,6 +193,11 @@ class HTTPConnection:
                     self._idle_scope = None
             if scope.cancelled_caught or not conn.trailing_data[0]:
                 return None
+            if first and self.server.sniff is not None:
+                # Not HTTP, maybe: the server's sniff sees the first read.
+                self.taken_by = self.server.sniff(conn.trailing_data[0])
+                if self.taken_by is not None:
+                    return None
         else:
             # A pipelined head, read with an earlier one: no read will yield
             # for it, and the last response's write did not either (see
@@ -363,6 +373,16 @@ class HTTPConnection:
             self._h11.send_failed()
 
     # -- hijack --------------------------------------------------------------
+
+    async def _give_to(self, take: StreamHandler) -> None:
+        """The sniffed connection is not HTTP: hand it, with every byte
+        read, to its stream handler (a hijack with no exchange before it)."""
+        self.connection._set_state(ConnState.ACTIVE)
+        hijacked = self.hand_over()
+        try:
+            await take(hijacked)
+        finally:
+            await hijacked._release()
 
     def hand_over(self) -> Hijacked:
         """Give the stream and every byte read ahead to a :class:`Hijacked`

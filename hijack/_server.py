@@ -28,7 +28,7 @@ import trio
 from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
-from ._exchange import Handler
+from ._exchange import Handler, Sniffer, StreamHandler
 from ._http import HTTPConnection
 from ._hub import Hub
 from ._hub import available as hub_available
@@ -38,7 +38,7 @@ from ._proxyproto import ProxyHeader, ProxyProtocol, ProxyProtocolError
 from ._reuse_port import open_tcp_listeners_reuse_port
 from ._tls import handshake, wrap_server_side
 
-__all__ = ["Server"]
+__all__ = ["Server", "Sniffer", "StreamHandler"]
 
 logger = logging.getLogger("hijack")
 
@@ -67,7 +67,21 @@ class Server:
     capacity ones, EMFILE and friends, are logged once and retried; others
     end the accept loop), e.g. to count them.
 
-    Attributes: ``handler`` and ``limits`` (:class:`~hijack.Limits`), as
+    ``sniff(first_bytes)`` serves other protocols on the same port (SOCKS5
+    next to HTTP): it is called once per connection with the bytes of its
+    first read (after TLS, if any; at least one byte, within
+    ``limits.head_timeout``) and returns None to serve HTTP as usual, or a
+    :data:`~hijack.StreamHandler` that takes the connection as it is:
+    ``await stream_handler(hijacked)`` gets a :class:`~hijack.Hijacked`
+    (its ``buffered`` holds every byte read) and the connection goes ACTIVE
+    then HIJACKED, with no HTTP exchange. The ownership rules of
+    ``request.hijack()`` hold (closed when the stream handler returns unless
+    detached or handed to the hub). The HTTP layer's own first read is the
+    one sniffed: HTTP pays one call of ``sniff`` per connection, nothing per
+    request.
+
+    Attributes: ``handler``, ``sniff`` (both may be replaced while serving,
+    e.g. on a reload) and ``limits`` (:class:`~hijack.Limits`), as
     given. With an ``ssl_context``, the server installs its own
     ``sni_callback`` on it (chaining to one already there) to record each
     client's SNI in ``connection.tls.server_name``.
@@ -83,8 +97,10 @@ class Server:
         on_request: RequestHook | Sequence[RequestHook] = (),
         on_accept_error: Callable[[OSError], object] | None = None,
         access_log: bool = True,
+        sniff: Sniffer | None = None,
     ) -> None:
         self.handler = handler
+        self.sniff = sniff
         self.limits = limits or Limits()
         self._state_hooks: tuple[StateHook, ...] = (
             (on_state,) if callable(on_state) else tuple(on_state)

@@ -16,6 +16,7 @@ The site itself (internal links, cross references) is checked by
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import tomllib
 from collections.abc import Awaitable, Callable
@@ -77,6 +78,7 @@ PYTHON = [b for b in ALL if b.lang == "python"]
 
 def test_the_docs_have_code_to_run() -> None:
     assert len([b for b in PYTHON if b.marker is None]) >= 10
+    assert len(ECHO_SERVERS) >= 2  # the README's quick start and the tutorial's
 
 
 REAL_RUN = trio.run
@@ -129,16 +131,24 @@ def test_readme_links_point_at_files() -> None:
 
 def test_every_public_name_is_in_the_api_reference() -> None:
     reference = (ROOT / "docs/reference/api.md").read_text()
-    missing = [n for n in hijack.__all__ if f"hijack.{n}\n" not in reference]
+    missing = [
+        n
+        for n in hijack.__all__
+        if f"hijack.{n}\n" not in reference and f":: {n}\n" not in reference
+    ]
     assert not missing
 
 
-ECHO_SERVERS = [
-    b
-    for b in PYTHON
-    if b.marker is not None
-    and b.marker["what"].endswith("::" + "test_echo_server_blocks_serve_and_echo")
-]
+def run_by(test: str) -> list[Block]:
+    """The blocks whose marker names ``test`` (in this file) as their runner."""
+    return [
+        b
+        for b in PYTHON
+        if b.marker is not None and b.marker["what"] == f"tests/test_docs.py::{test}"
+    ]
+
+
+ECHO_SERVERS = run_by("test_echo_server_blocks_serve_and_echo")
 
 
 @pytest.mark.parametrize("block", ECHO_SERVERS, ids=lambda b: b.name)
@@ -163,3 +173,27 @@ async def test_echo_server_blocks_serve_and_echo(
         assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
         await stream.send_eof()
         assert await read_until_closed(stream) == b""
+
+
+def _quantity(text: str) -> float:
+    """``10 s``, ``32 KiB``, ``16 MiB``, ``10,000``, ``3`` -> a number."""
+    number, _, unit = text.strip().partition(" ")
+    scale = {"": 1, "s": 1, "KiB": 1024, "MiB": 1024 * 1024}[unit]
+    return float(number.replace(",", "")) * scale
+
+
+def test_the_limits_table_says_what_limits_defaults_are() -> None:
+    """docs/reference/limits.md lists every field of ``Limits`` with its
+    real default (a new field, or a changed default, fails here)."""
+    text = (ROOT / "docs/reference/limits.md").read_text()
+    documented: dict[str, float] = {}
+    for row in re.findall(r"^\| `(\w+)`((?: / `\w+`)*)[^|]*\| ([^|]+) \|", text, re.M):
+        first, rest, defaults = row
+        names = [first, *re.findall(r"`(\w+)`", rest)]
+        # `tcp_keepalive_idle` / `_interval` / `_count`: suffixes of the first
+        prefix = first.rsplit("_", 1)[0]
+        names = [names[0], *(prefix + n if n.startswith("_") else n for n in names[1:])]
+        for name, default in zip(names, defaults.split(" / "), strict=True):
+            documented[name] = _quantity(default)
+    actual = {f.name: f.default for f in dataclasses.fields(hijack.Limits)}
+    assert documented == actual

@@ -15,9 +15,8 @@ import trio
 from hijack import PeerCredentials, Server
 from hijack.testing import Peer, open_test_client
 
-from .conftest import StartServer
 from .daemons import Daemons, free_port
-from .helpers import read_until, read_until_closed
+from .helpers import read_until_closed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -66,26 +65,6 @@ async def test_unix_peercred_with_faked_credentials() -> None:
         assert (response.status, response.body) == (200, b"uid=1000 gid=100 pid=42\n")
         assert (await client.request("GET", "/", peer=bob)).status == 403
         assert (await client.request("GET", "/")).status == 403  # no credentials
-
-
-async def test_readme_quick_start_handler(start_server: StartServer) -> None:
-    """The README's quick-start code, run as written minus ``trio.run``."""
-    readme = (EXAMPLES.parent / "README.md").read_text()
-    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
-    assert code.rstrip().endswith("trio.run(main)")
-    namespace: dict[str, object] = {}
-    exec(code.rstrip().removesuffix("trio.run(main)"), namespace)
-    _, port = await start_server(namespace["handler"])
-    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
-        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert (await read_until(stream, b"hello\n")).startswith(b"HTTP/1.1 200 OK")
-        await stream.send_all(
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\nhi"
-        )
-        data = await read_until(stream, b"\r\n\r\nhi")
-        assert data.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
-        await stream.send_eof()
-        assert await read_until_closed(stream) == b""
 
 
 async def run_example(daemons: Daemons, args: list[str], port: int) -> None:

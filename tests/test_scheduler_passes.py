@@ -194,3 +194,57 @@ async def test_one_read_per_request_and_per_echo(
             before = fake_os.reads
             await count_round_trips(client, steps, message, size)
             assert fake_os.reads - before == 20
+
+
+class CountingReadsAndWrites:
+    """``os`` for hijack._plain_socket, counting reads and writes."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.writes = 0
+
+    def read(self, fd: int, size: int) -> bytes:
+        self.reads += 1
+        return os.read(fd, size)
+
+    def write(self, fd: int, data: bytes) -> int:
+        self.writes += 1
+        return os.write(fd, data)
+
+
+def masked_binary_frame(payload: bytes) -> bytes:
+    """A client's binary frame (RFC 6455 5.2), payload under 126 bytes."""
+    mask = b"\x01\x02\x03\x04"
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x82, 0x80 | len(payload)]) + mask + masked
+
+
+async def test_one_pass_one_read_one_write_per_websocket_echo(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The WebSocket's per-message budget on the server (issue 15): woken
+    # once, one recv, one send per 64-byte message echoed.
+    from hijack.upgrades.websocket import make_echo_handler
+
+    fake_os = CountingReadsAndWrites()
+    monkeypatch.setattr(_plain_socket, "os", fake_os)
+    handler = make_echo_handler(compression=None, ping_interval=None)
+    opening = (
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+        b"Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    async with served(handler) as (client, steps):
+        await client.send(opening)
+        assert (await client.recv(65536)).startswith(b"HTTP/1.1 101 ")
+        await trio.testing.wait_all_tasks_blocked()
+        reads, writes = fake_os.reads, fake_os.writes
+        trio.lowlevel.add_instrument(steps)
+        try:
+            message = masked_binary_frame(b"x" * 64)
+            counts = await count_round_trips(client, steps, message, 66)
+        finally:
+            trio.lowlevel.remove_instrument(steps)
+        syscalls = (fake_os.reads - reads, fake_os.writes - writes)
+    assert counts == [1] * 20
+    assert syscalls == (20, 20)

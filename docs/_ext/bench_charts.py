@@ -86,11 +86,19 @@ def draw(row: str, workloads: list[list[Figure]], path: Path) -> None:
     plt.rcParams["svg.hashsalt"] = "hijack"  # stable ids: same input, same file
     plt.rcParams["svg.fonttype"] = "none"  # text as text: small, searchable
     panels = len(workloads)
-    height = 0.45 * max(len(w) for w in workloads) + 1.2
+    columns = 2 if panels > 1 else 1  # side by side: a chart fits a screen
+    rows = -(-panels // columns)
+    height = 0.32 * max(len(w) for w in workloads) + 1.0
     fig, axes = plt.subplots(
-        panels, 1, figsize=(7.5, height * panels), squeeze=False, layout="constrained"
+        rows,
+        columns,
+        figsize=(6.0 * columns, height * rows),
+        squeeze=False,
+        layout="constrained",
     )
-    for axis, figures in zip(axes[:, 0], workloads, strict=True):
+    for spare in axes.flat[panels:]:
+        spare.set_visible(False)
+    for axis, figures in zip(axes.flat, workloads, strict=False):
         names = [f.server for f in figures]
         values = [f.value for f in figures]
         bars = axis.barh(names, values, color=[_color(n) for n in names])

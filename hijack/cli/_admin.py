@@ -336,7 +336,9 @@ def add_tunnels_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--user", help="only this user's tunnels")
     parser.add_argument(
-        "--kind", choices=["connect", "tcp", "wsbridge"], help="only this kind"
+        "--kind",
+        metavar="KIND",
+        help="only this kind (connect, tcp, wsbridge, socks, ...)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print the JSON as the API answers it"

@@ -37,8 +37,9 @@ def listen_address(text: str) -> tuple[str, int]:
 
 
 def via_address(text: str) -> tuple[str, int] | str:
-    """``HOST:PORT``, or a ``ws://`` / ``wss://`` URL (websocket mode)."""
-    if text.startswith(("ws://", "wss://")):
+    """``HOST:PORT``, or a ``ws://`` / ``wss://`` URL (websocket mode; any of
+    them, or ``http://`` / ``https://``, with ``--reverse``)."""
+    if text.startswith(("ws://", "wss://", "http://", "https://")):
         return text
     return parse_host_port(text)
 

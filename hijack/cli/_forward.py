@@ -10,6 +10,7 @@ import sys
 import trio
 
 from .._address import join_host_port
+from . import _reverse, _socks
 from ._arguments import listen_address, parse_host_port, user_pass, via_address
 from ._command import Command, CommandLine, StartupError
 from ._options import DEFAULT_LISTEN
@@ -21,10 +22,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--listen",
         default=listen_address(DEFAULT_LISTEN),
-        type=lambda t: t if t == "-" else listen_address(t),
+        type=_socks.forward_listen,
         metavar="HOST:PORT",
-        help=f"local address to listen on, or - for stdin/stdout (default: "
-        f"{DEFAULT_LISTEN})",
+        help=f"local address to listen on, - for stdin/stdout, or "
+        f"socks5://HOST:PORT for a local SOCKS5 server (default: {DEFAULT_LISTEN})",
     )
     parser.add_argument(
         "--via",
@@ -54,9 +55,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="USER:PASS",
         help="send these Basic credentials",
     )
+    _reverse.add_client_options(parser)
+    _socks.add_forward_options(parser)
 
 
 def check(args: argparse.Namespace) -> None:
+    if args.reverse:
+        return _reverse.check_client(args)
+    if _socks.wants_forward(args):
+        _socks.check_forward(args)
+        return
     if args.mode == "connect" and args.target is None:
         raise StartupError("--mode connect needs --target HOST:PORT")
     if args.mode == "websocket" and args.upstream_proxy is not None:
@@ -70,6 +78,10 @@ def check(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace, line: CommandLine) -> int:
     from ..client.forward import TunnelError
 
+    if args.reverse:
+        return _reverse.run_client(args)
+    if _socks.wants_forward(args):
+        return _socks.run_forward(args)
     try:
         trio.run(_forward, args)
     except (TunnelError, OSError) as exc:

@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from . import _admin, _demo, _echo, _forward, _hash_password, _proxy, _tcp, _wsbridge
+from . import (
+    _admin,
+    _demo,
+    _echo,
+    _forward,
+    _hash_password,
+    _proxy,
+    _socks,
+    _tcp,
+    _wsbridge,
+)
 from ._command import Command, CommandLine, StartupError
 from ._config_file import with_config_file
 from ._logging import BatchedStreamHandler, quiet_record_fields
@@ -30,6 +40,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 #: command is a module with a ``COMMAND`` and one line here.
 COMMANDS: tuple[Command, ...] = (
     _proxy.COMMAND,
+    _socks.COMMAND,
     _echo.COMMAND,
     _tcp.COMMAND,
     _wsbridge.COMMAND,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._exchange import Handler
-from . import _team
+from . import _reverse, _socks, _team
 from ._arguments import positive_float, positive_int, user_pass
 from ._command import Command, HandlerContext
 from ._options import add_policy_options, connect_policy
@@ -35,12 +35,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="tunnels open at once before answering 503 (default: 1000)",
     )
+    _reverse.add_server_options(parser)
+    _socks.add_proxy_options(parser)
+
+
+def check(args: argparse.Namespace) -> None:
+    _team.check_with_state(args)
+    _reverse.check_server(args)
+    _socks.check_no_auth(args)
 
 
 def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     from ..upgrades.connect import ConnectProxy
 
-    return ConnectProxy(
+    options = _team.handler_options(args, context)
+    proxy = ConnectProxy(
         connect_policy(args),
         auth=args.auth,
         connect_timeout=args.connect_timeout,
@@ -48,8 +57,12 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
         max_tunnels=args.max_tunnels,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=context.hooks.on_tunnel,
-        **_team.handler_options(args, context),
+        **options,
     )
+    # SOCKS5 outermost: the server reads its first-byte sniffer off the
+    # handler it is given.
+    handler = _reverse.wrap_handler(args, context, proxy, options)
+    return _socks.with_socks(args, context, proxy, handler)
 
 
 COMMAND = Command(
@@ -60,6 +73,6 @@ COMMAND = Command(
     "destinations.",
     groups=("server", "tunnel", "chaining", "team", "state", "admin"),
     add_arguments=add_arguments,
-    check=_team.check_with_state,
+    check=check,
     handler=build_handler,
 )

@@ -289,6 +289,9 @@ class Service:
             on_state=() if metrics is None else metrics.on_state,
             on_request=() if metrics is None else metrics.on_request,
             on_accept_error=None if metrics is None else metrics.on_accept_error,
+            # A handler that also serves other protocols on its port (SOCKS5)
+            # offers the Server's sniff hook.
+            sniff=getattr(handler, "sniff", None),
         )
         state = self.context.kept.get("state")
         await _state.start_state(nursery, state, metrics)
@@ -338,6 +341,7 @@ class Service:
         if self.tls is not None:
             _load_certificates(self.tls, new)
         self.server.handler = handler
+        self.server.sniff = getattr(handler, "sniff", None)
         self.args = new
 
     async def _serve_signals(

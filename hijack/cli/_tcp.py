@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._exchange import Handler
-from . import _team
+from . import _reverse, _team
 from ._arguments import parse_host_port
 from ._command import Command, HandlerContext
 
@@ -20,18 +20,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST:PORT",
         help="the TCP address every upgraded stream is relayed to",
     )
+    _reverse.add_server_options(parser)
+
+
+def check(args: argparse.Namespace) -> None:
+    _team.check_with_state(args)
+    _reverse.check_server(args)
 
 
 def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     from ..upgrades.tcp import TCPUpgrade
 
-    return TCPUpgrade(
+    options = _team.handler_options(args, context)
+    handler = TCPUpgrade(
         args.upstream,
         idle_timeout=args.idle_timeout,
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=context.hooks.on_tunnel,
-        **_team.handler_options(args, context),
+        **options,
     )
+    return _reverse.wrap_handler(args, context, handler, options)
 
 
 COMMAND = Command(
@@ -41,6 +49,6 @@ COMMAND = Command(
     "relay the raw stream to the upstream.",
     groups=("server", "tunnel", "chaining", "team", "state", "admin"),
     add_arguments=add_arguments,
-    check=_team.check_with_state,
+    check=check,
     handler=build_handler,
 )

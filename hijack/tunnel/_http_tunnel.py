@@ -109,9 +109,15 @@ async def _error_body(conn: h11.Connection, stream: trio.abc.Stream) -> bytes:
 
 
 async def handshake(
-    stream: trio.abc.Stream, request: h11.Request, mode: HTTPMode
+    stream: trio.abc.Stream,
+    request: h11.Request,
+    mode: HTTPMode,
+    *,
+    protocol: str = "tcp",
 ) -> bytes:
-    """Send ``request``, read the answer's head; return the bytes behind it."""
+    """Send ``request``, read the answer's head; return the bytes behind it.
+    In upgrade mode the answer must switch to ``protocol`` (the reverse
+    tunnels' client asks for another one than ``tcp``)."""
     conn = h11.Connection(h11.CLIENT)
     await stream.send_all(conn.send(request) + conn.send(h11.EndOfMessage()))
     while True:
@@ -138,8 +144,8 @@ async def handshake(
                 if name == b"upgrade"
                 for v in value.decode("latin-1").split(",")
             }
-            if upgrade != {"tcp"}:
-                raise TunnelError(101, f"switched to {sorted(upgrade)}, not tcp")
+            if upgrade != {protocol}:
+                raise TunnelError(101, f"switched to {sorted(upgrade)}, not {protocol}")
         # h11 is now in SWITCHED_PROTOCOL: what it did not parse is tunnel data.
         return bytes(conn.trailing_data[0])
 

@@ -11,6 +11,7 @@ The file::
     allow_public = false           # alice may go only where `allow` says
     max_tunnels = 10               # tunnels open at once (429 beyond)
     bandwidth = 1_000_000          # bytes/s each way, shared by her tunnels
+    reverse = ["127.0.0.1:9000-9099"]  # ports she may publish (reverse tunnels)
 
 How a user's rules combine with the global policy (one
 :class:`ConnectPolicy` per user, built when the file is loaded):
@@ -54,6 +55,7 @@ from typing import Any
 import trio
 
 from .. import HTTPError, Request
+from .bind_rules import BindRule
 from .policy import ConnectPolicy
 
 __all__ = [
@@ -78,7 +80,16 @@ SALT_BYTES, KEY_BYTES = 16, 32
 #: Successful checks remembered (least recently used dropped first).
 MAX_REMEMBERED = 4096
 USER_KEYS = frozenset(
-    {"password", "allow", "deny", "ports", "allow_public", "max_tunnels", "bandwidth"}
+    {
+        "password",
+        "allow",
+        "deny",
+        "ports",
+        "allow_public",
+        "max_tunnels",
+        "bandwidth",
+        "reverse",
+    }
 )
 
 
@@ -177,6 +188,9 @@ class User:
     allow_public: bool = True
     max_tunnels: int | None = None
     bandwidth: int | None = None
+    #: Where this user may publish reverse tunnels (on top of the server's
+    #: ``--allow-reverse`` rules); see :mod:`hijack.tunnel.bind_rules`.
+    reverse: tuple[BindRule, ...] = ()
 
     def policy(self, base: ConnectPolicy) -> ConnectPolicy:
         """The rules for this user on top of ``base`` (see the module doc)."""
@@ -193,6 +207,14 @@ def _strings(name: str, key: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"user {name!r}: {key} must be a list of strings")
     return tuple(value)
+
+
+def _bind_rules(name: str, value: Any) -> tuple[BindRule, ...]:
+    texts = _strings(name, "reverse", value)
+    try:
+        return tuple(BindRule.parse(text) for text in texts)
+    except ValueError as exc:
+        raise ValueError(f"user {name!r}: reverse: {exc}") from None
 
 
 def _positive(name: str, key: str, value: Any) -> int | None:
@@ -235,6 +257,7 @@ def _user(name: str, entry: Any) -> User:
         allow_public=allow_public,
         max_tunnels=_positive(name, "max_tunnels", entry.get("max_tunnels")),
         bandwidth=_positive(name, "bandwidth", entry.get("bandwidth")),
+        reverse=_bind_rules(name, entry.get("reverse", [])),
     )
     try:
         user.policy(ConnectPolicy())  # bad allow/deny entries fail at load
