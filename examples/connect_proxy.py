@@ -10,7 +10,6 @@ Plain requests to the proxy itself get a short help text.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 
@@ -48,5 +47,7 @@ async def main(port: int) -> None:
 if __name__ == "__main__":
     # One line per tunnel: client, target, outcome, bytes each way, duration.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: just stop
+    try:
         trio.run(main, int(sys.argv[1]) if len(sys.argv) > 1 else 8080)
+    except* KeyboardInterrupt:  # Ctrl-C: just stop
+        pass  # (except*: trio may raise it inside an exception group)

@@ -16,7 +16,6 @@ it from any TCP client (here an SSH server as the upstream):
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 
@@ -51,5 +50,7 @@ if __name__ == "__main__":
     # One line per stream on "hijack.tcp": client, upstream, bytes, duration.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     listen_port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: just stop
+    try:
         trio.run(main, hijack.split_host_port(sys.argv[1]), listen_port)
+    except* KeyboardInterrupt:  # Ctrl-C: just stop
+        pass  # (except*: trio may raise it inside an exception group)

@@ -12,7 +12,6 @@ By default only your own uid (and root) are allowed.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 
@@ -42,5 +41,7 @@ if __name__ == "__main__":
     socket_path = sys.argv[1] if len(sys.argv) > 1 else "/tmp/whoami.sock"
     uids = {int(uid) for uid in sys.argv[2:]} or {os.getuid(), 0}
     print(f"serving on {socket_path}; allowed uids: {sorted(uids)}")
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the socket file goes
+    try:
         trio.run(main, socket_path, uids)
+    except* KeyboardInterrupt:  # Ctrl-C: the socket file goes
+        pass  # (except*: trio may raise it inside an exception group)

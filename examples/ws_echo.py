@@ -9,7 +9,6 @@ path with ``Upgrade: websocket`` is the echo itself. (The library's
 
 from __future__ import annotations
 
-import contextlib
 import sys
 
 import trio
@@ -46,8 +45,10 @@ async def handler(request: Request) -> Response | None:
 def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8080
     print(f"open http://127.0.0.1:{port}/ (Ctrl-C to stop)")
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop quietly
+    try:
         trio.run(Server(handler).serve_tcp, port)
+    except* KeyboardInterrupt:  # Ctrl-C: stop quietly
+        pass  # (except*: trio may raise it inside an exception group)
 
 
 if __name__ == "__main__":

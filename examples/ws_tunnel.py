@@ -17,7 +17,6 @@ SSH server this way:
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 
@@ -56,5 +55,7 @@ if __name__ == "__main__":
     # One line per tunnel on "hijack.wsbridge": client, upstream, bytes, time.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     listen_port = int(sys.argv[2]) if len(sys.argv) > 2 else 8080
-    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: just stop
+    try:
         trio.run(main, hijack.split_host_port(sys.argv[1]), listen_port)
+    except* KeyboardInterrupt:  # Ctrl-C: just stop
+        pass  # (except*: trio may raise it inside an exception group)

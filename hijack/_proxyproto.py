@@ -32,7 +32,7 @@ import socket
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NoReturn, Protocol
 
 import trio
 
@@ -562,8 +562,12 @@ class ProxyProtocol:
             return None
         try:
             peer = sock.getpeername()
-        except OSError:
-            return None  # already gone: the HTTP layer sees EOF and closes
+        except OSError as exc:
+            # Reset before we looked: a balancer's health check (a LOCAL
+            # header, then a reset). What it sent may still be queued, but
+            # without the sender's address it cannot be judged, so it is
+            # not served: as closed a connection as any.
+            self._reject(None, "closed", _Closed(f"gone before its header: {exc}"))
         if not self.is_trusted(peer, sock.family):
             return None
         error: ProxyProtocolError
@@ -581,6 +585,10 @@ class ProxyProtocol:
             reason, error = "invalid", exc
         except OSError as exc:
             reason, error = "closed", _Closed(str(exc))
+        self._reject(peer, reason, error)
+
+    def _reject(self, peer: Any, reason: str, error: ProxyProtocolError) -> NoReturn:
+        """Count, tell ``on_reject``, log, and raise ``error``."""
         self.rejections[reason] += 1
         if self.on_reject is not None:
             try:

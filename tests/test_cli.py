@@ -112,3 +112,37 @@ async def test_demo_tunnels_to_itself_and_exits_on_ctrl_c() -> None:
         assert tunnel.stdout.startswith(b"hello from hijack")
         demo.signal(signal.SIGINT)
         assert await demo.wait() == 0
+
+
+def test_a_command_is_one_registration() -> None:
+    """The seam other commands use (hijack/cli/__init__.py): a Command with
+    its own options and the shared groups it names, added to the list."""
+    from hijack.cli._command import Command
+    from hijack.cli._main import COMMANDS
+
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--colour", default="blue")
+
+    thing = Command(
+        name="thing",
+        help="a new command",
+        description="A command added by one line.",
+        groups=("server", "tunnel"),
+        add_arguments=add_arguments,
+        handler=lambda args, context: _no_handler,
+    )
+    parser = build_parser([*COMMANDS, thing])
+    args = parser.parse_args(["thing", "--listen", "127.0.0.1:0", "--colour", "red"])
+    assert (args.command, args.listen, args.colour) == (
+        "thing",
+        ("127.0.0.1", 0),
+        "red",
+    )
+    assert args.idle_timeout == 300.0 and args.workers == 1
+    assert not hasattr(args, "run") and not hasattr(args, "on_tunnel")
+    with pytest.raises(TypeError, match="handler or run"):
+        Command(name="neither", help="", description="")
+
+
+async def _no_handler(request: object) -> None:
+    return None

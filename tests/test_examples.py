@@ -6,16 +6,18 @@ import functools
 import importlib.util
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
 import trio
 
 from hijack import PeerCredentials, Server
 from hijack.testing import Peer, open_test_client
 
-from .daemons import Daemons, free_port
+from .daemons import Daemons, free_port, wait_listening
 from .helpers import read_until_closed
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -123,3 +125,65 @@ async def test_examples_run_as_the_readme_says(
     assert data.startswith(b"HTTP/1.1 403 ")  # loopback refused by default
     data = await get(port, GET_CLOSE)
     assert b"CONNECT proxy" in data
+
+
+async def _ctrl_c_when_serving(args: list[str], port: int | None, path: Path) -> str:
+    """Start an example, press Ctrl-C once it serves; its stderr."""
+    process = await trio.lowlevel.open_process(
+        [sys.executable, str(EXAMPLES / args[0]), *args[1:]],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    stderr = b""
+    try:
+        if port is not None:
+            await wait_listening(port)
+        else:  # a UNIX socket: it answers once served
+            with trio.fail_after(30):
+                while True:
+                    try:
+                        await ask(str(path))
+                        break
+                    except OSError:
+                        await trio.sleep(0.025)
+        process.send_signal(signal.SIGINT)
+        with trio.fail_after(30):
+            while chunk := await process.stderr.receive_some():
+                stderr += chunk
+            assert await process.wait() == 0, stderr.decode()
+    finally:
+        if process.returncode is None:
+            process.kill()
+        with trio.CancelScope(shield=True):
+            await process.wait()
+            await process.stderr.aclose()
+    return stderr.decode()
+
+
+@pytest.mark.parametrize(
+    "example",
+    [
+        "tcp_proxy.py 127.0.0.1:9",
+        "ws_echo.py",
+        "connect_proxy.py",
+        "ws_tunnel.py 127.0.0.1:9",
+        "unix_peercred.py",
+    ],
+)
+async def test_examples_stop_quietly_on_ctrl_c(example: str, tmp_path: Path) -> None:
+    """Ctrl-C while serving: exit 0 and no traceback (on 3.11 trio raises
+    the KeyboardInterrupt in an exception group, which
+    contextlib.suppress(KeyboardInterrupt) does not catch)."""
+    args = example.split()
+    path = tmp_path / "whoami.sock"
+    port = None
+    if args[0] == "unix_peercred.py":
+        args.append(str(path))
+    else:
+        port = free_port()
+        args.append(str(port))
+    stderr = await _ctrl_c_when_serving(args, port, path)
+    assert "Traceback" not in stderr
+    assert "KeyboardInterrupt" not in stderr
+    assert not path.exists()  # unix_peercred's socket file goes with it

@@ -69,3 +69,37 @@ def test_an_import_from_a_floor_above_is_reported(tmp_path: Path) -> None:
         "import loop: hijack.tunnel.policy -> hijack.upgrades.connect -> "
         "hijack.tunnel.policy",
     ]
+
+
+def test_upgrades_use_the_public_api_only() -> None:
+    """The upgrades are the proof that users can write their own: none
+    imports a private module of the core (``hijack._x``)."""
+    import ast
+
+    private = []
+    for path in (ROOT / "hijack" / "upgrades").rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        package = list(parts[:-1])  # a module's package; an __init__'s own
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[: len(package) - (node.level - 1)]
+                    module = [*base, *(node.module or "").split(".")]
+                else:
+                    module = (node.module or "").split(".")
+                if (
+                    len(module) > 1
+                    and module[0] == "hijack"
+                    and module[1].startswith("_")
+                ):
+                    private.append(f"{path.relative_to(ROOT)}: {'.'.join(module)}")
+            elif isinstance(node, ast.Import):
+                for alias in node.names:
+                    module = alias.name.split(".")
+                    if (
+                        len(module) > 1
+                        and module[0] == "hijack"
+                        and module[1].startswith("_")
+                    ):
+                        private.append(f"{path.relative_to(ROOT)}: {alias.name}")
+    assert private == []

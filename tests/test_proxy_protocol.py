@@ -8,6 +8,7 @@ import functools
 import json
 import logging
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -435,3 +436,34 @@ async def test_websocket_bridge_sends_the_client_upstream(
     assert header.version == version
     assert isinstance(header.source, tuple) and header.source[0] == "127.0.0.1"
     assert header.destination == ("127.0.0.1", port)
+
+
+async def test_a_health_check_reset_after_its_local_header_is_not_a_request(
+    proxied: Start,
+) -> None:
+    """HAProxy's plain TCP check with send-proxy-v2: connect, a LOCAL
+    header, a reset, often before the server looked at the socket. That is
+    a closed connection (rejections["closed"], DEBUG), not an HTTP request
+    answered 400 in the access log at every check."""
+    happened: list[str] = []
+    done = trio.Event()
+
+    def on_reject(reason: str) -> None:
+        happened.append(f"rejected: {reason}")
+        done.set()
+
+    def on_request(record: object) -> None:
+        happened.append(f"request: {record}")
+        done.set()
+
+    policy = ProxyProtocol(["127.0.0.1"], on_reject=on_reject)
+    _, port = await proxied(policy, server_kw={"on_request": on_request})
+    local = b"\r\n\r\n\x00\r\nQUIT\n\x20\x00\x00\x00"
+    # Blocking calls, no checkpoint: the reset is in before the accept.
+    with socket.create_connection(("127.0.0.1", port)) as check:
+        check.sendall(local)
+        check.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with trio.fail_after(5):
+        await done.wait()
+    assert happened == ["rejected: closed"]
+    assert policy.rejections["closed"] == 1

@@ -75,8 +75,7 @@ REAL = [
     case(
         "users-file-missing",
         f"proxy {LISTEN} --users {{dir}}/none.toml",
-        "--users {dir}/none.toml",
-        "No such file",
+        "--users {dir}/none.toml: No such file or directory\n",
     ),
     case(
         "targets-file-missing",
@@ -236,6 +235,11 @@ REAL = [
         "forward-connect-without-target",
         "forward --listen 127.0.0.1:{port} --via 127.0.0.1:9",
         "--mode connect needs --target",
+    ),
+    case(
+        "forward-port-held",
+        "forward --listen 127.0.0.1:{port} --via 127.0.0.1:9 --target h:1",
+        "--listen 127.0.0.1:{port}: Address already in use",
     ),
     case("unknown-command", "nonsense", "invalid choice: 'nonsense'"),
 ]
@@ -452,3 +456,20 @@ async def test_a_failed_reload_is_one_line_and_the_old_configuration_serves(
         assert proxy.stderr.count("ERROR") == 2, proxy.stderr
         assert "usage:" not in proxy.stderr and "Traceback" not in proxy.stderr
         assert "reload done" not in proxy.stderr and "INFO reloaded" not in proxy.stderr
+
+
+async def test_a_reload_says_what_only_a_restart_applies(tmp_path: Path) -> None:
+    """A new --listen (or --workers...) in the config file cannot move a
+    running process: the reload applies the rest, and says so in one line."""
+    config = tmp_path / "echo.toml"
+    config.write_text('listen = "127.0.0.1:0"\n')
+    async with run_hijack(
+        ["echo", "--config", str(config)], stop_signal=signal.SIGTERM
+    ) as echo:
+        port = await echo.port()
+        config.write_text('listen = "127.0.0.1:1"\nping-interval = 5\n')
+        echo.signal(signal.SIGHUP)
+        await echo.wait_for(r"INFO reloaded", stream="stderr")
+        warning = await echo.wait_for(r"WARNING (reload: .*)\n", stream="stderr")
+        assert warning[1] == "reload: --listen changed; it applies after a restart"
+        assert (await http_get(port))[0] == 200

@@ -43,7 +43,10 @@ returns the exit status; it may use ``_service``'s pieces
 the files they name is ``raise StartupError("--flag VALUE: what is
 wrong")``: one line, exit 2 at start-up, one log line on a reload. An
 option every server takes (not one command's) goes into the ``server``
-group in ``_options`` and is read by ``Service``.
+group in ``_options`` and is read by ``Service``; options a few commands
+share are a new group: a builder in ``_options.GROUPS``, named in those
+commands' ``groups``. Runs inside trio end in exception groups: report
+them with ``_command.only_one(group, StartupError, ...)``.
 """
 
 from ._main import main as main

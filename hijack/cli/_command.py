@@ -18,6 +18,7 @@ __all__ = [
     "HandlerContext",
     "Hooks",
     "StartupError",
+    "only_one",
 ]
 
 
@@ -33,6 +34,23 @@ class StartupError(Exception):
     def __init__(self, message: str, *, prog: str | None = None) -> None:
         super().__init__(message)
         self.prog = prog
+
+
+def only_one(
+    group: BaseExceptionGroup[Any], *kinds: type[BaseException]
+) -> BaseException:
+    """What a run that failed inside nurseries (trio wraps what they raise
+    in exception groups) failed with, when that is only exceptions of one
+    of ``kinds`` (a StartupError, a Ctrl-C): the first of them, to report
+    in one line. Else the group itself, with its traceback: a bug."""
+    for kind in kinds:
+        matched, rest = group.split(kind)
+        if matched is not None and rest is None:
+            first: BaseException = matched
+            while isinstance(first, BaseExceptionGroup):
+                first = first.exceptions[0]
+            return first
+    return group
 
 
 @dataclass(slots=True)

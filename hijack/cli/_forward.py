@@ -12,7 +12,7 @@ import trio
 from .._address import join_host_port
 from . import _reverse, _socks
 from ._arguments import listen_address, parse_host_port, user_pass, via_address
-from ._command import Command, CommandLine, StartupError
+from ._command import Command, CommandLine, StartupError, only_one
 from ._options import DEFAULT_LISTEN
 
 __all__ = ["COMMAND"]
@@ -84,7 +84,15 @@ def run(args: argparse.Namespace, line: CommandLine) -> int:
         return _socks.run_forward(args)
     try:
         trio.run(_forward, args)
-    except (TunnelError, OSError) as exc:
+    except BaseExceptionGroup as group:  # from the nursery
+        error = only_one(group, StartupError, KeyboardInterrupt, TunnelError, OSError)
+        if isinstance(error, BaseExceptionGroup):
+            raise
+        if not isinstance(error, TunnelError | OSError):
+            raise error from None
+        print(f"hijack forward: {error}", file=sys.stderr, flush=True)
+        return 1
+    except (TunnelError, OSError) as exc:  # stdin/stdout: the one tunnel failed
         print(f"hijack forward: {exc}", file=sys.stderr, flush=True)
         return 1
     return 0
@@ -105,17 +113,21 @@ async def _forward(args: argparse.Namespace) -> None:
         return
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async with trio.open_nursery() as nursery:
-            listeners = await nursery.start(
-                lambda task_status: serve_forward(
-                    args.listen,
-                    args.via,
-                    target,
-                    args.mode,
-                    auth=args.auth,
-                    upstream_proxy=parent,
-                    task_status=task_status,
+            try:
+                listeners = await nursery.start(
+                    lambda task_status: serve_forward(
+                        args.listen,
+                        args.via,
+                        target,
+                        args.mode,
+                        auth=args.auth,
+                        upstream_proxy=parent,
+                        task_status=task_status,
+                    )
                 )
-            )
+            except OSError as exc:
+                where = join_host_port(*args.listen)
+                raise StartupError(f"--listen {where}: {exc.strerror or exc}") from None
             host, port = listeners[0].socket.getsockname()[:2]
             print(
                 f"hijack forward listening on {join_host_port(host, port)}",

@@ -9,9 +9,10 @@ them: counters survive a worker's restart, the gauges (``livesum``) count
 live workers only (the supervisor marks a dead worker's files).
 
 Counters are incremented where things happen; the connection gauges are
-sampled from the server's registry of connections every
-``SAMPLE_INTERVAL`` seconds (the registry is the truth; no second
-bookkeeping that could drift from it).
+sampled from the server's registry of connections (the registry is the
+truth; no second bookkeeping that could drift from it): at each scrape in
+one process, and every ``SAMPLE_INTERVAL`` seconds in each worker, whose
+files the supervisor's scrape reads.
 
 Names (all prefixed ``hijack_``), as listed in the README:
   connections{state}           gauge: new, active, idle, hijacked (open)
@@ -223,14 +224,20 @@ class Health:
 
 
 def metrics_handler(
-    health: Health, metrics: Metrics | None
+    health: Health,
+    metrics: Metrics | None,
+    *,
+    before_scrape: Callable[[], None] = lambda: None,
 ) -> Callable[[Request], Any]:
-    """The handler of the ``--metrics`` listener."""
+    """The handler of the ``--metrics`` listener. ``before_scrape()`` runs
+    before each ``/metrics`` answer (one process: sample the connection
+    gauges, so a scrape reads them as they are, not up to a second old)."""
 
     async def handle(request: Request) -> Response:
         if request.method not in ("GET", "HEAD"):
             return Response(405, [("allow", "GET, HEAD")], b"")
         if request.path == "/metrics":
+            before_scrape()
             body, content_type = await trio.to_thread.run_sync(exposition, metrics)
             return Response(200, [("content-type", content_type)], body)
         if request.path in ("/healthz", "/readyz"):

@@ -47,7 +47,14 @@ from .._proxyproto import ProxyProtocol
 from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
 from . import _admin, _state
-from ._command import Command, CommandLine, HandlerContext, Hooks, StartupError
+from ._command import (
+    Command,
+    CommandLine,
+    HandlerContext,
+    Hooks,
+    StartupError,
+    only_one,
+)
 from ._logging import BatchedStreamHandler
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._supervisor import (
@@ -74,21 +81,8 @@ def run_server(command: Command, args: argparse.Namespace, line: CommandLine) ->
     try:
         trio.run(main)
     except BaseExceptionGroup as group:  # from the service's nurseries
-        raise _first_of(group) from None
+        raise only_one(group, StartupError, KeyboardInterrupt) from None
     return 0
-
-
-def _first_of(group: BaseExceptionGroup[Any]) -> BaseException:
-    """The one StartupError (or KeyboardInterrupt) a start-up failed with;
-    the group itself if it holds anything else (a bug: keep its traceback)."""
-    for kind in (StartupError, KeyboardInterrupt):
-        matched, rest = group.split(kind)
-        if matched is not None and rest is None:
-            first: BaseException = matched
-            while isinstance(first, BaseExceptionGroup):
-                first = first.exceptions[0]
-            return first
-    return group
 
 
 def _setup_access_log(fmt: str) -> None:
@@ -193,11 +187,20 @@ def _open_signals() -> contextlib.AbstractContextManager[AsyncIterator[int]]:
 
 
 async def _serve_metrics(
-    nursery: trio.Nursery, address: tuple[str, int], health: Health, metrics: Any
+    nursery: trio.Nursery,
+    address: tuple[str, int],
+    health: Health,
+    metrics: Any,
+    served: Server | None = None,
 ) -> Server:
-    """Start the ``--metrics`` listener; it reports its address."""
+    """Start the ``--metrics`` listener; it reports its address. With
+    ``served`` (one process), each scrape samples its connections first."""
+    before_scrape = (lambda: None) if served is None else lambda: metrics.sample(served)
     # Probes every few seconds would drown the access log: kept off it.
-    server = Server(metrics_handler(health, metrics), access_log=False)
+    server = Server(
+        metrics_handler(health, metrics, before_scrape=before_scrape),
+        access_log=False,
+    )
     host, port = address
     try:
         listeners = await nursery.start(server.serve_tcp, port, host)
@@ -228,7 +231,7 @@ class Service:
     ) -> None:
         assert command.handler is not None
         self.command = command
-        self.args = args
+        self.args = args  # as started: a reload changes the handler only
         self.line = line
         self.worker = WORKER_FDS_ENV in os.environ
         self.health = Health()
@@ -311,7 +314,7 @@ class Service:
             nursery.start_soon(metrics.sample_forever, server)
             if not self.worker:  # the supervisor serves the workers' sum
                 metrics_server = await _serve_metrics(
-                    nursery, self.args.metrics, self.health, metrics
+                    nursery, self.args.metrics, self.health, metrics, server
                 )
         self._ready()
         if not self.worker:
@@ -342,7 +345,7 @@ class Service:
             _load_certificates(self.tls, new)
         self.server.handler = handler
         self.server.sniff = getattr(handler, "sniff", None)
-        self.args = new
+        _warn_unapplied(self.args, new)
 
     async def _serve_signals(
         self, signals: AsyncIterator[int], nursery: trio.Nursery
@@ -408,6 +411,30 @@ async def supervise(
             await trio.aclose_forcefully(listener)
 
 
+#: What a reload cannot change: the sockets, the processes, the logging
+#: and the server's limits are set up once, at start.
+NEEDS_A_RESTART = (
+    "listen",
+    "unix",
+    "workers",
+    "metrics",
+    "proxy_protocol",
+    "access_log_format",
+    "shutdown_grace",
+    "log_level",
+)
+
+
+def _warn_unapplied(started: argparse.Namespace, new: argparse.Namespace) -> None:
+    """One line for each option a reload was given but cannot apply."""
+    for dest in NEEDS_A_RESTART:
+        if getattr(new, dest) != getattr(started, dest):
+            flag = "--" + dest.replace("_", "-")
+            logger.warning("reload: %s changed; it applies after a restart", flag)
+    if (new.tls_cert is None) != (started.tls_cert is None):
+        logger.warning("reload: TLS on or off applies after a restart")
+
+
 def _check_configuration(command: Command, args: argparse.Namespace) -> None:
     """Find what is wrong with ``args`` without binding anything: the
     options that go together, the certificates, the handler's files (a
@@ -417,6 +444,16 @@ def _check_configuration(command: Command, args: argparse.Namespace) -> None:
     tls_context(args)
     assert command.handler is not None
     command.handler(args, HandlerContext(command.name, port=1))
+
+
+def _check_reload(
+    command: Command, started: argparse.Namespace, line: CommandLine
+) -> None:
+    """Before a SIGHUP replaces the workers: the new configuration works,
+    and what of it the new workers cannot take is said."""
+    new = line.reparse()
+    _check_configuration(command, new)
+    _warn_unapplied(started, new)
 
 
 async def _supervise_workers(
@@ -453,7 +490,7 @@ async def _supervise_workers(
         grace=args.shutdown_grace,
         on_readiness=on_readiness,
         on_worker_exit=on_worker_exit,
-        check_reload=lambda: _check_configuration(command, line.reparse()),
+        check_reload=lambda: _check_reload(command, args, line),
         pass_fds=() if table is None else (table.fd,),
     )
     try:

@@ -1,7 +1,7 @@
 """Limits per client and per user: tunnels open at once, and bandwidth.
 
 Bandwidth is a token bucket per direction (bytes per second; see
-:mod:`hijack._throttle`), one for each tunnel and one shared by all the
+:class:`hijack.Throttle`), one for each tunnel and one shared by all the
 tunnels of a user, handed to the relay as its ``throttle``.
 
 Where the tunnels are counted: in this object (the default, one process),
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import collections
 
-from .._throttle import Throttle, TokenBucket
+from .. import Throttle, TokenBucket
 from ..state import Bound, Lease, LimitReached, State, StateUnavailable
 from .policy import ConnectError
 from .users import User

@@ -282,7 +282,9 @@ def load_users(path: str | os.PathLike[str]) -> dict[str, User]:
     try:
         with open(path, "rb") as file:
             return parse_users(tomllib.load(file))
-    except (OSError, tomllib.TOMLDecodeError, ValueError) as exc:
+    except OSError as exc:  # its strerror: the path is said once, here
+        raise UsersFileError(f"{os.fspath(path)}: {exc.strerror or exc}") from None
+    except (tomllib.TOMLDecodeError, ValueError) as exc:
         raise UsersFileError(f"{os.fspath(path)}: {exc}") from None
 
 
