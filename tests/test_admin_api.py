@@ -13,7 +13,12 @@ from pathlib import Path
 import pytest
 import trio
 
-from hijack.cli._admin import LocalSource, admin_handler, tunnels_command
+from hijack.cli._admin import (
+    LocalSource,
+    WorkersSource,
+    admin_handler,
+    tunnels_command,
+)
 from hijack.cli._command import CommandLine, StartupError
 from hijack.cli._main import build_parser
 from hijack.cli._team import check_with_state
@@ -214,3 +219,57 @@ def test_state_and_admin_options_refuse_what_cannot_work(
 def test_a_state_url_must_be_redis() -> None:
     with pytest.raises(StartupError, match="expected redis://"):
         build_parser().parse_args(["proxy", "--state", "http://h/"])
+
+
+async def test_the_supervisor_side_asks_live_workers_and_forgets_dead_ones(
+    start_server: StartServer, registry_on: None, tmp_path: Path
+) -> None:
+    """WorkersSource: a worker's socket answers; a socket file left by a
+    worker that exited (connection refused) is removed, not an error."""
+    from hijack import Server
+
+    workers = tmp_path / "workers"
+    workers.mkdir()
+    dead = trio.socket.socket(trio.socket.AF_UNIX)
+    await dead.bind(str(workers / "1.sock"))
+    dead.close()  # the file stays, nobody listens: a worker that died
+    live = Server(admin_handler(TOKEN.encode(), LocalSource()), access_log=False)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(live.serve_unix, str(workers / "2.sock"))
+        source = WorkersSource(str(workers), TOKEN.encode())
+        assert await source.list({}) == []
+        assert not (workers / "1.sock").exists()
+        assert not await source.end("nope-1")
+        await live.shutdown(grace=0)
+
+
+async def test_hijack_tunnels_says_when_nothing_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    with trio.socket.socket() as holder:  # a port nobody listens on
+        await holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+    argv = ["tunnels", "--admin", f"127.0.0.1:{port}", "--admin-token-file", str(token)]
+    args = build_parser().parse_args(argv)
+    line = CommandLine(argv, lambda: args)
+    assert await trio.to_thread.run_sync(tunnels_command, args, line) == 1
+    assert f"hijack tunnels: 127.0.0.1:{port}: " in capsys.readouterr().err
+
+
+async def test_admin_on_an_address_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
+    from .hijack_process import run_hijack
+
+    token = tmp_path / "token"
+    token.write_text(TOKEN)
+    with trio.socket.socket() as taken:
+        await taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = ["proxy", "--listen", "127.0.0.1:0", "--admin", f"127.0.0.1:{port}"]
+        async with run_hijack([*args, "--admin-token-file", str(token)]) as proxy:
+            assert await proxy.wait() == 2
+            await proxy.output_closed.wait()
+    assert f"--admin 127.0.0.1:{port}: " in proxy.stderr
+    assert len(proxy.stderr.splitlines()) == 1, proxy.stderr

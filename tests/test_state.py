@@ -6,14 +6,21 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
 
-from hijack.state import Bound, LimitReached, LocalState, StateUnavailable
+from hijack.state import (
+    Bound,
+    Lease,
+    LimitReached,
+    LocalState,
+    State,
+    StateUnavailable,
+)
 from hijack.state._redis import RedisState, StateStartError
 from hijack.state._shared_memory import SharedState, Table
 from hijack.tunnel.limits import LimitsUnavailable, TooManyTunnels, TunnelLimits
@@ -323,3 +330,47 @@ async def test_redis_over_a_unix_socket_with_the_password_given_apart(
     await state.take([CLIENT])
     with pytest.raises(LimitReached):
         await state.take([CLIENT])
+
+
+async def test_the_admin_across_nodes_answers_for_this_node_while_redis_is_away(
+    nursery: trio.Nursery, serve_state: ServeState
+) -> None:
+    from hijack.cli._admin import NodesSource
+
+    port = await _fake_redis(nursery, None)
+    state = await serve_state(f"redis://127.0.0.1:{port}/0", timeout=0.3)
+    source = NodesSource(state)
+    with trio.fail_after(5):
+        assert await source.list({"user": "alice"}) == []
+        assert not await source.end("nobody-1")
+
+
+async def test_tunnel_limits_over_a_state_give_throttles_and_the_503() -> None:
+    """A state's lease carries the tunnel's own bucket and the user's split
+    one; a state that cannot count is 503 (LimitsUnavailable), in both the
+    immediate and the awaited path; the base State splits nothing."""
+    password = PasswordHash.parse(hash_password("x", n=16, r=1, p=1))
+    alice = User("alice", password)
+    local = LocalState()
+    limits = TunnelLimits(
+        per_user=5, tunnel_bandwidth=50_000, user_bandwidth=100_000, state=local
+    )
+    with await limits.acquire_async("203.0.113.5", alice) as lease:
+        up, down = lease.throttle
+        assert up is not None and down is not None
+        assert [b.rate for b in up.buckets] == [50_000, 100_000]
+    assert not limits.by_user and not local.counts
+
+    class Full(LocalState):
+        def take_now(self, bounds: Sequence[Bound]) -> Lease:
+            raise StateUnavailable("the table is full")
+
+    full = TunnelLimits(per_client=1, state=Full())
+    with pytest.raises(LimitsUnavailable, match="full"):
+        full.acquire("203.0.113.5", None)
+    with pytest.raises(LimitsUnavailable, match="full"):
+        await full.acquire_async("203.0.113.5", None)
+    base = State()
+    with pytest.raises(TypeError, match="needs await take"):
+        await base.take([CLIENT])
+    assert base.share("user:alice") == 1.0
