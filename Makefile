@@ -25,6 +25,7 @@ sysdeps:
 	test -e /usr/lib/nginx/modules/ngx_stream_module.so || missing="$$missing libnginx-mod-stream"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	command -v systemd-socket-activate >/dev/null || missing="$$missing systemd"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v proxychains4 >/dev/null || missing="$$missing proxychains4"; \
 	command -v ncat >/dev/null || missing="$$missing ncat"; \
 	command -v socksify >/dev/null || missing="$$missing dante-client"; \

@@ -12,6 +12,9 @@
 * ``ws``: the WebSocket echo of ``hijack.upgrades.websocket``.
 * ``hello``: keep-alive hello world.
 
+``--http2`` serves HTTP/2 too (prior knowledge on plain TCP; ALPN ``h2``
+with ``--tls-cert``/``--tls-key``).
+
 Everything here is hijack's public API, as a user would write it: the
 bench measures the package, it does not reach into it.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import resource
@@ -39,6 +43,9 @@ def main() -> None:
     parser.add_argument(
         "--task-relay", action="store_true", help="no hub: a relay() per tunnel"
     )
+    parser.add_argument("--http2", action="store_true")
+    parser.add_argument("--tls-cert")
+    parser.add_argument("--tls-key")
     args = parser.parse_args()
     raise_fd_limit()
     # Warnings and errors (a failed tunnel, an fd shortage) go to the log.
@@ -71,14 +78,22 @@ def main() -> None:
     else:
         handler = hello_handler
     limits = hijack.Limits(max_connections=50_000)
-    server = hijack.Server(handler, limits=limits)
+    server = hijack.Server(handler, limits=limits, http2=args.http2)
+    ssl_context = None
+    if args.tls_cert:
+        import ssl
+
+        ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
     inherited = os.environ.get("HIJACK_WORKER_FDS")
     with contextlib.suppress(KeyboardInterrupt):
         if inherited:  # a worker of bench/workers.py's supervisor
             fds = [int(fd) for fd in inherited.split(",")]
             trio.run(serve_as_worker, server, hijack.listeners_from_fds(fds))
         else:
-            trio.run(server.serve_tcp, args.port)
+            trio.run(
+                functools.partial(server.serve_tcp, args.port, ssl_context=ssl_context)
+            )
 
 
 async def serve_as_worker(server: Any, listeners: list[Any]) -> None:

@@ -37,6 +37,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import h2_rows
 import hub_rows
 import loadgen
 import socks_rows
@@ -135,6 +136,9 @@ TARGETS = [
     ),
     Target("plain HTTP", "hypercorn -k trio", 3.0),
     Target("plain HTTP", "uvicorn --http h11", 1.0),
+    Target(h2_rows.ROW, h2_rows.PEER, 1.2),
+    Target(h2_rows.TUNNEL_ROW, h2_rows.TUNNEL_PEER, 0.5),
+    Target(h2_rows.WS_ROW, h2_rows.WS_PEER, 1.2),
     Target("idle tunnels", None, bound=4.0, lower_is_better=True),
     Target("scale", None, bound=9000),
     Target("interactive tunnel", "pproxy", 1.3),
@@ -495,6 +499,10 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "echo": row_echo,
     "ws": lambda b: websocket_echo.row_ws(b, _background),  # bench/websocket_echo.py
     "http": row_http,
+    "http2": lambda b: h2_rows.row_http2(b, VENV_BIN, HIJACK, _slug),
+    "h2tunnel": lambda b: h2_rows.row_tunnel(b, upstream, HIJACK, ServerProc),
+    "h2held": lambda b: h2_rows.row_held(b, upstream, HIJACK, ServerProc),
+    "h2ws": lambda b: h2_rows.row_ws(b, VENV_BIN, HIJACK, _slug),
     "idle": row_idle,
     "scale": row_scale,
     "interactive": row_interactive,

@@ -33,6 +33,27 @@ class Limits:
       unanswered probes. ``idle=None`` leaves keepalive off. The default
       notices a vanished peer within 60 s and keeps NAT state warm (see
       ``hijack/_keepalive.py``).
+
+    HTTP/2 (``Server(http2=True)``; see docs/reference/http2-limits.md):
+    h2_max_concurrent_streams: streams open at once per connection
+      (SETTINGS_MAX_CONCURRENT_STREAMS); one more is refused alone
+      (RST_STREAM REFUSED_STREAM), the connection goes on.
+    h2_stream_window: the receive window of each stream: the most a stream
+      buffers before its reader consumes (flow control is the backpressure).
+    h2_tunnel_window: the receive window of a hijacked stream (a tunnel's
+      bandwidth is about one window per round trip), from the hijack on.
+    h2_max_frame_size: the largest frame the peer may send
+      (SETTINGS_MAX_FRAME_SIZE; fewer, bigger DATA frames for tunnels).
+    h2_max_resets_per_second: RST_STREAM frames from the peer plus streams
+      refused, per second on average (bursts of ten seconds' worth): rapid
+      reset (CVE-2023-44487). Over it: GOAWAY ENHANCE_YOUR_CALM.
+    h2_max_settings_per_second / h2_max_pings_per_second /
+      h2_max_priority_per_second / h2_max_window_updates_per_second: the
+      same budget for each of those frames (floods of frames h2 must answer
+      or record). ``max_head_size`` bounds a header block across
+      CONTINUATION frames (CVE-2024-27316) and its decoded (HPACK) size;
+      ``write_timeout`` a stream whose window the peer keeps shut (the
+      stream is reset); ``idle_timeout`` a connection without streams.
     """
 
     head_timeout: float | None = 10.0
@@ -48,3 +69,12 @@ class Limits:
     tcp_keepalive_idle: float | None = 30.0
     tcp_keepalive_interval: float = 10.0
     tcp_keepalive_count: int = 3
+    h2_max_concurrent_streams: int = 100
+    h2_stream_window: int = 65535
+    h2_tunnel_window: int = 1024 * 1024
+    h2_max_frame_size: int = 65536
+    h2_max_resets_per_second: float = 100.0
+    h2_max_settings_per_second: float = 10.0
+    h2_max_pings_per_second: float = 10.0
+    h2_max_priority_per_second: float = 100.0
+    h2_max_window_updates_per_second: float = 10_000.0

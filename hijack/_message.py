@@ -173,7 +173,8 @@ class Request:
 
     Attributes: ``method``, ``target`` (as sent: origin-form ``/path?q``, or
     authority-form ``host:port`` for CONNECT), ``path``, ``query``,
-    ``http_version`` (``"1.1"``), ``headers`` (:class:`Headers`) and
+    ``http_version`` (``"1.1"``, or ``"2"`` on HTTP/2), ``protocol`` (see
+    below), ``headers`` (:class:`Headers`) and
     ``connection`` (:class:`~hijack.Connection`).
 
     The body is streamed: ``async for chunk in request.body()`` or
@@ -221,6 +222,12 @@ class Request:
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target} connection={self.connection.id}>"
+
+    @property
+    def protocol(self) -> str | None:
+        """The ``:protocol`` of an HTTP/2 Extended CONNECT (RFC 8441), e.g.
+        ``"websocket"``; None on HTTP/1.1 and for other requests."""
+        return getattr(self._exchange, "protocol", None)
 
     @property
     def has_body(self) -> bool:

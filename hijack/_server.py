@@ -29,6 +29,7 @@ from ._access_log import AccessRecord, RequestHook, access_logger, log_access
 from ._config import Limits
 from ._connection import Connection, ConnState, StateHook
 from ._exchange import Handler, Sniffer, StreamHandler
+from ._h2 import ConnectionLoop, choose_protocol
 from ._http import HTTPConnection
 from ._hub import Hub
 from ._hub import available as hub_available
@@ -85,6 +86,15 @@ class Server:
     given. With an ``ssl_context``, the server installs its own
     ``sni_callback`` on it (chaining to one already there) to record each
     client's SNI in ``connection.tls.server_name``.
+
+    ``http2=True`` serves HTTP/2 too (see ``hijack/_h2.py``): on TLS
+    listeners when the client picks ``h2`` by ALPN (the server then sets the
+    context's ALPN protocols to ``h2, http/1.1``), on plain ones when it
+    opens with the HTTP/2 preface (prior knowledge). ``extended_connect``:
+    advertise SETTINGS_ENABLE_CONNECT_PROTOCOL (RFC 8441: WebSockets and
+    other protocols over an HTTP/2 stream); default: if the handler says it
+    serves it (``handler.serves_extended_connect``, set by the shipped
+    WebSocket handlers), never otherwise.
     """
 
     def __init__(
@@ -98,9 +108,17 @@ class Server:
         on_accept_error: Callable[[OSError], object] | None = None,
         access_log: bool = True,
         sniff: Sniffer | None = None,
+        http2: bool = False,
+        extended_connect: bool | None = None,
     ) -> None:
         self.handler = handler
         self.sniff = sniff
+        self.http2 = http2
+        self.extended_connect = (
+            bool(getattr(handler, "serves_extended_connect", False))
+            if extended_connect is None
+            else extended_connect
+        )
         self.limits = limits or Limits()
         self._state_hooks: tuple[StateHook, ...] = (
             (on_state,) if callable(on_state) else tuple(on_state)
@@ -152,6 +170,16 @@ class Server:
         """Hijacked connections whose owner has not closed the stream yet
         (detached ones included)."""
         return sum(1 for c in self._connections.values() if c.hijacked_open)
+
+    @property
+    def open_hijacked_streams(self) -> int:
+        """Hijacked HTTP/2 streams whose owner has not closed them yet (their
+        connections count among ``open_http_connections``: the connection
+        itself was not handed over)."""
+        return sum(
+            getattr(c._driver, "hijacked_streams", 0)
+            for c in self._connections.values()
+        )
 
     @property
     def hub(self) -> Hub | None:
@@ -250,6 +278,8 @@ class Server:
         at the end of the shutdown grace period).
         """
         listeners = list(listeners)
+        if ssl_context is not None and self.http2:
+            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
         if self._serving == 0:
             self._stopped = trio.Event()
         self._serving += 1
@@ -420,7 +450,14 @@ class Server:
                 timeout = self.limits.tls_handshake_timeout
                 if not await handshake(stream, connection, timeout):
                     return
-            driver = HTTPConnection(self, connection)
+            driver: ConnectionLoop
+            if self.http2:
+                chosen = await choose_protocol(self, connection)
+                if chosen is None:
+                    return
+                driver = chosen
+            else:
+                driver = HTTPConnection(self, connection)
             connection._driver = driver
             if self.shutting_down:
                 driver.request_shutdown()

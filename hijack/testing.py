@@ -18,6 +18,15 @@ timeout of an hour takes no time)::
             await ws.send("hi")
             assert await ws.receive() == "hi"
 
+    # HTTP/2 (the server made with http2=True): requests, CONNECT and
+    # Extended CONNECT streams, WebSockets over RFC 8441.
+    async with open_test_client(handler, http2=True) as client:
+        async with client.http2() as h2:
+            response = await h2.request("GET", "/hello")
+            head, stream = await h2.tunnel("example.com:443")  # CONNECT
+        async with client.websocket("/ws", http2=True) as ws:
+            await ws.send("hi")
+
 Connections can show the server any identity a test needs (a remote
 address, UNIX peer credentials, TLS details): see :class:`Peer`. A real TLS
 handshake over memory streams works too (``ssl_context=``).
@@ -43,10 +52,12 @@ import trio
 import trio.testing
 from websockets.client import ClientProtocol
 from websockets.http11 import Response as WSResponse
+from websockets.protocol import OPEN
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from ._connection import Connection, PeerInfo
+from ._h2_client import H2ClientConnection, H2Response, open_h2_client
 from ._http import Handler
 from ._message import Headers
 from ._replay import ReplayStream
@@ -54,6 +65,8 @@ from ._server import Server
 from .upgrades.websocket import WebSocket
 
 __all__ = [
+    "H2ClientConnection",
+    "H2Response",
     "MemoryListener",
     "Peer",
     "TestClient",
@@ -483,6 +496,22 @@ class TestClient:
             return await conn.connect(authority, headers=headers)
 
     @asynccontextmanager
+    async def http2(
+        self, peer: Peer | None = None
+    ) -> AsyncIterator[H2ClientConnection]:
+        """An HTTP/2 connection to a server made with ``http2=True``, closed
+        on exit: prior knowledge in memory, or ALPN ``h2`` over TLS (the
+        ``client_ssl_context`` must offer it: ``set_alpn_protocols(["h2"])``).
+        ``await h2.request(method, target, body=...)`` answers an
+        :class:`H2Response`; ``await h2.tunnel(authority)`` opens a CONNECT
+        stream and ``await h2.tunnel(host, protocol="websocket",
+        target="/ws")`` an Extended CONNECT one (RFC 8441): the response
+        and, on a 2xx, the stream (a ``trio.abc.HalfCloseableStream``)."""
+        conn = await self.open_connection(peer)
+        async with open_h2_client(conn.stream) as h2_connection:
+            yield h2_connection
+
+    @asynccontextmanager
     async def websocket(
         self,
         target: str = "/",
@@ -491,13 +520,23 @@ class TestClient:
         headers: HeadersInput | None = None,
         max_size: int = 1 << 20,
         peer: Peer | None = None,
+        http2: bool = False,
     ) -> AsyncIterator[TestWebSocket]:
         """A WebSocket client connection (the handshake done), closed on
         exit: with a closing handshake (1000, or 1011 if the block raised)
-        if neither side closed yet.
+        if neither side closed yet. ``http2=True``: over an HTTP/2 stream
+        (RFC 8441 Extended CONNECT; the server needs ``http2=True``).
 
         Raises :class:`UpgradeRefusedError` if the server answered without
         switching, websockets' ``InvalidHandshake`` for a bad 101."""
+        if http2:
+            async with self.http2(peer) as h2_connection:
+                ws = await _websocket_over_http2(
+                    h2_connection, target, subprotocols, headers, max_size
+                )
+                async with ws:
+                    yield ws
+            return
         conn = await self.open_connection(peer)
         async with conn:
             ws = await _websocket_handshake(
@@ -574,13 +613,13 @@ class TestWebSocket(WebSocket):
 
     def __init__(
         self,
-        conn: TestConnection,
+        stream: trio.abc.Stream,
         protocol: ClientProtocol,
         response: TestResponse,
         max_size: int,
     ) -> None:
         super().__init__(
-            conn.stream,
+            stream,
             None,
             protocol=protocol,
             subprotocol=response.headers.get("sec-websocket-protocol"),
@@ -657,4 +696,35 @@ async def _websocket_handshake(
     if protocol.handshake_exc is not None:
         raise protocol.handshake_exc
     protocol.receive_data(rest)
-    return TestWebSocket(conn, protocol, response, max_size)
+    return TestWebSocket(conn.stream, protocol, response, max_size)
+
+
+async def _websocket_over_http2(
+    h2_connection: H2ClientConnection,
+    target: str,
+    subprotocols: Iterable[str],
+    headers: HeadersInput | None,
+    max_size: int,
+) -> TestWebSocket:
+    """RFC 8441: an Extended CONNECT, a 200, then frames on the stream."""
+    offered = list(subprotocols)
+    extra = [(b"sec-websocket-version", b"13")]
+    if offered:
+        extra.append((b"sec-websocket-protocol", ", ".join(offered).encode()))
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    extra += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in items]
+    answer, stream = await h2_connection.tunnel(
+        DEFAULT_HOST, protocol="websocket", target=target, headers=extra
+    )
+    response = TestResponse(
+        answer.status, "", answer.headers, answer.body, http_version="2"
+    )
+    if stream is None:
+        raise UpgradeRefusedError(response)
+    protocol = ClientProtocol(
+        parse_uri(f"ws://{DEFAULT_HOST}{target}"),
+        subprotocols=[Subprotocol(p) for p in offered] or None,
+        max_size=max_size,
+        state=OPEN,
+    )
+    return TestWebSocket(stream, protocol, response, max_size)

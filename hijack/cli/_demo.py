@@ -35,7 +35,7 @@ def demo_handler(
     )
 
     async def demo(request: Request) -> Response | None:
-        if request.method == "CONNECT":
+        if request.method == "CONNECT" and request.protocol is None:
             return await proxy(request)
         if is_tcp_upgrade(request):
             return await tcp(request)
@@ -44,6 +44,8 @@ def demo_handler(
             return Response(200, {"content-type": "text/plain"}, text.encode())
         return await echo(request)
 
+    # Its WebSockets work over HTTP/2 too (RFC 8441): see Server(http2=True).
+    demo.serves_extended_connect = True  # type: ignore[attr-defined]
     return demo
 
 

@@ -30,6 +30,8 @@ from ._arguments import (
 if TYPE_CHECKING:  # imported where used: a command loads only its own
     from ..tunnel.policy import ConnectPolicy
 
+from ._http2 import add_http2_option
+
 __all__ = ["DEFAULT_LISTEN", "GROUPS", "add_policy_options", "connect_policy"]
 
 DEFAULT_LISTEN = "127.0.0.1:8080"
@@ -99,6 +101,7 @@ def server_group() -> argparse.ArgumentParser:
         help="on SIGTERM, time in-flight requests and tunnels get to finish "
         "(default: 10)",
     )
+    add_http2_option(group)
     return server
 
 

@@ -55,6 +55,7 @@ from ._command import (
     StartupError,
     only_one,
 )
+from ._http2 import http2_server_options
 from ._logging import BatchedStreamHandler
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
 from ._supervisor import (
@@ -295,6 +296,7 @@ class Service:
             # A handler that also serves other protocols on its port (SOCKS5)
             # offers the Server's sniff hook.
             sniff=getattr(handler, "sniff", None),
+            **http2_server_options(self.args),
         )
         state = self.context.kept.get("state")
         await _state.start_state(nursery, state, metrics)

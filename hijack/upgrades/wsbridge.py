@@ -292,6 +292,10 @@ class WebSocketBridge:
             open_stream=dial,
         )
 
+    #: WebSockets over HTTP/2 too (RFC 8441): a ``Server(http2=True)``
+    #: advertises Extended CONNECT for this handler.
+    serves_extended_connect = True
+
     def __repr__(self) -> str:
         if self.upstream is not None:
             return f"<WebSocketBridge upstream={join_host_port(*self.upstream)}>"

@@ -49,6 +49,9 @@ def websocket_handler(
                 on_close(ws)
         return None
 
+    # It serves WebSockets over HTTP/2 too: a Server(http2=True) may
+    # advertise Extended CONNECT (RFC 8441) for it.
+    handler.serves_extended_connect = True  # type: ignore[attr-defined]
     return handler
 
 
@@ -75,4 +78,5 @@ def make_echo_handler(
             return Response(405, {"allow": "GET, HEAD"})
         return Response(200, {"content-type": "text/html; charset=utf-8"}, page)
 
+    handler.serves_extended_connect = True  # type: ignore[attr-defined]
     return handler

@@ -1,4 +1,6 @@
-"""The opening handshake (RFC 6455 4.2) on a hijack Request.
+"""The opening handshake (RFC 6455 4.2) on a hijack Request; on HTTP/2 the
+Extended CONNECT of RFC 8441 (``:protocol websocket``, answered ``200``,
+the WebSocket then runs over the request's stream).
 
 hijack checks the request itself (so each mistake gets its own status: 400,
 403, 426 with ``Sec-WebSocket-Version``) and writes the ``101`` through
@@ -22,7 +24,7 @@ from websockets.extensions import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.protocol import OPEN
 
-from ... import Request, Response
+from ... import Headers, Request, Response
 from ._errors import WebSocketHandshakeError
 from ._protocol import ServerProtocol
 from ._websocket import PING_INTERVAL, PING_TIMEOUT, MiB, WebSocket, protocol_logger
@@ -33,10 +35,14 @@ Compression = Literal["deflate"] | None
 
 
 def is_websocket_request(request: Request) -> bool:
-    """True if the client asks for a WebSocket (``Upgrade: websocket``).
+    """True if the client asks for a WebSocket: ``Upgrade: websocket`` on
+    HTTP/1.1, an Extended CONNECT with ``:protocol websocket`` on HTTP/2
+    (RFC 8441).
 
     Route on this, then let :func:`accept_websocket` check the rest."""
-    return "websocket" in request.headers.tokens("upgrade")
+    return request.protocol == "websocket" or "websocket" in request.headers.tokens(
+        "upgrade"
+    )
 
 
 def check_websocket_request(
@@ -50,13 +56,20 @@ def check_websocket_request(
 
 def _check_handshake(
     request: Request, allowed_origins: Collection[str | None] | None
-) -> str:
-    """Validate the upgrade request (RFC 6455 4.2.1); return the key."""
+) -> str | None:
+    """Validate the upgrade request (RFC 6455 4.2.1, or RFC 8441 on
+    HTTP/2); return the key (None on HTTP/2, which has none)."""
     headers = request.headers
 
     def bad(detail: str) -> WebSocketHandshakeError:
         return WebSocketHandshakeError(400, detail)
 
+    if request.http_version == "2":
+        # RFC 8441 4-5: an Extended CONNECT; no Upgrade, Connection or key.
+        if request.method != "CONNECT" or request.protocol != "websocket":
+            raise bad("a WebSocket over HTTP/2 is an Extended CONNECT (RFC 8441)")
+        _check_version_and_origin(headers, allowed_origins)
+        return None
     if request.method != "GET":
         raise bad("a WebSocket handshake uses GET")
     if request.http_version != "1.1":
@@ -67,13 +80,7 @@ def _check_handshake(
         raise bad("missing 'Upgrade: websocket'")
     if "upgrade" not in headers.tokens("connection"):
         raise bad("missing 'Connection: Upgrade'")
-    versions = headers.get_all("sec-websocket-version")
-    if versions != ["13"]:
-        # 4.2.2: tell the client which version we speak.
-        status = 426 if versions else 400
-        raise WebSocketHandshakeError(
-            status, "WebSocket version 13 required", [("Sec-WebSocket-Version", "13")]
-        )
+    _check_version_and_origin(headers, allowed_origins)
     keys = headers.get_all("sec-websocket-key")
     if len(keys) != 1:
         raise bad("need exactly one Sec-WebSocket-Key")
@@ -84,13 +91,25 @@ def _check_handshake(
         raw_key = b""
     if len(raw_key) != 16:
         raise bad("Sec-WebSocket-Key must be base64 of 16 bytes")
+    return keys[0].strip()
+
+
+def _check_version_and_origin(
+    headers: Headers, allowed_origins: Collection[str | None] | None
+) -> None:
+    versions = headers.get_all("sec-websocket-version")
+    if versions != ["13"]:
+        # 4.2.2: tell the client which version we speak.
+        status = 426 if versions else 400
+        raise WebSocketHandshakeError(
+            status, "WebSocket version 13 required", [("Sec-WebSocket-Version", "13")]
+        )
     if allowed_origins is not None:
         origins = headers.get_all("origin")
         origin = origins[0].strip().lower() if len(origins) == 1 else None
         allowed = {o.lower() if o is not None else None for o in allowed_origins}
         if len(origins) > 1 or origin not in allowed:
             raise WebSocketHandshakeError(403, f"origin {origin!r} not allowed")
-    return keys[0].strip()
 
 
 def _accept_token(key: str) -> str:
@@ -186,17 +205,23 @@ async def accept_websocket(
     subprotocol = _choose_subprotocol(request, subprotocols)
     protocol, extensions = _server_protocol(request, compression, max_message_size)
     protocol.subprotocol = subprotocol  # type: ignore[assignment]
-    response_headers = [
-        ("Upgrade", "websocket"),
-        ("Connection", "Upgrade"),
-        ("Sec-WebSocket-Accept", _accept_token(key)),
-    ]
+    # HTTP/2 (RFC 8441 5): a 200 to the Extended CONNECT opens the stream.
+    response_headers = (
+        []
+        if key is None
+        else [
+            ("Upgrade", "websocket"),
+            ("Connection", "Upgrade"),
+            ("Sec-WebSocket-Accept", _accept_token(key)),
+        ]
+    )
     if extensions is not None:
         response_headers.append(("Sec-WebSocket-Extensions", extensions))
     if subprotocol is not None:
         response_headers.append(("Sec-WebSocket-Protocol", subprotocol))
     response_headers.extend(extra_headers)
-    hijacked = await request.hijack(Response(101, response_headers))
+    status = 200 if key is None else 101
+    hijacked = await request.hijack(Response(status, response_headers))
     # Frames the client sent right behind its handshake came in with it.
     early = hijacked.take_buffered()
     if early:

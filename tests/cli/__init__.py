@@ -1,0 +1,1 @@
+"""The command: options, config file, start-up errors, reloads, workers, metrics, systemd."""

@@ -1,0 +1,1 @@
+"""The client side: forward (CONNECT, Upgrade: tcp, WebSocket, local SOCKS5, UDP)."""

@@ -1,0 +1,1 @@
+"""SOCKS5: the codec, the server, UDP ASSOCIATE."""

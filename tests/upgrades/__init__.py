@@ -1,0 +1,1 @@
+"""The HTTP upgrades: CONNECT, Upgrade: tcp, WebSocket, the bridge, reverse tunnels."""
