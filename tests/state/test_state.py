@@ -26,9 +26,9 @@ from hijack.state._shared_memory import SharedState, Table
 from hijack.tunnel.limits import LimitsUnavailable, TooManyTunnels, TunnelLimits
 from hijack.tunnel.users import PasswordHash, User, hash_password
 
-from .daemons import Daemons
-from .helpers import capture_log
-from .redis_daemon import collect_coredis_garbage, needs_redis, start_redis, stop
+from ..daemons import Daemons
+from ..helpers import capture_log
+from ..redis_daemon import collect_coredis_garbage, needs_redis, start_redis, stop
 
 CLIENT = Bound("client:203.0.113.5", 1)
 ALICE = Bound("user:alice", 2)
@@ -315,7 +315,7 @@ async def test_tunnel_limits_split_a_users_bandwidth_between_nodes(
 async def test_redis_over_a_unix_socket_with_the_password_given_apart(
     daemons: Daemons, tmp_path: Path, serve_state: ServeState
 ) -> None:
-    from .redis_daemon import REDIS
+    from ..redis_daemon import REDIS
 
     path = tmp_path / "redis.sock"
     await daemons.start(

@@ -27,12 +27,12 @@ from hijack.upgrades.connect import ConnectProxy
 from hijack.upgrades.tcp import TCPUpgrade
 from hijack.upgrades.wsbridge import WebSocketBridge
 
-from .conftest import StartServer
-from .helpers import read_head, read_until_closed, start_upstream
-from .test_connect import connect_head, loopback_policy, status_of
+from ..conftest import StartServer
+from ..helpers import read_head, read_until_closed, start_upstream
+from ..upgrades.test_connect import connect_head, loopback_policy, status_of
+from ..upgrades.test_wsbridge import connect
+from ..ws_test_client import Closed
 from .test_state_workers import TOKEN, admin, hold
-from .test_wsbridge import connect
-from .ws_test_client import Closed
 
 
 @pytest.fixture
@@ -259,7 +259,7 @@ async def test_hijack_tunnels_says_when_nothing_answers(
 
 
 async def test_admin_on_an_address_in_use_is_one_line_exit_2(tmp_path: Path) -> None:
-    from .hijack_process import run_hijack
+    from ..hijack_process import run_hijack
 
     token = tmp_path / "token"
     token.write_text(TOKEN)

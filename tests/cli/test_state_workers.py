@@ -13,9 +13,9 @@ from pathlib import Path
 
 import trio
 
-from .helpers import read_head, read_until_closed, start_upstream
-from .hijack_process import HijackProcess, run_hijack
-from .test_connect import connect_head, status_of
+from ..helpers import read_head, read_until_closed, start_upstream
+from ..hijack_process import HijackProcess, run_hijack
+from ..upgrades.test_connect import connect_head, status_of
 
 TOKEN = "test-admin-token-0123456789"
 
@@ -88,77 +88,94 @@ async def test_admin_across_workers_lists_ends_and_a_killed_worker_gives_back(
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN + "\n")
     target = f"127.0.0.1:{upstream_port}"
-    args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "8")
+    args = proxy_args(upstream_port, "--workers", "2", "--max-tunnels-per-client", "64")
     args += ["--admin", "127.0.0.1:0", "--admin-token-file", str(token_file)]
-    async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
-        port, control = await proxy.port(), await admin_port(proxy)
-        pids = await proxy.pids()
-        # 401: no token, a wrong one, another scheme.
-        assert (await admin(control, "GET", "/tunnels", None))[0] == 401
-        assert (await admin(control, "GET", "/tunnels", TOKEN + "x"))[0] == 401
-        assert (await admin(control, "GET", "/users", "wrong"))[0] == 401
-        # Open tunnels until both workers hold some (the kernel spreads
-        # accepts, not in a fixed order): every one is listed.
-        streams: list[trio.SocketStream] = []
-        rows: list[dict[str, object]] = []
-        while len({row["node"] for row in rows}) < 2:
-            assert len(streams) < 8, rows
-            status, stream = await open_tunnel(port, target)
-            assert status == 200
-            streams.append(stream)
-            status, body = await admin(control, "GET", "/tunnels?kind=connect")
-            assert status == 200
-            rows = json.loads(body)["tunnels"]
-            assert len(rows) == len(streams)
-        assert {str(row["node"]).rpartition("/")[2] for row in rows} == {
-            str(pid) for pid in pids
-        }
-        assert all(row["target"] == target and row["state"] == "open" for row in rows)
-        status, body = await admin(control, "GET", "/users")
-        assert json.loads(body)["users"]["-"]["tunnels"] == len(streams)
-        # DELETE ends one tunnel, whichever worker runs it: its client sees EOF.
-        first = rows[0]
-        ended = next(
-            s for s in streams if str(s.socket.getsockname()[1]) in str(first["client"])
-        )
-        assert (await admin(control, "DELETE", f"/tunnels/{first['id']}"))[0] == 204
-        with trio.fail_after(10):
-            assert await read_until_closed(ended) == b""
-        assert (await admin(control, "DELETE", f"/tunnels/{first['id']}"))[0] == 404
-        # hijack tunnels: the table, through the same API.
-        listed = await trio.to_thread.run_sync(
-            lambda: subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "hijack",
-                    "tunnels",
-                    "--admin",
-                    f"127.0.0.1:{control}",
-                    "--admin-token-file",
-                    str(token_file),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-        )
-        assert listed.returncode == 0, listed.stderr
-        assert listed.stdout.splitlines()[0].split() == [
-            "ID", "KIND", "USER", "CLIENT", "TARGET", "NODE", "AGE", "UP", "DOWN"
-        ]  # fmt: skip
-        assert len(listed.stdout.splitlines()) == len(streams)  # header + the rest
-        # SIGKILL a worker: its tunnels end and their leases are given back.
-        _, body = await admin(control, "GET", "/tunnels")
-        rows = json.loads(body)["tunnels"]
-        victim = int(str(rows[0]["node"]).rpartition("/")[2])
-        held = sum(1 for row in rows if str(row["node"]).endswith(f"/{victim}"))
-        os.kill(victim, signal.SIGKILL)
-        await proxy.wait_for(
-            rf"worker {victim} exited: {held} tunnel leases given back", stream="stderr"
-        )
+    streams: list[trio.SocketStream] = []
+    try:
+        async with run_hijack(args, stop_signal=signal.SIGINT) as proxy:
+            await _admin_across_workers(proxy, target, token_file, streams)
+    finally:
         for stream in streams:
             await stream.aclose()
+
+
+async def _admin_across_workers(
+    proxy: HijackProcess,
+    target: str,
+    token_file: Path,
+    streams: list[trio.SocketStream],
+) -> None:
+    port, control = await proxy.port(), await admin_port(proxy)
+    pids = await proxy.pids()
+    # 401: no token, a wrong one, another scheme.
+    assert (await admin(control, "GET", "/tunnels", None))[0] == 401
+    assert (await admin(control, "GET", "/tunnels", TOKEN + "x"))[0] == 401
+    assert (await admin(control, "GET", "/users", "wrong"))[0] == 401
+    # Open tunnels until both workers hold some (the kernel spreads
+    # accepts, not in a fixed order): every one is listed.
+    rows: list[dict[str, object]] = []
+    while len({row["node"] for row in rows}) < 2:
+        assert len(streams) < 64, rows
+
+        async def one_more() -> None:
+            status, stream = await open_tunnel(port, target)
+            streams.append(stream)
+            assert status == 200
+
+        async with trio.open_nursery() as nursery:  # at once: both wake
+            for _ in range(4):
+                nursery.start_soon(one_more)
+        status, body = await admin(control, "GET", "/tunnels?kind=connect")
+        assert status == 200
+        rows = json.loads(body)["tunnels"]
+        assert len(rows) == len(streams)
+    assert {str(row["node"]).rpartition("/")[2] for row in rows} == {
+        str(pid) for pid in pids
+    }
+    assert all(row["target"] == target and row["state"] == "open" for row in rows)
+    status, body = await admin(control, "GET", "/users")
+    assert json.loads(body)["users"]["-"]["tunnels"] == len(streams)
+    # DELETE ends one tunnel, whichever worker runs it: its client sees EOF.
+    first = rows[0]
+    ended = next(
+        s for s in streams if str(s.socket.getsockname()[1]) in str(first["client"])
+    )
+    assert (await admin(control, "DELETE", f"/tunnels/{first['id']}"))[0] == 204
+    with trio.fail_after(10):
+        assert await read_until_closed(ended) == b""
+    assert (await admin(control, "DELETE", f"/tunnels/{first['id']}"))[0] == 404
+    # hijack tunnels: the table, through the same API.
+    listed = await trio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "hijack",
+                "tunnels",
+                "--admin",
+                f"127.0.0.1:{control}",
+                "--admin-token-file",
+                str(token_file),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[0].split() == [
+        "ID", "KIND", "USER", "CLIENT", "TARGET", "NODE", "AGE", "UP", "DOWN"
+    ]  # fmt: skip
+    assert len(listed.stdout.splitlines()) == len(streams)  # header + the rest
+    # SIGKILL a worker: its tunnels end and their leases are given back.
+    _, body = await admin(control, "GET", "/tunnels")
+    rows = json.loads(body)["tunnels"]
+    victim = int(str(rows[0]["node"]).rpartition("/")[2])
+    held = sum(1 for row in rows if str(row["node"]).endswith(f"/{victim}"))
+    os.kill(victim, signal.SIGKILL)
+    await proxy.wait_for(
+        rf"worker {victim} exited: {held} tunnel leases given back", stream="stderr"
+    )
 
 
 async def test_a_killed_worker_gives_its_tunnel_back(
