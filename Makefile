@@ -74,7 +74,7 @@ BENCH_VENV := bench/.venv
 $(BENCH_VENV)/.installed: bench/requirements-peers.txt pyproject.toml
 	python3 -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -r bench/requirements-peers.txt -e .
+	$(BENCH_VENV)/bin/pip install -q -r bench/requirements-peers.txt -e '.[redis]'
 	touch $@
 
 bench-venv: $(BENCH_VENV)/.installed

@@ -5,7 +5,8 @@ the same load generator; each server in its own process. Prints a table and
 writes ``bench/RESULTS.md``.
 
 Options: ``--quick`` (a short smoke run), ``--rows a,b`` (pick rows:
-throughput, setup, echo, ws, http, idle, scale, workers, socks), ``--profile``
+throughput, setup, echo, ws, http, idle, scale, workers, socks, state),
+``--profile``
 (sample the hijack servers with py-spy during their measurement windows; collapsed
 stacks and a summary land in ``bench/profiles/``), ``--no-write`` (do not
 rewrite RESULTS.md).
@@ -50,6 +51,7 @@ from procs import (
     free_port,
 )
 from profile_summary import summarize
+from state_rows import row_state
 from workers import row_workers
 
 VENV_BIN = BENCH / ".venv" / "bin"
@@ -506,6 +508,7 @@ ROWS: dict[str, Callable[[Bench], None]] = {
     "interactive": row_interactive,
     "workers": row_workers,
     "socks": socks_rows.row_socks,  # bench/socks_rows.py
+    "state": row_state,  # bench/state_rows.py
 }
 
 

@@ -17,7 +17,17 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from .. import __version__
-from . import _demo, _echo, _forward, _hash_password, _proxy, _socks, _tcp, _wsbridge
+from . import (
+    _admin,
+    _demo,
+    _echo,
+    _forward,
+    _hash_password,
+    _proxy,
+    _socks,
+    _tcp,
+    _wsbridge,
+)
 from ._command import Command, CommandLine, StartupError
 from ._config_file import with_config_file
 from ._logging import BatchedStreamHandler, quiet_record_fields
@@ -37,6 +47,7 @@ COMMANDS: tuple[Command, ...] = (
     _forward.COMMAND,
     _demo.COMMAND,
     _hash_password.COMMAND,
+    _admin.TUNNELS_COMMAND,
 )
 
 #: Exit status of a start-up error (argparse's own for a usage error).

@@ -15,7 +15,7 @@ import argparse
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from . import _team
+from . import _state, _team
 from ._arguments import (
     host_or_net,
     listen_address,
@@ -132,6 +132,8 @@ GROUPS: dict[str, Callable[[], argparse.ArgumentParser]] = {
     "tunnel": tunnel_group,
     "chaining": _team.chaining_group,
     "team": _team.team_group,
+    "state": _state.state_group,
+    "admin": _state.admin_group,
 }
 
 

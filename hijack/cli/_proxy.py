@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    _team.check(args)
+    _team.check_with_state(args)
     _reverse.check_server(args)
     _socks.check_no_auth(args)
 
@@ -71,7 +71,7 @@ COMMAND = Command(
     description="A CONNECT forward proxy. By default it tunnels to port 443 "
     "only, and refuses loopback, private, link-local and other non-global "
     "destinations.",
-    groups=("server", "tunnel", "chaining", "team"),
+    groups=("server", "tunnel", "chaining", "team", "state", "admin"),
     add_arguments=add_arguments,
     check=check,
     handler=build_handler,

@@ -46,6 +46,7 @@ from .._listeners import UnixSocketListener, open_unix_listener
 from .._proxyproto import ProxyProtocol
 from .._server import Server
 from .._systemd import listeners_from_fds, notify, systemd_listen_fds
+from . import _admin, _state
 from ._command import (
     Command,
     CommandLine,
@@ -263,6 +264,9 @@ class Service:
                 # The handler's files are read before anything is bound; the
                 # handler itself is built once the port is known.
                 _check_configuration(self.command, self.args)
+                # Where the limits count (kept across reloads: leases live
+                # in it); the handler's TunnelLimits find it in context.kept.
+                self.context.kept["state"] = _state.open_state(self.args)
                 opened = await open_listeners(
                     self.args, _inherited_fds(), tls=self.tls is not None
                 )
@@ -294,6 +298,9 @@ class Service:
             sniff=getattr(handler, "sniff", None),
             **http2_server_options(self.args),
         )
+        state = self.context.kept.get("state")
+        await _state.start_state(nursery, state, metrics)
+        await _admin.start_admin(nursery, self.args, state)
         await nursery.start(
             lambda task_status: server.serve_listeners(
                 opened.listeners,
@@ -464,6 +471,13 @@ async def _supervise_workers(
         multiproc_dir = tempfile.mkdtemp(prefix="hijack-metrics-")
         os.environ[MULTIPROC_ENV] = multiproc_dir
     health = Health(serving=True)
+    table = _state.shared_table(args)  # the workers' shared limits, if any
+    admin_dir = _admin.workers_admin_dir(args)  # the workers' admin sockets
+
+    def on_worker_exit(pid: int) -> None:
+        mark_worker_dead(pid)
+        if table is not None:
+            _state.release_worker(table, pid)
 
     def on_readiness(is_ready: bool) -> None:
         health.ready = is_ready
@@ -477,8 +491,9 @@ async def _supervise_workers(
         args.workers,
         grace=args.shutdown_grace,
         on_readiness=on_readiness,
-        on_worker_exit=mark_worker_dead,
+        on_worker_exit=on_worker_exit,
         check_reload=lambda: _check_reload(command, args, line),
+        pass_fds=() if table is None else (table.fd,),
     )
     try:
         async with trio.open_nursery() as nursery:
@@ -487,6 +502,8 @@ async def _supervise_workers(
                 metrics_server = await _serve_metrics(
                     nursery, args.metrics, health, None
                 )
+            if admin_dir is not None:
+                await _admin.start_supervisor_admin(nursery, args, admin_dir)
             async with trio.open_nursery() as workers:
                 await workers.start(supervisor.run)
                 print(
@@ -496,6 +513,11 @@ async def _supervise_workers(
                 )
             if metrics_server is not None:
                 await metrics_server.shutdown(grace=0)
+            nursery.cancel_scope.cancel()  # the admin listener
     finally:
         if multiproc_dir is not None:
             shutil.rmtree(multiproc_dir, ignore_errors=True)
+        if admin_dir is not None:
+            shutil.rmtree(admin_dir, ignore_errors=True)
+        if table is not None:
+            table.close()

@@ -146,7 +146,7 @@ def check_no_auth(args: argparse.Namespace) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
-    _team.check(args)
+    _team.check_with_state(args)
     check_no_auth(args)
 
 
@@ -226,7 +226,7 @@ COMMAND = Command(
     "Destinations are judged by the same policy as 'hijack proxy': port 443 "
     "only and no loopback, private or other non-global destination unless "
     "allowed. Without --users or --auth it listens on loopback only.",
-    groups=("server", "tunnel", "chaining", "team"),
+    groups=("server", "tunnel", "chaining", "team", "state", "admin"),
     add_arguments=add_arguments,
     check=_check,
     handler=build_handler,

@@ -124,6 +124,7 @@ class Supervisor:
         on_worker_exit: Callable[[int], None] = lambda pid: None,
         check_reload: Callable[[], None] = lambda: None,
         new_session: bool = True,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         if count < 1:
             raise ValueError("workers must be >= 1")
@@ -138,6 +139,7 @@ class Supervisor:
         self.on_worker_exit = on_worker_exit
         self.check_reload = check_reload
         self.new_session = new_session
+        self.pass_fds = tuple(pass_fds)  # more fds every worker inherits
         self.workers: list[_Worker] = []  # the current generation, in slots
         self.stopping = False
         self.restarts = 0
@@ -208,7 +210,12 @@ class Supervisor:
             process = await trio.lowlevel.open_process(
                 self.command,
                 env=env,
-                pass_fds=(*self.listen_fds, write_fd, self._lifeline_read),
+                pass_fds=(
+                    *self.listen_fds,
+                    write_fd,
+                    self._lifeline_read,
+                    *self.pass_fds,
+                ),
                 start_new_session=self.new_session,
             )
         finally:

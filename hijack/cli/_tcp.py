@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    _team.check(args)
+    _team.check_with_state(args)
     _reverse.check_server(args)
 
 
@@ -47,7 +47,7 @@ COMMAND = Command(
     help="raw TCP proxy: Upgrade: tcp, then relay to an upstream",
     description="Answer 'Connection: Upgrade' + 'Upgrade: tcp' with 101 and "
     "relay the raw stream to the upstream.",
-    groups=("server", "tunnel", "chaining", "team"),
+    groups=("server", "tunnel", "chaining", "team", "state", "admin"),
     add_arguments=add_arguments,
     check=check,
     handler=build_handler,

@@ -88,7 +88,9 @@ def handler_options(
     if any(v is not None for v in bounds.values()) or args.users:
         limits = kept.get("limits")
         if limits is None:
-            limits = kept["limits"] = TunnelLimits(**bounds)
+            # Counted in the process's state if the Service gave it one
+            # (the workers' table, Redis); else here.
+            limits = kept["limits"] = TunnelLimits(**bounds, state=kept.get("state"))
         else:
             for name, value in bounds.items():
                 setattr(limits, name, value)
@@ -102,6 +104,14 @@ def check(args: argparse.Namespace) -> None:
         raise StartupError(
             "--direct names what bypasses --upstream-proxy; give --upstream-proxy"
         )
+
+
+def check_with_state(args: argparse.Namespace) -> None:
+    """The team options' checks, then the state and admin options'."""
+    from . import _state
+
+    check(args)
+    _state.check(args)
 
 
 def chaining_group() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._exchange import Handler
+from . import _state
 from ._arguments import parse_host_port
 from ._command import Command, HandlerContext, StartupError
 from ._options import add_policy_options, connect_policy
@@ -39,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
+    _state.check(args)  # --admin's token file
     if args.targets is None and (
         args.allow_port or args.allow or args.deny or args.allow_private
     ):
@@ -88,7 +90,7 @@ COMMAND = Command(
     description="Accept WebSockets (subprotocol 'binary', as websockify "
     "clients such as noVNC use) and relay each one to a new TCP connection: "
     "binary messages carry the bytes. Plain HTTP requests get 426.",
-    groups=("server", "tunnel"),
+    groups=("server", "tunnel", "admin"),
     add_arguments=add_arguments,
     check=check,
     handler=build_handler,

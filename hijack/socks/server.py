@@ -374,9 +374,14 @@ class SocksServer:
         lease: TunnelLease | None = None
         if self.life.limits is not None:
             try:
-                lease = self.life.limits.acquire(client_host(stream.connection), user)
-            except TooManyTunnels as exc:
-                raise Refused(Reply.NOT_ALLOWED, exc.reason, exc.status) from None
+                lease = await self.life.limits.acquire_async(
+                    client_host(stream.connection), user
+                )
+            except ConnectError as exc:  # 429, or 503: the shared state is away
+                reply = (
+                    Reply.NOT_ALLOWED if exc.status == 429 else Reply.GENERAL_FAILURE
+                )
+                raise Refused(reply, exc.reason, exc.status) from None
         self._associations += 1
         try:
             await serve_association(

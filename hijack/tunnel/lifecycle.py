@@ -51,6 +51,7 @@ from .. import (
     join_host_port,
     relay,
 )
+from ..state.registry import tunnels
 from ._dial import Dialer, dial_tcp, open_checked
 from ._upstream import ProxyVersion, check_proxy_version, prepare_upstream
 from .limits import TunnelLease, TunnelLimits
@@ -309,7 +310,7 @@ class TunnelLife:
             if self.max_tunnels is not None and self._open >= self.max_tunnels:
                 raise TunnelBusy(f"{self._open} tunnels open")
             if self.limits is not None:
-                lease = self.limits.acquire(client_host(connection), user)
+                lease = await self.limits.acquire_async(client_host(connection), user)
             self._open += 1
             try:
                 upstream = await self._open_upstream(record, host, port, policy)
@@ -326,10 +327,19 @@ class TunnelLife:
                 except BaseException:
                     await trio.aclose_forcefully(upstream)
                     raise
+                # Listed by the admin API (when on) until it ends; ending it
+                # from there cancels its relay or closes its hub tunnel.
+                live = tunnels.open(
+                    record.kind, record.client, record.target, record.user or None,
+                    record.stats,
+                )  # fmt: skip
                 if own_relay is not None:
-                    record.outcome, record.detail = await own_relay(
-                        client, upstream, record.stats
-                    )
+                    with live.scope():
+                        record.outcome, record.detail = await own_relay(
+                            client, upstream, record.stats
+                        )
+                    if live.ended:
+                        record.outcome = Outcome.CANCELLED
                     return
                 throttle = _NO_THROTTLE if lease is None else lease.throttle
                 # A throttled tunnel keeps the task relay: the hub's limiter
@@ -340,23 +350,28 @@ class TunnelLife:
                     and isinstance(client, Hijacked)
                     and client.can_hand_to_hub(upstream)
                 ):
-                    client.hand_to_hub(
-                        upstream,
-                        idle_timeout=self.idle_timeout,
-                        stats=record.stats,
-                        on_close=functools.partial(self._hub_ended, record, lease),
+                    live.hand_over(
+                        client.hand_to_hub(
+                            upstream,
+                            idle_timeout=self.idle_timeout,
+                            stats=record.stats,
+                            on_close=functools.partial(self._hub_ended, record, lease),
+                        )
                     )
                     record.handed = True
                     return
-                await relay(
-                    client,
-                    upstream,
-                    idle_timeout=self.idle_timeout,
-                    stats=record.stats,
-                    throttle=throttle,
-                )
+                with live.scope():
+                    await relay(
+                        client,
+                        upstream,
+                        idle_timeout=self.idle_timeout,
+                        stats=record.stats,
+                        throttle=throttle,
+                    )
                 timed_out = record.stats.timed_out
                 record.outcome = Outcome.IDLE_TIMEOUT if timed_out else Outcome.OK
+                if live.ended:
+                    record.outcome = Outcome.CANCELLED
             finally:
                 if not record.handed:
                     self._open -= 1

@@ -524,7 +524,9 @@ class ReverseTunnels:
         public = _Public(stream, peer, local, None, trio.current_time())
         if self.limits is not None:
             try:
-                public.lease = self.limits.acquire(_peer_host(peer), tunnel.user)
+                public.lease = await self.limits.acquire_async(
+                    _peer_host(peer), tunnel.user
+                )
             except ConnectError as exc:
                 self._refuse(tunnel, public, Outcome.LIMITED, exc.reason)
                 return

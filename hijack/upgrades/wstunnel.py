@@ -190,7 +190,9 @@ class WebSocketTunnel:
         record.address = str(address)
         lease: TunnelLease | None = None
         if self.life.limits is not None:
-            lease = self.life.limits.acquire(client_host(request.connection), user)
+            lease = await self.life.limits.acquire_async(
+                client_host(request.connection), user
+            )
         try:
             family = socket.AF_INET6 if address.version == 6 else socket.AF_INET
             with trio.socket.socket(family, socket.SOCK_DGRAM) as sock:
