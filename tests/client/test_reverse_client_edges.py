@@ -180,8 +180,8 @@ async def test_pings_are_answered_and_silence_ends_the_session(
 async def test_pool_connections_are_replaced_and_capped_by_max_pool(
     nursery: trio.Nursery, no_leaks: None, autojump_clock: trio.testing.MockClock
 ) -> None:
-    """The server lets the first pool connection go and refuses the
-    second: the client opens another each time (with a pause), never more
+    """The server sends garbage on the first pool connection and closes
+    it, and refuses the second: the client opens another each time (with a pause), never more
     than the server's max_pool at once."""
     data_requests = 0
     open_now = most_open = 0
@@ -199,8 +199,8 @@ async def test_pool_connections_are_replaced_and_capped_by_max_pool(
         open_now += 1
         most_open = max(most_open, open_now)
         try:
-            if data_requests == 1:
-                await stream.send_all(SWITCH)  # then closed: let go
+            if data_requests == 1:  # a line that is not JSON, then closed
+                await stream.send_all(SWITCH + b"not an open\n")
             elif data_requests == 2:
                 await stream.send_all(refused(404))
             else:
