@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 import trio
@@ -22,7 +23,7 @@ from hijack.tunnel.policy import ConnectPolicy
 
 from ..conftest import StartServer
 from ..helpers import LogCapture, capture_log, read_until_closed, reset
-from ..socks_client import socks_request
+from ..socks_client import handshake, read_reply, socks_request
 from .test_socks import StartSocks, not_http
 from .test_socks_udp import Client, Received, associate, policy_for, udp_echo
 
@@ -223,3 +224,22 @@ async def test_the_verdict_and_peer_tables_stay_bounded() -> None:
     newest = ("127.0.0.1", 20000 + MAX_PEERS + 4)
     assert association.answer_header(newest) == codec.encode_udp(*newest, b"")
     assert association.answer_header(("127.0.0.1", 1)) is None
+
+
+async def test_udp_associate_over_a_unix_socket_is_a_general_failure(
+    nursery: trio.Nursery, no_leaks: None, tmp_path: Path
+) -> None:
+    """A client on a UNIX socket has no address a datagram could come
+    from: its UDP ASSOCIATE is answered 01 and counts no tunnel."""
+    socks = SocksServer(policy_for(9))
+    server = Server(not_http, sniff=socks.sniff_all)
+    path = str(tmp_path / "socks.sock")
+    await nursery.start(server.serve_unix, path)
+    stream = await trio.open_unix_socket(path)
+    async with stream:
+        await handshake(stream)
+        await stream.send_all(codec.encode_request(Command.UDP_ASSOCIATE, "0.0.0.0", 0))
+        reply = await read_reply(stream)
+        assert reply.reply == Reply.GENERAL_FAILURE
+    assert socks.open_tunnels == 0
+    await server.shutdown(grace=0)
