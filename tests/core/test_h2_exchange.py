@@ -7,8 +7,9 @@ sockets on 127.0.0.1 where the transport matters."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -31,7 +32,7 @@ from hijack import (
 from hijack._h2_client import H2ClientConnection, open_h2_client
 from hijack._h2_exchange import DRAIN_LIMIT, H2Hijacked
 from hijack._h2_wire import H2Stream
-from hijack.testing import MemoryListener, TestClient, open_test_client
+from hijack.testing import TestClient, open_test_client
 
 from ..leakcheck import leak_fixture
 
@@ -60,9 +61,11 @@ CONNECT_HEAD = [(b":method", b"CONNECT"), (b":authority", b"example.com:443")]
 async def open_h2(
     handler: Handler, **options: Any
 ) -> AsyncIterator[tuple[TestClient, H2ClientConnection]]:
-    async with open_test_client(handler, http2=True, **options) as client:
-        async with client.http2() as h2c:
-            yield client, h2c
+    async with (
+        open_test_client(handler, http2=True, **options) as client,
+        client.http2() as h2c,
+    ):
+        yield client, h2c
 
 
 async def read_body(stream: H2Stream) -> list[bytes]:
@@ -154,7 +157,9 @@ async def test_hop_by_hop_headers_never_reach_an_http2_client() -> None:
         response = await h2c.request("GET", "/")
     assert response.status == 200 and response.body == b"body"
     names = {name for name, _ in response.headers}
-    assert names.isdisjoint({"connection", "keep-alive", "transfer-encoding", "upgrade"})
+    assert names.isdisjoint(
+        {"connection", "keep-alive", "transfer-encoding", "upgrade"}
+    )
     assert response.headers.get("x-kept") == "1"
 
 
@@ -299,13 +304,12 @@ async def test_misuse_raises_before_anything_is_sent() -> None:
     raised: list[str] = []
 
     async def handler(request: Request) -> None:
-        for attempt in (
-            lambda: request.send_data(b"too early"),
-            lambda: request.start_response(Response(100)),
-        ):
-            with pytest.raises(UsageError) as info:
-                await attempt()
-            raised.append(str(info.value))
+        with pytest.raises(UsageError) as info:
+            await request.send_data(b"too early")
+        raised.append(str(info.value))
+        with pytest.raises(UsageError) as info:
+            await request.start_response(Response(100))
+        raised.append(str(info.value))
         await request.start_response(Response(200))
         with pytest.raises(UsageError) as info:
             await request.start_response(Response(200))
@@ -326,14 +330,16 @@ async def test_misuse_raises_before_anything_is_sent() -> None:
 
 async def test_a_2xx_to_connect_must_go_through_hijack() -> None:
     """A 2xx to CONNECT opens a tunnel: ``start_response`` refuses it and
-    says to use ``hijack``; a refusal (4xx) is an ordinary answer."""
+    says to use ``hijack``; a refusal (4xx) is an ordinary answer, streamed
+    here, and ends the stream without waiting for a request body."""
     errors: list[str] = []
 
-    async def handler(request: Request) -> Response:
+    async def handler(request: Request) -> None:
         with pytest.raises(UsageError) as info:
             await request.start_response(Response(200))
         errors.append(str(info.value))
-        return Response(407, {"proxy-authenticate": "Basic"}, b"no")
+        await request.start_response(Response(407, {"proxy-authenticate": "Basic"}))
+        await request.send_data(b"no")
 
     async with open_h2(handler) as (_client, h2c):
         response, tunnel = await h2c.tunnel("example.com:443")
@@ -577,6 +583,96 @@ async def test_a_client_that_resets_mid_response_closes_the_body_iterator(
         assert (await h2c.request("GET", "/next")).body == b"next"
 
 
+async def test_the_answer_waits_for_the_end_of_the_upload(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A handler that answers before the body is in: the response waits
+    for the client's END_STREAM (curl 7.88 stalls its upload when the
+    answer comes first), and the body is dropped, not handed to anyone."""
+    answered = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=b"early")
+
+    async with open_h2(handler) as (_client, h2c), trio.open_nursery() as nursery:
+        stream = await h2c.open_stream(request_head("POST"))
+        await h2c.send(stream, b"first half", end=False)
+
+        async def wait_head() -> None:
+            assert (await h2c.response_head(stream)).status == 200
+            answered.set()
+
+        nursery.start_soon(wait_head)
+        await trio.sleep(5)
+        assert not answered.is_set()
+        await h2c.send(stream, b"", end=True)
+        await answered.wait()
+        assert await read_body(stream) == [b"early"]
+
+
+async def test_any_async_iterable_is_a_body() -> None:
+    """Not only async generators: an object with ``__aiter__`` (and no
+    ``aclose``) streams the same way."""
+
+    class Countdown:
+        def __aiter__(self) -> AsyncIterator[bytes]:
+            return self._count()
+
+        async def _count(self) -> AsyncIterator[bytes]:
+            for n in (3, 2, 1):
+                yield b"%d" % n
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=Countdown())
+
+    async with open_h2(handler) as (_client, h2c):
+        response = await h2c.request("GET", "/")
+    assert response.status == 200 and response.body == b"321"
+
+
+async def test_a_response_to_a_stream_the_client_reset_is_dropped(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A handler that carries on after ClientDisconnected and returns a
+    response anyway: nothing is sent on the dead stream, nothing logged,
+    the connection goes on."""
+    returned = trio.Event()
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/next":
+            return Response(200)
+        with contextlib.suppress(ClientDisconnected):
+            await request.read()
+        returned.set()
+        return Response(200, body=b"nobody listens")
+
+    async with open_h2(handler) as (_client, h2c):
+        stream = await h2c.open_stream(request_head("POST", "/upload"))
+        await h2c.send(stream, b"some", end=False)
+        await trio.testing.wait_all_tasks_blocked()
+        h2c.reset(stream, CODES.CANCEL)
+        await h2c.flush()
+        await returned.wait()
+        assert (await h2c.request("GET", "/next")).status == 200
+    assert errors_logged(caplog) == []
+
+
+async def test_expect_100_continue_with_no_body_coming_sends_no_100() -> None:
+    """A client that says ``Expect: 100-continue`` but ended its stream
+    with the head: reading the body gives the empty body at once, and no
+    100 goes out (there is nothing to ask for)."""
+
+    async def handler(request: Request) -> Response:
+        return Response(200, body=b"%d" % len(await request.read()))
+
+    async with open_h2(handler) as (_client, h2c):
+        head = request_head("POST", "/", (b"expect", b"100-continue"))
+        stream = await h2c.open_stream(head, end_stream=True)
+        assert (await h2c.response_head(stream)).status == 200
+        assert await read_body(stream) == [b"0"]
+        assert stream.id not in h2c.interim
+
+
 # -- hijacked streams ------------------------------------------------------------
 
 
@@ -626,12 +722,13 @@ async def test_a_hijacked_stream_refuses_the_http_api(
         assert isinstance(stream, H2Hijacked)
         seen.append(repr(stream))
         seen.append(str(stream.stream_id))
-        for call in (
+        calls: list[Callable[[], Awaitable[object]]] = [
             lambda: request.hijack(Response(200)),
-            lambda: request.read(),
+            request.read,
             lambda: request.send_data(b"x"),
             lambda: request.start_response(Response(200)),
-        ):
+        ]
+        for call in calls:
             with pytest.raises(HijackError) as info:
                 await call()
             seen.append(str(info.value))
@@ -652,24 +749,32 @@ async def test_a_hijacked_stream_refuses_the_http_api(
     assert any("after hijacking" in line for line in errors_logged(caplog))
 
 
-async def test_an_http_error_after_hijack_is_logged_not_answered(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize(
+    ("error", "logged"),
+    [(HTTPError(400, "too late"), "after hijacking"), (RuntimeError(), "failed")],
+    ids=["http-error", "exception"],
+)
+async def test_an_error_after_hijack_is_logged_not_answered(
+    error: Exception, logged: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The 2xx is out and the stream belongs to the handler: an error it
+    raises is logged, no status follows, the stream is ended for it."""
+
     async def handler(request: Request) -> None:
         await request.hijack(Response(200))
-        raise HTTPError(400, "too late")
+        raise error
 
     async with open_h2(handler) as (_client, h2c):
         response, tunnel = await h2c.tunnel("example.com:443")
         assert response.status == 200 and tunnel is not None
-        assert await tunnel.receive_some() == b""  # no 400: the stream ends
+        assert await tunnel.receive_some() == b""  # no status: the stream ends
         await tunnel.aclose()
-    assert any("after hijacking" in line for line in errors_logged(caplog))
+    assert any(logged in line for line in errors_logged(caplog))
 
 
 async def test_a_reset_tunnel_breaks_its_owners_reads() -> None:
     """The client resets a hijacked stream: its owner is not cancelled (it
-    may hold other resources) but its next read raises
+    may hold other resources) but its read, and every write after, raises
     ``trio.BrokenResourceError``, the trio error for a broken stream."""
     outcome: list[str] = []
     reading = trio.Event()
@@ -684,6 +789,13 @@ async def test_a_reset_tunnel_breaks_its_owners_reads() -> None:
                 await stream.receive_some()
             except trio.BrokenResourceError as exc:
                 outcome.append(str(exc))
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.send_all(b"late")
+            outcome.append("write refused")
+            with pytest.raises(trio.BrokenResourceError):
+                await stream.send_eof()
+            outcome.append("write refused")
+        return None
 
     async with open_h2(handler) as (_client, h2c):
         response, tunnel = await h2c.tunnel("example.com:443")
@@ -693,4 +805,29 @@ async def test_a_reset_tunnel_breaks_its_owners_reads() -> None:
         await h2c.flush()
         await tunnel.aclose()
         assert (await h2c.request("GET", "/")).status == 200  # conn lives
-    assert len(outcome) == 1 and "reset" in outcome[0]
+    assert len(outcome) == 3 and "reset" in outcome[0]
+    assert outcome[1:] == ["write refused"] * 2
+
+
+async def test_a_client_that_ended_its_side_before_the_hijack() -> None:
+    """CONNECT, some bytes and END_STREAM, all before the handler hijacks:
+    the owner reads the bytes, then EOF, and can still answer (a half-closed
+    stream, as a socket after shutdown(SHUT_WR))."""
+    arrived = trio.Event()
+
+    async def handler(request: Request) -> None:
+        await arrived.wait()
+        stream = await request.hijack(Response(200))
+        async with stream:
+            received = b""
+            while data := await stream.receive_some():
+                received += data
+            await stream.send_all(b"got " + received)
+
+    async with open_h2(handler) as (_client, h2c):
+        stream = await h2c.open_stream(CONNECT_HEAD)
+        await h2c.send(stream, b"request", end=True)
+        await trio.testing.wait_all_tasks_blocked()
+        arrived.set()
+        assert (await h2c.response_head(stream)).status == 200
+        assert await read_body(stream) == [b"got request"]
