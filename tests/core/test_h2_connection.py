@@ -24,7 +24,7 @@ from hijack._h2_client import open_h2_client
 from hijack._h2_meter import PREFACE
 from hijack.testing import MemoryListener, open_test_client
 
-from ..helpers import tls_contexts
+from ..helpers import reset, tls_contexts
 from ..leakcheck import leak_fixture
 
 no_leaks = leak_fixture()
@@ -71,6 +71,35 @@ class RawPeer:
                     trio.BrokenResourceError, trio.ClosedResourceError
                 ):
                     await self.flush()
+
+    async def read_then_stop(
+        self,
+        nursery: trio.Nursery,
+        *,
+        until: Callable[[], bool],
+        request: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        """Over a lockstep pair (a write blocks until the other side
+        reads): write in a task of ``nursery``, read here (sending
+        ``request`` once the server's SETTINGS are in) until ``until()``;
+        from then on read nothing."""
+        outgoing = trio.Event()
+
+        async def write() -> None:
+            nonlocal outgoing
+            while True:
+                if data := self.h2.data_to_send():
+                    await self.stream.send_all(data)
+                await outgoing.wait()
+                outgoing = trio.Event()
+
+        nursery.start_soon(write)
+        while not until():
+            self.events += self.h2.receive_data(await self.stream.receive_some(65536))
+            if request and self.of(h2.events.RemoteSettingsChanged):
+                self.h2.send_headers(1, request, end_stream=True)
+                request = None
+            outgoing.set()
 
     def of(self, kind: type[h2.events.Event]) -> list[h2.events.Event]:
         return [event for event in self.events if isinstance(event, kind)]
@@ -266,29 +295,12 @@ async def test_a_peer_that_stops_reading_loses_the_connection_after_write_timeou
     ) as client:
         stream = await listener.connect()
         peer = RawPeer(stream)
-        # A lockstep write blocks until the other side reads: the peer
-        # writes in one task and reads in another, until the response's
-        # first DATA; from then on it reads nothing.
-        outgoing = trio.Event()
-
-        async def write() -> None:
-            nonlocal outgoing
-            while True:
-                if data := peer.h2.data_to_send():
-                    await stream.send_all(data)
-                await outgoing.wait()
-                outgoing = trio.Event()
-
-        async def read_until_data() -> None:
-            while not peer.of(h2.events.DataReceived):
-                peer.events += peer.h2.receive_data(await stream.receive_some(65536))
-                if peer.of(h2.events.RemoteSettingsChanged) and not peer.h2.streams:
-                    peer.h2.send_headers(1, request_head(), end_stream=True)
-                outgoing.set()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(write)
-            await read_until_data()
+            await peer.read_then_stop(
+                nursery,
+                until=lambda: bool(peer.of(h2.events.DataReceived)),
+                request=request_head(),
+            )
             stopped = trio.current_time()
             (connection,) = client.server.connections
             with trio.fail_after(60):
@@ -297,6 +309,32 @@ async def test_a_peer_that_stops_reading_loses_the_connection_after_write_timeou
         assert trio.current_time() - stopped == pytest.approx(10, abs=2)
         assert ended == ["ClientDisconnected"]
         await stream.aclose()
+
+
+async def test_a_silent_peer_that_does_not_read_is_let_go(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Settings exchanged, then nothing: no request, and no reading. The
+    idle GOAWAY cannot be delivered either; the connection is closed once
+    head_timeout and then write_timeout are spent, not held for ever."""
+    listener = MemoryListener(trio.testing.lockstep_stream_pair)
+    limits = Limits(head_timeout=10, write_timeout=5)
+    async with open_test_client(
+        version, http2=True, limits=limits, listener=listener
+    ) as client:
+        peer = RawPeer(await listener.connect())
+        async with trio.open_nursery() as nursery:
+            await peer.read_then_stop(
+                nursery,
+                until=lambda: bool(peer.of(h2.events.SettingsAcknowledged)),
+            )
+            stopped = trio.current_time()
+            (connection,) = client.server.connections
+            with trio.fail_after(60):
+                await connection.wait_closed()
+            nursery.cancel_scope.cancel()
+        assert trio.current_time() - stopped == pytest.approx(15, abs=1)
+        await peer.stream.aclose()
 
 
 async def test_a_peer_that_never_reads_our_settings_is_let_go(
@@ -343,6 +381,45 @@ async def test_settings_that_widen_the_window_wake_a_waiting_response(
                 while data := await stream.receive(None):
                     rest += data
             assert rest == b"w" * 4000
+
+
+async def test_a_connection_carries_more_than_its_window() -> None:
+    """The connection's receive window (16 MiB) is given back as DATA
+    arrives: 18 MiB of uploads on one connection all get through (three
+    6 MiB bodies, each under max_body_size)."""
+
+    async def count(request: Request) -> Response:
+        size = 0
+        async for chunk in request.body():
+            size += len(chunk)
+        return Response(200, body=b"%d" % size)
+
+    body = b"u" * (6 * 1024 * 1024)
+    async with open_test_client(count, http2=True) as client, client.http2() as h2c:
+        for _ in range(3):
+            with trio.fail_after(10):
+                response = await h2c.request("POST", "/", body=body)
+            assert response.body == b"%d" % len(body)
+
+
+async def test_a_tcp_reset_in_the_middle_of_the_preface_costs_nothing(
+    start_server: StartServer,
+) -> None:
+    """Over a real socket: half a preface, then RST. The server drops the
+    connection without a trace and serves the next one."""
+    server, port = await start_server(version, http2=True)
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    await stream.send_all(PREFACE[:8])
+    with trio.fail_after(5):
+        while not server.connections:
+            await trio.testing.wait_all_tasks_blocked()
+        (connection,) = server.connections
+        reset(stream)
+        await connection.wait_closed()
+    stream = await trio.open_tcp_stream("127.0.0.1", port)
+    async with stream, open_h2_client(stream) as h2c:
+        response = await h2c.request("GET", "/")
+    assert response.headers.get("x-version") == "2"
 
 
 # -- shutdown ----------------------------------------------------------------------
