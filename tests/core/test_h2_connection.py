@@ -489,3 +489,32 @@ async def test_shutdown_reaches_a_connection_the_sniff_took(
                 got += data
         assert got == b"bye"
         await stream.aclose()
+
+
+async def test_a_sniffed_connection_that_speaks_during_shutdown_is_served(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Connected before the shutdown, first bytes after it: the sniffed
+    protocol's handler still runs, and already sees
+    ``shutdown_requested``, so it can say goodbye in its own protocol."""
+
+    async def says_goodbye(stream: Hijacked) -> None:
+        await stream.receive_some()
+        assert stream.connection.shutdown_requested.is_set()
+        await stream.send_all(b"bye")
+
+    def sniff(first: bytes) -> Callable[[Hijacked], Awaitable[None]] | None:
+        return says_goodbye if first.startswith(b"\x05") else None
+
+    server = Server(version, http2=True, sniff=sniff)
+    async with open_test_client(server) as client:
+        stream = await client.listener.connect()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(server.shutdown, 30)
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.send_all(b"\x05\x01\x00")
+            got = b""
+            while data := await stream.receive_some():
+                got += data
+        assert got == b"bye"
+        await stream.aclose()
