@@ -196,11 +196,14 @@ class HTTP2Connection:
     async def _janitor(self, scope: trio.CancelScope) -> None:
         """Ends the connection when it should end without a frame saying
         so: idle (no stream) for ``idle_timeout`` (``head_timeout`` before
-        the first request), or the last stream gone after a GOAWAY. Sends
-        the GOAWAY of a graceful shutdown."""
+        the first request), the last stream gone after a GOAWAY, or a write
+        that failed (the transport is unusable: a write timed out or the
+        peer is gone). Sends the GOAWAY of a graceful shutdown."""
         limits = self.server.limits
         while True:
             changed = self._streams_changed
+            if self.wire.broken:
+                break
             if self.server.shutting_down and not self._goaway_sent:
                 await self._send_goaway(_CODES.NO_ERROR)
             if self.wire.streams:
