@@ -172,19 +172,35 @@ def chromium(profile: Path, *args: str) -> list[str]:
     ]  # fmt: skip
 
 
+async def page_showing(text: str, tmp_path: Path, url: str, tries: int = 3) -> str:
+    """The DOM of ``url`` once it shows ``text``, loading it up to ``tries``
+    times. Headless Chromium's virtual time does not wait for a WebSocket
+    (only for fetches): on a loaded machine the budget can run out before
+    the page's socket opened, and the DOM is dumped still 'waiting'."""
+    dom = ""
+    for _ in range(tries):
+        profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+        dom = await run(chromium(profile, url))
+        if text in dom:
+            return dom
+    raise AssertionError(f"{url} never showed {text!r}: {dom[:300]!r}")
+
+
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium missing")
 async def test_chromium_websocket_over_rfc8441(
     nursery: trio.Nursery, tmp_path: Path
 ) -> None:
     tls = TLS(tmp_path)
     server, port, records = await start(nursery, tls)
-    dom = await run(chromium(tmp_path / "p1", f"https://127.0.0.1:{port}/"))
-    assert '<div class="info">connected</div>' in dom  # the echo page
-    dom = await run(chromium(tmp_path / "p2", f"https://127.0.0.1:{port}/probe"))
-    assert "echo:ping over rfc 8441" in dom
+    await page_showing(
+        '<div class="info">connected</div>', tmp_path, f"https://127.0.0.1:{port}/"
+    )  # the echo page
+    await page_showing(
+        "echo:ping over rfc 8441", tmp_path, f"https://127.0.0.1:{port}/probe"
+    )
     # The server saw the WebSockets arrive as Extended CONNECT on HTTP/2.
     websockets = [r for r in records if r.method == "CONNECT"]
-    assert len(websockets) == 2
+    assert len(websockets) >= 2
     assert {(r.http_version, r.target, r.status) for r in websockets} == {
         ("2", "/", 200)
     }
