@@ -114,20 +114,7 @@ class TunnelLimits:
         limit = None if user is None else (user.max_tunnels or self.per_user)
         if user is not None and limit is not None and self.by_user[user.name] >= limit:
             raise TooManyTunnels(f"user {user.name} has {limit} tunnels open")
-        up: list[TokenBucket] = []
-        down: list[TokenBucket] = []
-        if self.tunnel_bandwidth is not None:
-            up.append(TokenBucket(self.tunnel_bandwidth))
-            down.append(TokenBucket(self.tunnel_bandwidth))
-        shared = None if user is None else self._user_throttle(user)
-        if shared is not None:
-            up.append(shared[0])
-            down.append(shared[1])
-        self.by_client[client] += 1
-        if user is not None:
-            self.by_user[user.name] += 1
-        throttle = (Throttle(*up) if up else None, Throttle(*down) if down else None)
-        return TunnelLease(self, client, user, throttle)
+        return self._counted(client, user, None)
 
     async def acquire_async(self, client: str, user: User | None) -> TunnelLease:
         """:meth:`acquire` for every state, the ones that answer over the
@@ -161,7 +148,8 @@ class TunnelLimits:
     def _counted(
         self, client: str, user: User | None, claim: Lease | None
     ) -> TunnelLease:
-        """A lease the state granted: this process's counts and throttles."""
+        """A granted tunnel (``claim``: the shared state's lease, if any):
+        this process's counts and throttles."""
         up: list[TokenBucket] = []
         down: list[TokenBucket] = []
         if self.tunnel_bandwidth is not None:
