@@ -224,7 +224,7 @@ class ReverseClient:
             except (_Lost, ProtocolError) as exc:
                 why = str(exc)
             except (OSError, trio.BrokenResourceError, trio.TooSlowError) as exc:
-                why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                why = _describe(exc)
             if published:
                 delay = FIRST_DELAY
             wait = random.uniform(delay / 2, delay)
@@ -485,3 +485,12 @@ def _number(value: object, default: float) -> float:
     if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
         return float(value)
     return default
+
+
+def _describe(exc: BaseException) -> str:
+    """Why a session failed, in one line. trio's stream errors carry the
+    real reason (a certificate that does not verify) as their cause."""
+    cause = exc.__cause__
+    if isinstance(exc, trio.BrokenResourceError) and cause is not None:
+        return f"{type(exc).__name__}: {_describe(cause)}"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -337,11 +337,13 @@ async def test_https_via_checks_the_certificate_with_the_system_trust(
     port = listeners[0].socket.getsockname()[1]
     public = free_port()
     spec = ReverseSpec(("127.0.0.1", public), ("127.0.0.1", 9))
-    # The test CA is in no system store: the handshake fails, never published.
-    # (The reason reads only "BrokenResourceError": the SSL error is its
-    # __cause__, which the client does not show.)
+    # The test CA is in no system store: the handshake fails, never published,
+    # and the reason names the certificate (the SSL error is the cause of
+    # trio's BrokenResourceError).
     async with client_running(f"https://127.0.0.1:{port}/", spec=spec, pool=0) as ev:
-        assert await ev.wait_for("lost") == "BrokenResourceError"
+        why = await ev.wait_for("lost")
+        assert why.startswith("BrokenResourceError: SSLCertVerificationError: "), why
+        assert "certificate verify failed" in why
         assert [kind for kind, _ in ev.seen] == ["lost"]
     async with client_running(
         f"https://127.0.0.1:{port}/", spec=spec, pool=0, ssl_context=client_context
