@@ -160,9 +160,32 @@ def setup_worker(
 ) -> tuple[int, int]:
     """Open ``inflight`` tunnels at once, one 4-byte round trip each, close;
     repeat. Returns (tunnels completed in the window, failures)."""
-    done = failures = 0
     target = f"{HOST}:{echo_port}".encode()
     request = b"CONNECT " + target + b" HTTP/1.1\r\nHost: " + target + b"\r\n\r\n"
+
+    def open_batch(socks: list[socket.socket]) -> None:
+        # Each step on every socket before the next step: ``inflight``
+        # tunnels are in flight at once.
+        for _ in range(inflight):
+            socks.append(connect(proxy_port))
+        for s in socks:
+            s.sendall(request)
+        for s in socks:
+            status, rest = read_head(s)
+            if status != 200 or rest:
+                raise ConnectionError(f"CONNECT answered {status}")
+
+    return tunnel_batches(inflight, window, open_batch)
+
+
+def tunnel_batches(
+    inflight: int, window: Window, open_batch: Callable[[list[socket.socket]], None]
+) -> tuple[int, int]:
+    """Repeat until the window ends: ``open_batch`` opens ``inflight``
+    tunnels into the list it is given, then one 4-byte round trip on each,
+    then all are closed. Returns (tunnels completed in the window, failed
+    batches). Any proxy's set-up row (CONNECT, SOCKS5) counts this way."""
+    done = failures = 0
     _sleep_until(window.start)
     for _ in range(MAX_OPS):
         now = time.monotonic()
@@ -171,16 +194,7 @@ def setup_worker(
         socks: list[socket.socket] = []
         ok = False
         try:
-            # Each step on every socket before the next step: ``inflight``
-            # tunnels are in flight at once.
-            for _ in range(inflight):
-                socks.append(connect(proxy_port))
-            for s in socks:
-                s.sendall(request)
-            for s in socks:
-                status, rest = read_head(s)
-                if status != 200 or rest:
-                    raise ConnectionError(f"CONNECT answered {status}")
+            open_batch(socks)
             for s in socks:
                 s.sendall(b"ping")
             buf = memoryview(bytearray(4))

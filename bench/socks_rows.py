@@ -92,30 +92,12 @@ def socks_setup_worker(
     proxy_port: int, echo_port: int, inflight: int, window: Window
 ) -> tuple[int, int]:
     """As loadgen.setup_worker, with SOCKS5 CONNECT."""
-    done = failures = 0
-    loadgen._sleep_until(window.start)
-    for _ in range(MAX_OPS):
-        now = time.monotonic()
-        if now >= window.end:
-            break
-        socks: list[socket.socket] = []
-        ok = False
-        try:
-            for _ in range(inflight):
-                socks.append(socks_connect(proxy_port, echo_port))
-            for s in socks:
-                s.sendall(b"ping")
-            for s in socks:
-                _recv(s, 4)
-            ok = True
-        except (OSError, ConnectionError, ValueError):
-            failures += 1
-        finally:
-            for s in socks:
-                s.close()
-        if ok and now >= window.begin and time.monotonic() <= window.end:
-            done += inflight
-    return done, failures
+
+    def open_batch(socks: list[socket.socket]) -> None:
+        for _ in range(inflight):
+            socks.append(socks_connect(proxy_port, echo_port))
+
+    return loadgen.tunnel_batches(inflight, window, open_batch)
 
 
 def socks_transfer(
