@@ -69,10 +69,12 @@ async def local_socks(nursery: trio.Nursery) -> AsyncIterator[LocalSocks]:
         scope.cancel()
 
 
-@pytest.mark.parametrize("kind", ["connect", "websocket"])
-async def test_curl_through_the_local_socks_server(
+async def origin_behind_local_socks(
     start_server: StartServer, local_socks: LocalSocks, kind: str
-) -> None:
+) -> tuple[int, int]:
+    """An origin, a hijack server in front of it (``kind``: a CONNECT proxy
+    or a WebSocket tunnel) and a local SOCKS5 server through that server:
+    (origin port, local SOCKS5 port)."""
     _, origin = await start_server(hello)
     policy = loopback(origin)
     if kind == "connect":
@@ -81,7 +83,14 @@ async def test_curl_through_the_local_socks_server(
     else:
         _, server = await start_server(WebSocketTunnel(policy, path="/t"))
         via = f"ws://127.0.0.1:{server}/t"
-    port = await local_socks(via)
+    return origin, await local_socks(via)
+
+
+@pytest.mark.parametrize("kind", ["connect", "websocket"])
+async def test_curl_through_the_local_socks_server(
+    start_server: StartServer, local_socks: LocalSocks, kind: str
+) -> None:
+    origin, port = await origin_behind_local_socks(start_server, local_socks, kind)
     got = await run(
         [
             CURL,
@@ -101,15 +110,7 @@ async def test_curl_through_the_local_socks_server(
 async def test_server_refusals_come_back_as_reply_codes(
     start_server: StartServer, local_socks: LocalSocks, kind: str
 ) -> None:
-    _, origin = await start_server(hello)
-    policy = loopback(origin)
-    if kind == "connect":
-        _, server = await start_server(ConnectProxy(policy))
-        via: tuple[str, int] | str = ("127.0.0.1", server)
-    else:
-        _, server = await start_server(WebSocketTunnel(policy, path="/t"))
-        via = f"ws://127.0.0.1:{server}/t"
-    port = await local_socks(via)
+    origin, port = await origin_behind_local_socks(start_server, local_socks, kind)
     for command, host, target, expected in [
         (Command.CONNECT, "10.0.0.1", origin, Reply.NOT_ALLOWED),
         (Command.CONNECT, "127.0.0.1", 22, Reply.NOT_ALLOWED),
