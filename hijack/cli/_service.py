@@ -368,7 +368,9 @@ class Service:
                 logger.info("reloaded")
         self.health.ready = False
         notify("STOPPING=1")
-        print("shutting down (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+        # One write: stderr is write-through, so print() would send the text
+        # and its newline apart, and two workers' lines could run together.
+        sys.stderr.write("shutting down (Ctrl-C again to stop now)\n")
         async with trio.open_nursery() as inner:
 
             async def second_signal() -> None:

@@ -60,18 +60,19 @@ async def test_sigterm_drains_a_request_in_flight() -> None:
         port = await hijack.port()
         # A request in flight: its head half sent, so a worker is reading it.
         busy = await trio.open_tcp_stream("127.0.0.1", port)
-        await busy.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        await read_by_peer(busy)  # a worker is reading the request
-        hijack.signal(signal.SIGTERM)
-        # Both workers said they drain (after the supervisor stopped being
-        # ready): the request is in flight through a shutdown.
-        await hijack.wait_for(
-            r"shutting down.*\n(?:.*\n)*?.*shutting down", stream="stderr"
-        )
-        assert hijack.process.returncode is None  # still draining the request
-        await busy.send_all(b"\r\n")
-        data = await read_until_closed(busy)
-        await busy.aclose()
+        async with busy:  # closed even when an assertion fails
+            await busy.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            await read_by_peer(busy)  # a worker is reading the request
+            hijack.signal(signal.SIGTERM)
+            # Both workers said they drain (after the supervisor stopped
+            # being ready): the request is in flight through a shutdown.
+            # Each says it on a line of its own (one write per line).
+            await hijack.wait_for(
+                r"shutting down.*\n(?:.*\n)*?.*shutting down", stream="stderr"
+            )
+            assert hijack.process.returncode is None  # still draining
+            await busy.send_all(b"\r\n")
+            data = await read_until_closed(busy)
         assert data.startswith(b"HTTP/1.1 200 ")
         assert b"connection: close" in data.lower()
         assert await hijack.wait() == 0
