@@ -29,6 +29,7 @@ import trio
 from ._plain_socket import find_socket
 
 if TYPE_CHECKING:
+    from ._config import Limits
     from ._proxyproto import ProxyHeader
 
 logger = logging.getLogger("hijack")
@@ -156,6 +157,7 @@ class Connection:
         "_driver",
         "_hijacked",
         "_hooks",
+        "_keepalive",
         "_on_close",
         "_server_name",
         "_shutdown_requested",
@@ -217,6 +219,9 @@ class Connection:
             self._described_tls = peer.tls
         self._state = ConnState.NEW
         self._hooks = hooks
+        # The keepalive settings the server gave this connection's TCP
+        # socket (its Limits), or None: then copy_tcp_keepalive reads them.
+        self._keepalive: Limits | None = None
         # Who holds the stream: the HTTP driver (anything with a
         # ``request_shutdown()``) while it speaks HTTP, then the hijacked
         # stream (any AsyncResource: a Hijacked, or whatever took it over)

@@ -196,7 +196,12 @@ class _Flow:
                     tunnel.pool.release(pipe)
                 if self.eof:
                     self.done = True
-                    self.dst_sock.shutdown(socket.SHUT_WR)
+                    # The other way ended first: the tunnel closes right
+                    # after this, and close() sends the FIN (nothing unread
+                    # is left on dst: its EOF was read), one syscall less.
+                    other = tunnel.ba if self.forward else tunnel.ab
+                    if not other.done:
+                        self.dst_sock.shutdown(socket.SHUT_WR)
                     return False
                 if moved >= TURN_BYTES:
                     return True

@@ -74,6 +74,18 @@ def copy_tcp_keepalive(
     if source is None or source.family not in (socket.AF_INET, socket.AF_INET6):
         set_tcp_keepalive(sock)
         return
+    given = connection._keepalive
+    if given is not None:
+        # The server's own connection: what it gave the client's socket is
+        # known, no need to read four options back (a tunnel's set-up path).
+        if given.tcp_keepalive_idle is not None:
+            _apply(
+                sock,
+                given.tcp_keepalive_idle,
+                given.tcp_keepalive_interval,
+                given.tcp_keepalive_count,
+            )
+        return  # off: the default for a fresh socket too
     try:
         if not source.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE):
             return  # off on the client's side: the default for a fresh socket too

@@ -454,7 +454,9 @@ class Server:
                 raise
         if ssl_context is not None:
             stream = wrap_server_side(stream, ssl_context)
-        await self._drive(self._new_connection(stream, local_path, proxy_header))
+        connection = self._new_connection(stream, local_path, proxy_header)
+        connection._keepalive = self.limits  # what its TCP socket was given
+        await self._drive(connection)
 
     def _new_connection(
         self,

@@ -134,3 +134,52 @@ async def test_forward_client_dials_with_keepalive(nursery: trio.Nursery) -> Non
         assert isinstance(tunnel, ReplayStream)
         assert isinstance(tunnel.stream, trio.SocketStream)
         assert keepalive_of(tunnel.stream.socket) == (1, 30, 10, 3)
+
+
+async def test_copy_reads_a_connection_the_server_did_not_set_up() -> None:
+    """A Connection over a socket set up elsewhere: its settings are read
+    back from the kernel (the server's own connections skip the reads:
+    it knows what it gave them)."""
+    listener, client = trio.socket.socket(), trio.socket.socket()
+    dialled_listener, dialled = trio.socket.socket(), trio.socket.socket()
+    with listener, client, dialled_listener, dialled:
+        for sock in (listener, dialled_listener):
+            await sock.bind(("127.0.0.1", 0))
+            sock.listen()
+        await client.connect(listener.getsockname())
+        await dialled.connect(dialled_listener.getsockname())
+        accepted, _ = await listener.accept()
+        with accepted:
+            set_tcp_keepalive(accepted, Limits(tcp_keepalive_idle=9,
+                tcp_keepalive_interval=3, tcp_keepalive_count=2))  # fmt: skip
+            connection = Connection(1, trio.SocketStream(accepted))
+            copy_tcp_keepalive(connection, dialled)
+            assert keepalive_of(dialled) == (1, 9, 3, 2)
+
+
+async def test_a_server_with_keepalive_off_dials_without_it(
+    start_server: StartServer,
+) -> None:
+    dialled: list[trio.abc.Stream] = []
+
+    async def upstream(request: Request) -> Response:
+        return Response(200, body=b"upstream")
+
+    _, upstream_port = await start_server(upstream)
+
+    async def dial(address: Any, port: int) -> trio.abc.Stream:
+        dialled.append(await dial_tcp(address, port))
+        return dialled[-1]
+
+    proxy = ConnectProxy(
+        ConnectPolicy(allowed_ports={upstream_port}, allow=["127.0.0.1"]), dial=dial
+    )
+    _, port = await start_server(proxy, limits=Limits(tcp_keepalive_idle=None))
+    async with await trio.open_tcp_stream("127.0.0.1", port) as stream:
+        await stream.send_all(
+            f"CONNECT 127.0.0.1:{upstream_port} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            + GET_CLOSE
+        )
+        await read_until(stream, b"upstream")
+        assert isinstance(dialled[0], trio.SocketStream)
+        assert keepalive_of(dialled[0].socket)[0] == 0
