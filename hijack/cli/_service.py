@@ -426,13 +426,22 @@ NEEDS_A_RESTART = (
     "access_log_format",
     "shutdown_grace",
     "log_level",
+    # Built once with the Server or at start-up, not with the handler.
+    "http2",
+    "state",
+    "state_password_file",
+    "state_ttl",
+    "state_timeout",
+    "state_unavailable",
+    "admin",
+    "admin_token_file",
 )
 
 
 def _warn_unapplied(started: argparse.Namespace, new: argparse.Namespace) -> None:
     """One line for each option a reload was given but cannot apply."""
-    for dest in NEEDS_A_RESTART:
-        if getattr(new, dest) != getattr(started, dest):
+    for dest in NEEDS_A_RESTART:  # not every command has every option
+        if getattr(new, dest, None) != getattr(started, dest, None):
             flag = "--" + dest.replace("_", "-")
             logger.warning("reload: %s changed; it applies after a restart", flag)
     if (new.tls_cert is None) != (started.tls_cert is None):

@@ -473,3 +473,28 @@ async def test_a_reload_says_what_only_a_restart_applies(tmp_path: Path) -> None
         warning = await echo.wait_for(r"WARNING (reload: .*)\n", stream="stderr")
         assert warning[1] == "reload: --listen changed; it applies after a restart"
         assert (await http_get(port))[0] == 200
+
+
+async def test_a_reload_names_the_shared_state_and_http2_options(
+    tmp_path: Path,
+) -> None:
+    """The shared state, the admin API and HTTP/2 are set up once, with the
+    server: a reload that changes them says they wait for a restart."""
+    config = tmp_path / "proxy.toml"
+    config.write_text('listen = "127.0.0.1:0"\n')
+    token = tmp_path / "token"
+    token.write_text("a-token-of-twenty-chars\n")
+    async with run_hijack(
+        ["proxy", "--config", str(config)], stop_signal=signal.SIGTERM
+    ) as proxy:
+        await proxy.port()
+        config.write_text(
+            'listen = "127.0.0.1:0"\nhttp2 = true\nstate-timeout = 2.5\n'
+            f'admin = "127.0.0.1:0"\nadmin-token-file = "{token}"\n'
+        )
+        proxy.signal(signal.SIGHUP)
+        await proxy.wait_for(r"INFO reloaded", stream="stderr")
+        await proxy.wait_for(r"reload: --admin changed", stream="stderr")
+        for flag in ("--http2", "--state-timeout", "--admin"):
+            line = f"reload: {flag} changed; it applies after a restart"
+            assert line in proxy.stderr, proxy.stderr
