@@ -115,7 +115,8 @@ def cpu_verdicts(b: Any, hijack: str = "hijack", peer: str = "pproxy") -> list[s
         ratio = mine / theirs
         ok = ratio <= SETUP_CPU_RATIO
         lines.append(
-            f"- {'MET' if ok else 'MISSED'}: tunnel setup, server CPU per tunnel: "
+            f"- {'MET' if ok else 'MISSED'}: tunnel setup"
+            f"{'' if hijack == 'hijack' else f' ({hijack})'}, server CPU per tunnel: "
             f"{ratio:.2f}x {peer} ({mine * 1e6:,.0f} vs {theirs * 1e6:,.0f} us; "
             f"target <= {SETUP_CPU_RATIO}x)"
         )
