@@ -78,8 +78,9 @@ class BatchedStreamHandler(logging.Handler):
                     except Exception:
                         self.handleError(record)
                 try:
-                    self.stream.write("".join(lines))
-                    self.stream.flush()
+                    for chunk in _atomic_chunks(lines):
+                        self.stream.write(chunk)
+                        self.stream.flush()
                 except (OSError, ValueError):
                     # stderr gone (closed pipe): logging must not take the
                     # server down, and there is no one left to tell.
@@ -88,6 +89,30 @@ class BatchedStreamHandler(logging.Handler):
     def flush(self) -> None:
         """Write everything queued, now, from the caller's thread."""
         self._write(self._take())
+
+
+#: A pipe takes a write of at most this many bytes whole (POSIX PIPE_BUF,
+#: 4096 on Linux): a longer one may be cut and interleaved with another
+#: worker's, since the workers share one stderr.
+ATOMIC_WRITE = 4096
+
+
+def _atomic_chunks(lines: list[str]) -> list[str]:
+    """``lines`` joined into as few writes as fit :data:`ATOMIC_WRITE`
+    bytes each, cut only between lines (a longer line goes alone)."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in lines:
+        n = len(line) if line.isascii() else len(line.encode(errors="replace"))
+        if current and size + n > ATOMIC_WRITE:
+            chunks.append("".join(current))
+            current, size = [], 0
+        current.append(line)
+        size += n
+    if current:
+        chunks.append("".join(current))
+    return chunks
 
 
 def quiet_record_fields() -> None:

@@ -37,12 +37,42 @@ def test_a_burst_is_one_write_in_order() -> None:
     # A delay no test run reaches: the thread waits, flush() writes.
     handler = BatchedStreamHandler(stream, delay=3600)
     logger = make_logger(handler)
-    for n in range(500):
+    for n in range(300):  # 2,590 bytes: under a pipe's atomic write
         logger.info("line %d", n)
     assert stream.getvalue() == ""  # nothing formatted in the caller
     handler.flush()
-    assert stream.getvalue() == "".join(f"line {n}\n" for n in range(500))
+    assert stream.getvalue() == "".join(f"line {n}\n" for n in range(300))
     assert stream.writes == 1
+
+
+class RecordingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.chunks.append(text)
+        return super().write(text)
+
+
+def test_no_write_is_longer_than_a_pipe_takes_whole() -> None:
+    """Workers share one stderr: a write over PIPE_BUF (4096 bytes) may be
+    cut and interleaved with another worker's, so a batch is written in
+    whole lines of at most 4096 bytes per write (a longer line alone)."""
+    stream = RecordingStream()
+    handler = BatchedStreamHandler(stream, delay=3600)
+    logger = make_logger(handler)
+    lines = [f"tunnel {n} " + "x" * 90 for n in range(200)]
+    lines.insert(100, "long " + "y" * 5000)
+    lines.insert(150, "caf\u00e9 " * 600)  # 3,600 characters, 4,200 bytes
+    for line in lines:
+        logger.info("%s", line)
+    handler.flush()
+    assert stream.getvalue() == "".join(f"{line}\n" for line in lines)
+    for chunk in stream.chunks:
+        assert chunk.endswith("\n")
+        assert len(chunk.encode()) <= 4096 or chunk.count("\n") == 1
+    assert len(stream.chunks) >= 7  # 20 KiB of short lines, plus two alone
 
 
 def test_the_thread_writes_without_a_flush() -> None:
