@@ -92,6 +92,7 @@ _REGISTER = (
 _ERRORS = getattr(select, "EPOLLERR", 0) | getattr(select, "EPOLLHUP", 0)
 _READ = getattr(select, "EPOLLIN", 0) | getattr(select, "EPOLLRDHUP", 0) | _ERRORS
 _WRITE = getattr(select, "EPOLLOUT", 0) | _ERRORS
+_HANGUP = getattr(select, "EPOLLRDHUP", 0) | _ERRORS
 _SOCKET_ERROR = getattr(select, "EPOLLERR", 0)
 
 TunnelCallback = Callable[["HubTunnel"], None]
@@ -129,6 +130,7 @@ class _Flow:
         "dst_sock",
         "eof",
         "forward",
+        "hangup",
         "in_pipe",
         "parked",
         "pipe",
@@ -163,12 +165,16 @@ class _Flow:
         # Small messages are read and written, bulk is spliced; a tunnel starts
         # copying (a handshake, a request) and splices once a read fills up.
         self.copying = True
+        # epoll said the source's peer shut down (or the socket failed):
+        # its EOF must be read, even after a short read.
+        self.hangup = False
 
     def pump(self, now: float) -> bool:
         """Move bytes until EAGAIN, EOF or the turn's budget. True when the
         budget ran out (more may be ready). Raises OSError when broken."""
         tunnel = self.tunnel
         moved = 0
+        drained = False
         try:
             while True:
                 if self.buf:
@@ -203,6 +209,11 @@ class _Flow:
                     if not other.done:
                         self.dst_sock.shutdown(socket.SHUT_WR)
                     return False
+                if drained:
+                    # A short read emptied the source and what it gave is
+                    # written: wait for the next EPOLLIN edge (epoll reports
+                    # one for every arrival), not for a read saying EAGAIN.
+                    return False
                 if moved >= TURN_BYTES:
                     return True
                 limit = TURN_BYTES
@@ -214,26 +225,25 @@ class _Flow:
                             until = tunnel.limiter.resume_at(now)
                             tunnel.hub.park(self, max(until, now + MIN_PARK))
                         return False
-                self._read(limit, now)
+                drained = self._read(limit, now)
                 if not (self.in_pipe or self.buf or self.eof):
                     return False  # src drained: wait for EPOLLIN
         finally:
             if moved:
                 tunnel.moved(moved, self.forward, now)
 
-    def _read(self, limit: int, now: float) -> None:
+    def _read(self, limit: int, now: float) -> bool:
         """Fill the pipe (or ``buf``) from ``src``; sets ``eof`` on EOF.
-        A limiter is charged for what was read."""
+        A limiter is charged for what was read. True when a copy's short
+        read left the source empty (see :meth:`_copy`)."""
         tunnel = self.tunnel
         if self.copying:
-            self._copy(min(limit, SMALL_READ), now)
-            return
+            return self._copy(min(limit, SMALL_READ), now)
         pool = tunnel.pool
         try:
             pipe = pool.acquire()
         except OSError:  # EMFILE, ENFILE, ENOMEM: copy through Python
-            self._copy(min(limit, COPY_CHUNK), now)
-            return
+            return self._copy(min(limit, COPY_CHUNK), now)
         try:
             n = _splice_nb(self.src, pipe.write_fd, min(limit, pipe.size))
         except BaseException:
@@ -242,7 +252,7 @@ class _Flow:
         if n <= 0:
             pool.release(pipe)
             self.eof = n == 0
-            return
+            return False
         self.pipe = pipe
         self.in_pipe = n
         # Small messages (interactive traffic) are cheaper copied than
@@ -250,20 +260,26 @@ class _Flow:
         self.copying = n < SMALL_READ // 4
         if tunnel.limiter is not None:
             tunnel.limiter.consume(n, now)
+        return False
 
-    def _copy(self, size: int, now: float) -> None:
+    def _copy(self, size: int, now: float) -> bool:
         """Read up to ``size`` bytes into ``buf``; back to splicing when a
-        read fills it (bulk data)."""
+        read fills it (bulk data). True when the read was short and the
+        peer has not hung up: the socket's queue is empty now, and any byte
+        that arrives later raises a new edge (Linux's edge-triggered epoll
+        reports every arrival; nginx relies on the same rule). After a
+        hang-up the EOF is read at once, as no edge would follow."""
         try:
             data = os.read(self.src, size)
         except BlockingIOError:
-            return
+            return False
         self.buf = data
         self.eof = not data
         if len(data) >= SMALL_READ:
             self.copying = False
         if data and self.tunnel.limiter is not None:
             self.tunnel.limiter.consume(len(data), now)
+        return 0 < len(data) < size and not self.hangup
 
     def drop_pipe(self) -> None:
         pipe, self.pipe = self.pipe, None
@@ -612,6 +628,8 @@ class Hub:
             if mask & _WRITE and writing.waiting:
                 writing.waiting = False
                 self._turn(writing, now)
+            if mask & _HANGUP:
+                reading.hangup = True
             if mask & _READ and not (reading.waiting or reading.eof or reading.parked):
                 self._turn(reading, now)
             if mask & _SOCKET_ERROR and not tunnel.closed:

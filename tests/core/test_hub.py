@@ -346,3 +346,34 @@ async def test_small_messages_are_copied_and_bulk_is_spliced(hub: Hub) -> None:
     assert pool.borrowed > after_first
     await tunnel.aclose()
     pool.close()
+
+
+async def test_bytes_and_eof_that_arrive_together_are_both_passed_on(
+    hub: Hub,
+) -> None:
+    """A short read ends a flow's turn (epoll reports the next arrival), but
+    not when the peer has hung up: no edge would follow, so its EOF is read
+    at once. Here the bytes and the FIN are queued before the hand-over."""
+    tunnel = await Tunnel.open()
+    await tunnel.client.send_all(b"last words")
+    await tunnel.client.send_eof()
+    await tunnel.upstream.send_all(b"and mine")
+    hub.add(tunnel.a, tunnel.b)
+    with trio.fail_after(10):  # a guard: the EOF comes at once or never
+        assert await read_until_closed(tunnel.upstream) == b"last words"
+        await tunnel.upstream.send_eof()
+        assert await read_until_closed(tunnel.client) == b"and mine"
+    await tunnel.aclose()
+
+
+async def test_messages_after_a_short_read_still_flow(hub: Hub) -> None:
+    """Each message is one short read; the next arrives on a new edge."""
+    tunnel = await Tunnel.open()
+    hub.add(tunnel.a, tunnel.b)
+    for i in range(50):
+        message = b"message %d" % i
+        await tunnel.client.send_all(message)
+        assert await read_exactly(tunnel.upstream, len(message)) == message
+        await tunnel.upstream.send_all(message[::-1])
+        assert await read_exactly(tunnel.client, len(message)) == message[::-1]
+    await tunnel.aclose()
