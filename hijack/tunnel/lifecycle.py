@@ -338,7 +338,7 @@ class TunnelLife:
                         record.outcome, record.detail = await own_relay(
                             client, upstream, record.stats
                         )
-                    if live.ended:
+                    if live.ended or connection.cut:
                         record.outcome = Outcome.CANCELLED
                     return
                 throttle = _NO_THROTTLE if lease is None else lease.throttle
@@ -370,7 +370,10 @@ class TunnelLife:
                     )
                 timed_out = record.stats.timed_out
                 record.outcome = Outcome.IDLE_TIMEOUT if timed_out else Outcome.OK
-                if live.ended:
+                # Ended by an operator, or cut at the end of the shutdown
+                # grace: the relay saw only its streams end, as on a normal
+                # end (or a broken one), but the tunnel was ended from outside.
+                if live.ended or connection.cut:
                     record.outcome = Outcome.CANCELLED
             finally:
                 if not record.handed:
@@ -380,8 +383,12 @@ class TunnelLife:
         except ConnectError as exc:
             record.refuse(exc.status, exc.reason)
             raise
-        except trio.Cancelled:
-            record.outcome = Outcome.CANCELLED
+        except BaseException as exc:
+            # Cancelled, or woken by a socket the server closed when it cut
+            # the connection (what escapes then may be the closed socket's
+            # error, or a relay nursery's group carrying the cancel).
+            if isinstance(exc, trio.Cancelled) or connection.cut:
+                record.outcome = Outcome.CANCELLED
             raise
 
     async def _open_upstream(

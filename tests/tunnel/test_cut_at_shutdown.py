@@ -1,0 +1,78 @@
+"""A tunnel still open when the server's shutdown grace runs out was ended
+from outside: its record (so its log line, its metric and ``on_tunnel``)
+says ``cancelled``, whichever relay moved its bytes. The task relay used to
+wake on the socket the server closed and call that an error."""
+
+from __future__ import annotations
+
+import functools
+import logging
+
+import pytest
+import trio
+import trio.testing
+
+from hijack import Server
+from hijack.tunnel.lifecycle import Outcome
+from hijack.tunnel.limits import TunnelLimits
+from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
+
+from ..client.test_forward import echo
+from ..helpers import read_exactly, read_head, start_upstream, tls_contexts
+from .test_lifecycle import Records
+
+# hub: handed to the relay hub; task-relay: hand_over=False; throttled: a
+# bandwidth limit keeps the task relay; tls: a TLS client cannot be handed.
+WAYS = ["hub", "task-relay", "throttled", "tls"]
+
+
+@pytest.mark.parametrize("way", WAYS)
+async def test_a_tunnel_cut_at_the_end_of_the_grace_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    no_leaks: None,
+    caplog: pytest.LogCaptureFixture,
+    way: str,
+) -> None:
+    upstream = await start_upstream(nursery, echo)
+    records = Records()
+    proxy = ConnectProxy(
+        ConnectPolicy(allowed_ports={upstream}, allow_private=True),
+        on_tunnel=records,
+        hand_over=way != "task-relay",
+        limits=TunnelLimits(tunnel_bandwidth=10**9) if way == "throttled" else None,
+    )
+    server = Server(proxy)
+    server_context, client_context = tls_contexts("127.0.0.1")
+    listeners = await nursery.start(
+        functools.partial(
+            server.serve_tcp,
+            0,
+            host="127.0.0.1",
+            ssl_context=server_context if way == "tls" else None,
+        )
+    )
+    port = listeners[0].socket.getsockname()[1]
+    caplog.set_level(logging.INFO, logger="hijack.connect")
+
+    client: trio.abc.Stream = await trio.open_tcp_stream("127.0.0.1", port)
+    if way == "tls":
+        client = trio.SSLStream(client, client_context, server_hostname="127.0.0.1")
+    async with client:
+        head = f"CONNECT 127.0.0.1:{upstream} HTTP/1.1\r\nHost: x\r\n\r\n"
+        await client.send_all(head.encode())
+        answer, rest = await read_head(client)
+        assert answer.startswith(b"HTTP/1.1 200")
+        await client.send_all(b"ping")
+        assert await read_exactly(client, 4, rest) == b"ping"
+        # The tunnel stays open through the grace: the server cuts it.
+        await server.shutdown(grace=5)
+        assert autojump_clock.current_time() >= 5
+        assert server.open_hijacked_connections == 0
+    await records.wait_for(1)
+    (record,) = records
+    assert record.outcome is Outcome.CANCELLED
+    assert (record.stats.a_to_b, record.stats.b_to_a) == (4, 4)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "hijack.connect"]
+    assert " cancelled up=4 down=4 " in line, line
+    assert proxy.open_tunnels == 0
