@@ -71,6 +71,7 @@ __all__ = [
     "TunnelRecord",
     "TunnelTimeout",
     "client_host",
+    "ended_from_outside",
     "hijack_with",
     "outcome_for_status",
 ]
@@ -384,10 +385,7 @@ class TunnelLife:
             record.refuse(exc.status, exc.reason)
             raise
         except BaseException as exc:
-            # Cancelled, or woken by a socket the server closed when it cut
-            # the connection (what escapes then may be the closed socket's
-            # error, or a relay nursery's group carrying the cancel).
-            if isinstance(exc, trio.Cancelled) or connection.cut:
+            if ended_from_outside(exc, connection):
                 record.outcome = Outcome.CANCELLED
             raise
 
@@ -491,6 +489,19 @@ def _log_fields(record: TunnelRecord, duration: float) -> dict[str, Any]:
 #: by a user's own rules: any port and address; the user's deny entries and
 #: ports still apply on top of it (``Users.policy_for``).
 TRUSTED_UPSTREAM = ConnectPolicy(allowed_ports=None, allow_private=True)
+
+
+def ended_from_outside(exc: BaseException, connection: Connection) -> bool:
+    """Whether a tunnel on ``connection`` that ended by raising ``exc`` was
+    ended from outside (so is ``cancelled``): a cancel, alone or in the
+    group a relay's nursery raises, or any end once the server cut the
+    connection (a relay woken by a socket the server closed raises that
+    socket's error, or is cancelled while it is at it)."""
+    if connection.cut or isinstance(exc, trio.Cancelled):
+        return True
+    return (
+        isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
+    )
 
 
 def client_host(connection: Connection) -> str:

@@ -13,12 +13,24 @@ import trio
 import trio.testing
 
 from hijack import Server
+from hijack.testing import open_test_client
 from hijack.tunnel.lifecycle import Outcome
 from hijack.tunnel.limits import TunnelLimits
 from hijack.upgrades.connect import ConnectPolicy, ConnectProxy
+from hijack.upgrades.reverse import ReverseTunnels
 
 from ..client.test_forward import echo
-from ..helpers import read_exactly, read_head, start_upstream, tls_contexts
+from ..conftest import StartServer
+from ..daemons import free_port
+from ..helpers import (
+    capture_log,
+    read_exactly,
+    read_head,
+    read_until_closed,
+    start_upstream,
+    tls_contexts,
+)
+from ..upgrades.test_reverse import RULES, Ends, running_client
 from .test_lifecycle import Records
 
 # hub: handed to the relay hub; task-relay: hand_over=False; throttled: a
@@ -76,3 +88,65 @@ async def test_a_tunnel_cut_at_the_end_of_the_grace_is_cancelled(
     (line,) = [r.getMessage() for r in caplog.records if r.name == "hijack.connect"]
     assert " cancelled up=4 down=4 " in line, line
     assert proxy.open_tunnels == 0
+
+
+@pytest.mark.parametrize("way", ["hub", "task-relay", "websocket"])
+async def test_a_reverse_tunnel_cut_at_the_end_of_the_grace_is_cancelled(
+    autojump_clock: trio.testing.MockClock,
+    nursery: trio.Nursery,
+    start_server: StartServer,
+    way: str,
+) -> None:
+    upstream = await start_upstream(nursery, echo)
+    ends = Ends()
+    handler = ReverseTunnels(RULES, on_tunnel=ends, hand_over=way != "task-relay")
+    server, port = await start_server(handler)
+    public = free_port()
+    scheme = "ws" if way == "websocket" else "http"
+    with capture_log("hijack.reverse") as log:
+        async with running_client(port, upstream, public, scheme=scheme) as events:
+            await events.wait_for("published")
+            async with await trio.open_tcp_stream("127.0.0.1", public) as client:
+                await client.send_all(b"ping")
+                assert await read_exactly(client, 4) == b"ping"
+                await server.shutdown(grace=5)
+                if way != "websocket":
+                    # The relayed connection outlived its control connection
+                    # until the grace ran out. (A WebSocket data connection
+                    # says goodbye, 1001, as the shutdown starts: its tunnel
+                    # ends then, from outside all the same.)
+                    assert autojump_clock.current_time() >= 5
+                assert await read_until_closed(client) == b""
+            await ends.wait_for(1)
+    (record,) = ends.records
+    assert record.outcome is Outcome.CANCELLED
+    (line,) = [
+        r.getMessage()
+        for r in log.records
+        if r.name == "hijack.reverse" and r.getMessage().startswith("reverse ")
+    ]
+    assert " cancelled up=4 down=4 " in line, line
+
+
+async def test_a_tunnel_on_an_http2_stream_cut_at_the_end_of_the_grace_is_cancelled(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery, no_leaks: None
+) -> None:
+    upstream = await start_upstream(nursery, echo)
+    records = Records()
+    proxy = ConnectProxy(
+        ConnectPolicy(allowed_ports={upstream}, allow_private=True), on_tunnel=records
+    )
+    async with (
+        open_test_client(proxy, http2=True) as client,
+        client.http2() as h2c,
+    ):
+        response, stream = await h2c.tunnel(f"127.0.0.1:{upstream}")
+        assert response.status == 200 and stream is not None
+        await stream.send_all(b"ping")
+        assert await read_exactly(stream, 4) == b"ping"
+        await client.server.shutdown(grace=5)
+        assert autojump_clock.current_time() >= 5
+    await records.wait_for(1)
+    (record,) = records
+    assert record.outcome is Outcome.CANCELLED
+    assert (record.stats.a_to_b, record.stats.b_to_a) == (4, 4)
