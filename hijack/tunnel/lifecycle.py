@@ -493,15 +493,16 @@ TRUSTED_UPSTREAM = ConnectPolicy(allowed_ports=None, allow_private=True)
 
 def ended_from_outside(exc: BaseException, connection: Connection) -> bool:
     """Whether a tunnel on ``connection`` that ended by raising ``exc`` was
-    ended from outside (so is ``cancelled``): a cancel, alone or in the
-    group a relay's nursery raises, or any end once the server cut the
-    connection (a relay woken by a socket the server closed raises that
-    socket's error, or is cancelled while it is at it)."""
+    ended from outside (so is ``cancelled``): a cancel, alone or as the
+    group of cancels a relay's nursery raises, or any end once the server
+    cut the connection (a relay woken by a socket the server closed raises
+    that socket's error, or is cancelled while it is at it)."""
     if connection.cut or isinstance(exc, trio.Cancelled):
         return True
-    return (
-        isinstance(exc, BaseExceptionGroup) and exc.subgroup(trio.Cancelled) is not None
-    )
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest is None
+    return False
 
 
 def client_host(connection: Connection) -> str:
