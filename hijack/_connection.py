@@ -153,6 +153,7 @@ class Connection:
     __slots__ = (
         "_closed",
         "_closed_event",
+        "_cut",
         "_described_tls",
         "_driver",
         "_hijacked",
@@ -230,6 +231,7 @@ class Connection:
         self._hijacked: trio.abc.AsyncResource | None = None
         self._server_name: str | None = None
         self._closed = False
+        self._cut = False
         # Made on demand: an Event per connection is memory every idle
         # tunnel would pay for, and few callers wait for the close.
         self._closed_event: trio.Event | None = None
@@ -263,6 +265,15 @@ class Connection:
     def hijacked_open(self) -> bool:
         """True while a hijacked stream of this connection is not closed."""
         return self._hijacked is not None
+
+    @property
+    def cut(self) -> bool:
+        """True once the server's shutdown grace ran out with this
+        connection still open: the server then closes its hijacked stream
+        and cancels its handler. Set before either, so the owner of a
+        hijacked stream can tell that end (ended from outside) from a peer
+        that went away."""
+        return self._cut
 
     @property
     def is_open(self) -> bool:

@@ -316,8 +316,13 @@ class Server:
                         await self._closed_one.wait()
                 # Grace is over: close hijacked streams whose owners are still
                 # at it (a hub tunnel is the owner of a handed-over one), and
-                # cancel handlers still running.
-                for connection in list(self._connections.values()):
+                # cancel handlers still running. Every one is marked cut first:
+                # a relay woken by its closed socket reads the mark to know it
+                # was ended from outside, not by its peer.
+                cut = list(self._connections.values())
+                for connection in cut:
+                    connection._cut = True
+                for connection in cut:
                     if connection._hijacked is not None:
                         await trio.aclose_forcefully(connection._hijacked)
                 connection_nursery.cancel_scope.cancel()

@@ -71,6 +71,7 @@ __all__ = [
     "TunnelRecord",
     "TunnelTimeout",
     "client_host",
+    "ended_from_outside",
     "hijack_with",
     "outcome_for_status",
 ]
@@ -338,7 +339,7 @@ class TunnelLife:
                         record.outcome, record.detail = await own_relay(
                             client, upstream, record.stats
                         )
-                    if live.ended:
+                    if live.ended or connection.cut:
                         record.outcome = Outcome.CANCELLED
                     return
                 throttle = _NO_THROTTLE if lease is None else lease.throttle
@@ -370,7 +371,10 @@ class TunnelLife:
                     )
                 timed_out = record.stats.timed_out
                 record.outcome = Outcome.IDLE_TIMEOUT if timed_out else Outcome.OK
-                if live.ended:
+                # Ended by an operator, or cut at the end of the shutdown
+                # grace: the relay saw only its streams end, as on a normal
+                # end (or a broken one), but the tunnel was ended from outside.
+                if live.ended or connection.cut:
                     record.outcome = Outcome.CANCELLED
             finally:
                 if not record.handed:
@@ -380,8 +384,9 @@ class TunnelLife:
         except ConnectError as exc:
             record.refuse(exc.status, exc.reason)
             raise
-        except trio.Cancelled:
-            record.outcome = Outcome.CANCELLED
+        except BaseException as exc:
+            if ended_from_outside(exc, connection):
+                record.outcome = Outcome.CANCELLED
             raise
 
     async def _open_upstream(
@@ -484,6 +489,20 @@ def _log_fields(record: TunnelRecord, duration: float) -> dict[str, Any]:
 #: by a user's own rules: any port and address; the user's deny entries and
 #: ports still apply on top of it (``Users.policy_for``).
 TRUSTED_UPSTREAM = ConnectPolicy(allowed_ports=None, allow_private=True)
+
+
+def ended_from_outside(exc: BaseException, connection: Connection) -> bool:
+    """Whether a tunnel on ``connection`` that ended by raising ``exc`` was
+    ended from outside (so is ``cancelled``): a cancel, alone or as the
+    group of cancels a relay's nursery raises, or any end once the server
+    cut the connection (a relay woken by a socket the server closed raises
+    that socket's error, or is cancelled while it is at it)."""
+    if connection.cut or isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        _, rest = exc.split(trio.Cancelled)
+        return rest is None
+    return False
 
 
 def client_host(connection: Connection) -> str:

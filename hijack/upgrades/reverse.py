@@ -31,6 +31,7 @@ from typing import Any, Literal
 import trio
 
 from .. import (
+    Connection,
     Handler,
     Hijacked,
     HTTPError,
@@ -45,7 +46,13 @@ from .. import (
     set_tcp_keepalive,
 )
 from ..tunnel.bind_rules import BindRule, allowed, format_bind, parse_bind
-from ..tunnel.lifecycle import Outcome, TunnelHook, TunnelLife, TunnelRecord
+from ..tunnel.lifecycle import (
+    Outcome,
+    TunnelHook,
+    TunnelLife,
+    TunnelRecord,
+    ended_from_outside,
+)
 from ..tunnel.limits import TunnelLease, TunnelLimits
 from ..tunnel.policy import ConnectError
 from ..tunnel.reverse_wire import (
@@ -593,7 +600,7 @@ class ReverseTunnels:
             public.taken.set()
             try:
                 async with self._upgraded(request, transport) as stream:
-                    await self._relay(tunnel, public, stream)
+                    await self._relay(tunnel, public, stream, request.connection)
             finally:
                 _close_if_unrelayed(self, tunnel, public)
             return
@@ -608,7 +615,7 @@ class ReverseTunnels:
                 with contextlib.suppress(ValueError):  # no more offers, at once
                     tunnel.parked.remove(parked)
                 if parked.public is not None:
-                    await self._relay(tunnel, parked.public, stream)
+                    await self._relay(tunnel, parked.public, stream, request.connection)
         finally:
             tunnel.pool_size -= 1
             with contextlib.suppress(ValueError):
@@ -623,9 +630,14 @@ class ReverseTunnels:
             await stream.receive_some(1)
 
     async def _relay(
-        self, tunnel: _Published, public: _Public, stream: trio.abc.Stream
+        self,
+        tunnel: _Published,
+        public: _Public,
+        stream: trio.abc.Stream,
+        connection: Connection,
     ) -> None:
-        """Announce ``public`` on the data connection and relay the two."""
+        """Announce ``public`` on the data connection (``stream``, of
+        ``connection``) and relay the two."""
         opening = {
             "type": "open",
             "peer": _address_text(public.peer),
@@ -672,8 +684,11 @@ class ReverseTunnels:
                 throttle=throttle,
             )
             outcome = Outcome.IDLE_TIMEOUT if stats.timed_out else Outcome.OK
-        except trio.Cancelled:
-            outcome = Outcome.CANCELLED
+            if connection.cut:  # see TunnelLife.run: ended from outside
+                outcome = Outcome.CANCELLED
+        except BaseException as exc:
+            if ended_from_outside(exc, connection):
+                outcome = Outcome.CANCELLED
             raise
         finally:
             if public.lease is not None:
