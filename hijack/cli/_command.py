@@ -61,6 +61,7 @@ class Hooks:
 
     on_tunnel: TunnelHook | None = None
     on_websocket_close: Callable[[Any], None] | None = None
+    on_published: Callable[[int], None] | None = None
 
 
 @dataclass(slots=True)

@@ -124,6 +124,11 @@ class Metrics:
             "hijack_websocket_messages", "WebSocket messages, counted at close",
             ["direction"], registry=r,
         )  # fmt: skip
+        self.reverse_published = prom.Gauge(
+            "hijack_reverse_published_ports",
+            "Ports published by reverse-tunnel clients (forward --reverse)",
+            registry=r, **live,
+        )  # fmt: skip
         self.accept_errors = prom.Counter(
             "hijack_accept_errors", "accept() failures", registry=r
         )
@@ -169,6 +174,10 @@ class Metrics:
         """For ``websocket_handler(on_close=...)``: ``ws`` is a WebSocket."""
         self.websocket_messages.labels("in").inc(ws.messages_received)
         self.websocket_messages.labels("out").inc(ws.messages_sent)
+
+    def on_published(self, count: int) -> None:
+        """For ``ReverseRegistry(on_change=...)``: ports published now."""
+        self.reverse_published.set(count)
 
     def sample(self, server: Server) -> None:
         counts = dict.fromkeys(_GAUGE_STATES, 0)

@@ -156,7 +156,9 @@ def wrap_handler(
     from ..upgrades.reverse import ReverseRegistry, ReverseTunnels
 
     if registry is None:
-        registry = context.kept["reverse registry"] = ReverseRegistry()
+        registry = context.kept["reverse registry"] = ReverseRegistry(
+            on_change=context.hooks.on_published
+        )
     half = args.reverse_keepalive / 2
     return ReverseTunnels(
         args.allow_reverse,

@@ -239,7 +239,11 @@ class Service:
         self.metrics = _metrics(args)
         hooks = Hooks()
         if self.metrics is not None:
-            hooks = Hooks(self.metrics.on_tunnel, self.metrics.on_websocket_close)
+            hooks = Hooks(
+                self.metrics.on_tunnel,
+                self.metrics.on_websocket_close,
+                self.metrics.on_published,
+            )
         self.context = HandlerContext(command.name, port=None, hooks=hooks)
         self.tls = tls_context(args)
         self.proxy_protocol = None

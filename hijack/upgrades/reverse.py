@@ -191,12 +191,15 @@ class ReverseRegistry:
     """The ports published on this server, by address and by session.
 
     Kept apart from the handler so that a rebuilt handler (the command's
-    SIGHUP reload) sees the tunnels its predecessor published."""
+    SIGHUP reload) sees the tunnels its predecessor published.
+    ``on_change(count)`` is called with the number of published ports each
+    time a port is published or unpublished (a metrics gauge)."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_change: Callable[[int], None] | None = None) -> None:
         self.by_bind: dict[tuple[str, int], _Published | None] = {}
         self.by_session: dict[bytes, _Published] = {}
         self.by_owner: collections.Counter[str] = collections.Counter()
+        self.on_change = on_change
 
     @property
     def published(self) -> list[str]:
@@ -215,6 +218,7 @@ class ReverseRegistry:
         tunnel = self.by_bind.pop(bind, None)
         if tunnel is not None:
             self.by_session.pop(_token_key(tunnel.session), None)
+            self._changed()
         self.by_owner[owner] -= 1
         if self.by_owner[owner] <= 0:
             del self.by_owner[owner]
@@ -222,6 +226,11 @@ class ReverseRegistry:
     def add(self, tunnel: _Published) -> None:
         self.by_bind[tunnel.bind] = tunnel
         self.by_session[_token_key(tunnel.session)] = tunnel
+        self._changed()
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change(len(self.by_session))
 
     def session(self, token: str) -> _Published | None:
         return self.by_session.get(_token_key(token))

@@ -131,6 +131,8 @@ async def test_config_file_user_and_upstream_proxy(
             )
             async with run_hijack(["forward", "--config", str(config)]) as client:
                 await client.wait_for(f"published 127.0.0.1:{public} ")
+                _, body = await http_get(metrics, "/metrics")
+                assert "hijack_reverse_published_ports 1.0" in body.decode()
                 for n in range(3):
                     assert await round_trip(public, b"hi %d" % n) == b"hi %d" % n
                 await server.wait_for("reverse .* user=alice -> .* ok", stream="stderr")
@@ -138,11 +140,13 @@ async def test_config_file_user_and_upstream_proxy(
                 await server.wait_for(' alice .*"GET / HTTP/1.1" 101', stream="stderr")
             # Through the parent: its own log names the hijack server.
             await parent.wait_for(f"127.0.0.1:{port}", stream="stderr")
+        await server.wait_for(f"unpublished 127.0.0.1:{public}", stream="stderr")
         status, body = await http_get(metrics, "/metrics")
     assert status == 200
     assert f'hijack_tunnels_total{{kind="reverse",outcome="ok",port="{public}"}}' in (
         body.decode()
     )
+    assert "hijack_reverse_published_ports 0.0" in body.decode()
 
 
 async def test_proxy_publishes_too_and_still_proxies(nursery: trio.Nursery) -> None:
