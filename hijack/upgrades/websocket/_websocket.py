@@ -25,12 +25,13 @@ import codecs
 import contextlib
 import logging
 import os
+import struct
 from collections import deque
 from types import TracebackType
 from typing import cast
 
 import trio
-from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
+from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame, apply_mask
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
 
 from ... import Connection, Headers, ReplayStream
@@ -72,6 +73,17 @@ _QUIET = frozenset({NORMAL_CLOSURE, GOING_AWAY, NO_STATUS})
 # "hijack.websocket", this child lets users quiet the protocol's part.
 protocol_logger = logging.getLogger("hijack.websocket.protocol")
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _frame_head(first: int, payload: bytes | bytearray) -> bytes:
+    """An unmasked frame's header (RFC 6455 5.2): ``first`` is FIN, RSV
+    and opcode."""
+    length = len(payload)
+    if length < 126:
+        return bytes((first, length))
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 class WebSocket:
@@ -158,6 +170,27 @@ class WebSocket:
         self._receive_size = RECEIVE_SIZE
         # Frames that came with the handshake may already be in the protocol.
         self._handle_events()
+        # The fast path (see _ingest): whole unfragmented data frames are
+        # parsed here, everything else by the protocol. It needs a protocol
+        # without extensions (deflate decodes in the protocol) that logs no
+        # frames, and it must know where the protocol's parser stands.
+        self._fast = (
+            not protocol.extensions
+            and not protocol.debug
+            and getattr(protocol, "max_fragment_size", None) is None
+            and hasattr(protocol, "current_size")
+            and hasattr(protocol, "reader")
+        )
+        self._mask_bit = 0x80 if protocol.side is SERVER else 0
+        self._max_fast: int | None = getattr(protocol, "max_message_size", None)
+        # A server's frames are not masked: it writes its data frames itself.
+        self._fast_send = self._fast and protocol.side is SERVER
+        # Bytes of the frame the protocol is parsing that it has yet to
+        # get; 0 at a frame boundary, -1 while the protocol parses
+        # everything (no fast path, or where its parser stands is unknown).
+        self._feed_left = 0 if self._fast and self._protocol_at_boundary() else -1
+        # The start of a frame header cut by a read (at most 13 bytes).
+        self._inbox = b""
         self._watcher: (
             tuple[contextlib.AbstractAsyncContextManager[trio.Nursery], trio.Nursery]
             | None
@@ -255,9 +288,10 @@ class WebSocket:
     async def _pump(self) -> None:
         # Replies owed from frames handled earlier (frames that came with the
         # handshake, or a reply a cancelled reader did not finish) go first.
-        await self._reply()
-        if self._transport_closed:
-            return
+        if self._owed or self._close is not None:
+            await self._reply()
+            if self._transport_closed:
+                return
         size = self._receive_size
         try:
             data = await self._stream.receive_some(size)
@@ -270,9 +304,9 @@ class WebSocket:
         if not data:
             await self._close_transport("connection lost")
             return
-        self._protocol.receive_data(data)
-        self._handle_events()
-        await self._reply()
+        self._ingest(data)
+        if self._owed or self._close is not None:
+            await self._reply()
 
     async def _reply(self) -> None:
         """Write what the peer's frames call for (pongs, the close echo,
@@ -284,6 +318,117 @@ class WebSocket:
             return
         async with self._send_lock:
             await self._flush_quietly()
+
+    def _ingest(self, data: bytes | bytearray) -> None:
+        """Take bytes read from the peer.
+
+        The common frame, a whole unfragmented text or binary message with
+        no reserved bits, is parsed here from the buffer (unmasked in C, as
+        the protocol does) and becomes a message at once: no parser
+        generator, frame object or event list per message. Every other
+        frame (control frames, fragments, frames cut by a read, anything
+        the protocol must judge or fail) goes to the protocol, whole or
+        byte for byte as it arrives, in order; a fast frame is taken only
+        while the protocol stands at a frame boundary, OPEN and outside a
+        fragmented message, so both parse one stream.
+        """
+        if self._inbox:
+            data = self._inbox + data
+            self._inbox = b""
+        protocol = self._protocol
+        end = len(data)
+        pos = 0
+        while pos < end:
+            left = self._feed_left
+            if left:
+                if left < 0 or protocol.state is not OPEN:
+                    self._feed(data[pos:] if pos else data)
+                    return
+                stop = min(end, pos + left)
+                self._feed(data[pos:stop])
+                self._feed_left = left - (stop - pos)
+                pos = stop
+                continue
+            # A frame boundary: read the header (RFC 6455 5.2).
+            if end - pos < 2:
+                break
+            first, second = data[pos], data[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                head = 4
+                if end - pos >= 4:
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                head = 10
+                if end - pos >= 10:
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if second & 0x80:
+                head += 4
+            if end - pos < head:
+                break
+            frame_end = pos + head + length
+            if (
+                (first == 0x82 or first == 0x81)  # FIN, no RSV, binary or text
+                and second & 0x80 == self._mask_bit
+                and frame_end <= end
+                and self._close is None
+                and protocol.current_size is None
+                and protocol.state is OPEN
+                and (self._max_fast is None or length <= self._max_fast)
+            ):
+                if self._mask_bit:
+                    view = memoryview(data)
+                    payload = apply_mask(
+                        view[pos + head : frame_end], view[pos + head - 4 : pos + head]
+                    )
+                else:
+                    payload = bytes(data[pos + head : frame_end])
+                pos = frame_end
+                if first == 0x82:
+                    self._messages.append(payload)
+                elif not self._take_text(payload):
+                    self._feed_left = -1  # the protocol failed: it discards
+            else:
+                # The protocol parses this frame (and judges it).
+                stop = min(end, frame_end)
+                self._feed(data[pos:stop])
+                self._feed_left = frame_end - stop
+                pos = stop
+        if pos < end:
+            self._inbox = bytes(data[pos:])
+
+    def _take_text(self, payload: bytes) -> bool:
+        """A whole text message from the fast path; False if it is not
+        UTF-8 (the protocol then fails the connection with 1007)."""
+        try:
+            self._messages.append(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self._fail_utf8(exc)
+            self._owed.extend(self._protocol.data_to_send())
+            return False
+        return True
+
+    def _fail_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._fragments.clear()
+        self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text")
+        self._close = (CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Hand bytes to the protocol and take its events."""
+        self._protocol.receive_data(data)
+        self._handle_events()
+        if self._feed_left < 0 and self._fast and self._protocol_at_boundary():
+            self._feed_left = 0
+
+    def _protocol_at_boundary(self) -> bool:
+        """True if the protocol's parser waits for the first byte of a
+        frame, with nothing buffered (its generator sits in ``at_eof``)."""
+        protocol = self._protocol
+        if protocol.state is not OPEN or protocol.reader.buffer:
+            return False
+        waiting_in = getattr(protocol.parser, "gi_yieldfrom", None)
+        return getattr(waiting_in, "__name__", None) == "at_eof"
 
     def _handle_events(self) -> None:
         protocol = self._protocol
@@ -325,9 +470,7 @@ class WebSocket:
                 piece = data if isinstance(data, bytes) else bytes(data)
         except UnicodeDecodeError as exc:
             # Each frame is checked as it arrives (Autobahn 6.x: fail fast).
-            self._fragments.clear()
-            self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text")
-            self._close = (CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+            self._fail_utf8(exc)
             return False
         if not frame.fin:
             self._fragments.append(piece)
@@ -371,11 +514,33 @@ class WebSocket:
         try:
             if self._close is not None:
                 raise ConnectionClosed(*self._close)
-            if isinstance(message, str):
-                self._protocol.send_text(message.encode("utf-8"))
+            protocol = self._protocol
+            if (
+                self._fast_send
+                and not isinstance(message, memoryview)
+                and protocol.state is OPEN
+                and not protocol.expect_continuation_frame
+            ):
+                # What the protocol would write (no extension, no mask),
+                # header and payload in one buffer: one write.
+                if isinstance(message, str):
+                    frame = _frame_head(0x81, message := message.encode()) + message
+                else:
+                    frame = _frame_head(0x82, message) + message
+                if self._owed:
+                    self._owed.append(frame)
+                    await self._flush()
+                else:
+                    await self._write(frame)
+                    # Replies a reader owed meanwhile (it left them to us).
+                    if self._owed or self._close is not None:
+                        await self._flush()
             else:
-                self._protocol.send_binary(message)
-            await self._flush()
+                if isinstance(message, str):
+                    protocol.send_text(message.encode("utf-8"))
+                else:
+                    protocol.send_binary(message)
+                await self._flush()
             self.messages_sent += 1
         finally:
             lock.release()
