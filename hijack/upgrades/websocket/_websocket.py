@@ -427,7 +427,14 @@ class WebSocket:
         protocol = self._protocol
         if protocol.state is not OPEN or protocol.reader.buffer:
             return False
-        waiting_in = getattr(protocol.parser, "gi_yieldfrom", None)
+        # The innermost generator the parser waits in (a server's parse()
+        # delegates to Protocol.parse(), which waits in at_eof()).
+        waiting_in = protocol.parser
+        for _ in range(8):
+            inner = getattr(waiting_in, "gi_yieldfrom", None)
+            if inner is None:
+                break
+            waiting_in = inner
         return getattr(waiting_in, "__name__", None) == "at_eof"
 
     def _handle_events(self) -> None:
