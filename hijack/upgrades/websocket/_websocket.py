@@ -31,13 +31,19 @@ from types import TracebackType
 from typing import cast
 
 import trio
-from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame, apply_mask
+from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
 
 from ... import Connection, Headers, ReplayStream
 from ._errors import ConnectionClosed
 from ._keepalive import keep_alive
 from ._protocol import ServerProtocol
+from ._send_lock import SendLock
+
+try:  # websockets' C helper, as its protocol uses when built
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a pure-Python install
+    from websockets.utils import apply_mask
 
 MiB = 1024 * 1024
 RECEIVE_SIZE = 65536
@@ -153,7 +159,7 @@ class WebSocket:
         self._shutdown = (
             connection.shutdown_requested if connection is not None else trio.Event()
         )
-        self._send_lock = trio.Lock()
+        self._send_lock = SendLock()
         self._messages: deque[str | bytes] = deque()
         # The message being assembled from fragments (RFC 6455 5.4).
         self._fragments: list[str | bytes] = []
@@ -243,7 +249,18 @@ class WebSocket:
                 await self.close(GOING_AWAY, "server shutting down")
             if self._close is not None:
                 raise ConnectionClosed(*self._close)
-            await self._read_step(receiving=True)
+            if self._reading or self._owed:
+                await self._read_step(receiving=True)
+                continue
+            # _read_step's common case, one coroutine less per message: no
+            # other reader, no replies owed.
+            self._reading = True
+            try:
+                await self._pump()
+            finally:
+                self._reading = False
+                if self._waiting:
+                    self._notify()
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -379,9 +396,8 @@ class WebSocket:
             ):
                 if self._mask_bit:
                     view = memoryview(data)
-                    payload = apply_mask(
-                        view[pos + head : frame_end], view[pos + head - 4 : pos + head]
-                    )
+                    mask = bytes(view[pos + head - 4 : pos + head])
+                    payload = apply_mask(view[pos + head : frame_end], mask)
                 else:
                     payload = bytes(data[pos + head : frame_end])
                 pos = frame_end
