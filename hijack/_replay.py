@@ -156,7 +156,11 @@ class ReplayStream(trio.abc.HalfCloseableStream):
             if not self._pending:
                 if self._socket is not None:
                     wait_first, self._sent = self._sent, False
-                    data = await _socket_receive(self._socket, max_bytes, wait_first)
+                    size = RECEIVE_SIZE if max_bytes is None else max_bytes
+                    try:
+                        data = await receive(self._socket, size, wait_first=wait_first)
+                    except OSError as exc:
+                        raise _stream_error(exc) from exc
                     self._yielded = True  # a socket receive yields once
                     return data
                 return await self.stream.receive_some(max_bytes)
@@ -216,13 +220,3 @@ def _stream_error(exc: OSError) -> Exception:
     if exc.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this socket was already closed")
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
-
-
-async def _socket_receive(
-    sock: trio.socket.SocketType, max_bytes: int | None, wait_first: bool
-) -> bytes:
-    try:
-        size = RECEIVE_SIZE if max_bytes is None else max_bytes
-        return await receive(sock, size, wait_first=wait_first)
-    except OSError as exc:
-        raise _stream_error(exc) from exc

@@ -82,11 +82,9 @@ _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
 def _frame_head(first: int, payload: bytes | bytearray) -> bytes:
-    """An unmasked frame's header (RFC 6455 5.2): ``first`` is FIN, RSV
-    and opcode."""
+    """An unmasked frame's header (RFC 6455 5.2) for a payload of 126
+    bytes or more: ``first`` is FIN, RSV and opcode."""
     length = len(payload)
-    if length < 126:
-        return bytes((first, length))
     if length < 65536:
         return struct.pack("!BBH", first, 126, length)
     return struct.pack("!BBQ", first, 127, length)
@@ -547,9 +545,13 @@ class WebSocket:
                 # What the protocol would write (no extension, no mask),
                 # header and payload in one buffer: one write.
                 if isinstance(message, str):
-                    frame = _frame_head(0x81, message := message.encode()) + message
+                    first, payload = 0x81, message.encode()
                 else:
-                    frame = _frame_head(0x82, message) + message
+                    first, payload = 0x82, message
+                if len(payload) < 126:
+                    frame = bytes((first, len(payload))) + payload
+                else:
+                    frame = _frame_head(first, payload) + payload
                 if self._owed:
                     self._owed.append(frame)
                     await self._flush()
