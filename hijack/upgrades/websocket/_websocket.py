@@ -544,6 +544,7 @@ class WebSocket:
             ):
                 # What the protocol would write (no extension, no mask),
                 # header and payload in one buffer: one write.
+                payload: bytes | bytearray
                 if isinstance(message, str):
                     first, payload = 0x81, message.encode()
                 else:
