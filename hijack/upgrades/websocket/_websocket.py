@@ -360,7 +360,7 @@ class WebSocket:
                     self._feed(data[pos:] if pos else data)
                     return
                 stop = min(end, pos + left)
-                self._feed(data[pos:stop])
+                self._feed(data[pos:stop] if pos or stop < end else data)
                 self._feed_left = left - (stop - pos)
                 pos = stop
                 continue
@@ -406,7 +406,7 @@ class WebSocket:
             else:
                 # The protocol parses this frame (and judges it).
                 stop = min(end, frame_end)
-                self._feed(data[pos:stop])
+                self._feed(data[pos:stop] if pos or stop < end else data)
                 self._feed_left = frame_end - stop
                 pos = stop
         if pos < end:
