@@ -6,17 +6,24 @@ the pongs and the close codes are the protocol's."""
 from __future__ import annotations
 
 import struct
+import zlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.protocol import OPEN
 
-from hijack.upgrades.websocket import ConnectionClosed, WebSocket
+from hijack import Connection
+from hijack.upgrades.websocket import ConnectionClosed, ServerProtocol, WebSocket
 
 from ..wsclient import CloseConnection, Pong
 from .test_websocket import Peer, pair, shut
 
 TEXT, BINARY, CONT, PING = 0x1, 0x2, 0x0, 0x9
+MiB = 1024 * 1024
 
 
 def frame(
@@ -152,3 +159,113 @@ async def test_a_close_between_whole_frames_ends_the_messages() -> None:
     events = await peer.until(CloseConnection)
     assert [e.code for e in events if isinstance(e, CloseConnection)] == [1000]
     await ws.close()
+
+
+# -- permessage-deflate (RFC 7692): the extension's zlib streams are shared
+# by the frames parsed here and the ones the protocol parses.
+
+
+def deflate_pair(**options: Any) -> tuple[WebSocket, Peer]:
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    protocol = ServerProtocol(state=OPEN, max_size=options.pop("max_size", MiB))
+    protocol.extensions = [PerMessageDeflate(False, False, 15, 15)]
+    ws = WebSocket(server_stream, Connection(1, server_stream), protocol=protocol)
+    return ws, Peer(client_stream)
+
+
+class Deflater:
+    """The client's compressor, one zlib stream for every message
+    (context takeover, the default)."""
+
+    def __init__(self) -> None:
+        self.zlib = zlib.compressobj(wbits=-15)
+
+    def frames(self, opcode: int, payload: bytes, pieces: int = 1) -> bytes:
+        data = self.zlib.compress(payload) + self.zlib.flush(zlib.Z_SYNC_FLUSH)
+        data = data[:-4]  # the empty block every message ends with
+        if pieces == 1:
+            return frame(opcode, data, rsv=0x40)
+        cut = len(data) // 2
+        return frame(opcode, data[:cut], fin=False, rsv=0x40) + frame(
+            CONT, data[cut:]
+        )
+
+
+@pytest.mark.parametrize("piece", [7, 100_000])  # cut, or in one read
+async def test_deflate_messages_whole_and_fragmented_share_one_stream(
+    piece: int,
+) -> None:
+    ws, peer = deflate_pair()
+    deflater = Deflater()
+    words = b"the same words again and again " * 4
+    stream = (
+        deflater.frames(BINARY, words)
+        + frame(PING, b"p")
+        + deflater.frames(TEXT, words, pieces=2)  # the protocol's
+        + frame(BINARY, b"sent uncompressed")
+        + deflater.frames(BINARY, words)  # back-references to the above
+    )
+    got: list[str | bytes] = []
+
+    async def receiver() -> None:
+        got.extend([await ws.receive() for _ in range(4)])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receiver)
+        for start in range(0, len(stream), piece):
+            await trio.testing.wait_all_tasks_blocked()
+            await peer.stream.send_all(stream[start : start + piece])
+    assert got == [words, words.decode(), b"sent uncompressed", words]
+    await peer.until(Pong)
+    await shut_deflate(ws, peer)
+
+
+async def test_deflate_replies_are_compressed_with_one_stream() -> None:
+    ws, peer = deflate_pair()
+    inflater = zlib.decompressobj(wbits=-15)
+    for message in (b"x" * 300, "text " * 10, b"x" * 300):
+        await ws.send(message)
+        head = await receive_exactly(peer.stream, 2)
+        assert head[0] == (0xC1 if isinstance(message, str) else 0xC2)
+        assert not head[1] & 0x80  # a server does not mask
+        data = await receive_exactly(peer.stream, head[1] & 0x7F)
+        plain = inflater.decompress(data + b"\x00\x00\xff\xff")
+        assert plain == (message.encode() if isinstance(message, str) else message)
+    await shut_deflate(ws, peer)
+
+
+@pytest.mark.parametrize(
+    ("make", "code"),
+    [
+        (lambda: frame(BINARY, b"\xff" * 10, rsv=0x40), 1002),  # not deflate
+        (lambda: Deflater().frames(BINARY, bytes(5000)), 1009),  # inflates big
+    ],
+)
+async def test_deflate_frames_that_fail(make: Callable[[], bytes], code: int) -> None:
+    ws, peer = deflate_pair(max_size=1000)
+    await peer.stream.send_all(frame(BINARY, b"before") + make())
+    assert await ws.receive() == b"before"
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.receive()
+    assert info.value.code == code
+    await peer.stream.aclose()
+    await ws.close()
+
+
+async def receive_exactly(stream: trio.abc.ReceiveStream, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = await stream.receive_some(size - len(data))
+        assert chunk
+        data += chunk
+    return data
+
+
+async def shut_deflate(ws: WebSocket, peer: Peer) -> None:
+    """Close with the peer answering (a close frame is never compressed)."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ws.close)
+        head = await receive_exactly(peer.stream, 2)
+        assert head[0] == 0x88
+        await receive_exactly(peer.stream, head[1])
+        await peer.stream.send_all(frame(0x8, struct.pack("!H", 1000)))

@@ -31,7 +31,9 @@ from types import TracebackType
 from typing import cast
 
 import trio
-from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
+from websockets.exceptions import PayloadTooBig, ProtocolError
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame, Opcode
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
 
 from ... import Connection, Headers, ReplayStream
@@ -81,7 +83,7 @@ protocol_logger = logging.getLogger("hijack.websocket.protocol")
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
 
 
-def _frame_head(first: int, payload: bytes | bytearray) -> bytes:
+def _frame_head(first: int, payload: bytes | bytearray | memoryview) -> bytes:
     """An unmasked frame's header (RFC 6455 5.2) for a payload of 126
     bytes or more: ``first`` is FIN, RSV and opcode."""
     length = len(payload)
@@ -178,13 +180,24 @@ class WebSocket:
         # parsed here, everything else by the protocol. It needs a protocol
         # without extensions (deflate decodes in the protocol) that logs no
         # frames, and it must know where the protocol's parser stands.
+        extensions = protocol.extensions
+        # permessage-deflate, the one extension the fast path applies itself
+        # (through the extension object: its zlib streams stay the same).
+        self._deflate = (
+            extensions[0]
+            if len(extensions) == 1 and type(extensions[0]) is PerMessageDeflate
+            else None
+        )
         self._fast = (
-            not protocol.extensions
+            (not extensions or self._deflate is not None)
             and not protocol.debug
             and getattr(protocol, "max_fragment_size", None) is None
             and hasattr(protocol, "current_size")
             and hasattr(protocol, "reader")
         )
+        # The first header byte of a fast frame, under this mask, is 0x81
+        # (text) or 0x82 (binary): FIN, no RSV bit but RSV1 with deflate.
+        self._first_mask = 0xFF if self._deflate is None else 0xBF
         self._mask_bit = 0x80 if protocol.side is SERVER else 0
         self._max_fast: int | None = getattr(protocol, "max_message_size", None)
         # A server's frames are not masked: it writes its data frames itself.
@@ -383,8 +396,9 @@ class WebSocket:
             if end - pos < head:
                 break
             frame_end = pos + head + length
+            kind = first & self._first_mask
             if (
-                (first == 0x82 or first == 0x81)  # FIN, no RSV, binary or text
+                (kind == 0x82 or kind == 0x81)  # FIN, binary or text
                 and second & 0x80 == self._mask_bit
                 and frame_end <= end
                 and self._close is None
@@ -399,7 +413,13 @@ class WebSocket:
                 else:
                     payload = bytes(data[pos + head : frame_end])
                 pos = frame_end
-                if first == 0x82:
+                if first & 0x40:  # compressed (permessage-deflate)
+                    inflated = self._inflate(kind, payload)
+                    if inflated is None:
+                        self._feed_left = -1  # the protocol failed: it discards
+                        continue
+                    payload = inflated
+                if kind == 0x82:
                     self._messages.append(payload)
                 elif not self._take_text(payload):
                     self._feed_left = -1  # the protocol failed: it discards
@@ -411,6 +431,31 @@ class WebSocket:
                 pos = stop
         if pos < end:
             self._inbox = bytes(data[pos:])
+
+    def _inflate(self, kind: int, payload: bytes) -> bytes | None:
+        """A whole compressed message's payload inflated by the protocol's
+        deflate extension, or None if it failed the connection for it (as
+        the protocol's parser does: 1002 for a bad stream, 1009 past the
+        limit)."""
+        assert self._deflate is not None
+        opcode = Opcode.TEXT if kind == 0x81 else Opcode.BINARY
+        protocol = self._protocol
+        try:
+            frame = self._deflate.decode(
+                Frame(opcode, payload, True, True), max_size=self._max_fast
+            )
+        except ProtocolError as exc:
+            protocol.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+        except PayloadTooBig as exc:
+            exc.set_current_size(None)
+            protocol.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))
+        except Exception:
+            protocol.logger.error("parser failed", exc_info=True)
+            protocol.fail(CloseCode.INTERNAL_ERROR)
+        else:
+            return bytes(frame.data)
+        self._handle_events()  # the close frame goes out, _close is set
+        return None
 
     def _take_text(self, payload: bytes) -> bool:
         """A whole text message from the fast path; False if it is not
@@ -544,11 +589,15 @@ class WebSocket:
             ):
                 # What the protocol would write (no extension, no mask),
                 # header and payload in one buffer: one write.
-                payload: bytes | bytearray
+                payload: bytes | bytearray | memoryview
                 if isinstance(message, str):
                     first, payload = 0x81, message.encode()
                 else:
                     first, payload = 0x82, message
+                if self._deflate is not None:
+                    opcode = Opcode.TEXT if first == 0x81 else Opcode.BINARY
+                    payload = self._deflate.encode(Frame(opcode, payload)).data
+                    first |= 0x40  # RSV1: compressed
                 if len(payload) < 126:
                     frame = bytes((first, len(payload))) + payload
                 else:
