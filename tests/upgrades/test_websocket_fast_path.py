@@ -186,9 +186,7 @@ class Deflater:
         if pieces == 1:
             return frame(opcode, data, rsv=0x40)
         cut = len(data) // 2
-        return frame(opcode, data[:cut], fin=False, rsv=0x40) + frame(
-            CONT, data[cut:]
-        )
+        return frame(opcode, data[:cut], fin=False, rsv=0x40) + frame(CONT, data[cut:])
 
 
 @pytest.mark.parametrize("piece", [7, 100_000])  # cut, or in one read
