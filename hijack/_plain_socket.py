@@ -63,8 +63,8 @@ async def receive(
     to be there yet: wait for readiness before the first ``recv`` instead
     of trying one that fails with EAGAIN (a syscall per request or round
     trip saved). If bytes did arrive meanwhile, the wait ends at once."""
-    await trio.lowlevel.checkpoint_if_cancelled()
     if not wait_first:
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             data = os.read(sock.fileno(), max_bytes)
         except BlockingIOError:
@@ -72,6 +72,8 @@ async def receive(
         else:
             await trio.lowlevel.cancel_shielded_checkpoint()
             return data
+    # wait_readable is a checkpoint of its own: a pending cancellation is
+    # delivered as it blocks, before any byte is taken.
     while True:
         await trio.lowlevel.wait_readable(sock)
         try:

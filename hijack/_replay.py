@@ -42,7 +42,7 @@ class ReplayStream(trio.abc.HalfCloseableStream):
 
     def __init__(self, stream: trio.abc.Stream, prefix: bytes = b"") -> None:
         self.stream = stream
-        # A plain socket transport is driven directly (see _socket_send):
+        # A plain socket transport is driven directly (see send_all):
         # the hot path of every hijacked protocol.
         self._socket = plain_socket(stream)
         # The last call on this stream yielded: the next send need not.
@@ -80,34 +80,31 @@ class ReplayStream(trio.abc.HalfCloseableStream):
         """Send ``data`` on the transport (trio's ``SendStream`` contract)."""
         self._start_sending()
         try:
-            if self._socket is not None and data:
-                await self._socket_send(self._socket, data)
-            else:
+            sock = self._socket
+            if sock is None or not data:
                 await self.stream.send_all(data)
+                return
+            # The plain socket, driven here (one coroutine per send).
+            if sock.did_shutdown_SHUT_WR:
+                raise trio.ClosedResourceError("can't send data after sending EOF")
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                with memoryview(data) as view:
+                    sent = send_now(sock, view)
+                    if sent == len(view):
+                        self._sent = True
+                        if self._yielded:
+                            self._yielded = False
+                        else:
+                            await trio.lowlevel.cancel_shielded_checkpoint()
+                        return
+                    self._yielded = False
+                    while sent < len(view):  # the send buffer is full: wait
+                        sent += await sock.send(view[sent:])
+            except OSError as exc:
+                raise _stream_error(exc) from exc
         finally:
             self._sending = False
-
-    async def _socket_send(
-        self, sock: trio.socket.SocketType, data: bytes | bytearray | memoryview
-    ) -> None:
-        if sock.did_shutdown_SHUT_WR:
-            raise trio.ClosedResourceError("can't send data after sending EOF")
-        await trio.lowlevel.checkpoint_if_cancelled()
-        try:
-            with memoryview(data) as view:
-                sent = send_now(sock, view)
-                if sent == len(view):
-                    self._sent = True
-                    if self._yielded:
-                        self._yielded = False
-                    else:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                    return
-                self._yielded = False
-                while sent < len(view):  # the send buffer is full: wait
-                    sent += await sock.send(view[sent:])
-        except OSError as exc:
-            raise _stream_error(exc) from exc
 
     async def wait_send_all_might_not_block(self) -> None:
         """See ``trio.abc.SendStream``."""
@@ -156,7 +153,11 @@ class ReplayStream(trio.abc.HalfCloseableStream):
             if not self._pending:
                 if self._socket is not None:
                     wait_first, self._sent = self._sent, False
-                    data = await _socket_receive(self._socket, max_bytes, wait_first)
+                    size = RECEIVE_SIZE if max_bytes is None else max_bytes
+                    try:
+                        data = await receive(self._socket, size, wait_first=wait_first)
+                    except OSError as exc:
+                        raise _stream_error(exc) from exc
                     self._yielded = True  # a socket receive yields once
                     return data
                 return await self.stream.receive_some(max_bytes)
@@ -216,13 +217,3 @@ def _stream_error(exc: OSError) -> Exception:
     if exc.errno in _CLOSED_ERRNOS:
         return trio.ClosedResourceError("this socket was already closed")
     return trio.BrokenResourceError(f"socket connection broken: {exc}")
-
-
-async def _socket_receive(
-    sock: trio.socket.SocketType, max_bytes: int | None, wait_first: bool
-) -> bytes:
-    try:
-        size = RECEIVE_SIZE if max_bytes is None else max_bytes
-        return await receive(sock, size, wait_first=wait_first)
-    except OSError as exc:
-        raise _stream_error(exc) from exc

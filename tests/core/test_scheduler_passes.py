@@ -5,8 +5,10 @@ Instrument over a UNIX socket pair: deterministic, no timing."""
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Literal
 
 import pytest
 import trio
@@ -216,15 +218,38 @@ class CountingReadsAndWrites:
         return os.write(fd, data)
 
 
-def masked_binary_frame(payload: bytes) -> bytes:
+def masked_binary_frame(payload: bytes, *, rsv1: bool = False) -> bytes:
     """A client's binary frame (RFC 6455 5.2), payload under 126 bytes."""
     mask = b"\x01\x02\x03\x04"
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x82, 0x80 | len(payload)]) + mask + masked
+    return bytes([0xC2 if rsv1 else 0x82, 0x80 | len(payload)]) + mask + masked
 
 
+def deflated(payload: bytes) -> bytes:
+    """``payload`` compressed as one permessage-deflate message (RFC 7692)."""
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+# Without extension, and with permessage-deflate (no context takeover
+# either way, so every compressed answer has the same length).
+WEBSOCKET_CASES = [
+    (None, b"", masked_binary_frame(b"x" * 64)),
+    (
+        "deflate",
+        b"Sec-WebSocket-Extensions: permessage-deflate; "
+        b"server_no_context_takeover; client_no_context_takeover\r\n",
+        masked_binary_frame(deflated(b"x" * 64), rsv1=True),
+    ),
+]
+
+
+@pytest.mark.parametrize(("compression", "offer", "message"), WEBSOCKET_CASES)
 async def test_one_pass_one_read_one_write_per_websocket_echo(
     monkeypatch: pytest.MonkeyPatch,
+    compression: Literal["deflate"] | None,
+    offer: bytes,
+    message: bytes,
 ) -> None:
     # The WebSocket's per-message budget on the server (issue 15): woken
     # once, one recv, one send per 64-byte message echoed.
@@ -232,21 +257,25 @@ async def test_one_pass_one_read_one_write_per_websocket_echo(
 
     fake_os = CountingReadsAndWrites()
     monkeypatch.setattr(_plain_socket, "os", fake_os)
-    handler = make_echo_handler(compression=None, ping_interval=None)
+    handler = make_echo_handler(compression=compression, ping_interval=None)
     opening = (
         b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
+        b"Sec-WebSocket-Version: 13\r\n" + offer + b"\r\n"
     )
     async with served(handler) as (client, steps):
         await client.send(opening)
-        assert (await client.recv(65536)).startswith(b"HTTP/1.1 101 ")
+        answer = await client.recv(65536)
+        assert answer.startswith(b"HTTP/1.1 101 ")
+        assert (b"permessage-deflate" in answer) == (compression is not None)
+        # One echo first: the answer's length (a small frame comes whole).
+        await client.send(message)
+        size = len(await client.recv(65536))
         await trio.testing.wait_all_tasks_blocked()
         reads, writes = fake_os.reads, fake_os.writes
         trio.lowlevel.add_instrument(steps)
         try:
-            message = masked_binary_frame(b"x" * 64)
-            counts = await count_round_trips(client, steps, message, 66)
+            counts = await count_round_trips(client, steps, message, size)
         finally:
             trio.lowlevel.remove_instrument(steps)
         syscalls = (fake_os.reads - reads, fake_os.writes - writes)

@@ -25,18 +25,27 @@ import codecs
 import contextlib
 import logging
 import os
+import struct
 from collections import deque
 from types import TracebackType
 from typing import cast
 
 import trio
-from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame
+from websockets.exceptions import PayloadTooBig, ProtocolError
+from websockets.extensions.permessage_deflate import PerMessageDeflate
+from websockets.frames import BINARY, CONT, PONG, TEXT, CloseCode, Frame, Opcode
 from websockets.protocol import OPEN, SERVER, Protocol, Side, State
 
 from ... import Connection, Headers, ReplayStream
 from ._errors import ConnectionClosed
 from ._keepalive import keep_alive
 from ._protocol import ServerProtocol
+from ._send_lock import SendLock
+
+try:  # websockets' C helper, as its protocol uses when built
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - a pure-Python install
+    from websockets.utils import apply_mask
 
 MiB = 1024 * 1024
 RECEIVE_SIZE = 65536
@@ -72,6 +81,15 @@ _QUIET = frozenset({NORMAL_CLOSURE, GOING_AWAY, NO_STATUS})
 # "hijack.websocket", this child lets users quiet the protocol's part.
 protocol_logger = logging.getLogger("hijack.websocket.protocol")
 _Utf8Decoder = codecs.getincrementaldecoder("utf-8")
+
+
+def _frame_head(first: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """An unmasked frame's header (RFC 6455 5.2) for a payload of 126
+    bytes or more: ``first`` is FIN, RSV and opcode."""
+    length = len(payload)
+    if length < 65536:
+        return struct.pack("!BBH", first, 126, length)
+    return struct.pack("!BBQ", first, 127, length)
 
 
 class WebSocket:
@@ -141,7 +159,7 @@ class WebSocket:
         self._shutdown = (
             connection.shutdown_requested if connection is not None else trio.Event()
         )
-        self._send_lock = trio.Lock()
+        self._send_lock = SendLock()
         self._messages: deque[str | bytes] = deque()
         # The message being assembled from fragments (RFC 6455 5.4).
         self._fragments: list[str | bytes] = []
@@ -158,6 +176,38 @@ class WebSocket:
         self._receive_size = RECEIVE_SIZE
         # Frames that came with the handshake may already be in the protocol.
         self._handle_events()
+        # The fast path (see _ingest): whole unfragmented data frames are
+        # parsed here, everything else by the protocol. It needs a protocol
+        # without extensions (deflate decodes in the protocol) that logs no
+        # frames, and it must know where the protocol's parser stands.
+        extensions = protocol.extensions
+        # permessage-deflate, the one extension the fast path applies itself
+        # (through the extension object: its zlib streams stay the same).
+        self._deflate = (
+            extensions[0]
+            if len(extensions) == 1 and type(extensions[0]) is PerMessageDeflate
+            else None
+        )
+        self._fast = (
+            (not extensions or self._deflate is not None)
+            and not protocol.debug
+            and getattr(protocol, "max_fragment_size", None) is None
+            and hasattr(protocol, "current_size")
+            and hasattr(protocol, "reader")
+        )
+        # The first header byte of a fast frame, under this mask, is 0x81
+        # (text) or 0x82 (binary): FIN, no RSV bit but RSV1 with deflate.
+        self._first_mask = 0xFF if self._deflate is None else 0xBF
+        self._mask_bit = 0x80 if protocol.side is SERVER else 0
+        self._max_fast: int | None = getattr(protocol, "max_message_size", None)
+        # A server's frames are not masked: it writes its data frames itself.
+        self._fast_send = self._fast and protocol.side is SERVER
+        # Bytes of the frame the protocol is parsing that it has yet to
+        # get; 0 at a frame boundary, -1 while the protocol parses
+        # everything (no fast path, or where its parser stands is unknown).
+        self._feed_left = 0 if self._fast and self._protocol_at_boundary() else -1
+        # The start of a frame header cut by a read (at most 13 bytes).
+        self._inbox = b""
         self._watcher: (
             tuple[contextlib.AbstractAsyncContextManager[trio.Nursery], trio.Nursery]
             | None
@@ -210,7 +260,18 @@ class WebSocket:
                 await self.close(GOING_AWAY, "server shutting down")
             if self._close is not None:
                 raise ConnectionClosed(*self._close)
-            await self._read_step(receiving=True)
+            if self._reading or self._owed:
+                await self._read_step(receiving=True)
+                continue
+            # _read_step's common case, one coroutine less per message: no
+            # other reader, no replies owed.
+            self._reading = True
+            try:
+                await self._pump()
+            finally:
+                self._reading = False
+                if self._waiting:
+                    self._notify()
 
     def __aiter__(self) -> WebSocket:
         return self
@@ -255,9 +316,10 @@ class WebSocket:
     async def _pump(self) -> None:
         # Replies owed from frames handled earlier (frames that came with the
         # handshake, or a reply a cancelled reader did not finish) go first.
-        await self._reply()
-        if self._transport_closed:
-            return
+        if self._owed or self._close is not None:
+            await self._reply()
+            if self._transport_closed:
+                return
         size = self._receive_size
         try:
             data = await self._stream.receive_some(size)
@@ -270,9 +332,9 @@ class WebSocket:
         if not data:
             await self._close_transport("connection lost")
             return
-        self._protocol.receive_data(data)
-        self._handle_events()
-        await self._reply()
+        self._ingest(data)
+        if self._owed or self._close is not None:
+            await self._reply()
 
     async def _reply(self) -> None:
         """Write what the peer's frames call for (pongs, the close echo,
@@ -284,6 +346,155 @@ class WebSocket:
             return
         async with self._send_lock:
             await self._flush_quietly()
+
+    def _ingest(self, data: bytes | bytearray) -> None:
+        """Take bytes read from the peer.
+
+        The common frame, a whole unfragmented text or binary message with
+        no reserved bits, is parsed here from the buffer (unmasked in C, as
+        the protocol does) and becomes a message at once: no parser
+        generator, frame object or event list per message. Every other
+        frame (control frames, fragments, frames cut by a read, anything
+        the protocol must judge or fail) goes to the protocol, whole or
+        byte for byte as it arrives, in order; a fast frame is taken only
+        while the protocol stands at a frame boundary, OPEN and outside a
+        fragmented message, so both parse one stream.
+        """
+        if self._inbox:
+            data = self._inbox + data
+            self._inbox = b""
+        protocol = self._protocol
+        end = len(data)
+        pos = 0
+        while pos < end:
+            left = self._feed_left
+            if left:
+                if left < 0 or protocol.state is not OPEN:
+                    self._feed(data[pos:] if pos else data)
+                    return
+                stop = min(end, pos + left)
+                self._feed(data[pos:stop] if pos or stop < end else data)
+                self._feed_left = left - (stop - pos)
+                pos = stop
+                continue
+            # A frame boundary: read the header (RFC 6455 5.2).
+            if end - pos < 2:
+                break
+            first, second = data[pos], data[pos + 1]
+            length = second & 0x7F
+            head = 2
+            if length == 126:
+                head = 4
+                if end - pos >= 4:
+                    length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            elif length == 127:
+                head = 10
+                if end - pos >= 10:
+                    length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            if second & 0x80:
+                head += 4
+            if end - pos < head:
+                break
+            frame_end = pos + head + length
+            kind = first & self._first_mask
+            if (
+                (kind == 0x82 or kind == 0x81)  # FIN, binary or text
+                and second & 0x80 == self._mask_bit
+                and frame_end <= end
+                and self._close is None
+                and protocol.current_size is None
+                and protocol.state is OPEN
+                and (self._max_fast is None or length <= self._max_fast)
+            ):
+                if self._mask_bit:
+                    view = memoryview(data)
+                    mask = bytes(view[pos + head - 4 : pos + head])
+                    payload = apply_mask(view[pos + head : frame_end], mask)
+                else:
+                    payload = bytes(data[pos + head : frame_end])
+                pos = frame_end
+                if first & 0x40:  # compressed (permessage-deflate)
+                    inflated = self._inflate(kind, payload)
+                    if inflated is None:
+                        self._feed_left = -1  # the protocol failed: it discards
+                        continue
+                    payload = inflated
+                if kind == 0x82:
+                    self._messages.append(payload)
+                elif not self._take_text(payload):
+                    self._feed_left = -1  # the protocol failed: it discards
+            else:
+                # The protocol parses this frame (and judges it).
+                stop = min(end, frame_end)
+                self._feed(data[pos:stop] if pos or stop < end else data)
+                self._feed_left = frame_end - stop
+                pos = stop
+        if pos < end:
+            self._inbox = bytes(data[pos:])
+
+    def _inflate(self, kind: int, payload: bytes) -> bytes | None:
+        """A whole compressed message's payload inflated by the protocol's
+        deflate extension, or None if it failed the connection for it (as
+        the protocol's parser does: 1002 for a bad stream, 1009 past the
+        limit)."""
+        assert self._deflate is not None
+        opcode = Opcode.TEXT if kind == 0x81 else Opcode.BINARY
+        protocol = self._protocol
+        try:
+            frame = self._deflate.decode(
+                Frame(opcode, payload, True, True), max_size=self._max_fast
+            )
+        except ProtocolError as exc:
+            protocol.fail(CloseCode.PROTOCOL_ERROR, str(exc))
+        except PayloadTooBig as exc:
+            exc.set_current_size(None)
+            protocol.fail(CloseCode.MESSAGE_TOO_BIG, str(exc))
+        except Exception:
+            protocol.logger.error("parser failed", exc_info=True)
+            protocol.fail(CloseCode.INTERNAL_ERROR)
+        else:
+            return bytes(frame.data)
+        self._handle_events()  # the close frame goes out, _close is set
+        return None
+
+    def _take_text(self, payload: bytes) -> bool:
+        """A whole text message from the fast path; False if it is not
+        UTF-8 (the protocol then fails the connection with 1007)."""
+        try:
+            self._messages.append(payload.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self._fail_utf8(exc)
+            self._owed.extend(self._protocol.data_to_send())
+            return False
+        return True
+
+    def _fail_utf8(self, exc: UnicodeDecodeError) -> None:
+        self._fragments.clear()
+        self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text")
+        self._close = (CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+
+    def _feed(self, data: bytes | bytearray) -> None:
+        """Hand bytes to the protocol and take its events."""
+        self._protocol.receive_data(data)
+        self._handle_events()
+        if self._feed_left < 0 and self._fast and self._protocol_at_boundary():
+            self._feed_left = 0
+
+    def _protocol_at_boundary(self) -> bool:
+        """True if the protocol's parser waits for the first byte of a
+        frame, with nothing buffered (its generator sits in ``at_eof``)."""
+        protocol = self._protocol
+        if protocol.state is not OPEN or protocol.reader.buffer:
+            return False
+        # The innermost generator the parser waits in (a server's parse()
+        # delegates to Protocol.parse(), which waits in at_eof()).
+        waiting_in = protocol.parser
+        for _ in range(8):
+            inner = getattr(waiting_in, "gi_yieldfrom", None)
+            if inner is None:
+                break
+            waiting_in = inner
+        return getattr(waiting_in, "__name__", None) == "at_eof"
 
     def _handle_events(self) -> None:
         protocol = self._protocol
@@ -325,9 +536,7 @@ class WebSocket:
                 piece = data if isinstance(data, bytes) else bytes(data)
         except UnicodeDecodeError as exc:
             # Each frame is checked as it arrives (Autobahn 6.x: fail fast).
-            self._fragments.clear()
-            self._protocol.fail(CloseCode.INVALID_DATA, "invalid UTF-8 in text")
-            self._close = (CloseCode.INVALID_DATA, f"invalid UTF-8: {exc.reason}")
+            self._fail_utf8(exc)
             return False
         if not frame.fin:
             self._fragments.append(piece)
@@ -371,11 +580,42 @@ class WebSocket:
         try:
             if self._close is not None:
                 raise ConnectionClosed(*self._close)
-            if isinstance(message, str):
-                self._protocol.send_text(message.encode("utf-8"))
+            protocol = self._protocol
+            if (
+                self._fast_send
+                and not isinstance(message, memoryview)
+                and protocol.state is OPEN
+                and not protocol.expect_continuation_frame
+            ):
+                # What the protocol would write (no extension, no mask),
+                # header and payload in one buffer: one write.
+                payload: bytes | bytearray | memoryview
+                if isinstance(message, str):
+                    first, payload = 0x81, message.encode()
+                else:
+                    first, payload = 0x82, message
+                if self._deflate is not None:
+                    opcode = Opcode.TEXT if first == 0x81 else Opcode.BINARY
+                    payload = self._deflate.encode(Frame(opcode, payload)).data
+                    first |= 0x40  # RSV1: compressed
+                if len(payload) < 126:
+                    frame = bytes((first, len(payload))) + payload
+                else:
+                    frame = _frame_head(first, payload) + payload
+                if self._owed:
+                    self._owed.append(frame)
+                    await self._flush()
+                else:
+                    await self._write(frame)
+                    # Replies a reader owed meanwhile (it left them to us).
+                    if self._owed or self._close is not None:
+                        await self._flush()
             else:
-                self._protocol.send_binary(message)
-            await self._flush()
+                if isinstance(message, str):
+                    protocol.send_text(message.encode("utf-8"))
+                else:
+                    protocol.send_binary(message)
+                await self._flush()
             self.messages_sent += 1
         finally:
             lock.release()
