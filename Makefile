@@ -83,7 +83,7 @@ bench-venv: $(BENCH_VENV)/.installed
 bench-reverse: $(STAMP) sysdeps
 	$(PY) bench/reverse_rows.py
 
-# Side by side with the peers, under 10 minutes; writes bench/RESULTS.md.
+# Side by side with the peers, about 15 minutes; writes bench/RESULTS.md.
 bench: $(STAMP) bench-venv bench/goproxy/goproxy
 	@command -v wrk >/dev/null || { apt-get update -q && apt-get install -y -q wrk; }
 	@command -v redis-benchmark >/dev/null || { apt-get update -q && apt-get install -y -q redis-server redis-tools; }
