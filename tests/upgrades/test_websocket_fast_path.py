@@ -267,3 +267,28 @@ async def shut_deflate(ws: WebSocket, peer: Peer) -> None:
         assert head[0] == 0x88
         await receive_exactly(peer.stream, head[1])
         await peer.stream.send_all(frame(0x8, struct.pack("!H", 1000)))
+
+
+async def test_the_installed_websockets_keeps_the_fast_path_on() -> None:
+    """The fast path reads websockets' parser state (where its generator
+    waits, its buffer); a websockets release that moves those turns it off
+    quietly, everything then going through the protocol. This fails then,
+    so that the upgrade is looked at, not discovered in a benchmark."""
+    ws, peer, _ = pair()
+    fed: list[bytes] = []
+    receive_data = ws._protocol.receive_data
+
+    def counting(data: bytes | bytearray) -> None:
+        fed.append(bytes(data))
+        receive_data(data)
+
+    ws._protocol.receive_data = counting  # type: ignore[method-assign]
+    await peer.stream.send_all(frame(BINARY, b"a" * 64) + frame(TEXT, b"b" * 200))
+    assert await ws.receive() == b"a" * 64
+    assert await ws.receive() == "b" * 200
+    assert fed == []  # both parsed in the buffer, none fed to the protocol
+    await peer.stream.send_all(frame(PING, b"p"))  # the protocol's, as ever
+    await peer.stream.send_all(frame(BINARY, b"c"))
+    assert await ws.receive() == b"c"
+    assert fed == [frame(PING, b"p")]
+    await shut(ws, peer)
