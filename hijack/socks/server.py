@@ -203,9 +203,14 @@ class SocksServer:
         record = self.life.begin(stream.connection, "-")
         reader = _Reader(stream)
         try:
-            with trio.fail_after(self.handshake_timeout):
+            # A bare scope, not trio.fail_after (a generator context manager
+            # on every tunnel's set-up path).
+            deadline = trio.current_time() + self.handshake_timeout
+            with trio.CancelScope(deadline=deadline) as handshake:
                 user = await self._negotiate(stream, reader, record)
                 request = await reader.read(codec.parse_request, codec.MAX_REQUEST)
+            if handshake.cancelled_caught:
+                raise trio.TooSlowError
             record.target = join_host_port(request.host, request.port)
             record.port = request.port
             if user is not None:
