@@ -50,14 +50,7 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
 
     options = _team.handler_options(args, context)
     proxy = ConnectProxy(
-        connect_policy(args),
-        auth=args.auth,
-        connect_timeout=args.connect_timeout,
-        idle_timeout=args.idle_timeout,
-        max_tunnels=args.max_tunnels,
-        send_proxy_protocol=args.send_proxy_protocol,
-        on_tunnel=context.hooks.on_tunnel,
-        **options,
+        connect_policy(args), **_team.tunnel_options(args, context), **options
     )
     # SOCKS5 outermost: the server reads its first-byte sniffer off the
     # handler it is given.

@@ -68,20 +68,18 @@ class SocksFront:
 
 
 def _socks_server(
-    args: argparse.Namespace, context: HandlerContext, options: dict[str, Any]
+    args: argparse.Namespace,
+    context: HandlerContext,
+    policy: Any,
+    options: dict[str, Any],
 ) -> Any:
     from ..socks import SocksServer
 
     return SocksServer(
-        connect_policy(args),
-        auth=args.auth,
-        connect_timeout=args.connect_timeout,
-        idle_timeout=args.idle_timeout,
-        max_tunnels=args.max_tunnels,
-        send_proxy_protocol=args.send_proxy_protocol,
-        on_tunnel=context.hooks.on_tunnel,
+        policy,
         udp=not args.no_udp,
         udp_idle_timeout=args.udp_idle_timeout,
+        **_team.tunnel_options(args, context),
         **options,
     )
 
@@ -89,7 +87,8 @@ def _socks_server(
 def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     """``hijack socks``: every connection is SOCKS5."""
     options = _team.handler_options(args, context)
-    return SocksFront(_socks_server(args, context, options), None, only=True)
+    server = _socks_server(args, context, connect_policy(args), options)
+    return SocksFront(server, None, only=True)
 
 
 def with_socks(
@@ -124,7 +123,9 @@ def with_socks(
         )
     if not args.socks:
         return handler
-    return SocksFront(_socks_server(args, context, options), handler, only=False)
+    # The CONNECT proxy's policy object: built once, judged alike.
+    server = _socks_server(args, context, http.policy, options)
+    return SocksFront(server, handler, only=False)
 
 
 def check_no_auth(args: argparse.Namespace) -> None:

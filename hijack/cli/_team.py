@@ -21,6 +21,7 @@ __all__ = [
     "handler_options",
     "parent_proxy",
     "team_group",
+    "tunnel_options",
 ]
 
 
@@ -46,6 +47,19 @@ def parent_proxy(text: str) -> Any:
         return ParentProxy.parse(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def tunnel_options(args: argparse.Namespace, context: HandlerContext) -> dict[str, Any]:
+    """What ``hijack proxy`` and ``hijack socks`` give their tunnel servers
+    alike (``ConnectProxy``, ``SocksServer``) from the command line."""
+    return {
+        "auth": args.auth,
+        "connect_timeout": args.connect_timeout,
+        "idle_timeout": args.idle_timeout,
+        "max_tunnels": args.max_tunnels,
+        "send_proxy_protocol": args.send_proxy_protocol,
+        "on_tunnel": context.hooks.on_tunnel,
+    }
 
 
 def handler_options(
