@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Literal
 
 import trio
 
-from .. import Hub, join_host_port, relay
+from .. import Hub, join_host_port
 from ..tunnel._http_tunnel import TunnelError, build_request, open_http_tunnel
+from ._relaying import relay_through, start_hub
 
 if TYPE_CHECKING:
     from ..tunnel.parent_proxy import ParentProxy
@@ -149,16 +150,8 @@ async def serve_forward(
             logger.warning("cannot open a tunnel via %s: %s", where, exc)
             await trio.aclose_forcefully(local)
             return
-        if hub is not None and hub.can_take(local, tunnel):
-            await hub.relay(local, tunnel)
-        else:
-            await relay(local, tunnel)
+        await relay_through(hub, local, tunnel)
 
     async with trio.open_nursery() as nursery:
-        try:
-            hub = Hub()
-        except RuntimeError:  # not Linux: every connection awaits relay()
-            pass
-        else:
-            await nursery.start(hub.serve)
+        hub = await start_hub(nursery)
         await trio.serve_listeners(forward, listeners, task_status=task_status)

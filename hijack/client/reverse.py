@@ -29,7 +29,6 @@ from .. import (
     ReplayStream,
     encode_proxy_header,
     join_host_port,
-    relay,
     set_tcp_keepalive,
     split_host_port,
 )
@@ -45,6 +44,7 @@ from ..tunnel.reverse_wire import (
     ProtocolError,
     encode,
 )
+from ._relaying import relay_through, start_hub
 
 if TYPE_CHECKING:
     from ..tunnel.parent_proxy import ParentProxy
@@ -196,12 +196,7 @@ class ReverseClient:
     async def run(self) -> None:
         """Publish every spec and keep it published; runs until cancelled."""
         async with trio.open_nursery() as nursery:
-            try:
-                self._hub = Hub()
-            except RuntimeError:  # not Linux: every connection awaits relay()
-                pass
-            else:
-                await nursery.start(self._hub.serve)
+            self._hub = await start_hub(nursery)
             for spec in self.specs:
                 nursery.start_soon(self._keep_published, spec, nursery)
 
@@ -378,10 +373,7 @@ class ReverseClient:
             await trio.aclose_forcefully(data)
             return
         logger.debug("%s: public client %s", spec, peer)
-        if self._hub is not None and self._hub.can_take(data, target):
-            await self._hub.relay(data, target)
-        else:
-            await relay(data, target)
+        await relay_through(self._hub, data, target)
 
     # -- connections to the server ------------------------------------------------
 

@@ -25,10 +25,11 @@ from urllib.parse import quote
 
 import trio
 
-from .. import Hub, join_host_port, relay
+from .. import Hub, join_host_port
 from ..socks import codec
 from ..socks.codec import AuthMethod, Command, Reply, SocksError
 from ..tunnel._http_tunnel import TunnelError, open_http_tunnel
+from ._relaying import relay_through, start_hub
 
 if TYPE_CHECKING:
     from ..tunnel.parent_proxy import ParentProxy
@@ -98,12 +99,7 @@ async def serve_socks_forward(
             await _serve_one(local, via, auth, upstream_proxy, connect_timeout, hub)
 
     async with trio.open_nursery() as nursery:
-        try:
-            hub = Hub()
-        except RuntimeError:  # not Linux: every connection awaits relay()
-            pass
-        else:
-            await nursery.start(hub.serve)
+        hub = await start_hub(nursery)
         await trio.serve_listeners(serve, listeners, task_status=task_status)
 
 
@@ -157,11 +153,7 @@ async def _serve_one(
         await trio.aclose_forcefully(tunnel)
         return
     logger.info("SOCKS5 CONNECT %s via %s", target, via)
-    if hub is not None and hub.can_take(local, tunnel):
-        await hub.relay(local, tunnel)
-    else:
-        async with tunnel:
-            await relay(local, tunnel)
+    await relay_through(hub, local, tunnel)
 
 
 async def _read(
