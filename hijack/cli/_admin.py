@@ -32,11 +32,11 @@ from typing import Any, Protocol
 import h11
 import trio
 
-from .._address import join_host_port
 from .._message import HTTPError, Request, Response
 from .._server import Server
 from ..state.registry import tunnels
-from ._command import Command, CommandLine, StartupError
+from ._command import Command, CommandLine
+from ._side_listener import serve_side
 from ._state import read_token
 
 __all__ = [
@@ -284,14 +284,7 @@ async def start_admin(
 async def _serve_admin(
     nursery: trio.Nursery, server: Server, address: tuple[str, int]
 ) -> None:
-    host, port = address
-    try:
-        listeners = await nursery.start(server.serve_tcp, port, host)
-    except OSError as exc:
-        where = join_host_port(host, port)
-        raise StartupError(f"--admin {where}: {exc.strerror or exc}") from None
-    name = listeners[0].socket.getsockname()
-    print(f"admin on http://{join_host_port(*name[:2])}/tunnels", flush=True)
+    await serve_side(nursery, server, address, "--admin", "/tunnels")
 
 
 def workers_admin_dir(args: argparse.Namespace) -> str | None:

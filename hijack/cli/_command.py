@@ -19,7 +19,16 @@ __all__ = [
     "Hooks",
     "StartupError",
     "only_one",
+    "reason",
 ]
+
+
+def reason(exc: Exception) -> str:
+    """What a start-up error says of ``exc``: an OSError's text without
+    the file name the message already gives; others as they say."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
 
 
 class StartupError(Exception):

@@ -54,10 +54,12 @@ from ._command import (
     Hooks,
     StartupError,
     only_one,
+    reason,
 )
 from ._http2 import http2_server_options
 from ._logging import BatchedStreamHandler
 from ._metrics import MULTIPROC_ENV, Health, mark_worker_dead, metrics_handler
+from ._side_listener import serve_side
 from ._supervisor import (
     WORKER_FDS_ENV,
     Supervisor,
@@ -148,14 +150,14 @@ async def open_listeners(
         try:
             listeners = [await open_unix_listener(args.unix)]
         except (OSError, ValueError) as exc:
-            raise StartupError(f"--unix {args.unix}: {_reason(exc)}") from None
+            raise StartupError(f"--unix {args.unix}: {reason(exc)}") from None
     else:
         host, port = args.listen
         try:
             listeners = await trio.open_tcp_listeners(port, host=host)
         except OSError as exc:
             where = join_host_port(host, port)
-            raise StartupError(f"--listen {where}: {_reason(exc)}") from None
+            raise StartupError(f"--listen {where}: {reason(exc)}") from None
     sock = listeners[0].socket
     name = sock.getsockname()
     if isinstance(listeners[0], UnixSocketListener):  # bound elsewhere, renamed
@@ -164,12 +166,6 @@ async def open_listeners(
         return Opened(listeners, f"unix:{name}", None)
     scheme = "https" if tls else "http"
     return Opened(listeners, f"{scheme}://{join_host_port(*name[:2])}", name[1])
-
-
-def _reason(exc: Exception) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
 
 
 def _inherited_fds() -> list[int]:
@@ -202,14 +198,7 @@ async def _serve_metrics(
         metrics_handler(health, metrics, before_scrape=before_scrape),
         access_log=False,
     )
-    host, port = address
-    try:
-        listeners = await nursery.start(server.serve_tcp, port, host)
-    except OSError as exc:
-        where = join_host_port(host, port)
-        raise StartupError(f"--metrics {where}: {_reason(exc)}") from None
-    name = listeners[0].socket.getsockname()
-    print(f"metrics on http://{join_host_port(*name[:2])}/metrics", flush=True)
+    await serve_side(nursery, server, address, "--metrics", "/metrics")
     return server
 
 

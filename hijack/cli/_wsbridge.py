@@ -7,7 +7,7 @@ import argparse
 from .._exchange import Handler
 from . import _state
 from ._arguments import parse_host_port
-from ._command import Command, HandlerContext, StartupError
+from ._command import Command, HandlerContext, StartupError, reason
 from ._options import add_policy_options, connect_policy
 
 __all__ = ["COMMAND"]
@@ -65,7 +65,7 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
     try:
         targets = TargetFile(args.targets)
     except (OSError, ValueError) as exc:
-        raise StartupError(f"--targets {args.targets}: {_reason(exc)}") from None
+        raise StartupError(f"--targets {args.targets}: {reason(exc)}") from None
     return WebSocketBridge(
         targets=targets,
         policy=connect_policy(args),
@@ -74,13 +74,6 @@ def build_handler(args: argparse.Namespace, context: HandlerContext) -> Handler:
         send_proxy_protocol=args.send_proxy_protocol,
         on_tunnel=context.hooks.on_tunnel,
     )
-
-
-def _reason(exc: Exception) -> str:
-    """An OSError without its repeated file name; others as they say."""
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc)
 
 
 COMMAND = Command(
